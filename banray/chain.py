@@ -1,0 +1,169 @@
+"""A generation chain: generation 0 on labels, then each generation taught by the previous one's best.
+
+Each (chain, generation) is one Ray Tune run of `search.trials` trials. A chain runs as its own
+Ray task, so chains proceed independently: generation k of a chain starts as soon as generation
+k − 1 of that chain has finished, whatever the other chains are doing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import ray.tune as tune
+
+from banray import checkpoint, tracking
+from banray.data import load_splits
+from banray.evaluate import evaluate
+from banray.spec import SweepSpec
+from banray.trial import TRIAL_RESOURCES, TrialRuntime, run_trial
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every chain of a sweep shares; built once by the driver."""
+
+    spec: SweepSpec
+    sweep_dir: str
+    tracking: tracking.Tracking
+    experiment_id: str
+    slots: Any  # WorkerSlots actor handle
+    max_concurrent_trials: int
+
+    @property
+    def train_storage(self) -> str:
+        return f"{self.sweep_dir}/train"
+
+    @property
+    def tune_storage(self) -> str:
+        return f"{self.sweep_dir}/tune"
+
+
+@dataclass
+class GenerationRecord:
+    chain: int
+    generation: int
+    role: str
+    arch: str
+    objective: str
+    status: str  # "finished" or "failed"
+    mlflow_run_id: str
+    teacher_checkpoint: str | None
+    teacher_run_id: str | None
+    best_trial: int | None = None
+    best_trial_run_id: str | None = None
+    best_epoch: int | None = None
+    seed: int | None = None
+    val_error: float | None = None
+    val_nll: float | None = None
+    test_error: float | None = None
+    test_nll: float | None = None
+    checkpoint: str | None = None
+    model_uri: str | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    message: str | None = None
+
+
+def _say(chain: int, generation: int, text: str) -> None:
+    print(f"[banray] chain {chain} generation {generation}: {text}", flush=True)
+
+
+def run_generation(
+    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, splits
+) -> GenerationRecord:
+    spec = ctx.spec
+    settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
+    role = "teacher" if generation == 0 else "student"
+    run_id = tracking.start_run(
+        ctx.tracking,
+        ctx.experiment_id,
+        run_name=f"chain{chain}-gen{generation}",
+        tags=tracking.banray_tags(
+            sweep=spec.name,
+            chain=chain,
+            generation=generation,
+            role=role,
+            teacher_run_id=teacher.mlflow_run_id if teacher else None,
+        ),
+        params=settings,
+    )
+    record = GenerationRecord(
+        chain=chain,
+        generation=generation,
+        role=role,
+        arch=settings["model"]["arch"],
+        objective=settings["distill"]["objective"],
+        status="failed",
+        mlflow_run_id=run_id,
+        teacher_checkpoint=teacher.checkpoint if teacher else None,
+        teacher_run_id=teacher.mlflow_run_id if teacher else None,
+    )
+    runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), TRIAL_RESOURCES),
+        param_space={**settings, "trial": tune.grid_search(list(range(spec.search.trials)))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=ctx.max_concurrent_trials,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(name=f"chain{chain}-gen{generation}", storage_path=ctx.tune_storage, verbose=0),
+    )
+    _say(chain, generation, f"{spec.search.trials} trial(s) of {record.arch} with objective '{record.objective}'")
+    grid = tuner.fit()
+
+    metric = spec.search.metric
+    finished = [r.metrics for r in grid if r.error is None and r.metrics and "checkpoint" in r.metrics]
+    record.trials = [
+        {k: m[k] for k in ("trial", "seed", "val_error", "val_nll", "best_epoch", "checkpoint", "mlflow_run_id")}
+        for m in sorted(finished, key=lambda m: m["trial"])
+    ]
+    if not finished:
+        record.message = f"all {spec.search.trials} trial(s) failed; see the Ray logs and the MLflow trial runs"
+        tracking.end_run(ctx.tracking, run_id, "FAILED")
+        _say(chain, generation, record.message)
+        return record
+
+    best = min(finished, key=lambda m: (m[metric], m["trial"]))
+    model, _ = checkpoint.load(best["checkpoint"])
+    # The test split is touched once per finished generation, for the selected model only.
+    record.test_error, record.test_nll = evaluate(model, splits.test)
+    record.status = "finished"
+    record.best_trial, record.best_trial_run_id = best["trial"], best["mlflow_run_id"]
+    record.best_epoch, record.seed, record.checkpoint = best["best_epoch"], best["seed"], best["checkpoint"]
+    record.val_error, record.val_nll = best["val_error"], best["val_nll"]
+
+    client = ctx.tracking.client()
+    tracking.log_metrics(
+        client,
+        run_id,
+        {"best_val_error": record.val_error, "best_val_nll": record.val_nll, "test_error": record.test_error,
+         "test_nll": record.test_nll},
+    )
+    client.set_tag(run_id, "banray.best_trial_run_id", record.best_trial_run_id)
+    client.set_tag(run_id, "banray.checkpoint", record.checkpoint)
+    example = splits.test[0][0].unsqueeze(0).numpy()
+    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, example)
+    _say(
+        chain,
+        generation,
+        f"best trial {record.best_trial} (epoch {record.best_epoch}): val_error {100 * record.val_error:.2f}%, "
+        f"test_error {100 * record.test_error:.2f}%",
+    )
+    return record
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def run_chain(ctx: SweepContext, chain: int) -> list[GenerationRecord]:
+    data = ctx.spec.data
+    splits = load_splits(data.dataset, data.root, data.val_fraction, data.seed)
+    records: list[GenerationRecord] = []
+    teacher = None
+    for generation in range(ctx.spec.generations + 1):
+        record = run_generation(ctx, chain, generation, teacher, splits)
+        records.append(record)
+        if record.status != "finished":
+            _say(chain, generation, "chain stopped: no trial of this generation finished")
+            break
+        teacher = record
+    return records

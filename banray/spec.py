@@ -1,0 +1,250 @@
+"""The sweep spec: one YAML file, validated by pydantic before anything starts.
+
+The spec is the single description of a sweep. `load_spec` either returns a valid `SweepSpec` or
+raises `SpecError` whose lines each name the key path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from banray.data import DATASETS
+from banray.losses import OBJECTIVES
+from banray.models import MODELS, model_arguments
+
+
+class SpecError(Exception):
+    """An invalid spec; `lines` holds one self-contained message per problem."""
+
+    def __init__(self, lines: list[str] | str):
+        self.lines = [lines] if isinstance(lines, str) else lines
+        super().__init__("\n".join(self.lines))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known(registry, name: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} '{name}'; allowed: {', '.join(registry.names())}")
+    return name
+
+
+class DataSpec(_Section):
+    dataset: str = Field(description="dataset name from the registry (digits, synthetic)")
+    root: str = Field("~/.cache/banray/data", description="folder with the dataset files (file-based datasets)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training pool held out for selection")
+    seed: int = Field(0, ge=0, description="seed of the train/validation split")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_known(cls, name: str) -> str:
+        return _known(DATASETS, name)
+
+
+class ModelSpec(_Section):
+    arch: str = Field(description="model name from the registry (cnn, mlp)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_known(cls, name: str) -> str:
+        return _known(MODELS, name)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs_known(cls, kwargs: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        arch = info.data.get("arch")
+        if arch is None:  # arch itself failed; that error is reported already
+            return kwargs
+        allowed = model_arguments(arch)
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown argument {', '.join(map(repr, unknown))} for arch '{arch}'; allowed: {', '.join(allowed)}"
+            )
+        return kwargs
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(ge=1, description="epochs per generation (every generation uses the same schedule)")
+    batch_size: int = Field(64, ge=1, description="global batch size, split across the workers of a trial")
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    lr_milestones: list[int] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _milestones_fit(self) -> TrainSpec:
+        if self.lr_schedule == "step" and not self.lr_milestones:
+            raise ValueError("lr_schedule 'step' needs lr_milestones, e.g. [60, 120, 160]")
+        bad = [m for m in self.lr_milestones if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(f"lr_milestones {bad} lie outside 1..{self.epochs - 1} (epochs is {self.epochs})")
+        return self
+
+
+class DistillSpec(_Section):
+    objective: str = Field("ban", description="objective of generations ≥ 1 (generation 0 always uses 'ce')")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher term; the label term gets 1 − alpha")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the teacher term (paper: 1)")
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_known(cls, name: str) -> str:
+        return _known(OBJECTIVES, name)
+
+
+class SearchSpec(_Section):
+    trials: int = Field(1, ge=1, description="trials per generation; they differ by seed")
+    metric: Literal["val_error", "val_nll"] = Field("val_error", description="validation metric to minimise")
+
+
+class ResourcesSpec(_Section):
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks) per trial")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class TrackingSpec(_Section):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else a local store in the sweep folder"
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default: the sweep name")
+
+
+# Sections that do not change what is trained; they stay out of the spec hash.
+_RUNTIME_SECTIONS = {"resources", "storage", "tracking"}
+
+
+class SweepSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, description="sweep name")
+    seed: int = Field(0, ge=0, description="root seed; every chain, generation and trial derives its own")
+    data: DataSpec
+    model: ModelSpec
+    student: ModelSpec | None = Field(None, description="model of generations ≥ 1; default: `model` (born again)")
+    train: TrainSpec
+    distill: DistillSpec = DistillSpec()
+    generations: int = Field(ge=1, description="student generations after the generation-0 teacher")
+    chains: int = Field(1, ge=1, description="independent lineages, each with its own seeds")
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: str = Field("./runs", min_length=1, description="folder for checkpoints, reports and sweep state")
+    tracking: TrackingSpec = TrackingSpec()
+
+    def model_of(self, generation: int) -> ModelSpec:
+        return self.model if generation == 0 or self.student is None else self.student
+
+    def objective_of(self, generation: int) -> str:
+        return "ce" if generation == 0 else self.distill.objective
+
+    def generation_settings(self, chain: int, generation: int, teacher_checkpoint: str | None) -> dict[str, Any]:
+        """The settings shared by every trial of one generation; a trial adds `trial` and `seed`."""
+        distill = self.distill.model_copy(update={"objective": self.objective_of(generation)})
+        return {
+            "sweep": self.name,
+            "seed_root": self.seed,
+            "spec_hash": self.spec_hash(),
+            "chain": chain,
+            "generation": generation,
+            "data": self.data.model_dump(mode="json"),
+            "model": self.model_of(generation).model_dump(mode="json"),
+            "train": self.train.model_dump(mode="json"),
+            "distill": distill.model_dump(mode="json"),
+            "metric": self.search.metric,
+            "teacher_checkpoint": teacher_checkpoint,
+        }
+
+    def spec_hash(self) -> str:
+        """Hash of everything that shapes training: a teacher is only valid for the spec it came from."""
+        science = self.model_dump(mode="json", exclude=_RUNTIME_SECTIONS)
+        return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def derive_seed(root: int, *path: int) -> int:
+    """A well-mixed 31-bit seed for the node at `path` (chain, generation, trial) below the root seed."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([root, *path]).generate_state(1)[0] >> 1)
+
+
+class TrialSettings(_Section):
+    """Everything one trial trains with: the spec resolved for a (chain, generation, trial)."""
+
+    sweep: str
+    spec_hash: str
+    chain: int
+    generation: int
+    trial: int
+    seed: int
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    distill: DistillSpec
+    metric: str
+    teacher_checkpoint: str | None = None
+
+    @property
+    def role(self) -> str:
+        return "teacher" if self.generation == 0 else "student"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed at `loc` (the parent of an unknown key), found by walking the spec's models."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _format_error(error: dict, path: str) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    kind, msg = error["type"], error["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(SweepSpec, loc[:-1])
+        return f"{path}: {where}: unknown key; allowed keys here: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{path}: {where}: required key is missing"
+    return f"{path}: {where}: {error['input']!r} is not allowed: {msg[:1].lower() + msg[1:]}"
+
+
+def parse_spec(raw: Any, path: str = "spec") -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the top level must be a mapping with keys {', '.join(SweepSpec.model_fields)}")
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError([_format_error(e, path) for e in exc.errors()]) from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_spec(raw, str(path))

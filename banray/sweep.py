@@ -1,0 +1,126 @@
+"""The driver: connect to Ray, lay out the sweep folder and MLflow experiment, run the chains, report."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import yaml
+
+from banray import report, tracking
+from banray.chain import SweepContext, run_chain
+from banray.spec import SpecError, SweepSpec
+from banray.trial import WorkerSlots, slot_capacity
+
+# Defaults for every Ray process of the sweep; a value already in the environment wins.
+RAY_ENV_DEFAULTS = {
+    # Train V2 polls its workers this often; the 2 s default adds up to 2 s to every trial.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+}
+
+
+@dataclass
+class SweepResult:
+    report: dict[str, Any]
+    sweep_dir: Path
+    files: list[Path]
+
+
+def sweep_dir_of(spec: SweepSpec, storage: str | None) -> Path:
+    return Path(storage or spec.storage).expanduser().resolve() / spec.name
+
+
+def check_sweep_dir(sweep_dir: Path, overwrite: bool) -> None:
+    if sweep_dir.exists() and any(sweep_dir.iterdir()) and not overwrite:
+        raise SpecError(
+            f"storage: {sweep_dir} already holds a sweep named like this one; "
+            "rename the sweep, pass --storage elsewhere, or pass --overwrite to replace it"
+        )
+
+
+def connect(address: str | None) -> bool:
+    """Connect to (or start) Ray; returns whether this call started the connection."""
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}
+    os.environ.update(env)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    return True
+
+
+def run(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    storage: str | None = None,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+) -> SweepResult:
+    sweep_dir = sweep_dir_of(spec, storage)
+    check_sweep_dir(sweep_dir, overwrite)
+    started = connect(address)
+    try:
+        capacity = slot_capacity(spec.resources, ray.cluster_resources())
+        if capacity < 1:
+            raise SpecError(
+                f"resources: a trial needs {spec.resources.workers_per_trial} worker(s) × "
+                f"{spec.resources.cpus_per_worker} CPU / {spec.resources.gpus_per_worker} GPU, but the cluster has "
+                f"{ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU"
+            )
+        return _run_chains(spec, sweep_dir, capacity, overwrite, echo)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_chains(
+    spec: SweepSpec, sweep_dir: Path, capacity: int, overwrite: bool, echo: Callable[[str], None]
+) -> SweepResult:
+    if overwrite and sweep_dir.exists():
+        import shutil
+
+        shutil.rmtree(sweep_dir)
+    sweep_dir.mkdir(parents=True)
+    spec_file = sweep_dir / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+
+    track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, sweep_dir)
+    experiment_id = tracking.ensure_experiment(track)
+    slots = WorkerSlots.options(name=f"banray-slots-{spec.name}-{uuid.uuid4().hex[:8]}").remote(capacity)
+    ctx = SweepContext(
+        spec=spec,
+        sweep_dir=str(sweep_dir),
+        tracking=track,
+        experiment_id=experiment_id,
+        slots=slots,
+        max_concurrent_trials=min(capacity, spec.search.trials),
+    )
+    echo(
+        f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s)) × "
+        f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {sweep_dir}"
+    )
+    start = time.monotonic()
+    chains = ray.get([run_chain.remote(ctx, chain) for chain in range(spec.chains)])
+    result = report.build(
+        spec, chains, sweep_dir=str(sweep_dir), tracking_uri=track.uri, experiment_id=experiment_id,
+        elapsed_s=time.monotonic() - start,
+    )
+    files = report.write(result, sweep_dir)
+    summary_run = tracking.start_run(
+        track, experiment_id, "summary", tags=tracking.banray_tags(sweep=spec.name, role="summary")
+    )
+    tracking.log_artifacts(track, summary_run, [spec_file, *files])
+    tracking.end_run(track, summary_run)
+    echo("")
+    echo(f"Test error (%) of each generation's best trial ({result['selection']}):")
+    echo(report.table(result))
+    echo("")
+    echo(f"Report: {files[0]} and {files[1]}")
+    echo(f"MLflow: experiment '{track.experiment}' at {track.uri}")
+    echo(f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  (then http://127.0.0.1:5000)")
+    return SweepResult(result, sweep_dir, files)

@@ -1,0 +1,133 @@
+"""A trial: one Tune function trainable that builds and fits a TorchTrainer (the Train V2 pattern).
+
+Trials hold almost no resources themselves (a little memory, no CPU) and take a worker slot from
+the sweep's `WorkerSlots` pool before starting their trainer, so waiting trials never hold the
+CPUs their trainers need. The last row a trial reports is its summary: best validation metrics,
+the best checkpoint's URI and its MLflow run id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray.train
+import ray.tune as tune
+from ray.actor import ActorHandle
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from banray import checkpoint, tracking
+from banray.spec import ResourcesSpec, TrialSettings, derive_seed
+from banray.worker import train_loop_per_worker
+
+# What a trial process itself reserves: a Tune trial needs a non-empty resource bundle, and
+# reserving CPU would starve the trainers on small machines. Memory is what the trial really uses.
+TRIAL_RESOURCES = {"cpu": 0, "memory": 256 * 2**20}
+
+
+@ray.remote(num_cpus=0)
+class WorkerSlots:
+    """A counting semaphore over the cluster's worker slots, shared by every chain of a sweep."""
+
+    def __init__(self, capacity: int):
+        self._free = asyncio.Semaphore(capacity)
+
+    async def acquire(self) -> None:
+        await self._free.acquire()
+
+    async def release(self) -> None:
+        self._free.release()
+
+
+def slot_capacity(resources: ResourcesSpec, cluster: dict[str, float]) -> int:
+    """How many trials' workers the cluster can run at once (0 if not even one trial fits)."""
+    per_trial = {"CPU": resources.workers_per_trial * resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        per_trial["GPU"] = resources.workers_per_trial * resources.gpus_per_worker
+    return int(min(cluster.get(name, 0.0) // need for name, need in per_trial.items()))
+
+
+@dataclass(frozen=True)
+class TrialRuntime:
+    """What every trial of one generation shares besides its settings (passed via tune.with_parameters)."""
+
+    tracking: tracking.Tracking
+    experiment_id: str
+    generation_run_id: str
+    train_storage: str
+    resources: ResourcesSpec
+    slots: ActorHandle
+
+
+def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
+    settings_fields = dict(config)
+    seed_root = settings_fields.pop("seed_root")
+    seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"])
+    settings = TrialSettings.model_validate({**settings_fields, "seed": seed})
+    context = tune.get_context()
+    run_id = tracking.start_run(
+        runtime.tracking,
+        runtime.experiment_id,
+        run_name=f"chain{settings.chain}-gen{settings.generation}-trial{settings.trial}",
+        tags=tracking.banray_tags(
+            sweep=settings.sweep,
+            chain=settings.chain,
+            generation=settings.generation,
+            trial=settings.trial,
+            role=settings.role,
+            tune_trial_id=context.get_trial_id(),
+        ),
+        params=settings.model_dump(mode="json"),
+        parent_run_id=runtime.generation_run_id,
+    )
+    resources = runtime.resources
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "settings": settings.model_dump(mode="json"),
+            "tracking": dataclasses.asdict(runtime.tracking),
+            "mlflow_run_id": run_id,
+            "cpus_per_worker": resources.cpus_per_worker,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers_per_trial,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            # Unique per trial: a reused name would silently resume an older run.
+            name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
+            storage_path=runtime.train_storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order="min"
+            ),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    ray.get(runtime.slots.acquire.remote())
+    try:
+        result = trainer.fit()
+    except BaseException:
+        tracking.end_run(runtime.tracking, run_id, "FAILED")
+        raise
+    finally:
+        ray.get(runtime.slots.release.remote())
+
+    best_checkpoint, best = min(result.best_checkpoints, key=lambda pair: pair[1][settings.metric])
+    tracking.end_run(runtime.tracking, run_id)
+    tune.report(
+        {
+            settings.metric: best[settings.metric],
+            "val_error": best["val_error"],
+            "val_nll": best["val_nll"],
+            "best_epoch": best["epoch"],
+            "checkpoint": checkpoint.uri(best_checkpoint),
+            "mlflow_run_id": run_id,
+            "trial": settings.trial,
+            "seed": seed,
+        }
+    )

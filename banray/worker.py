@@ -1,0 +1,159 @@
+"""The worker loop: the Ray Train (TorchTrainer, Train V2) function every training worker runs.
+
+It trains one trial's student for the spec's epochs, with a frozen teacher from generation ≥ 1
+(eval mode, no grad, not in the optimizer), evaluates on the validation split every epoch, and
+reports metrics together with a checkpoint each epoch. Rank 0 writes checkpoints and MLflow metrics.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from banray import checkpoint, tracking
+from banray.data import load_splits
+from banray.evaluate import evaluate
+from banray.losses import get_objective
+from banray.models import build_model
+from banray.spec import TrainSpec, TrialSettings
+
+
+def make_optimizer(parameters, train: TrainSpec) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov, weight_decay=train.weight_decay
+        )
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[train.optimizer]
+    return optimizer_class(parameters, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-epoch learning-rate schedule."""
+    if train.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    if train.lr_schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device) -> tuple[nn.Module, dict]:
+    """The previous generation's best model, checked by its metadata and frozen."""
+    expected = {
+        "sweep": settings.sweep,
+        "spec_hash": settings.spec_hash,
+        "chain": settings.chain,
+        "generation": settings.generation - 1,
+        "num_classes": num_classes,
+    }
+    teacher, metadata = checkpoint.load(settings.teacher_checkpoint, expected=expected)
+    teacher.to(device).eval().requires_grad_(False)
+    return teacher, metadata
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    settings = TrialSettings.model_validate(config["settings"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
+    seed_everything(settings.seed)
+    device = ray.train.torch.get_device()
+
+    splits = load_splits(settings.data.dataset, settings.data.root, settings.data.val_fraction, settings.data.seed)
+    student = build_model(
+        settings.model.arch, num_classes=splits.num_classes, input_shape=splits.input_shape, **settings.model.kwargs
+    )
+    teacher, teacher_metadata = None, None
+    if settings.teacher_checkpoint is not None:
+        teacher, teacher_metadata = load_teacher(settings, splits.num_classes, device)
+    model = ray.train.torch.prepare_model(student)
+
+    shuffle = torch.Generator().manual_seed(settings.seed)
+    batch_size = max(1, settings.train.batch_size // world_size)
+    train_loader = ray.train.torch.prepare_data_loader(
+        DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=shuffle)
+    )
+    optimizer = make_optimizer(model.parameters(), settings.train)
+    scheduler = make_scheduler(optimizer, settings.train)
+    objective = get_objective(settings.distill.objective)
+
+    mlflow_client = tracking.Tracking(**config["tracking"]).client() if rank == 0 else None
+    run_id = config["mlflow_run_id"]
+    if teacher is not None and mlflow_client is not None:
+        # Teacher hygiene: its validation error, measured here, must match what it was selected with.
+        teacher_val_error, _ = evaluate(teacher, splits.val, device)
+        tracking.log_metrics(mlflow_client, run_id, {"teacher_val_error": teacher_val_error})
+
+    metadata_base = {
+        "arch": settings.model.arch,
+        "kwargs": settings.model.kwargs,
+        "num_classes": splits.num_classes,
+        "input_shape": list(splits.input_shape),
+        "sweep": settings.sweep,
+        "spec_hash": settings.spec_hash,
+        "chain": settings.chain,
+        "generation": settings.generation,
+        "trial": settings.trial,
+        "seed": settings.seed,
+        "objective": settings.distill.objective,
+        "teacher": checkpoint.identity(teacher_metadata) if teacher_metadata else None,
+    }
+    for epoch in range(1, settings.train.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        term_sums: dict[str, float] = defaultdict(float)
+        seen = 0
+        model.train()
+        for x, y in train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.inference_mode():
+                    teacher_logits = teacher(x)
+                teacher_logits = teacher_logits.clone()  # inference tensors cannot enter autograd
+            terms = objective.terms(
+                model(x), teacher_logits, y, alpha=settings.distill.alpha, temperature=settings.distill.temperature
+            )
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                term_sums[name] += value.item() * len(y)
+            seen += len(y)
+        scheduler.step()
+
+        val_error, val_nll = evaluate(_unwrap(model), splits.val, device)
+        metrics = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": sum(term_sums.values()) / seen,
+            **{f"loss/{name}": total / seen for name, total in term_sums.items()},
+            "val_error": val_error,
+            "val_nll": val_nll,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            saved = None
+            if rank == 0:
+                metadata = {**metadata_base, "epoch": epoch, "val_error": val_error, "val_nll": val_nll}
+                saved = checkpoint.save(directory, _unwrap(model), metadata)
+            ray.train.report(metrics, checkpoint=saved)
+        if mlflow_client is not None:
+            tracking.log_metrics(mlflow_client, run_id, metrics, step=epoch)
