@@ -28,7 +28,7 @@ class SweepContext:
     sweep_dir: str
     tracking: tracking.Tracking
     experiment_id: str
-    slots: Any  # WorkerSlots actor handle
+    slots_actor: str  # name of the WorkerSlots actor
     max_concurrent_trials: int
 
     @property
@@ -99,10 +99,14 @@ def run_generation(
         teacher_checkpoint=teacher.checkpoint if teacher else None,
         teacher_run_id=teacher.mlflow_run_id if teacher else None,
     )
-    runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots)
+    runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), TRIAL_RESOURCES),
-        param_space={**settings, "trial": tune.grid_search(list(range(spec.search.trials)))},
+        tune.with_resources(run_trial, TRIAL_RESOURCES),
+        param_space={
+            **settings,
+            "runtime": runtime.to_config(),
+            "trial": tune.grid_search(list(range(spec.search.trials))),
+        },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=ctx.max_concurrent_trials,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",

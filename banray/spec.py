@@ -224,6 +224,8 @@ def _format_error(error: dict, path: str) -> str:
         return f"{path}: {where}: unknown key; allowed keys here: {', '.join(allowed)}"
     if kind == "missing":
         return f"{path}: {where}: required key is missing"
+    if isinstance(error["input"], dict):  # a check across keys: the message names the keys involved
+        return f"{path}: {where}: {msg}"
     return f"{path}: {where}: {error['input']!r} is not allowed: {msg[:1].lower() + msg[1:]}"
 
 

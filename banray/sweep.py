@@ -91,13 +91,14 @@ def _run_chains(
 
     track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, sweep_dir)
     experiment_id = tracking.ensure_experiment(track)
-    slots = WorkerSlots.options(name=f"banray-slots-{spec.name}-{uuid.uuid4().hex[:8]}").remote(capacity)
+    slots_actor = f"banray-slots-{spec.name}-{uuid.uuid4().hex[:8]}"
+    slots = WorkerSlots.options(name=slots_actor).remote(capacity)
     ctx = SweepContext(
         spec=spec,
         sweep_dir=str(sweep_dir),
         tracking=track,
         experiment_id=experiment_id,
-        slots=slots,
+        slots_actor=slots_actor,
         max_concurrent_trials=min(capacity, spec.search.trials),
     )
     echo(
@@ -106,6 +107,7 @@ def _run_chains(
     )
     start = time.monotonic()
     chains = ray.get([run_chain.remote(ctx, chain) for chain in range(spec.chains)])
+    ray.kill(slots)
     result = report.build(
         spec, chains, sweep_dir=str(sweep_dir), tracking_uri=track.uri, experiment_id=experiment_id,
         elapsed_s=time.monotonic() - start,

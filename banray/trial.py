@@ -16,7 +16,6 @@ from typing import Any
 import ray
 import ray.train
 import ray.tune as tune
-from ray.actor import ActorHandle
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -53,18 +52,36 @@ def slot_capacity(resources: ResourcesSpec, cluster: dict[str, float]) -> int:
 
 @dataclass(frozen=True)
 class TrialRuntime:
-    """What every trial of one generation shares besides its settings (passed via tune.with_parameters)."""
+    """What every trial of one generation shares besides its settings.
+
+    It travels inside the Tune config as plain values: `tune.with_parameters` registers the
+    trainable under a cluster-wide name, so concurrent chains would overwrite each other's objects.
+    """
 
     tracking: tracking.Tracking
     experiment_id: str
     generation_run_id: str
     train_storage: str
     resources: ResourcesSpec
-    slots: ActorHandle
+    slots_actor: str  # name of the sweep's WorkerSlots actor
+
+    def to_config(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "resources": self.resources.model_dump()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrialRuntime:
+        return cls(
+            **{
+                **config,
+                "tracking": tracking.Tracking(**config["tracking"]),
+                "resources": ResourcesSpec.model_validate(config["resources"]),
+            }
+        )
 
 
-def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
+def run_trial(config: dict[str, Any]) -> None:
     settings_fields = dict(config)
+    runtime = TrialRuntime.from_config(settings_fields.pop("runtime"))
     seed_root = settings_fields.pop("seed_root")
     seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"])
     settings = TrialSettings.model_validate({**settings_fields, "seed": seed})
@@ -108,14 +125,15 @@ def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
             callbacks=[TuneReportCallback()],
         ),
     )
-    ray.get(runtime.slots.acquire.remote())
+    slots = ray.get_actor(runtime.slots_actor)
+    ray.get(slots.acquire.remote())
     try:
         result = trainer.fit()
     except BaseException:
         tracking.end_run(runtime.tracking, run_id, "FAILED")
         raise
     finally:
-        ray.get(runtime.slots.release.remote())
+        ray.get(slots.release.remote())
 
     best_checkpoint, best = min(result.best_checkpoints, key=lambda pair: pair[1][settings.metric])
     tracking.end_run(runtime.tracking, run_id)

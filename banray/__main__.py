@@ -1,0 +1,3 @@
+from banray.cli import main
+
+main()

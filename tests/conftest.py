@@ -1,0 +1,50 @@
+"""Shared fixtures. Slow tests start a real local Ray cluster (2 CPUs, its own temp dir)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Ray's sockets live under the temp dir, whose path must stay short.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+
+def tiny_spec(**overrides) -> dict:
+    """A valid spec dict on synthetic data, small enough to train in seconds."""
+    spec = {
+        "name": "tiny",
+        "data": {"dataset": "synthetic", "val_fraction": 0.2, "seed": 0},
+        "model": {"arch": "cnn", "kwargs": {"width": 8}},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+        "distill": {"objective": "ban"},
+        "generations": 1,
+        "chains": 1,
+        "search": {"trials": 2},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            spec[section] = {**spec.get(section, {}), field: value}
+        else:
+            spec[key] = value
+    return spec
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster for the whole session; yields its GCS address."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}},
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -1,0 +1,128 @@
+"""End to end on a real local Ray cluster: Tune trial groups, Train workers, a generation chain, MLflow."""
+
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+import yaml
+from ray.train import Checkpoint
+
+from banray import sweep
+from banray.spec import parse_spec
+from conftest import REPO, tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(ray_cluster, tmp_path_factory):
+    """1 chain × (teacher + 1 BAN generation) × 2 trials × 2 epochs on synthetic data."""
+    storage = tmp_path_factory.mktemp("storage")
+    spec = parse_spec(tiny_spec(storage=str(storage)))
+    lines = []
+    result = sweep.run(spec, echo=lines.append)
+    return spec, result, "\n".join(lines)
+
+
+def generations(result):
+    return result.report["chains"][0]["generations"]
+
+
+def test_report_files_describe_every_generation(finished):
+    spec, result, output = finished
+    assert sorted(p.name for p in result.files) == ["report.json", "report.md"]
+    report = json.loads((result.sweep_dir / "report.json").read_text())
+    teacher, student = report["chains"][0]["generations"]
+    assert [teacher["generation"], student["generation"]] == [0, 1]
+    for record in (teacher, student):
+        assert record["status"] == "finished"
+        assert 0 <= record["val_error"] <= 1 and 0 <= record["test_error"] <= 1
+        assert os.path.isdir(record["checkpoint"]) and record["mlflow_run_id"]
+    assert teacher["teacher_checkpoint"] is None
+    assert student["teacher_checkpoint"] == teacher["checkpoint"]
+    assert report["columns"] == ["Teacher", "BAN-1"]
+    assert "| Chain | Teacher | BAN-1 |" in output and "| mean ± std |" in output
+    assert "Report: " in output and "mlflow ui --backend-store-uri" in output
+
+
+def test_best_trial_is_selected_on_validation(finished):
+    _, result, _ = finished
+    for record in generations(result):
+        assert len(record["trials"]) == 2
+        best = min(record["trials"], key=lambda t: (t["val_error"], t["trial"]))
+        assert record["best_trial"] == best["trial"] and record["checkpoint"] == best["checkpoint"]
+        assert len({t["seed"] for t in record["trials"]}) == 2  # trials differ by seed
+
+
+def test_generation_one_was_taught_by_generation_zeros_best_checkpoint(finished):
+    spec, result, _ = finished
+    teacher, student = generations(result)
+    teacher_metadata = Checkpoint(teacher["checkpoint"]).get_metadata()
+    assert teacher_metadata["generation"] == 0 and teacher_metadata["trial"] == teacher["best_trial"]
+    assert teacher_metadata["spec_hash"] == spec.spec_hash()
+    for trial in student["trials"]:
+        metadata = Checkpoint(trial["checkpoint"]).get_metadata()
+        assert metadata["generation"] == 1 and metadata["objective"] == "ban"
+        assert metadata["teacher"] == {k: teacher_metadata[k] for k in metadata["teacher"]}
+        assert metadata["teacher"]["trial"] == teacher["best_trial"]
+        assert metadata["teacher"]["epoch"] == teacher["best_epoch"]
+
+
+def test_mlflow_holds_generation_runs_with_trial_children(finished):
+    spec, result, _ = finished
+    uri = result.report["mlflow"]["tracking_uri"]
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"chain0-gen0", "chain0-gen1", "summary"} | {
+        f"chain0-gen{g}-trial{t}" for g in (0, 1) for t in (0, 1)
+    }
+    teacher, student = generations(result)
+    for generation, record in enumerate((teacher, student)):
+        parent = runs[f"chain0-gen{generation}"]
+        assert parent.info.run_id == record["mlflow_run_id"]
+        assert parent.data.tags["banray.sweep"] == spec.name
+        assert parent.data.tags["banray.chain"] == "0"
+        assert parent.data.tags["banray.generation"] == str(generation)
+        assert parent.data.metrics["test_error"] == pytest.approx(record["test_error"])
+        for t in (0, 1):
+            child = runs[f"chain0-gen{generation}-trial{t}"]
+            assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            assert child.data.params["distill.objective"] == ("ce" if generation == 0 else "ban")
+            assert child.data.params["train.epochs"] == "2"
+            history = client.get_metric_history(child.info.run_id, "val_error")
+            assert [m.step for m in history] == [1, 2]
+    assert runs["chain0-gen0"].data.tags["banray.teacher_run_id"] == ""
+    assert runs["chain0-gen1"].data.tags["banray.teacher_run_id"] == teacher["mlflow_run_id"]
+    summary_files = {a.path for a in client.list_artifacts(runs["summary"].info.run_id)}
+    assert summary_files == {"report.json", "report.md", "spec.yaml"}
+
+
+def test_each_generation_logs_a_loadable_model(finished):
+    _, result, _ = finished
+    mlflow.set_tracking_uri(result.report["mlflow"]["tracking_uri"])
+    x = torch.zeros(2, 1, 8, 8)
+    for record in generations(result):
+        model = mlflow.pytorch.load_model(record["model_uri"])
+        assert isinstance(model, torch.nn.Module)
+        assert model(x).shape == (2, 4)
+
+
+def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
+    spec = tiny_spec(name="cli", storage=str(tmp_path / "runs"), generations=1,
+                     data={"dataset": "digits"}, train={"epochs": 1, "batch_size": 64},
+                     search={"trials": 1})
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    completed = subprocess.run(
+        [sys.executable, "-m", "banray", "sweep", str(path), "--address", ray_cluster],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| Chain | Teacher | BAN-1 |" in completed.stdout
+    report = json.loads((tmp_path / "runs" / "cli" / "report.json").read_text())
+    assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished", "finished"]

@@ -1,0 +1,90 @@
+"""The worker loop on synthetic data, through a real TorchTrainer in Ray Train's local mode."""
+
+import dataclasses
+
+import pytest
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+from torch.utils.data import DataLoader
+
+from banray import checkpoint, tracking
+from banray.data import load_splits
+from banray.evaluate import evaluate
+from banray.models import build_model
+from banray.spec import parse_spec
+from banray.worker import train_loop_per_worker
+from conftest import tiny_spec
+
+
+@pytest.fixture
+def store(tmp_path):
+    track = tracking.resolve(None, "worker-test", tmp_path)
+    return track, tracking.ensure_experiment(track)
+
+
+def fit(spec, store, tmp_path, generation=0, teacher_checkpoint=None):
+    track, experiment_id = store
+    run_id = tracking.start_run(track, experiment_id, f"gen{generation}", tags={})
+    settings = {**spec.generation_settings(0, generation, teacher_checkpoint), "trial": 0, "seed": 7}
+    del settings["seed_root"]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"settings": settings, "tracking": dataclasses.asdict(track), "mlflow_run_id": run_id},
+        scaling_config=ray.train.ScalingConfig(num_workers=0),  # local mode: runs in this process
+        run_config=ray.train.RunConfig(name=f"worker-gen{generation}", storage_path=str(tmp_path / "ray")),
+    )
+    return trainer.fit(), track.client(), run_id
+
+
+def save_teacher(spec, directory, trained: bool, **metadata_overrides):
+    splits = load_splits("synthetic", "", 0.2, 0)
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8)
+    if trained:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for x, y in DataLoader(splits.train, batch_size=32, shuffle=True):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    metadata = {
+        "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8], "sweep": spec.name,
+        "spec_hash": spec.spec_hash(), "chain": 0, "generation": 0, "trial": 1, "seed": 3, "epoch": 1,
+        "val_error": evaluate(model, splits.val)[0], **metadata_overrides,
+    }
+    directory.mkdir()
+    checkpoint.save(directory, model, metadata)
+    return str(directory), metadata
+
+
+def test_generation_zero_learns_the_labels_and_logs_every_epoch(tmp_path, store):
+    spec = parse_spec(tiny_spec(**{"train.epochs": 3}))
+    result, client, run_id = fit(spec, store, tmp_path)
+    assert result.metrics["epoch"] == 3
+    assert result.metrics["val_error"] < 0.1
+    assert set(result.metrics) >= {"lr", "train_loss", "loss/ce", "val_error", "val_nll"}
+    history = client.get_metric_history(run_id, "val_error")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert len(client.get_metric_history(run_id, "loss/ce")) == 3
+
+
+def test_student_learns_from_the_teacher_not_the_labels(tmp_path, store):
+    spec = parse_spec(tiny_spec(**{"train.epochs": 2}))
+    good, good_meta = save_teacher(spec, tmp_path / "good", trained=True)
+    result, client, run_id = fit(spec, store, tmp_path, generation=1, teacher_checkpoint=good)
+    assert "loss/teacher_ce" in result.metrics and "loss/ce" not in result.metrics  # BAN: no label term
+    assert result.metrics["val_error"] < 0.1
+    (logged,) = client.get_metric_history(run_id, "teacher_val_error")
+    assert logged.value == pytest.approx(good_meta["val_error"])  # frozen teacher, eval mode, as selected
+
+    # A teacher that knows nothing (untrained) teaches nothing: the labels never reach a BAN student.
+    bad, bad_meta = save_teacher(spec, tmp_path / "untrained", trained=False)
+    result, _, _ = fit(spec, store, tmp_path, generation=1, teacher_checkpoint=bad)
+    assert result.metrics["val_error"] > 0.4
+
+
+def test_teacher_with_foreign_metadata_is_refused(tmp_path, store):
+    spec = parse_spec(tiny_spec())
+    foreign, _ = save_teacher(spec, tmp_path / "foreign", trained=False, spec_hash="0123456789abcdef")
+    with pytest.raises(Exception, match="has spec_hash='0123456789abcdef', expected"):
+        fit(spec, store, tmp_path, generation=1, teacher_checkpoint=foreign)
