@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/banray sweep sweeps/quickstart.yaml
+	$(BIN)/banray sweep sweeps/quickstart.yaml --overwrite
 
 test: $(STAMP)
 	$(BIN)/pytest

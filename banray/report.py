@@ -15,7 +15,7 @@ from typing import Any
 from banray.chain import GenerationRecord
 from banray.spec import SweepSpec
 
-SELECTION = "best trial by validation {metric}, at its best-validation epoch; test error evaluated once on it"
+SELECTION = "best trial by {metric} on the validation split, at its best-validation epoch; test error evaluated once on it"
 
 
 def column_name(generation: int) -> str:

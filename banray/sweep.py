@@ -21,6 +21,8 @@ from banray.trial import WorkerSlots, slot_capacity
 RAY_ENV_DEFAULTS = {
     # Train V2 polls its workers this often; the 2 s default adds up to 2 s to every trial.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Tune's new console output prints a banner per Tune run even when silent; the legacy one obeys verbose=0.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 
@@ -49,7 +51,8 @@ def connect(address: str | None) -> bool:
         return False
     env = {k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}
     os.environ.update(env)
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
+    ray.init(address=address, runtime_env={"env_vars": env}, logging_config=ray.LoggingConfig(log_level="WARNING"))
     return True
 
 
@@ -123,6 +126,9 @@ def _run_chains(
     echo(report.table(result))
     echo("")
     echo(f"Report: {files[0]} and {files[1]}")
-    echo(f"MLflow: experiment '{track.experiment}' at {track.uri}")
-    echo(f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  (then http://127.0.0.1:5000)")
+    echo(f"MLflow: experiment '{track.experiment}' (id {experiment_id}) at {track.uri}")
+    if track.uri.startswith(("http://", "https://")):
+        echo(f"Open the MLflow UI: {track.uri.rstrip('/')}/#/experiments/{experiment_id}")
+    else:
+        echo(f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  (then http://127.0.0.1:5000)")
     return SweepResult(result, sweep_dir, files)

@@ -8,6 +8,7 @@ global MLflow state.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -99,6 +100,9 @@ def log_model(tracking: Tracking, run_id: str, model, input_example) -> str:
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(tracking.uri)
+    # MLflow warns about pickle on every call; banray picks it knowingly (see below) and loads its own
+    # checkpoints with weights_only=True, never through this model.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,

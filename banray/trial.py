@@ -123,6 +123,8 @@ def run_trial(config: dict[str, Any]) -> None:
                 num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order="min"
             ),
             callbacks=[TuneReportCallback()],
+            # Train logs every report and checkpoint at INFO; banray prints its own progress instead.
+            logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
     )
     slots = ray.get_actor(runtime.slots_actor)

@@ -7,6 +7,7 @@ reports metrics together with a checkpoint each epoch. Rank 0 writes checkpoints
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 from collections import defaultdict
@@ -69,7 +70,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _quiet_train_reports() -> None:
+    """Train V2 logs every report at INFO under a logger named after its source file, outside the
+    "ray.train" hierarchy that RunConfig.logging_config filters; banray logs metrics to MLflow instead."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    _quiet_train_reports()
     settings = TrialSettings.model_validate(config["settings"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
