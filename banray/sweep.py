@@ -33,8 +33,8 @@ class SweepResult:
     files: list[Path]
 
 
-def sweep_dir_of(spec: SweepSpec, storage: str | None) -> Path:
-    return Path(storage or spec.storage).expanduser().resolve() / spec.name
+def sweep_dir_of(spec: SweepSpec) -> Path:
+    return Path(spec.storage).expanduser().resolve() / spec.name
 
 
 def check_sweep_dir(sweep_dir: Path, overwrite: bool) -> None:
@@ -64,7 +64,9 @@ def run(
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
 ) -> SweepResult:
-    sweep_dir = sweep_dir_of(spec, storage)
+    if storage is not None:
+        spec = spec.model_copy(update={"storage": storage})  # so spec.yaml records where it really ran
+    sweep_dir = sweep_dir_of(spec)
     check_sweep_dir(sweep_dir, overwrite)
     started = connect(address)
     try:
