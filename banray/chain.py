@@ -14,9 +14,9 @@ import ray
 import ray.tune as tune
 
 from banray import checkpoint, tracking
-from banray.data import load_splits
-from banray.evaluate import evaluate
+from banray.evaluate import ensemble_members, ensemble_scores
 from banray.spec import SweepSpec
+from banray.tasks import Task, make_task
 from banray.trial import TRIAL_RESOURCES, TrialRuntime, run_trial
 
 
@@ -65,13 +65,32 @@ class GenerationRecord:
     message: str | None = None
 
 
+@dataclass
+class EnsembleRecord:
+    """Ens*k (BANE, paper Eq. 4): the average of the softmax outputs of `members` on the test set."""
+
+    k: int
+    members: list[int]  # generations
+    test_error: float
+    test_nll: float
+
+
+@dataclass
+class ChainResult:
+    chain: int
+    generations: list[GenerationRecord]
+    ensembles: list[EnsembleRecord]
+    mlflow_run_id: str | None  # the chain's ensemble run, if it has ensembles
+
+
 def _say(chain: int, generation: int, text: str) -> None:
     print(f"[banray] chain {chain} generation {generation}: {text}", flush=True)
 
 
 def run_generation(
-    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, splits
-) -> GenerationRecord:
+    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, task: Task
+) -> tuple[GenerationRecord, Any]:
+    """Run one generation's trial group; returns its record and its best model."""
     spec = ctx.spec
     settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
     role = "teacher" if generation == 0 else "student"
@@ -126,12 +145,13 @@ def run_generation(
         record.message = f"all {spec.search.trials} trial(s) failed; see the Ray logs and the MLflow trial runs"
         tracking.end_run(ctx.tracking, run_id, "FAILED")
         _say(chain, generation, record.message)
-        return record
+        return record, None
 
     best = min(finished, key=lambda m: (m[metric], m["trial"]))
     model, _ = checkpoint.load(best["checkpoint"])
     # The test split is touched once per finished generation, for the selected model only.
-    record.test_error, record.test_nll = evaluate(model, splits.test)
+    test = task.score(model, "test")
+    record.test_error, record.test_nll = test.error, test.nll
     record.status = "finished"
     record.best_trial, record.best_trial_run_id = best["trial"], best["mlflow_run_id"]
     record.best_epoch, record.seed, record.checkpoint = best["best_epoch"], best["seed"], best["checkpoint"]
@@ -146,28 +166,57 @@ def run_generation(
     )
     client.set_tag(run_id, "banray.best_trial_run_id", record.best_trial_run_id)
     client.set_tag(run_id, "banray.checkpoint", record.checkpoint)
-    example = splits.test[0][0].unsqueeze(0).numpy()
-    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, example)
+    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, task.input_example())
     _say(
         chain,
         generation,
         f"best trial {record.best_trial} (epoch {record.best_epoch}): val_error {100 * record.val_error:.2f}%, "
-        f"test_error {100 * record.test_error:.2f}%",
+        f"test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}",
     )
-    return record
+    return record, model
+
+
+def evaluate_ensembles(
+    ctx: SweepContext, chain: int, models: dict[int, Any], task: Task
+) -> tuple[list[EnsembleRecord], str | None]:
+    """Ens*k of the chain's finished generations on the test set, logged to a run of their own."""
+    members_of = ensemble_members(sorted(models), ctx.spec.ensembles.include_teacher)
+    predictions = {g: task.predict(model, "test") for g, model in models.items()} if members_of else {}
+    if not members_of or any(p is None for p in predictions.values()):
+        return [], None
+    labels = next(iter(predictions.values()))[1]
+    ensembles = []
+    for k, members in members_of.items():
+        scores = ensemble_scores([predictions[g][0] for g in members], labels)
+        ensembles.append(EnsembleRecord(k, members, scores.error, scores.nll))
+        _say(chain, members[-1], f"Ens*{k} of generations {members}: test_error {100 * scores.error:.2f}%")
+    run_id = tracking.start_run(
+        ctx.tracking,
+        ctx.experiment_id,
+        run_name=f"chain{chain}-ensembles",
+        tags=tracking.banray_tags(sweep=ctx.spec.name, chain=chain, role="ensemble"),
+        params={f"ens{e.k}.members": e.members for e in ensembles},
+    )
+    client = ctx.tracking.client()
+    for e in ensembles:
+        tracking.log_metrics(client, run_id, {f"ens{e.k}_test_error": e.test_error, f"ens{e.k}_test_nll": e.test_nll})
+    tracking.end_run(ctx.tracking, run_id)
+    return ensembles, run_id
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def run_chain(ctx: SweepContext, chain: int) -> list[GenerationRecord]:
-    data = ctx.spec.data
-    splits = load_splits(data.dataset, data.root, data.val_fraction, data.seed)
+def run_chain(ctx: SweepContext, chain: int) -> ChainResult:
+    task = make_task(ctx.spec.data, ctx.spec.train)
     records: list[GenerationRecord] = []
+    models: dict[int, Any] = {}
     teacher = None
     for generation in range(ctx.spec.generations + 1):
-        record = run_generation(ctx, chain, generation, teacher, splits)
+        record, model = run_generation(ctx, chain, generation, teacher, task)
         records.append(record)
         if record.status != "finished":
             _say(chain, generation, "chain stopped: no trial of this generation finished")
             break
+        models[generation] = model
         teacher = record
-    return records
+    ensembles, ensemble_run_id = evaluate_ensembles(ctx, chain, models, task)
+    return ChainResult(chain, records, ensembles, ensemble_run_id)

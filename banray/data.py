@@ -1,14 +1,21 @@
 """Dataset registry and the evaluation protocol's splits.
 
-A dataset builder returns a fixed test split and a training pool; `load_splits` carves the
-validation split out of the training pool with `data.seed`. Model selection uses validation only;
-the test split is evaluated once per finished generation.
+Two kinds of dataset, each registered by name:
+- classification (`digits`, `synthetic`, `cifar10`, `cifar100`): a builder returns a training pool
+  and a fixed test set; `load_splits` carves the validation split out of the training pool with
+  `data.seed`. The training split is seen through the dataset's augmentation, the validation split
+  without it.
+- language modelling (`ptb`): a builder returns a `Corpus` whose train / valid / test files are the
+  splits (PTB's standard Mikolov split).
+Model selection uses validation only; the test split is evaluated once per finished generation.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -16,14 +23,21 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from banray.registry import Registry
 
+Kind = Literal["classification", "language_model"]
+
+
+class DatasetMissing(Exception):
+    """The dataset's files are not where `data.root` says; the message says how to fix it."""
+
 
 @dataclass
 class Pool:
-    """What a dataset builder returns: the training pool (split into train/val later) and the test set."""
+    """What a classification builder returns."""
 
-    train_pool: Dataset
+    train_view: Dataset  # the training pool as the model trains on it (augmented)
+    eval_view: Dataset  # the same samples, same order, without augmentation
     test: Dataset
-    labels: np.ndarray  # labels of train_pool, for a stratified validation split
+    labels: np.ndarray  # labels of the pool, for a stratified validation split
     num_classes: int
     input_shape: tuple[int, ...]
 
@@ -37,8 +51,40 @@ class Splits:
     input_shape: tuple[int, ...]
 
 
-DatasetBuilder = Callable[[str], Pool]
-DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+@dataclass
+class Corpus:
+    """A tokenised corpus: one id tensor per split, words numbered in order of first appearance in train."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    vocabulary: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocabulary)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    kind: Kind
+    build: Callable[..., Any]  # (root, download) -> Pool | Corpus
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def _register(name: str, kind: Kind):
+    def add(build):
+        DATASETS.register(name)(DatasetEntry(kind, build))
+        return build
+
+    return add
+
+
+def dataset_kind(name: str) -> Kind:
+    return DATASETS[name].kind
+
 
 # The test split of the embedded datasets never moves with data.seed.
 _TEST_SPLIT_SEED = 20180512
@@ -51,12 +97,13 @@ def _tensor_pool(x: np.ndarray, y: np.ndarray, num_classes: int) -> Pool:
     x_pool, x_test, y_pool, y_test = train_test_split(
         x, y, test_size=_TEST_FRACTION, random_state=_TEST_SPLIT_SEED, stratify=y
     )
-    as_dataset = lambda xs, ys: TensorDataset(torch.from_numpy(xs), torch.from_numpy(ys))  # noqa: E731
-    return Pool(as_dataset(x_pool, y_pool), as_dataset(x_test, y_test), y_pool, num_classes, tuple(x.shape[1:]))
+    pool = TensorDataset(torch.from_numpy(x_pool), torch.from_numpy(y_pool))
+    test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
+    return Pool(pool, pool, test, y_pool, num_classes, tuple(x.shape[1:]))
 
 
-@DATASETS.register("digits")
-def digits(root: str) -> Pool:
+@_register("digits", "classification")
+def digits(root: str, download: bool) -> Pool:
     """scikit-learn's 8×8 handwritten digits (1797 images, 10 classes), shipped inside scikit-learn."""
     from sklearn.datasets import load_digits
 
@@ -65,8 +112,8 @@ def digits(root: str) -> Pool:
     return _tensor_pool(x, bunch.target.astype(np.int64), num_classes=10)
 
 
-@DATASETS.register("synthetic")
-def synthetic(root: str) -> Pool:
+@_register("synthetic", "classification")
+def synthetic(root: str, download: bool) -> Pool:
     """600 digits-shaped (1×8×8) samples from 4 Gaussian class prototypes with noise: learnable in an epoch."""
     rng = np.random.default_rng(0)
     num_classes, per_class = 4, 150
@@ -76,18 +123,136 @@ def synthetic(root: str) -> Pool:
     return _tensor_pool(x, y.astype(np.int64), num_classes=num_classes)
 
 
-def load_splits(dataset: str, root: str, val_fraction: float, seed: int) -> Splits:
-    """Train / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`."""
+class Transformed(Dataset):
+    """A view of a dataset of (image, label) pairs with `transform` applied to the image."""
+
+    def __init__(self, base: Dataset, transform: Callable):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        return self.transform(image), label
+
+
+# Per-channel statistics of the CIFAR training sets (the values the literature normalises with).
+_CIFAR = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("CIFAR100", "cifar-100-python", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _cifar(name: str, root: str, download: bool) -> Pool:
+    """CIFAR through torchvision's dataset classes: the standard augmentation (4-pixel reflection pad,
+    random 32×32 crop, horizontal flip) for training, per-channel mean/std normalisation everywhere."""
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    class_name, folder, num_classes, mean, std = _CIFAR[name]
+    dataset_class = getattr(datasets, class_name)
+    root = os.path.expanduser(root)
+    try:
+        pool = dataset_class(root, train=True, download=download)
+        test = dataset_class(root, train=False)
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        fix = (
+            "the download did not produce them" if download
+            else "set data.download: true on a machine with internet access, or"
+        )
+        raise DatasetMissing(
+            f"data.root: {name} not found in {root} ({exc}); {fix} put the extracted '{folder}' folder "
+            f"(from https://www.cs.toronto.edu/~kriz/) inside {root}"
+        ) from None
+    except OSError as exc:  # download impossible: no network, proxy, disk
+        raise DatasetMissing(
+            f"data.root: {name} is not in {root} and downloading it failed ({exc}); "
+            f"put the extracted '{folder}' folder there by hand"
+        ) from None
+    normalise = [T.ToTensor(), T.Normalize(mean, std)]
+    train_transform = T.Compose(
+        [T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip(), *normalise]
+    )
+    eval_transform = T.Compose(normalise)
+    return Pool(
+        train_view=Transformed(pool, train_transform),
+        eval_view=Transformed(pool, eval_transform),
+        test=Transformed(test, eval_transform),
+        labels=np.asarray(pool.targets),
+        num_classes=num_classes,
+        input_shape=(3, 32, 32),
+    )
+
+
+@_register("cifar10", "classification")
+def cifar10(root: str, download: bool) -> Pool:
+    return _cifar("cifar10", root, download)
+
+
+@_register("cifar100", "classification")
+def cifar100(root: str, download: bool) -> Pool:
+    return _cifar("cifar100", root, download)
+
+
+PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
+
+
+def read_tokens(path: Path) -> list[str]:
+    """Whitespace-separated words, each line ending with '<eos>' (the PTB language-modelling convention)."""
+    tokens: list[str] = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            tokens += line.split() + ["<eos>"]
+    return tokens
+
+
+@_register("ptb", "language_model")
+def ptb(root: str, download: bool) -> Corpus:
+    """Penn Treebank in Mikolov's preprocessed form: ptb.{train,valid,test}.txt under `data.root`
+    (rare words already replaced by '<unk>'). Not downloadable here: the files must be in place."""
+    folder = Path(os.path.expanduser(root))
+    missing = [name for name in PTB_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise DatasetMissing(
+            f"data.root: {', '.join(missing)} not found in {folder}; put the Penn Treebank files "
+            "(Mikolov's 'simple-examples/data' folder) there"
+        )
+    tokens = {split: read_tokens(folder / name) for split, name in PTB_FILES.items()}
+    vocabulary = list(dict.fromkeys(tokens["train"]))
+    index = {word: i for i, word in enumerate(vocabulary)}
+    unknown = index.get("<unk>")
+
+    def encode(split: str) -> torch.Tensor:
+        try:
+            return torch.tensor([index[w] if w in index or unknown is None else unknown for w in tokens[split]])
+        except KeyError as exc:
+            raise DatasetMissing(
+                f"data.root: {PTB_FILES[split]} has the word {exc} that {PTB_FILES['train']} lacks and there is "
+                "no '<unk>' token to map it to"
+            ) from None
+
+    return Corpus(encode("train"), encode("valid"), encode("test"), vocabulary)
+
+
+def load_corpus(dataset: str, root: str, download: bool = False) -> Corpus:
+    entry = DATASETS[dataset]
+    assert entry.kind == "language_model", f"{dataset} is a {entry.kind} dataset"
+    return entry.build(root, download)
+
+
+def load_splits(dataset: str, root: str, val_fraction: float, seed: int, download: bool = False) -> Splits:
+    """Train (augmented) / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`."""
     from sklearn.model_selection import train_test_split
 
-    pool = DATASETS[dataset](root)
+    entry = DATASETS[dataset]
+    assert entry.kind == "classification", f"{dataset} is a {entry.kind} dataset"
+    pool = entry.build(root, download)
     indices = np.arange(len(pool.labels))
-    train_idx, val_idx = train_test_split(
-        indices, test_size=val_fraction, random_state=seed, stratify=pool.labels
-    )
+    train_idx, val_idx = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=pool.labels)
     return Splits(
-        train=Subset(pool.train_pool, train_idx.tolist()),
-        val=Subset(pool.train_pool, val_idx.tolist()),
+        train=Subset(pool.train_view, train_idx.tolist()),
+        val=Subset(pool.eval_view, val_idx.tolist()),
         test=pool.test,
         num_classes=pool.num_classes,
         input_shape=pool.input_shape,

@@ -1,33 +1,20 @@
-"""Evaluation: error and negative log-likelihood of a model on a split."""
+"""Scores of ensembles: BANE (paper Eq. 4) averages the softmax outputs of its members."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-EVAL_BATCH_SIZE = 512
+from banray.tasks import Scores
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for x, y in loader:
-        logits.append(model(x.to(device, non_blocking=True)).float().cpu())
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
+def ensemble_scores(member_probs: list[torch.Tensor], labels: torch.Tensor) -> Scores:
+    """Error and NLL of the mean of the members' probabilities."""
+    probs = torch.stack(member_probs).mean(dim=0)
+    picked = probs[torch.arange(len(labels)), labels].clamp_min(torch.finfo(probs.dtype).tiny)
+    return Scores(nll=-picked.log().mean().item(), error=(probs.argmax(dim=1) != labels).float().mean().item())
 
 
-def error_and_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    error = (logits.argmax(dim=1) != labels).float().mean().item()
-    return error, F.cross_entropy(logits, labels).item()
-
-
-def evaluate(model: nn.Module, dataset: Dataset, device: torch.device | str = "cpu") -> tuple[float, float]:
-    """(error, NLL) of `model` on `dataset`; error is a fraction in [0, 1]."""
-    loader = DataLoader(dataset, batch_size=EVAL_BATCH_SIZE)
-    return error_and_nll(*predict_logits(model, loader, torch.device(device)))
+def ensemble_members(generations: list[int], include_teacher: bool) -> dict[int, list[int]]:
+    """Ens*k → its members: the last k of the finished generations (students only unless include_teacher)."""
+    pool = [g for g in generations if include_teacher or g > 0]
+    return {k: pool[-k:] for k in range(2, len(pool) + 1)}

@@ -1,9 +1,12 @@
 """Training objectives, selected by name through `get_objective`.
 
-Convention (fixed here, pinned by golden-value tests): **α weighs the teacher term**; the label
-term gets 1 − α. KL and cross-entropy terms are averaged over the batch ("batchmean"), never over
-classes. Teacher terms at temperature T are scaled by T² so their gradient magnitude does not
-depend on T (Hinton et al.); at T = 1, the paper's setting, the factor is 1.
+Convention (fixed here, pinned by golden-value tests): in `kd`, **α weighs the teacher term** and
+the label term gets 1 − α; `ban+l` weighs its two terms with `teacher_weight` and `label_weight`
+(a plain sum by default, the natural reading of the paper). KL and cross-entropy terms are averaged
+over the batch ("batchmean"), never over classes. Teacher terms at temperature T are scaled by T² so
+their gradient magnitude does not depend on T (Hinton et al.); at T = 1, the paper's setting, the
+factor is 1. Notation as in the paper: teacher softmax p, student softmax q, labels y, batch size b.
+For language models every time step counts as one sample.
 
 Each objective is an `Objective`: calling it returns the scalar loss to minimise, and
 `Objective.terms` returns the same loss split into named, already weighted terms (their sum is the
@@ -21,17 +24,31 @@ import torch.nn.functional as F
 from banray.registry import Registry
 
 Terms = dict[str, torch.Tensor]
-TermsFn = Callable[..., Terms]
+
+
+@dataclass(frozen=True)
+class LossParams:
+    alpha: float = 0.5
+    temperature: float = 1.0
+    label_weight: float = 1.0
+    teacher_weight: float = 1.0
+
+
+TermsFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, LossParams], Terms]
 
 
 @dataclass(frozen=True)
 class Objective:
     name: str
     needs_teacher: bool
-    terms: TermsFn
+    terms_fn: TermsFn
 
-    def __call__(self, student_logits, teacher_logits, labels, *, alpha: float, temperature: float):
-        return sum(self.terms(student_logits, teacher_logits, labels, alpha=alpha, temperature=temperature).values())
+    def terms(self, student_logits, teacher_logits, labels, **params: float) -> Terms:
+        """The loss as named terms, each already weighted; `params` are the fields of LossParams."""
+        return self.terms_fn(student_logits, teacher_logits, labels, LossParams(**params))
+
+    def __call__(self, student_logits, teacher_logits, labels, **params: float) -> torch.Tensor:
+        return sum(self.terms(student_logits, teacher_logits, labels, **params).values())
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
@@ -49,39 +66,107 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
-def soft_cross_entropy(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
-    """T² · mean over the batch of CE(softmax(t/T), softmax(z/T)) = −Σ_i p_i log q_i."""
-    p = F.softmax(teacher_logits / temperature, dim=1)
+def soft_cross_entropy(student_logits, target_probs, temperature: float) -> torch.Tensor:
+    """T² · mean over the batch of −Σ_i target_i · log softmax(z/T)_i."""
     log_q = F.log_softmax(student_logits / temperature, dim=1)
-    return -(p * log_q).sum(dim=1).mean() * temperature**2
+    return -(target_probs * log_q).sum(dim=1).mean() * temperature**2
+
+
+def teacher_probs(teacher_logits, temperature: float) -> torch.Tensor:
+    return F.softmax(teacher_logits.float() / temperature, dim=1)
 
 
 @_register("ce", needs_teacher=False)
-def _ce(student_logits, teacher_logits, labels, *, alpha, temperature) -> Terms:
+def _ce(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     """Labels only: CE(y, q). Generation 0 (the teacher) always trains with this."""
     return {"ce": F.cross_entropy(student_logits, labels)}
 
 
 @_register("ban", needs_teacher=True)
-def _ban(student_logits, teacher_logits, labels, *, alpha, temperature) -> Terms:
-    """Born-Again (paper Eq. 2): teacher-only T²·CE(p_T, q_T); no label term, α unused.
+def _ban(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
+    """Born-Again (paper Eq. 2): teacher-only T²·CE(p_T, q_T); no label term.
 
     With a fixed teacher this equals KL(p‖q) plus a constant; at T = 1 its gradient with respect to
     the student logits is (q − p) / b (paper Eq. 5 averaged over the batch).
     """
-    return {"teacher_ce": soft_cross_entropy(student_logits, teacher_logits, temperature)}
+    p = teacher_probs(teacher_logits, params.temperature)
+    return {"teacher_ce": soft_cross_entropy(student_logits, p, params.temperature)}
+
+
+def _ban_l(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
+    """BAN+L (paper Table 2): teacher_weight·T²·CE(p_T, q_T) + label_weight·CE(y, q).
+
+    The paper gives no weights; the default (1, 1) is a plain sum. At T = 1 the gradient is
+    (teacher_weight·(q − p) + label_weight·(q − y)) / b.
+    """
+    p = teacher_probs(teacher_logits, params.temperature)
+    return {
+        "teacher_ce": params.teacher_weight * soft_cross_entropy(student_logits, p, params.temperature),
+        "ce": params.label_weight * F.cross_entropy(student_logits, labels),
+    }
+
+
+# The paper writes "BAN+L"; `ban_l` is the same objective for places where "+" is awkward.
+_register("ban+l", needs_teacher=True)(_ban_l)
+_register("ban_l", needs_teacher=True)(_ban_l)
 
 
 @_register("kd", needs_teacher=True)
-def _kd(student_logits, teacher_logits, labels, *, alpha, temperature) -> Terms:
+def _kd(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     """Hinton KD: α·T²·KL(p_T ‖ q_T) + (1 − α)·CE(y, q), KL averaged over the batch."""
+    temperature = params.temperature
     kl = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits.float() / temperature, dim=1),
         reduction="batchmean",
         log_target=True,
     )
     return {
-        "kd": alpha * temperature**2 * kl,
-        "ce": (1.0 - alpha) * F.cross_entropy(student_logits, labels),
+        "kd": params.alpha * temperature**2 * kl,
+        "ce": (1.0 - params.alpha) * F.cross_entropy(student_logits, labels),
     }
+
+
+def cwtm_weights(teacher_logits, temperature: float) -> torch.Tensor:
+    """w_s = max_j p_{j,s} / Σ_u max_j p_{j,u}: the teacher's confidence, normalised over the batch."""
+    confidence = teacher_probs(teacher_logits, temperature).max(dim=1).values
+    return confidence / confidence.sum()
+
+
+@_register("cwtm", needs_teacher=True)
+def _cwtm(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
+    """Confidence-Weighted by Teacher Max (paper Eq. 10): Σ_s w_s · CE(y_s, q_s).
+
+    Only the teacher's max probability is used, also when the teacher is wrong. Because the weights
+    sum to 1 the loss is on the scale of a mean CE; at T = 1 its gradient for sample s is w_s·(q_s − y_s).
+    """
+    weights = cwtm_weights(teacher_logits, params.temperature)
+    per_sample = F.cross_entropy(student_logits, labels, reduction="none")
+    return {"weighted_ce": (weights * per_sample).sum()}
+
+
+def permute_non_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """φ(p) of paper Eq. 11: each row keeps its argmax entry in place; the other n − 1 entries are
+    shuffled among the non-argmax positions, freshly per row and per call (torch's global RNG)."""
+    rows, classes = probs.shape
+    argmax = probs.argmax(dim=1, keepdim=True)
+    # Targets: the non-argmax positions in order, then the argmax. Sources: the same positions in a
+    # random order, then the argmax. Sorting a key whose argmax entry is the largest does both.
+    position_key = torch.arange(classes, device=probs.device, dtype=torch.float).expand(rows, classes).clone()
+    position_key.scatter_(1, argmax, float(classes))
+    source_key = torch.rand(rows, classes, device=probs.device)
+    source_key.scatter_(1, argmax, 2.0)
+    targets, sources = position_key.argsort(dim=1), source_key.argsort(dim=1)
+    return torch.zeros_like(probs).scatter_(1, targets, probs.gather(1, sources))
+
+
+@_register("dkpp", needs_teacher=True)
+def _dkpp(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
+    """Dark Knowledge with Permuted Predictions (paper Eq. 11): teacher-only T²·CE(φ(p_T), q_T).
+
+    φ keeps the teacher's argmax probability at its position and permutes the rest, destroying the
+    class similarities while keeping every permutation-invariant statistic. At T = 1 the gradient is
+    (q − φ(p)) / b.
+    """
+    permuted = permute_non_argmax(teacher_probs(teacher_logits, params.temperature))
+    return {"teacher_ce": soft_cross_entropy(student_logits, permuted, params.temperature)}

@@ -6,6 +6,7 @@ raises `SpecError` whose lines each name the key path, the bad value and what is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from banray.data import DATASETS
-from banray.losses import OBJECTIVES
+from banray.data import DATASETS, dataset_kind
+from banray.losses import OBJECTIVES, LossParams
 from banray.models import MODELS, model_arguments
+from banray.models.registry import model_task
 
 
 class SpecError(Exception):
@@ -38,9 +40,12 @@ def _known(registry, name: str) -> str:
 
 
 class DataSpec(_Section):
-    dataset: str = Field(description="dataset name from the registry (digits, synthetic)")
+    dataset: str = Field(description="dataset name from the registry (digits, synthetic, cifar10, cifar100, ptb)")
     root: str = Field("~/.cache/banray/data", description="folder with the dataset files (file-based datasets)")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training pool held out for selection")
+    download: bool = Field(False, description="download missing CIFAR files into root (needs internet access)")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of the training pool held out for selection (ptb has its own valid file)"
+    )
     seed: int = Field(0, ge=0, description="seed of the train/validation split")
 
     @field_validator("dataset")
@@ -50,7 +55,7 @@ class DataSpec(_Section):
 
 
 class ModelSpec(_Section):
-    arch: str = Field(description="model name from the registry (cnn, mlp)")
+    arch: str = Field(description="model name from the registry (cnn, mlp, densenet_bc, wrn, preact_resnet, lstm_lm)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
 
     @field_validator("arch")
@@ -81,9 +86,14 @@ class TrainSpec(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    lr_schedule: Literal["constant", "cosine", "step", "plateau"] = "cosine"
     lr_milestones: list[int] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by lr_gamma")
-    lr_gamma: float = Field(0.1, gt=0, le=1)
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="'step' and 'plateau': the factor applied to lr")
+    lr_plateau_threshold: float = Field(
+        0.0, ge=0, description="'plateau': lr drops unless the validation metric improves by more than this"
+    )
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this (language models)")
+    bptt: int = Field(35, ge=1, description="language models: time steps per truncated-BPTT chunk")
 
     @model_validator(mode="after")
     def _milestones_fit(self) -> TrainSpec:
@@ -97,13 +107,25 @@ class TrainSpec(_Section):
 
 class DistillSpec(_Section):
     objective: str = Field("ban", description="objective of generations ≥ 1 (generation 0 always uses 'ce')")
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher term; the label term gets 1 − alpha")
+    alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the teacher term; the label term gets 1 − alpha")
     temperature: float = Field(1.0, gt=0, description="softmax temperature of the teacher term (paper: 1)")
+    teacher_weight: float = Field(1.0, ge=0, description="ban+l: weight of the teacher term")
+    label_weight: float = Field(1.0, ge=0, description="ban+l: weight of the label term")
 
     @field_validator("objective")
     @classmethod
     def _objective_known(cls, name: str) -> str:
         return _known(OBJECTIVES, name)
+
+    def loss_params(self) -> dict[str, float]:
+        """The keyword arguments of every objective (see banray.losses.LossParams)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LossParams)}
+
+
+class EnsembleSpec(_Section):
+    include_teacher: bool = Field(
+        False, description="Ens*k over the last k generations counting the teacher (the paper does so once)"
+    )
 
 
 class SearchSpec(_Section):
@@ -125,7 +147,7 @@ class TrackingSpec(_Section):
 
 
 # Sections that do not change what is trained; they stay out of the spec hash.
-_RUNTIME_SECTIONS = {"resources", "storage", "tracking"}
+_RUNTIME_SECTIONS = {"ensembles", "resources", "storage", "tracking"}
 
 
 class SweepSpec(_Section):
@@ -139,9 +161,24 @@ class SweepSpec(_Section):
     generations: int = Field(ge=1, description="student generations after the generation-0 teacher")
     chains: int = Field(1, ge=1, description="independent lineages, each with its own seeds")
     search: SearchSpec = SearchSpec()
+    ensembles: EnsembleSpec = EnsembleSpec()
     resources: ResourcesSpec = ResourcesSpec()
     storage: str = Field("./runs", min_length=1, description="folder for checkpoints, reports and sweep state")
     tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> SweepSpec:
+        task = dataset_kind(self.data.dataset)
+        for key, model in (("model", self.model), ("student", self.student)):
+            if model is not None and model_task(model.arch) != task:
+                raise ValueError(
+                    f"{key}.arch '{model.arch}' is a {model_task(model.arch)} model but data.dataset "
+                    f"'{self.data.dataset}' is a {task} dataset; allowed: "
+                    + ", ".join(name for name in MODELS.names() if model_task(name) == task)
+                )
+        if task == "language_model" and self.search.metric != "val_nll":
+            raise ValueError("search.metric must be 'val_nll' (log perplexity) for a language model dataset")
+        return self
 
     def model_of(self, generation: int) -> ModelSpec:
         return self.model if generation == 0 or self.student is None else self.student

@@ -14,7 +14,10 @@ import yaml
 
 from banray import report, tracking
 from banray.chain import SweepContext, run_chain
+from banray.data import DatasetMissing
+from banray.models import build_model
 from banray.spec import SpecError, SweepSpec
+from banray.tasks import make_task
 from banray.trial import WorkerSlots, slot_capacity
 
 # Defaults for every Ray process of the sweep; a value already in the environment wins.
@@ -45,6 +48,22 @@ def check_sweep_dir(sweep_dir: Path, overwrite: bool) -> None:
         )
 
 
+def preflight(spec: SweepSpec) -> None:
+    """Checks that need the data and the model code: the dataset's files are in place and every model
+    can be built for it. Raises SpecError, before anything is started or written."""
+    try:
+        task = make_task(spec.data, spec.train)
+    except DatasetMissing as exc:
+        raise SpecError(str(exc)) from None
+    for key, model in (("model", spec.model), ("student", spec.student)):
+        if model is None:
+            continue
+        try:
+            build_model(model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **model.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{key}.kwargs: {model.arch} cannot be built with {model.kwargs}: {exc}") from None
+
+
 def connect(address: str | None) -> bool:
     """Connect to (or start) Ray; returns whether this call started the connection."""
     if ray.is_initialized():
@@ -68,6 +87,7 @@ def run(
         spec = spec.model_copy(update={"storage": storage})  # so spec.yaml records where it really ran
     sweep_dir = sweep_dir_of(spec)
     check_sweep_dir(sweep_dir, overwrite)
+    preflight(spec)
     started = connect(address)
     try:
         capacity = slot_capacity(spec.resources, ray.cluster_resources())
@@ -124,10 +144,10 @@ def _run_chains(
     tracking.log_artifacts(track, summary_run, [spec_file, *files])
     tracking.end_run(track, summary_run)
     echo("")
-    echo(f"Test error (%) of each generation's best trial ({result['selection']}):")
+    echo(report.caption(result))
     echo(report.table(result))
     echo("")
-    echo(f"Report: {files[0]} and {files[1]}")
+    echo(f"Report: {', '.join(str(f) for f in files)}")
     echo(f"MLflow: experiment '{track.experiment}' (id {experiment_id}) at {track.uri}")
     if track.uri.startswith(("http://", "https://")):
         echo(f"Open the MLflow UI: {track.uri.rstrip('/')}/#/experiments/{experiment_id}")

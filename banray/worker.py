@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -18,14 +17,12 @@ import ray.train
 import ray.train.torch
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from banray import checkpoint, tracking
-from banray.data import load_splits
-from banray.evaluate import evaluate
 from banray.losses import get_objective
 from banray.models import build_model
 from banray.spec import TrainSpec, TrialSettings
+from banray.tasks import make_task
 
 
 def make_optimizer(parameters, train: TrainSpec) -> torch.optim.Optimizer:
@@ -37,12 +34,17 @@ def make_optimizer(parameters, train: TrainSpec) -> torch.optim.Optimizer:
     return optimizer_class(parameters, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-epoch learning-rate schedule."""
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec):
+    """A per-epoch learning-rate schedule; 'plateau' steps on the validation metric."""
     if train.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
     if train.lr_schedule == "step":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
+    if train.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=train.lr_gamma, patience=0,
+            threshold=train.lr_plateau_threshold, threshold_mode="abs",
+        )
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
@@ -87,36 +89,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(settings.seed)
     device = ray.train.torch.get_device()
 
-    splits = load_splits(settings.data.dataset, settings.data.root, settings.data.val_fraction, settings.data.seed)
+    task = make_task(
+        settings.data, settings.train, seed=settings.seed, rank=rank, world_size=world_size,
+        prepare_loader=ray.train.torch.prepare_data_loader,
+    )
     student = build_model(
-        settings.model.arch, num_classes=splits.num_classes, input_shape=splits.input_shape, **settings.model.kwargs
+        settings.model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **settings.model.kwargs
     )
     teacher, teacher_metadata = None, None
     if settings.teacher_checkpoint is not None:
-        teacher, teacher_metadata = load_teacher(settings, splits.num_classes, device)
+        teacher, teacher_metadata = load_teacher(settings, task.num_classes, device)
     model = ray.train.torch.prepare_model(student)
-
-    shuffle = torch.Generator().manual_seed(settings.seed)
-    batch_size = max(1, settings.train.batch_size // world_size)
-    train_loader = ray.train.torch.prepare_data_loader(
-        DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=shuffle)
-    )
     optimizer = make_optimizer(model.parameters(), settings.train)
     scheduler = make_scheduler(optimizer, settings.train)
     objective = get_objective(settings.distill.objective)
+    loss_params = settings.distill.loss_params()
+
+    def step(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.train.grad_clip)
+        optimizer.step()
 
     mlflow_client = tracking.Tracking(**config["tracking"]).client() if rank == 0 else None
     run_id = config["mlflow_run_id"]
     if teacher is not None and mlflow_client is not None:
         # Teacher hygiene: its validation error, measured here, must match what it was selected with.
-        teacher_val_error, _ = evaluate(teacher, splits.val, device)
-        tracking.log_metrics(mlflow_client, run_id, {"teacher_val_error": teacher_val_error})
+        teacher_scores = task.score(teacher, "val", device)
+        tracking.log_metrics(mlflow_client, run_id, {"teacher_val_error": teacher_scores.error,
+                                                     "teacher_val_nll": teacher_scores.nll})
 
     metadata_base = {
         "arch": settings.model.arch,
         "kwargs": settings.model.kwargs,
-        "num_classes": splits.num_classes,
-        "input_shape": list(splits.input_shape),
+        "num_classes": task.num_classes,
+        "input_shape": list(task.input_shape),
         "sweep": settings.sweep,
         "spec_hash": settings.spec_hash,
         "chain": settings.chain,
@@ -128,41 +136,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
     for epoch in range(1, settings.train.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        term_sums: dict[str, float] = defaultdict(float)
-        seen = 0
-        model.train()
-        for x, y in train_loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            teacher_logits = None
-            if teacher is not None:
-                with torch.inference_mode():
-                    teacher_logits = teacher(x)
-                teacher_logits = teacher_logits.clone()  # inference tensors cannot enter autograd
-            terms = objective.terms(
-                model(x), teacher_logits, y, alpha=settings.distill.alpha, temperature=settings.distill.temperature
-            )
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in terms.items():
-                term_sums[name] += value.item() * len(y)
-            seen += len(y)
-        scheduler.step()
-
-        val_error, val_nll = evaluate(_unwrap(model), splits.val, device)
+        term_means = task.train_epoch(model, teacher, objective, loss_params, step, device)
+        val = task.score(_unwrap(model), "val", device)
         metrics = {
             "epoch": epoch,
             "lr": lr,
-            "train_loss": sum(term_sums.values()) / seen,
-            **{f"loss/{name}": total / seen for name, total in term_sums.items()},
-            "val_error": val_error,
-            "val_nll": val_nll,
+            "train_loss": sum(term_means.values()),
+            **{f"loss/{name}": value for name, value in term_means.items()},
+            "val_error": val.error,
+            "val_nll": val.nll,
         }
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(metrics[settings.metric])
+        else:
+            scheduler.step()
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
-                metadata = {**metadata_base, "epoch": epoch, "val_error": val_error, "val_nll": val_nll}
+                metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
                 saved = checkpoint.save(directory, _unwrap(model), metadata)
             ray.train.report(metrics, checkpoint=saved)
         if mlflow_client is not None:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
+import fakedata
+
 REPO = Path(__file__).resolve().parents[1]
+
+# Generated CIFAR files cannot match torchvision's MD5 sums: skip only that check, here and (through
+# the cluster's worker setup hook below) in every Ray worker process.
+fakedata.allow_unverified_cifar()
 
 # Ray's sockets live under the temp dir, whose path must stay short.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -39,12 +45,17 @@ def tiny_spec(**overrides) -> dict:
 def ray_cluster():
     """A real local Ray cluster for the whole session; yields its GCS address."""
     import ray
+    import ray.cloudpickle
 
+    ray.cloudpickle.register_pickle_by_value(fakedata)  # workers cannot import the tests folder
     temp_dir = tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp")
     ray.init(
         num_cpus=2,
         _temp_dir=temp_dir,
-        runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}},
+        runtime_env={
+            "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AIR_NEW_OUTPUT": "0"},
+            "worker_process_setup_hook": fakedata.allow_unverified_cifar,
+        },
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from banray.losses import OBJECTIVES, get_objective
+from banray.losses import OBJECTIVES, cwtm_weights, get_objective, permute_non_argmax
 
 # One sample, three classes: small enough to compute every term by hand.
 Z = torch.tensor([[1.0, 2.0, 0.5]])  # student logits
@@ -18,8 +18,8 @@ def softmax(xs):
 
 
 def test_registry_lists_objectives_and_rejects_unknown():
-    assert {"ce", "ban", "kd"} <= set(OBJECTIVES.names())
-    with pytest.raises(KeyError, match="unknown objective 'bann'; allowed: ban, ce, kd"):
+    assert OBJECTIVES.names() == ["ban", "ban+l", "ban_l", "ce", "cwtm", "dkpp", "kd"]
+    with pytest.raises(KeyError, match="unknown objective 'bann'; allowed: ban, ban\\+l, ban_l, ce, cwtm, dkpp, kd"):
         get_objective("bann")
 
 
@@ -88,4 +88,89 @@ def test_kl_is_averaged_over_the_batch_not_the_classes():
 
 def test_teacher_needs_are_declared():
     assert not get_objective("ce").needs_teacher
-    assert get_objective("ban").needs_teacher and get_objective("kd").needs_teacher
+    assert all(get_objective(name).needs_teacher for name in ("ban", "ban+l", "kd", "cwtm", "dkpp"))
+
+
+# A fixed batch of two samples for the paper's other objectives; the second teacher is wrong.
+Z2 = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 1.0]])
+T2 = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]])
+Y2 = torch.tensor([1, 2])
+
+
+def mean_ce(targets, logits_rows):
+    return sum(-sum(t * math.log(q) for t, q in zip(target, softmax(row))) for target, row in zip(targets, logits_rows)) / len(targets)
+
+
+def test_ban_l_is_a_weighted_sum_of_teacher_and_label_terms():
+    teacher_term = mean_ce([softmax(r) for r in T2.tolist()], Z2.tolist())
+    label_term = mean_ce([[0, 1, 0], [0, 0, 1]], Z2.tolist())
+    ban_l = get_objective("ban+l")
+    assert ban_l(Z2, T2, Y2).item() == pytest.approx(teacher_term + label_term, rel=1e-6)  # default: plain sum
+    weighted = ban_l(Z2, T2, Y2, teacher_weight=0.25, label_weight=2.0)
+    assert weighted.item() == pytest.approx(0.25 * teacher_term + 2.0 * label_term, rel=1e-6)
+    assert get_objective("ban_l").terms_fn is ban_l.terms_fn
+
+
+def test_cwtm_weights_label_ce_by_normalised_teacher_max_even_when_wrong():
+    confidence = [max(softmax(r)) for r in T2.tolist()]  # ≈ 0.665 and 0.910 (the second teacher is wrong)
+    weights = [c / sum(confidence) for c in confidence]
+    ces = [-math.log(softmax(row)[label]) for row, label in zip(Z2.tolist(), Y2.tolist())]
+    expected = sum(w * ce for w, ce in zip(weights, ces))
+    assert get_objective("cwtm")(Z2, T2, Y2).item() == pytest.approx(expected, rel=1e-6)
+    assert cwtm_weights(torch.randn(16, 10), 1.0).sum().item() == pytest.approx(1.0)
+
+
+def test_cwtm_gradient_is_weighted_label_gradient():
+    z = Z2.clone().requires_grad_(True)
+    get_objective("cwtm")(z, T2, Y2).backward()
+    weights = cwtm_weights(T2, 1.0)
+    expected = weights[:, None] * (F.softmax(Z2, dim=1) - F.one_hot(Y2, 3))  # paper Eq. 10
+    torch.testing.assert_close(z.grad, expected)
+
+
+def test_dkpp_keeps_the_argmax_and_permutes_the_rest():
+    torch.manual_seed(0)
+    probs = F.softmax(torch.randn(64, 10), dim=1)
+    first, second = permute_non_argmax(probs), permute_non_argmax(probs)
+    rows = torch.arange(64)
+    argmax = probs.argmax(dim=1)
+    assert torch.equal(first.argmax(dim=1), argmax)
+    assert torch.equal(first[rows, argmax], probs[rows, argmax])
+    torch.testing.assert_close(first.sort(dim=1).values, probs.sort(dim=1).values)  # same multiset per row
+    assert not torch.equal(first, probs) and not torch.equal(first, second)  # shuffled, freshly per call
+    moved = (first != probs).any(dim=1).float().mean().item()
+    assert moved > 0.9  # per sample: almost every row changes (a row stays put with probability 1/9!)
+
+
+def test_dkpp_value_and_gradient_use_the_permuted_target():
+    torch.manual_seed(1)
+    z = torch.randn(4, 5, requires_grad=True)
+    t = torch.randn(4, 5)
+    torch.manual_seed(7)
+    loss = get_objective("dkpp")(z, t, torch.zeros(4, dtype=torch.long))
+    torch.manual_seed(7)
+    target = permute_non_argmax(F.softmax(t, dim=1))
+    assert loss.item() == pytest.approx(-(target * F.log_softmax(z.detach(), dim=1)).sum(dim=1).mean().item(), rel=1e-6)
+    loss.backward()
+    torch.testing.assert_close(z.grad, (F.softmax(z.detach(), dim=1) - target) / 4)  # paper Eq. 11
+
+
+def test_ban_gradient_splits_into_ground_truth_and_dark_knowledge_terms():
+    """Paper Eq. 7: at the true class the gradient is (q_* − p_*)/b, elsewhere (q_i − p_i)/b; for
+    the label loss the true-class entry is (q_* − 1)/b (Eq. 6)."""
+    z = Z2.clone().requires_grad_(True)
+    get_objective("ban")(z, T2, Y2).backward()
+    q, p = F.softmax(Z2, dim=1), F.softmax(T2, dim=1)
+    rows = torch.arange(2)
+    torch.testing.assert_close(z.grad[rows, Y2], (q[rows, Y2] - p[rows, Y2]) / 2)
+    torch.testing.assert_close(z.grad.sum(), torch.tensor(0.0), atol=1e-7, rtol=0)  # both distributions sum to 1
+    z.grad = None
+    get_objective("ce")(z, None, Y2).backward()
+    torch.testing.assert_close(z.grad[rows, Y2], (q[rows, Y2] - 1) / 2)
+
+
+def test_ban_l_gradient_at_t1():
+    z = Z2.clone().requires_grad_(True)
+    get_objective("ban+l")(z, T2, Y2, teacher_weight=0.5, label_weight=2.0).backward()
+    q, p, y = F.softmax(Z2, dim=1), F.softmax(T2, dim=1), F.one_hot(Y2, 3)
+    torch.testing.assert_close(z.grad, (0.5 * (q - p) + 2.0 * (q - y)) / 2)

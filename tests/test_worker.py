@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader
 
 from banray import checkpoint, tracking
 from banray.data import load_splits
-from banray.evaluate import evaluate
 from banray.models import build_model
 from banray.spec import parse_spec
+from banray.tasks import make_task
 from banray.worker import train_loop_per_worker
 from conftest import tiny_spec
 
@@ -50,7 +50,7 @@ def save_teacher(spec, directory, trained: bool, **metadata_overrides):
     metadata = {
         "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8], "sweep": spec.name,
         "spec_hash": spec.spec_hash(), "chain": 0, "generation": 0, "trial": 1, "seed": 3, "epoch": 1,
-        "val_error": evaluate(model, splits.val)[0], **metadata_overrides,
+        "val_error": make_task(spec.data, spec.train).score(model, "val").error, **metadata_overrides,
     }
     directory.mkdir()
     checkpoint.save(directory, model, metadata)

@@ -3,7 +3,11 @@
 Importing this package registers every model module below.
 """
 
+from banray.models import densenet  # noqa: F401  (registers densenet_bc)
+from banray.models import lstm  # noqa: F401  (registers lstm_lm)
+from banray.models import preact_resnet  # noqa: F401  (registers preact_resnet)
 from banray.models import small  # noqa: F401  (registers cnn, mlp)
+from banray.models import wrn  # noqa: F401  (registers wrn)
 from banray.models.registry import MODELS, build_model, model_arguments
 
 __all__ = ["MODELS", "build_model", "model_arguments"]

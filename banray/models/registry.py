@@ -24,6 +24,11 @@ def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], **
     return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
 
 
+def model_task(name: str) -> str:
+    """The task a model is built for: "classification" unless its builder declares another."""
+    return getattr(MODELS[name], "task", "classification")
+
+
 def model_arguments(name: str) -> list[str]:
     """The keyword arguments a spec may set for model `name`."""
     params = inspect.signature(MODELS[name]).parameters

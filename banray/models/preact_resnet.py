@@ -1,0 +1,111 @@
+"""Pre-activation ResNets for 32×32 inputs (He et al., *Identity Mappings in Deep Residual Networks*, ECCV 2016)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from banray.models.layers import init_weights
+from banray.models.registry import MODELS
+
+class _PreActBlock(nn.Module):
+    """BN-ReLU-conv layers on the residual branch; the shortcut is the identity or a 1×1 conv projection."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, body: list[nn.Module]):
+        super().__init__()
+        self.out_channels = out_channels
+        self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*body)
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.preact(x)
+        # A projection reads the pre-activated input, as in the reference code; an identity keeps the raw input.
+        shortcut = x if self.projection is None else self.projection(activated)
+        return shortcut + self.body(activated)
+
+
+def _basic(in_channels: int, planes: int, stride: int) -> _PreActBlock:
+    """3×3 conv, BN-ReLU-3×3 conv; outputs `planes` channels."""
+    return _PreActBlock(
+        in_channels,
+        planes,
+        stride,
+        [
+            nn.Conv2d(in_channels, planes, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, planes, 3, padding=1, bias=False),
+        ],
+    )
+
+
+def _bottleneck(in_channels: int, planes: int, stride: int) -> _PreActBlock:
+    """1×1 conv to `planes`, BN-ReLU-3×3 conv, BN-ReLU-1×1 conv to 4·`planes` channels."""
+    out_channels = 4 * planes  # the expansion of He et al.
+    return _PreActBlock(
+        in_channels,
+        out_channels,
+        stride,
+        [
+            nn.Conv2d(in_channels, planes, 1, bias=False),
+            nn.BatchNorm2d(planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, out_channels, 1, bias=False),
+        ],
+    )
+
+
+@MODELS.register("preact_resnet")
+def preact_resnet(
+    *, num_classes: int, input_shape: tuple[int, ...], depth: int = 164, block: str = "bottleneck", width: float = 1.0
+) -> nn.Module:
+    """Pre-activation ResNet-`depth` for CIFAR.
+
+    A 3×3 conv to 16 channels, then three stages with strides 1, 2, 2 of n pre-activation blocks each, then
+    BN-ReLU, global average pooling and a linear classifier. `block="basic"`: n = (depth − 2) / 6 blocks of
+    two 3×3 convs, stage widths 16, 32, 64. `block="bottleneck"`: n = (depth − 2) / 9 blocks of 1×1, 3×3, 1×1
+    convs, inner widths 16, 32, 64 and outputs 64, 128, 256. A 1×1 conv shortcut projects where the shape
+    changes. `width` multiplies every channel count (the Born-Again paper's Table 5 uses 1 and 0.5).
+    Reference: He et al., ECCV 2016 (github.com/KaimingHe/resnet-1k-layers).
+    """
+    # depth = 2 + (convs per block) × 3 stages × n, counting the first conv and the classifier.
+    if block == "basic":
+        make_block, layers_per_n, allowed = _basic, 6, "8, 14, 20, 32, 44, 56, 110, ..."
+    elif block == "bottleneck":
+        make_block, layers_per_n, allowed = _bottleneck, 9, "11, 20, 29, ..., 164, 1001"
+    else:
+        raise ValueError(f"preact_resnet block must be 'basic' or 'bottleneck', got {block!r}")
+    blocks, remainder = divmod(depth - 2, layers_per_n)
+    if remainder or blocks < 1:
+        raise ValueError(
+            f"preact_resnet depth with {block} blocks must be {layers_per_n}n + 2 with n ≥ 1 ({allowed}), "
+            f"got {depth}"
+        )
+    if width <= 0:
+        raise ValueError(f"preact_resnet width must be positive, got {width}")
+
+    def scaled(channels: int) -> int:
+        return max(1, round(channels * width))
+
+    channels = scaled(16)
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], channels, 3, padding=1, bias=False)]
+    for planes, stride in ((scaled(16), 1), (scaled(32), 2), (scaled(64), 2)):
+        for index in range(blocks):
+            unit = make_block(channels, planes, stride if index == 0 else 1)
+            layers.append(unit)
+            channels = unit.out_channels
+    layers += [
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    ]
+    model = nn.Sequential(*layers)
+    init_weights(model)
+    return model

@@ -1,0 +1,65 @@
+"""Wide residual networks for 32×32 inputs (Zagoruyko & Komodakis, *Wide Residual Networks*, BMVC 2016)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from banray.models.layers import init_weights
+from banray.models.registry import MODELS
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-3×3 conv, dropout, BN-ReLU-3×3 conv, plus the shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float):
+        super().__init__()
+        self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.Dropout(dropout),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        )
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.preact(x)
+        # A projection reads the pre-activated input, as in the reference code; an identity keeps the raw input.
+        shortcut = x if self.projection is None else self.projection(activated)
+        return shortcut + self.body(activated)
+
+
+@MODELS.register("wrn")
+def wrn(
+    *, num_classes: int, input_shape: tuple[int, ...], depth: int = 28, widen_factor: int = 10, dropout: float = 0.0
+) -> nn.Module:
+    """WRN-`depth`-`widen_factor` for CIFAR.
+
+    A 3×3 conv to 16 channels, then three groups of n = (depth − 4) / 6 pre-activation basic blocks of widths
+    16k, 32k, 64k (k = `widen_factor`) with strides 1, 2, 2 and a 1×1 conv shortcut where the shape changes,
+    then BN-ReLU, global average pooling and a linear classifier. `dropout` sits between the two convs of
+    each block. Reference: Zagoruyko & Komodakis, BMVC 2016 (github.com/szagoruyko/wide-residual-networks).
+    """
+    blocks, remainder = divmod(depth - 4, 6)
+    if remainder or blocks < 1:
+        raise ValueError(f"wrn depth must be 6n + 4 with n ≥ 1 (10, 16, 22, 28, 34, 40, ...), got {depth}")
+
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False)]
+    channels = 16
+    for width, stride in ((16 * widen_factor, 1), (32 * widen_factor, 2), (64 * widen_factor, 2)):
+        for index in range(blocks):
+            layers.append(_WideBlock(channels, width, stride if index == 0 else 1, dropout))
+            channels = width
+    layers += [
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    ]
+    model = nn.Sequential(*layers)
+    init_weights(model)
+    return model

@@ -1,0 +1,206 @@
+"""Tasks: what a kind of dataset asks of the training loop.
+
+A task owns its data and knows how batches flow through a model: `train_epoch` runs one epoch of
+student (and frozen teacher) forward passes and hands each loss to `step`, `score` measures a model
+on the validation or test split, `predict` gives test-set probabilities for ensembles. The worker
+loop (banray.worker) stays the same for every task.
+
+- classification: images or vectors → class; the objectives see (batch, classes) logits.
+- language_model: token streams, truncated back-propagation through time with the hidden state
+  carried across chunks (for the teacher too); every time step counts as one sample of the objective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from banray.data import dataset_kind, load_corpus, load_splits
+from banray.losses import Objective
+from banray.spec import DataSpec, TrainSpec
+
+EVAL_BATCH_SIZE = 512
+LM_EVAL_BATCH_SIZE = 10  # the usual PTB evaluation batch (Zaremba et al.)
+
+Step = Callable[[torch.Tensor], None]  # back-propagates a loss and updates the student
+
+
+@dataclass(frozen=True)
+class Scores:
+    nll: float  # mean negative log-likelihood per sample (per token for language models)
+    error: float  # fraction of wrong argmax predictions (next-word error for language models)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll)
+
+
+class Task(Protocol):
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def train_epoch(self, model, teacher, objective: Objective, loss_params: dict, step: Step, device) -> dict[str, float]:
+        """One epoch; returns each loss term's mean over the epoch's samples."""
+
+    def score(self, model: nn.Module, split: str, device) -> Scores: ...
+
+    def predict(self, model: nn.Module, split: str, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(probabilities, labels) of a split, for ensembles; None where ensembles are not defined."""
+
+    def input_example(self) -> np.ndarray | None: ...
+
+
+def make_task(
+    data: DataSpec, train: TrainSpec, *, seed: int = 0, rank: int = 0, world_size: int = 1, prepare_loader=None
+) -> Task:
+    """The task of `data.dataset`. `prepare_loader` (Ray Train's, in workers) shards the training loader."""
+    if dataset_kind(data.dataset) == "language_model":
+        return LanguageModelTask(data, train, rank=rank, world_size=world_size)
+    return ClassificationTask(data, train, seed=seed, world_size=world_size, prepare_loader=prepare_loader)
+
+
+def _teacher_forward(teacher: nn.Module, *inputs):
+    with torch.inference_mode():
+        output = teacher(*inputs)
+    return output
+
+
+class _TermMeans:
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor], samples: int) -> torch.Tensor:
+        for name, value in terms.items():
+            self.sums[name] += value.item() * samples
+        self.count += samples
+        return sum(terms.values())
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.count for name, total in self.sums.items()}
+
+
+class ClassificationTask:
+    def __init__(self, data: DataSpec, train: TrainSpec, *, seed: int, world_size: int, prepare_loader):
+        self.splits = load_splits(data.dataset, data.root, data.val_fraction, data.seed, data.download)
+        self.num_classes, self.input_shape = self.splits.num_classes, self.splits.input_shape
+        self._train_loader = None
+        self._loader_args = (max(1, train.batch_size // world_size), seed, prepare_loader)
+
+    def _loader(self) -> DataLoader:
+        if self._train_loader is None:
+            batch_size, seed, prepare = self._loader_args
+            shuffle = torch.Generator().manual_seed(seed)
+            loader = DataLoader(self.splits.train, batch_size=batch_size, shuffle=True, generator=shuffle)
+            self._train_loader = prepare(loader) if prepare else loader
+        return self._train_loader
+
+    def train_epoch(self, model, teacher, objective, loss_params, step, device) -> dict[str, float]:
+        terms = _TermMeans()
+        model.train()
+        for x, y in self._loader():
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # Inference tensors cannot enter autograd; the clone is a plain tensor with no history.
+            teacher_logits = _teacher_forward(teacher, x).clone() if teacher is not None else None
+            step(terms.add(objective.terms(model(x), teacher_logits, y, **loss_params), len(y)))
+        return terms.means()
+
+    def _dataset(self, split: str):
+        return {"val": self.splits.val, "test": self.splits.test}[split]
+
+    @torch.inference_mode()
+    def _logits(self, model: nn.Module, split: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        logits, labels = [], []
+        for x, y in DataLoader(self._dataset(split), batch_size=EVAL_BATCH_SIZE):
+            logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+            labels.append(y)
+        model.train(was_training)
+        return torch.cat(logits), torch.cat(labels)
+
+    def score(self, model, split, device="cpu") -> Scores:
+        logits, labels = self._logits(model, split, torch.device(device))
+        return Scores(nll=F.cross_entropy(logits, labels).item(), error=(logits.argmax(1) != labels).float().mean().item())
+
+    def predict(self, model, split, device="cpu"):
+        logits, labels = self._logits(model, split, torch.device(device))
+        return F.softmax(logits, dim=1), labels
+
+    def input_example(self) -> np.ndarray:
+        return self.splits.test[0][0].unsqueeze(0).numpy()
+
+
+def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A token stream → (steps, batch) columns, each column a contiguous stretch of the stream."""
+    steps = len(ids) // batch_size
+    return ids[: steps * batch_size].view(batch_size, steps).t().contiguous()
+
+
+def bptt_chunks(columns: torch.Tensor, bptt: int):
+    """(inputs, next-token targets) chunks of at most `bptt` time steps."""
+    for start in range(0, columns.size(0) - 1, bptt):
+        length = min(bptt, columns.size(0) - 1 - start)
+        yield columns[start : start + length], columns[start + 1 : start + 1 + length]
+
+
+def _detach(state):
+    return None if state is None else tuple(s.detach() for s in state)
+
+
+class LanguageModelTask:
+    def __init__(self, data: DataSpec, train: TrainSpec, *, rank: int, world_size: int):
+        self.corpus = load_corpus(data.dataset, data.root, data.download)
+        self.num_classes = self.corpus.num_classes
+        self.bptt = train.bptt
+        self.input_shape = (train.bptt,)
+        # Each rank trains on its own share of the batch's columns.
+        columns = batchify(self.corpus.train, train.batch_size)
+        share = max(1, train.batch_size // world_size)
+        self.train_columns = columns[:, rank * share : (rank + 1) * share]
+
+    def train_epoch(self, model, teacher, objective, loss_params, step, device) -> dict[str, float]:
+        terms = _TermMeans()
+        model.train()
+        state = teacher_state = None
+        for x, y in bptt_chunks(self.train_columns, self.bptt):
+            x, y = x.to(device), y.to(device).reshape(-1)
+            state = _detach(state)  # truncated BPTT: no gradient into the previous chunk
+            logits, state = model(x, state)
+            teacher_logits = None
+            if teacher is not None:
+                teacher_logits, teacher_state = _teacher_forward(teacher, x, teacher_state)
+                teacher_logits = teacher_logits.reshape(-1, self.num_classes).clone()
+            student_logits = logits.reshape(-1, self.num_classes)
+            step(terms.add(objective.terms(student_logits, teacher_logits, y, **loss_params), len(y)))
+        return terms.means()
+
+    @torch.inference_mode()
+    def score(self, model, split, device="cpu") -> Scores:
+        ids = {"val": self.corpus.valid, "test": self.corpus.test}[split]
+        columns = batchify(ids, LM_EVAL_BATCH_SIZE)
+        was_training = model.training
+        model.eval()
+        nll, wrong, tokens, state = 0.0, 0, 0, None
+        for x, y in bptt_chunks(columns, self.bptt):
+            logits, state = model(x.to(device), state)
+            logits, y = logits.reshape(-1, self.num_classes).float().cpu(), y.reshape(-1)
+            nll += F.cross_entropy(logits, y, reduction="sum").item()
+            wrong += (logits.argmax(1) != y).sum().item()
+            tokens += len(y)
+        model.train(was_training)
+        return Scores(nll=nll / tokens, error=wrong / tokens)
+
+    def predict(self, model, split, device="cpu"):
+        return None  # ensembles of language models are not computed (per-token vocabularies are large)
+
+    def input_example(self) -> None:
+        return None  # the model takes (tokens, state) and returns a tuple: no MLflow signature
