@@ -83,6 +83,24 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         load_spec(path)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_validates(path):
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{path}: valid." in result.output
+
+
+def test_paper_sweep_files_encode_the_paper():
+    cifar100 = load_spec(REPO / "sweeps" / "cifar100.yaml")
+    assert (cifar100.data.dataset, cifar100.model.arch, cifar100.generations) == ("cifar100", "densenet_bc", 3)
+    assert cifar100.distill.objective == "ban" and cifar100.distill.temperature == 1.0
+    assert (cifar100.train.lr, cifar100.train.lr_milestones, cifar100.train.lr_gamma) == (0.1, [60, 120, 160], 0.2)
+    students = load_spec(REPO / "sweeps" / "cifar100-resnet-students.yaml")
+    assert students.model.arch == "densenet_bc" and students.student.arch == "wrn"
+    ptb = load_spec(REPO / "sweeps" / "ptb-lstm.yaml")
+    assert ptb.distill.objective == "ban+l" and ptb.model.arch == "lstm_lm" and ptb.train.lr_schedule == "plateau"
+
+
 def test_cli_validate_accepts_the_quickstart():
     result = CliRunner().invoke(cli, ["validate", str(REPO / "sweeps" / "quickstart.yaml")])
     assert result.exit_code == 0, result.output

@@ -34,7 +34,7 @@ def generations(result):
 
 def test_report_files_describe_every_generation(finished):
     spec, result, output = finished
-    assert sorted(p.name for p in result.files) == ["report.json", "report.md"]
+    assert sorted(p.name for p in result.files) == ["report.json", "report.md", "report.png"]
     report = json.loads((result.sweep_dir / "report.json").read_text())
     teacher, student = report["chains"][0]["generations"]
     assert [teacher["generation"], student["generation"]] == [0, 1]
@@ -99,7 +99,7 @@ def test_mlflow_holds_generation_runs_with_trial_children(finished):
     assert runs["chain0-gen0"].data.tags["banray.teacher_run_id"] == ""
     assert runs["chain0-gen1"].data.tags["banray.teacher_run_id"] == teacher["mlflow_run_id"]
     summary_files = {a.path for a in client.list_artifacts(runs["summary"].info.run_id)}
-    assert summary_files == {"report.json", "report.md", "spec.yaml"}
+    assert summary_files == {"report.json", "report.md", "report.png", "spec.yaml"}
 
 
 def test_each_generation_logs_a_loadable_model(finished):
