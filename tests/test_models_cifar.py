@@ -2,11 +2,14 @@ import pytest
 import torch
 
 from banray.models import MODELS, build_model, model_arguments
+from banray.models.registry import model_task
 
 CIFAR = (3, 32, 32)
 
-# The smallest configuration of every CIFAR model; a model registered without an entry here fails below.
+# The smallest configuration of every image model; a model registered without an entry here fails below.
 TINY = {
+    "cnn": [{"width": 4}],
+    "mlp": [{"hidden": 8, "depth": 1}],
     "densenet_bc": [{"depth": 10, "growth_rate": 4}],
     "wrn": [{"depth": 10, "widen_factor": 1}],
     "preact_resnet": [
@@ -14,7 +17,6 @@ TINY = {
         {"depth": 8, "block": "basic", "width": 0.5},
     ],
 }
-NOT_CIFAR = {"cnn", "mlp"}
 
 
 def parameter_count(name: str, **kwargs) -> int:
@@ -22,9 +24,21 @@ def parameter_count(name: str, **kwargs) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_every_cifar_model_has_a_tiny_configuration():
-    cifar_models = {name for name in MODELS.names() if name not in NOT_CIFAR and not name.startswith("lstm")}
-    assert cifar_models == set(TINY)
+def test_every_image_model_has_a_tiny_configuration():
+    image_models = {name for name in MODELS.names() if model_task(name) == "classification"}
+    assert image_models == set(TINY)
+    assert set(MODELS.names()) - image_models == {"lstm_lm"}  # tested on tokens below
+
+
+def test_language_model_forward_and_backward_on_tokens():
+    torch.manual_seed(0)
+    model = build_model("lstm_lm", num_classes=50, input_shape=(7,), hidden=16)
+    logits, state = model(torch.randint(0, 50, (7, 3)))
+    assert logits.shape == (7, 3, 50) and state[0].shape == (1, 3, 16)
+    logits.logsumexp(dim=2).sum().backward()
+    assert model.decoder.weight is model.embedding.weight  # tied
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), param_name
 
 
 @pytest.mark.parametrize("name, kwargs", [(name, kwargs) for name, configs in TINY.items() for kwargs in configs])
