@@ -1,12 +1,15 @@
-"""A generation chain: generation 0 on labels, then each generation taught by the previous one's best.
+"""Generation groups: one (chain, generation) is a Ray Tune run of `search.trials` trials.
 
-Each (chain, generation) is one Ray Tune run of `search.trials` trials. A chain runs as its own
-Ray task, so chains proceed independently: generation k of a chain starts as soon as generation
-k − 1 of that chain has finished, whatever the other chains are doing.
+`run_group` is a Ray task: it searches the generation's settings (Optuna, ASHA), selects its best trial
+on validation, evaluates that model once on the test split and logs it to MLflow. At the end of a
+chain, `run_ensembles` evaluates the BANE ensembles of its generations. The driver (banray.dag)
+decides when each group starts.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,14 +18,15 @@ import ray.tune as tune
 
 from banray import checkpoint, tracking
 from banray.evaluate import ensemble_members, ensemble_scores
+from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import SweepSpec
-from banray.tasks import Task, make_task
+from banray.tasks import make_task
 from banray.trial import TRIAL_RESOURCES, TrialRuntime, run_trial
 
 
 @dataclass(frozen=True)
 class SweepContext:
-    """What every chain of a sweep shares; built once by the driver."""
+    """What every group of a sweep shares; built once by the driver."""
 
     spec: SweepSpec
     sweep_dir: str
@@ -30,6 +34,7 @@ class SweepContext:
     experiment_id: str
     slots_actor: str  # name of the WorkerSlots actor
     max_concurrent_trials: int
+    tune_verbose: int  # Tune's live table only when the driver's output is a terminal
 
     @property
     def train_storage(self) -> str:
@@ -54,6 +59,7 @@ class GenerationRecord:
     best_trial: int | None = None
     best_trial_run_id: str | None = None
     best_epoch: int | None = None
+    best_settings: dict[str, Any] = field(default_factory=dict)  # the searched values of the best trial
     seed: int | None = None
     val_error: float | None = None
     val_nll: float | None = None
@@ -81,17 +87,57 @@ class ChainResult:
     generations: list[GenerationRecord]
     ensembles: list[EnsembleRecord]
     mlflow_run_id: str | None  # the chain's ensemble run, if it has ensembles
+    stopped: str | None = None  # why the chain ended before its last generation
 
 
-def _say(chain: int, generation: int, text: str) -> None:
+def say(chain: int, generation: int, text: str) -> None:
     print(f"[banray] chain {chain} generation {generation}: {text}", flush=True)
 
 
-def run_generation(
-    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, task: Task
-) -> tuple[GenerationRecord, Any]:
-    """Run one generation's trial group; returns its record and its best model."""
+class TrialProgress(tune.Callback):
+    """One plain log line per finished trial, marking a new best (works without a terminal)."""
+
+    def __init__(self, chain: int, generation: int, metric: str):
+        self.chain, self.generation, self.metric = chain, generation, metric
+        self.best = math.inf
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        value = result.get(self.metric)
+        if value is None:
+            return
+        if "checkpoint" not in result:
+            text = f"stopped early after epoch {result.get('epoch')}: {self.metric} {value:.4f}"
+        else:
+            text = f"finished: {self.metric} {value:.4f}"
+            if value < self.best:
+                self.best = value
+                text += " (new best)"
+        say(self.chain, self.generation, f"trial {trial.config.get('trial')} {text}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        say(self.chain, self.generation, f"trial {trial.config.get('trial')} failed (see its MLflow run and Ray logs)")
+
+
+def _objective_label(objective: Any) -> str:
+    return objective if isinstance(objective, str) else "search over " + "|".join(map(str, objective["choice"]))
+
+
+def _close_stopped_trial_runs(ctx: SweepContext, tune_trial_ids: list[str]) -> None:
+    """ASHA ends a trial by killing its process, so its MLflow run is closed from here."""
+    client = ctx.tracking.client()
+    for trial_id in tune_trial_ids:
+        for run in client.search_runs(
+            [ctx.experiment_id], filter_string=f"tags.`banray.tune_trial_id` = '{trial_id}'"
+        ):
+            client.set_tag(run.info.run_id, "banray.stopped_early", "ASHA")
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def run_group(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None) -> GenerationRecord:
     spec = ctx.spec
+    space = spec.search_space(generation)
     settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
     role = "teacher" if generation == 0 else "student"
     run_id = tracking.start_run(
@@ -112,50 +158,79 @@ def run_generation(
         generation=generation,
         role=role,
         arch=settings["model"]["arch"],
-        objective=settings["distill"]["objective"],
+        objective=_objective_label(settings["distill"]["objective"]),
         status="failed",
         mlflow_run_id=run_id,
         teacher_checkpoint=teacher.checkpoint if teacher else None,
         teacher_run_id=teacher.mlflow_run_id if teacher else None,
     )
+    for key in space:  # the search fills these in per trial
+        section, name = key.split(".")
+        del settings[section][name]
+    start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
+    search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
     runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, TRIAL_RESOURCES),
-        param_space={
-            **settings,
-            "runtime": runtime.to_config(),
-            "trial": tune.grid_search(list(range(spec.search.trials))),
-        },
+        param_space={**settings, "runtime": runtime.to_config(), **trial_space},
         tune_config=tune.TuneConfig(
+            metric=spec.search.metric,
+            mode="min",
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=spec.search.trials if search_alg else 1,
             max_concurrent_trials=ctx.max_concurrent_trials,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
-        run_config=tune.RunConfig(name=f"chain{chain}-gen{generation}", storage_path=ctx.tune_storage, verbose=0),
+        run_config=tune.RunConfig(
+            name=f"chain{chain}-gen{generation}",
+            storage_path=ctx.tune_storage,
+            verbose=ctx.tune_verbose,
+            callbacks=[TrialProgress(chain, generation, spec.search.metric)],
+        ),
     )
-    _say(chain, generation, f"{spec.search.trials} trial(s) of {record.arch} with objective '{record.objective}'")
     grid = tuner.fit()
 
     metric = spec.search.metric
-    finished = [r.metrics for r in grid if r.error is None and r.metrics and "checkpoint" in r.metrics]
-    record.trials = [
-        {k: m[k] for k in ("trial", "seed", "val_error", "val_nll", "best_epoch", "checkpoint", "mlflow_run_id")}
-        for m in sorted(finished, key=lambda m: m["trial"])
-    ]
+    results = [r for r in grid if r.error is None and r.metrics]
+    finished = [r for r in results if "checkpoint" in r.metrics]
+    stopped = [r for r in results if "checkpoint" not in r.metrics]
+    _close_stopped_trial_runs(ctx, [r.metrics["trial_id"] for r in stopped])
+    record.trials = sorted(
+        [
+            {
+                "trial": r.config["trial"],
+                "status": "finished",
+                **{k: r.metrics[k] for k in ("seed", "val_error", "val_nll", "best_epoch", "checkpoint", "mlflow_run_id")},
+                "settings": searched_values(spec, generation, r.config),
+            }
+            for r in finished
+        ]
+        + [
+            {"trial": r.config["trial"], "status": f"stopped early after epoch {r.metrics.get('epoch')}",
+             "val_error": r.metrics.get("val_error"), "val_nll": r.metrics.get("val_nll"),
+             "settings": searched_values(spec, generation, r.config)}
+            for r in stopped
+        ],
+        key=lambda t: t["trial"],
+    )
     if not finished:
-        record.message = f"all {spec.search.trials} trial(s) failed; see the Ray logs and the MLflow trial runs"
+        record.message = f"no trial of {spec.search.trials} finished; see the Ray logs and the MLflow trial runs"
         tracking.end_run(ctx.tracking, run_id, "FAILED")
-        _say(chain, generation, record.message)
-        return record, None
+        say(chain, generation, record.message)
+        return record
 
-    best = min(finished, key=lambda m: (m[metric], m["trial"]))
-    model, _ = checkpoint.load(best["checkpoint"])
+    best = min(finished, key=lambda r: (r.metrics[metric], r.config["trial"]))
+    summary = best.metrics
+    model, _ = checkpoint.load(summary["checkpoint"])
     # The test split is touched once per finished generation, for the selected model only.
-    test = task.score(model, "test")
+    test = make_task(spec.data, spec.train).score(model, "test")
     record.test_error, record.test_nll = test.error, test.nll
     record.status = "finished"
-    record.best_trial, record.best_trial_run_id = best["trial"], best["mlflow_run_id"]
-    record.best_epoch, record.seed, record.checkpoint = best["best_epoch"], best["seed"], best["checkpoint"]
-    record.val_error, record.val_nll = best["val_error"], best["val_nll"]
+    record.best_trial, record.best_trial_run_id = best.config["trial"], summary["mlflow_run_id"]
+    record.best_epoch, record.seed, record.checkpoint = summary["best_epoch"], summary["seed"], summary["checkpoint"]
+    record.val_error, record.val_nll = summary["val_error"], summary["val_nll"]
+    record.best_settings = searched_values(spec, generation, best.config)
 
     client = ctx.tracking.client()
     tracking.log_metrics(
@@ -166,30 +241,38 @@ def run_generation(
     )
     client.set_tag(run_id, "banray.best_trial_run_id", record.best_trial_run_id)
     client.set_tag(run_id, "banray.checkpoint", record.checkpoint)
-    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, task.input_example())
-    _say(
+    for key, value in record.best_settings.items():
+        client.log_param(run_id, f"best.{key}", value)
+    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, make_task(spec.data, spec.train).input_example())
+    settings_text = f" with {record.best_settings}" if record.best_settings else ""
+    say(
         chain,
         generation,
-        f"best trial {record.best_trial} (epoch {record.best_epoch}): val_error {100 * record.val_error:.2f}%, "
-        f"test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}",
+        f"best trial {record.best_trial} (epoch {record.best_epoch}){settings_text}: val_error "
+        f"{100 * record.val_error:.2f}%, test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}",
     )
-    return record, model
+    return record
 
 
-def evaluate_ensembles(
-    ctx: SweepContext, chain: int, models: dict[int, Any], task: Task
+@ray.remote(num_cpus=0, max_retries=0)
+def run_ensembles(
+    ctx: SweepContext, chain: int, records: list[GenerationRecord]
 ) -> tuple[list[EnsembleRecord], str | None]:
     """Ens*k of the chain's finished generations on the test set, logged to a run of their own."""
-    members_of = ensemble_members(sorted(models), ctx.spec.ensembles.include_teacher)
-    predictions = {g: task.predict(model, "test") for g, model in models.items()} if members_of else {}
-    if not members_of or any(p is None for p in predictions.values()):
+    finished = {r.generation: r for r in records if r.status == "finished"}
+    members_of = ensemble_members(sorted(finished), ctx.spec.ensembles.include_teacher)
+    if not members_of:
+        return [], None
+    task = make_task(ctx.spec.data, ctx.spec.train)
+    predictions = {g: task.predict(checkpoint.load(r.checkpoint)[0], "test") for g, r in finished.items()}
+    if any(p is None for p in predictions.values()):
         return [], None
     labels = next(iter(predictions.values()))[1]
     ensembles = []
     for k, members in members_of.items():
         scores = ensemble_scores([predictions[g][0] for g in members], labels)
         ensembles.append(EnsembleRecord(k, members, scores.error, scores.nll))
-        _say(chain, members[-1], f"Ens*{k} of generations {members}: test_error {100 * scores.error:.2f}%")
+        say(chain, members[-1], f"Ens*{k} of generations {members}: test_error {100 * scores.error:.2f}%")
     run_id = tracking.start_run(
         ctx.tracking,
         ctx.experiment_id,
@@ -204,19 +287,23 @@ def evaluate_ensembles(
     return ensembles, run_id
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def run_chain(ctx: SweepContext, chain: int) -> ChainResult:
-    task = make_task(ctx.spec.data, ctx.spec.train)
-    records: list[GenerationRecord] = []
-    models: dict[int, Any] = {}
-    teacher = None
-    for generation in range(ctx.spec.generations + 1):
-        record, model = run_generation(ctx, chain, generation, teacher, task)
-        records.append(record)
-        if record.status != "finished":
-            _say(chain, generation, "chain stopped: no trial of this generation finished")
-            break
-        models[generation] = model
-        teacher = record
-    ensembles, ensemble_run_id = evaluate_ensembles(ctx, chain, models, task)
-    return ChainResult(chain, records, ensembles, ensemble_run_id)
+def stop_reason(spec: SweepSpec, records: list[GenerationRecord]) -> str | None:
+    """Why a chain should not go on after its last record, or None."""
+    last = records[-1]
+    if last.status != "finished":
+        return f"no trial of generation {last.generation} finished"
+    rule = spec.chain_stop
+    if rule is None or len(records) < 2:
+        return None
+    metric = spec.search.metric
+    previous, current = getattr(records[-2], metric), getattr(last, metric)
+    if previous - current < rule.min_improvement:
+        return (
+            f"generation {last.generation}'s best {metric} {current:.4f} does not beat generation "
+            f"{last.generation - 1}'s {previous:.4f} by chain_stop.min_improvement = {rule.min_improvement}"
+        )
+    return None
+
+
+def tune_verbosity() -> int:
+    return 1 if sys.stdout.isatty() else 0

@@ -79,5 +79,38 @@ def sweep(spec_path: str, address: str | None, storage: str | None, overwrite: b
         _fail(exc)
 
 
+@cli.command()
+@SPEC_ARGUMENT
+@click.option("--storage", metavar="PATH", default=None, help="Override the spec's `storage` folder.")
+@click.option(
+    "--calibrate",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Time N training steps of the student model on random data here, to estimate worker-hours.",
+)
+def plan(spec_path: str, storage: str | None, calibrate: int) -> None:
+    """Show what SPEC would run, and check it can run, without training anything.
+
+    Prints the DAG (chains × generations × trials), what each generation searches, the worker slots
+    needed and the amount of work; checks that the storage folder is writable (a marker is written,
+    read back and removed) and that the tracking URI answers. Exits 1 if a check fails, 2 if the spec
+    is invalid.
+    """
+    from banray import plan as plan_module
+
+    spec = _load(spec_path)
+    if storage is not None:
+        spec = spec.model_copy(update={"storage": storage})
+    for line in plan_module.describe(spec, calibrate):
+        click.echo(line)
+    try:
+        click.echo(f"Storage: {plan_module.check_storage(spec)}")
+        click.echo(f"Tracking: {plan_module.check_tracking(spec)}")
+    except plan_module.PlanCheckFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 def main() -> None:
     cli()

@@ -69,14 +69,15 @@ class Corpus:
 class DatasetEntry:
     kind: Kind
     build: Callable[..., Any]  # (root, download) -> Pool | Corpus
+    train_size: int  # samples in the training pool (tokens in the training file): for plans, without the files
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
-def _register(name: str, kind: Kind):
+def _register(name: str, kind: Kind, train_size: int):
     def add(build):
-        DATASETS.register(name)(DatasetEntry(kind, build))
+        DATASETS.register(name)(DatasetEntry(kind, build, train_size))
         return build
 
     return add
@@ -102,7 +103,7 @@ def _tensor_pool(x: np.ndarray, y: np.ndarray, num_classes: int) -> Pool:
     return Pool(pool, pool, test, y_pool, num_classes, tuple(x.shape[1:]))
 
 
-@_register("digits", "classification")
+@_register("digits", "classification", train_size=1437)
 def digits(root: str, download: bool) -> Pool:
     """scikit-learn's 8×8 handwritten digits (1797 images, 10 classes), shipped inside scikit-learn."""
     from sklearn.datasets import load_digits
@@ -112,7 +113,7 @@ def digits(root: str, download: bool) -> Pool:
     return _tensor_pool(x, bunch.target.astype(np.int64), num_classes=10)
 
 
-@_register("synthetic", "classification")
+@_register("synthetic", "classification", train_size=480)
 def synthetic(root: str, download: bool) -> Pool:
     """600 digits-shaped (1×8×8) samples from 4 Gaussian class prototypes with noise: learnable in an epoch."""
     rng = np.random.default_rng(0)
@@ -185,12 +186,12 @@ def _cifar(name: str, root: str, download: bool) -> Pool:
     )
 
 
-@_register("cifar10", "classification")
+@_register("cifar10", "classification", train_size=50_000)
 def cifar10(root: str, download: bool) -> Pool:
     return _cifar("cifar10", root, download)
 
 
-@_register("cifar100", "classification")
+@_register("cifar100", "classification", train_size=50_000)
 def cifar100(root: str, download: bool) -> Pool:
     return _cifar("cifar100", root, download)
 
@@ -207,7 +208,7 @@ def read_tokens(path: Path) -> list[str]:
     return tokens
 
 
-@_register("ptb", "language_model")
+@_register("ptb", "language_model", train_size=929_589)  # words + '<eos>' of ptb.train.txt
 def ptb(root: str, download: bool) -> Corpus:
     """Penn Treebank in Mikolov's preprocessed form: ptb.{train,valid,test}.txt under `data.root`
     (rare words already replaced by '<unk>'). Not downloadable here: the files must be in place."""

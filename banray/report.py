@@ -54,7 +54,7 @@ def _cells(kind: str, result: ChainResult) -> dict[str, float | str | None]:
 
 def build(
     spec: SweepSpec, chains: list[ChainResult], *, sweep_dir: str, tracking_uri: str, experiment_id: str,
-    elapsed_s: float,
+    elapsed_s: float, utilisation: float | None = None, spans: list | None = None,
 ) -> dict[str, Any]:
     kind = dataset_kind(spec.data.dataset)
     headline, unit = _headline(kind)
@@ -82,6 +82,8 @@ def build(
         "ensembles": {"include_teacher": spec.ensembles.include_teacher},
         "sweep_dir": sweep_dir,
         "elapsed_s": round(elapsed_s, 1),
+        "utilisation": utilisation,
+        "groups": [dataclasses.asdict(span) for span in spans or []],
         "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id},
         "columns": columns,
         "rows": {str(chain): row for chain, row in rows.items()},
@@ -92,6 +94,7 @@ def build(
                 "generations": [dataclasses.asdict(r) for r in result.generations],
                 "ensembles": [dataclasses.asdict(e) for e in result.ensembles],
                 "ensemble_run_id": result.mlflow_run_id,
+                "stopped": result.stopped,
             }
             for result in chains
         ],
@@ -132,7 +135,11 @@ def caption(report: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     stops = [
-        f"- chain {c['chain']} stopped at generation {g['generation']}: {g['message']}"
+        f"- chain {c['chain']} stopped after generation {c['generations'][-1]['generation']}: {c['stopped']}"
+        for c in report["chains"]
+        if c["stopped"]
+    ] + [
+        f"- chain {c['chain']} generation {g['generation']} failed: {g['message']}"
         for c in report["chains"]
         for g in c["generations"]
         if g["status"] != "finished"
@@ -150,9 +157,10 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"![{report['headline']} by generation]({PLOT_FILE})",
             "",
-            *(["Stopped chains:", *stops, ""] if stops else []),
+            *(["Chains that ended early:", *stops, ""] if stops else []),
             f"Spec hash `{report['spec_hash']}`; MLflow experiment {report['mlflow']['experiment_id']} at "
-            f"`{report['mlflow']['tracking_uri']}`; wall time {report['elapsed_s']} s.",
+            f"`{report['mlflow']['tracking_uri']}`; makespan {report['elapsed_s']} s"
+            + (f", worker-slot utilisation {100 * report['utilisation']:.0f}%." if report["utilisation"] else "."),
             "",
         ]
     )

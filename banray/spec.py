@@ -10,10 +10,20 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from banray.data import DATASETS, dataset_kind
 from banray.losses import OBJECTIVES, LossParams
@@ -37,6 +47,72 @@ def _known(registry, name: str) -> str:
     if name not in registry:
         raise ValueError(f"unknown {registry.kind} '{name}'; allowed: {', '.join(registry.names())}")
     return name
+
+
+class Range(_Section):
+    """A search range instead of a value: exactly one of `uniform: [low, high]`, `loguniform: [low, high]`,
+    `integer: [low, high]` (bounds included) or `choice: [a, b, ...]`. Optuna samples it per trial."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = None
+    choice: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Range:
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a search range needs exactly one of uniform, loguniform, integer, choice; got {given}")
+        bounds = self.uniform or self.loguniform or self.integer
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"a search range needs low < high; got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0; got {list(self.loguniform)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    def values(self) -> list[Any]:
+        """The values that must each be valid for the field: the bounds, or every choice."""
+        return list(getattr(self, self.kind))
+
+    def midpoint(self) -> Any:
+        """A representative value: the middle of the range (geometric for loguniform), or the first choice."""
+        if self.choice is not None:
+            return self.choice[0]
+        low, high = self.values()
+        if self.loguniform is not None:
+            return (low * high) ** 0.5
+        return (low + high) // 2 if self.integer is not None else (low + high) / 2
+
+
+def _searchable(scalar):
+    """A field that takes either a value of type `scalar` or a search Range (a mapping)."""
+    return Annotated[
+        Union[Annotated[scalar, Tag("value")], Annotated[Range, Tag("range")]],
+        Discriminator(lambda v: "range" if isinstance(v, (dict, Range)) else "value"),
+    ]
+
+
+class _SearchableSection(_Section):
+    """A section whose fields may hold search ranges; every range's values must be valid for its field."""
+
+    @model_validator(mode="after")
+    def _range_values_fit(self):
+        for name, value in self.ranges().items():
+            for candidate in value.values():
+                try:
+                    type(self).model_validate({**self.model_dump(), name: candidate})
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    msg = first["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{name}: the range's value {candidate!r} is not allowed: {msg[:1].lower() + msg[1:]}") from None
+        return self
+
+    def ranges(self) -> dict[str, Range]:
+        return {name: value for name, value in self if isinstance(value, Range)}
 
 
 class DataSpec(_Section):
@@ -78,21 +154,27 @@ class ModelSpec(_Section):
         return kwargs
 
 
-class TrainSpec(_Section):
+class TrainSpec(_SearchableSection):
     epochs: int = Field(ge=1, description="epochs per generation (every generation uses the same schedule)")
-    batch_size: int = Field(64, ge=1, description="global batch size, split across the workers of a trial")
+    batch_size: _searchable(Annotated[int, Field(ge=1)]) = Field(
+        64, description="global batch size, split across the workers of a trial"
+    )
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    lr: _searchable(Annotated[float, Field(gt=0)]) = 0.05
+    momentum: _searchable(Annotated[float, Field(ge=0, lt=1)]) = Field(0.9, description="SGD momentum")
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: _searchable(Annotated[float, Field(ge=0)]) = 5e-4
     lr_schedule: Literal["constant", "cosine", "step", "plateau"] = "cosine"
     lr_milestones: list[int] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by lr_gamma")
-    lr_gamma: float = Field(0.1, gt=0, le=1, description="'step' and 'plateau': the factor applied to lr")
-    lr_plateau_threshold: float = Field(
-        0.0, ge=0, description="'plateau': lr drops unless the validation metric improves by more than this"
+    lr_gamma: _searchable(Annotated[float, Field(gt=0, le=1)]) = Field(
+        0.1, description="'step' and 'plateau': the factor applied to lr"
     )
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this (language models)")
+    lr_plateau_threshold: _searchable(Annotated[float, Field(ge=0)]) = Field(
+        0.0, description="'plateau': lr drops unless the validation metric improves by more than this"
+    )
+    grad_clip: _searchable(Annotated[float, Field(gt=0)]) | None = Field(
+        None, description="clip the gradient norm to this (language models)"
+    )
     bptt: int = Field(35, ge=1, description="language models: time steps per truncated-BPTT chunk")
 
     @model_validator(mode="after")
@@ -105,17 +187,21 @@ class TrainSpec(_Section):
         return self
 
 
-class DistillSpec(_Section):
-    objective: str = Field("ban", description="objective of generations ≥ 1 (generation 0 always uses 'ce')")
-    alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the teacher term; the label term gets 1 − alpha")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature of the teacher term (paper: 1)")
-    teacher_weight: float = Field(1.0, ge=0, description="ban+l: weight of the teacher term")
-    label_weight: float = Field(1.0, ge=0, description="ban+l: weight of the label term")
+class DistillSpec(_SearchableSection):
+    objective: _searchable(str) = Field("ban", description="objective of generations ≥ 1 (generation 0 always uses 'ce')")
+    alpha: _searchable(Annotated[float, Field(ge=0, le=1)]) = Field(
+        0.5, description="kd: weight of the teacher term; the label term gets 1 − alpha"
+    )
+    temperature: _searchable(Annotated[float, Field(gt=0)]) = Field(
+        1.0, description="softmax temperature of the teacher term (paper: 1)"
+    )
+    teacher_weight: _searchable(Annotated[float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the teacher term")
+    label_weight: _searchable(Annotated[float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the label term")
 
     @field_validator("objective")
     @classmethod
-    def _objective_known(cls, name: str) -> str:
-        return _known(OBJECTIVES, name)
+    def _objective_known(cls, name: str | Range) -> str | Range:
+        return name if isinstance(name, Range) else _known(OBJECTIVES, name)
 
     def loss_params(self) -> dict[str, float]:
         """The keyword arguments of every objective (see banray.losses.LossParams)."""
@@ -129,8 +215,23 @@ class EnsembleSpec(_Section):
 
 
 class SearchSpec(_Section):
-    trials: int = Field(1, ge=1, description="trials per generation; they differ by seed")
+    trials: int = Field(1, ge=1, description="trials per generation; they differ by seed and sampled settings")
     metric: Literal["val_error", "val_nll"] = Field("val_error", description="validation metric to minimise")
+    warm_start: bool = Field(True, description="seed generation k+1's search with generation k's best settings")
+    early_stopping: Literal["auto", "on", "off"] = Field(
+        "auto", description="ASHA early stopping of bad trials; 'auto' turns it on when trials > 2"
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial trains before it can be stopped")
+    reduction_factor: int = Field(4, ge=2, description="ASHA: keep the best 1/reduction_factor at each rung")
+
+    def uses_asha(self) -> bool:
+        return self.early_stopping == "on" or (self.early_stopping == "auto" and self.trials > 2)
+
+
+class ChainStopSpec(_Section):
+    min_improvement: float = Field(
+        ge=0, description="stop a chain when a generation's best validation metric does not beat its teacher's by this"
+    )
 
 
 class ResourcesSpec(_Section):
@@ -161,6 +262,7 @@ class SweepSpec(_Section):
     generations: int = Field(ge=1, description="student generations after the generation-0 teacher")
     chains: int = Field(1, ge=1, description="independent lineages, each with its own seeds")
     search: SearchSpec = SearchSpec()
+    chain_stop: ChainStopSpec | None = Field(None, description="optional rule that ends a chain early")
     ensembles: EnsembleSpec = EnsembleSpec()
     resources: ResourcesSpec = ResourcesSpec()
     storage: str = Field("./runs", min_length=1, description="folder for checkpoints, reports and sweep state")
@@ -186,9 +288,15 @@ class SweepSpec(_Section):
     def objective_of(self, generation: int) -> str:
         return "ce" if generation == 0 else self.distill.objective
 
+    def search_space(self, generation: int) -> dict[str, Range]:
+        """The ranges searched in `generation`, by dotted key. Generation 0 has no teacher terms to search."""
+        sections = ("train",) if generation == 0 else ("train", "distill")
+        return {f"{s}.{name}": r for s in sections for name, r in getattr(self, s).ranges().items()}
+
     def generation_settings(self, chain: int, generation: int, teacher_checkpoint: str | None) -> dict[str, Any]:
-        """The settings shared by every trial of one generation; a trial adds `trial` and `seed`."""
-        distill = self.distill.model_copy(update={"objective": self.objective_of(generation)})
+        """The settings shared by every trial of one generation; a trial adds `trial` and `seed`, and the
+        search (if any) fills in the ranges of `search_space(generation)`."""
+        distill = self.distill if generation > 0 else DistillSpec(objective="ce")
         return {
             "sweep": self.name,
             "seed_root": self.seed,
@@ -197,8 +305,8 @@ class SweepSpec(_Section):
             "generation": generation,
             "data": self.data.model_dump(mode="json"),
             "model": self.model_of(generation).model_dump(mode="json"),
-            "train": self.train.model_dump(mode="json"),
-            "distill": distill.model_dump(mode="json"),
+            "train": self.train.model_dump(mode="json", exclude_none=True),
+            "distill": distill.model_dump(mode="json", exclude_none=True),
             "metric": self.search.metric,
             "teacher_checkpoint": teacher_checkpoint,
         }
@@ -236,34 +344,49 @@ class TrialSettings(_Section):
     def role(self) -> str:
         return "teacher" if self.generation == 0 else "student"
 
+    @model_validator(mode="after")
+    def _concrete(self) -> TrialSettings:
+        left = [f"{section}.{name}" for section in ("train", "distill") for name in getattr(self, section).ranges()]
+        if left:
+            raise ValueError(f"a trial's settings must be values, but {', '.join(left)} are still search ranges")
+        return self
+
+
+_UNION_TAGS = ("value", "range")  # the branches of a searchable field; not part of the key path
+
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The keys allowed at `loc` (the parent of an unknown key), found by walking the spec's models."""
+    current: type[BaseModel] | None = model
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if part == "range":
+            current = Range
+            continue
+        field = current.model_fields.get(part) if current is not None and isinstance(part, str) else None
         if field is None:
             return []
         annotation = field.annotation
         candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
         nested = [a for a in candidates if issubclass(a, BaseModel)]
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
+        current = nested[0] if nested else None
+    return list(current.model_fields) if current is not None else []
 
 
 def _format_error(error: dict, path: str) -> str:
     loc = tuple(error["loc"])
-    where = ".".join(str(p) for p in loc) or "(top level)"
+    where = ".".join(str(p) for p in loc if p not in _UNION_TAGS) or "(top level)"
     kind, msg = error["type"], error["msg"].removeprefix("Value error, ")
+    msg = msg[:1].lower() + msg[1:]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(SweepSpec, loc[:-1])
         return f"{path}: {where}: unknown key; allowed keys here: {', '.join(allowed)}"
     if kind == "missing":
         return f"{path}: {where}: required key is missing"
-    if isinstance(error["input"], dict):  # a check across keys: the message names the keys involved
-        return f"{path}: {where}: {msg}"
-    return f"{path}: {where}: {error['input']!r} is not allowed: {msg[:1].lower() + msg[1:]}"
+    if isinstance(error["input"], dict):
+        if kind == "value_error":  # a check across keys: the message names the keys involved
+            return f"{path}: {where}: {msg}"
+        return f"{path}: {where}: a search range or mapping is not allowed here; give a single value ({msg})"
+    return f"{path}: {where}: {error['input']!r} is not allowed: {msg}"
 
 
 def parse_spec(raw: Any, path: str = "spec") -> SweepSpec:

@@ -13,7 +13,8 @@ import ray
 import yaml
 
 from banray import report, tracking
-from banray.chain import SweepContext, run_chain
+from banray.chain import ChainResult, SweepContext, run_ensembles, run_group, stop_reason, tune_verbosity
+from banray.dag import run_dag
 from banray.data import DatasetMissing
 from banray.models import build_model
 from banray.spec import SpecError, SweepSpec
@@ -125,17 +126,30 @@ def _run_chains(
         experiment_id=experiment_id,
         slots_actor=slots_actor,
         max_concurrent_trials=min(capacity, spec.search.trials),
+        tune_verbose=tune_verbosity(),
     )
     echo(
         f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s)) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {sweep_dir}"
     )
-    start = time.monotonic()
-    chains = ray.get([run_chain.remote(ctx, chain) for chain in range(spec.chains)])
+    dag = run_dag(
+        spec.chains,
+        spec.generations,
+        launch=lambda chain, generation, teacher: run_group.remote(ctx, chain, generation, teacher),
+        stop_rule=lambda chain, records: stop_reason(spec, records),
+        echo=echo,
+    )
+    busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
+    ensembles = ray.get([run_ensembles.remote(ctx, c, dag.results[c]) for c in dag.results])
+    chains = [
+        ChainResult(c, dag.results[c], found, run_id, dag.stopped.get(c))
+        for c, (found, run_id) in zip(dag.results, ensembles)
+    ]
+    utilisation = busy_s / (capacity * dag.makespan_s)
     result = report.build(
         spec, chains, sweep_dir=str(sweep_dir), tracking_uri=track.uri, experiment_id=experiment_id,
-        elapsed_s=time.monotonic() - start,
+        elapsed_s=dag.makespan_s, utilisation=utilisation, spans=dag.spans,
     )
     files = report.write(result, sweep_dir)
     summary_run = tracking.start_run(
@@ -144,6 +158,10 @@ def _run_chains(
     tracking.log_artifacts(track, summary_run, [spec_file, *files])
     tracking.end_run(track, summary_run)
     echo("")
+    echo(
+        f"Makespan {dag.makespan_s:.0f} s; worker-slot utilisation {100 * utilisation:.0f}% "
+        f"({busy_s:.0f} busy slot-seconds of {capacity} slot(s) × {dag.makespan_s:.0f} s)"
+    )
     echo(report.caption(result))
     echo(report.table(result))
     echo("")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,16 +31,46 @@ TRIAL_RESOURCES = {"cpu": 0, "memory": 256 * 2**20}
 
 @ray.remote(num_cpus=0)
 class WorkerSlots:
-    """A counting semaphore over the cluster's worker slots, shared by every chain of a sweep."""
+    """A counting semaphore over the cluster's worker slots, shared by every group of a sweep.
+
+    Holders are trial actors. ASHA stops a trial by killing its actor, so a holder may never release:
+    while trials wait, slots of dead holders are reclaimed. It also adds up busy slot-seconds.
+    """
+
+    RECLAIM_EVERY_S = 2.0
 
     def __init__(self, capacity: int):
-        self._free = asyncio.Semaphore(capacity)
+        self.capacity = capacity
+        self.holders: dict[str, float] = {}  # actor id → when it took its slot
+        self.busy_s = 0.0
+        self.last_reclaim = 0.0
 
-    async def acquire(self) -> None:
-        await self._free.acquire()
+    async def acquire(self, holder: str) -> None:
+        while len(self.holders) >= self.capacity:
+            if time.monotonic() - self.last_reclaim > self.RECLAIM_EVERY_S:
+                self._reclaim_dead()
+            if len(self.holders) < self.capacity:
+                break
+            await asyncio.sleep(0.2)
+        self.holders[holder] = time.monotonic()
 
-    async def release(self) -> None:
-        self._free.release()
+    async def release(self, holder: str) -> None:
+        taken = self.holders.pop(holder, None)
+        if taken is not None:
+            self.busy_s += time.monotonic() - taken
+
+    def _reclaim_dead(self) -> None:
+        from ray.util.state import get_actor
+
+        self.last_reclaim = time.monotonic()
+        for holder in list(self.holders):
+            state = get_actor(holder)
+            if state is None or state.state == "DEAD":
+                self.busy_s += time.monotonic() - self.holders.pop(holder)
+
+    async def busy_seconds(self) -> float:
+        now = time.monotonic()
+        return self.busy_s + sum(now - taken for taken in self.holders.values())
 
 
 def slot_capacity(resources: ResourcesSpec, cluster: dict[str, float]) -> int:
@@ -128,14 +159,15 @@ def run_trial(config: dict[str, Any]) -> None:
         ),
     )
     slots = ray.get_actor(runtime.slots_actor)
-    ray.get(slots.acquire.remote())
+    holder = ray.get_runtime_context().get_actor_id()
+    ray.get(slots.acquire.remote(holder))
     try:
         result = trainer.fit()
     except BaseException:
         tracking.end_run(runtime.tracking, run_id, "FAILED")
         raise
     finally:
-        ray.get(slots.release.remote())
+        ray.get(slots.release.remote(holder))
 
     best_checkpoint, best = min(result.best_checkpoints, key=lambda pair: pair[1][settings.metric])
     tracking.end_run(runtime.tracking, run_id)

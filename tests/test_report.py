@@ -35,7 +35,8 @@ def built():
                     [EnsembleRecord(2, [1, 2], 0.06, 0.2)], "ens-0"),
         ChainResult(1, [record(1, 0, 0.12), record(1, 1, 0.10), record(1, 2, 0.09)],
                     [EnsembleRecord(2, [1, 2], 0.08, 0.3)], "ens-1"),
-        ChainResult(2, [record(2, 0, 0.14), record(2, 1, 0.0, status="failed")], [], None),
+        ChainResult(2, [record(2, 0, 0.14), record(2, 1, 0.0, status="failed")], [], None,
+                    stopped="no trial of generation 1 finished"),
     ]
     return build(spec, chains)
 
@@ -69,7 +70,8 @@ def test_files_hold_the_per_generation_records_and_the_plot(built, tmp_path):
     text = md_path.read_text()
     assert "# banray report: tiny" in text and report.table(built) in text
     assert "Ens*k averages the softmax outputs of the last k student generations" in text
-    assert "chain 2 stopped at generation 1: all 2 trial(s) failed" in text
+    assert "chain 2 stopped after generation 1: no trial of generation 1 finished" in text
+    assert "chain 2 generation 1 failed: all 2 trial(s) failed" in text
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000
 
 

@@ -1,0 +1,68 @@
+"""The sweep's DAG: chains × generations, generation k of a chain depending on generation k − 1.
+
+Every ready group runs at once (the worker-slot pool, not this scheduler, bounds how many trials train);
+a finished group unblocks its successor immediately, with no barrier between generations of
+different chains. The scheduler is generic over what a group is, so it can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import ray
+
+# (chain, generation, predecessor's result or None) -> the group's ObjectRef
+Launch = Callable[[int, int, Any], "ray.ObjectRef"]
+# (chain, results so far) -> why the chain stops here, or None to go on
+StopRule = Callable[[int, list[Any]], "str | None"]
+
+
+@dataclass(frozen=True)
+class GroupSpan:
+    chain: int
+    generation: int
+    start_s: float  # seconds since the sweep started
+    end_s: float
+
+
+@dataclass
+class DagRun:
+    results: dict[int, list[Any]]
+    stopped: dict[int, str]  # chain → why it ended early
+    spans: list[GroupSpan]
+    makespan_s: float
+
+
+def run_dag(
+    chains: int, generations: int, launch: Launch, stop_rule: StopRule, echo: Callable[[str], None] = print
+) -> DagRun:
+    """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done."""
+    origin = time.monotonic()
+    pending: dict[ray.ObjectRef, tuple[int, int, float]] = {}
+    results: dict[int, list[Any]] = {chain: [] for chain in range(chains)}
+    stopped: dict[int, str] = {}
+    spans: list[GroupSpan] = []
+
+    def start(chain: int, generation: int, previous: Any) -> None:
+        echo(f"[banray] chain {chain} generation {generation}: started")
+        pending[launch(chain, generation, previous)] = (chain, generation, time.monotonic() - origin)
+
+    for chain in range(chains):
+        start(chain, 0, None)
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        chain, generation, started = pending.pop(ready)
+        result = ray.get(ready)
+        spans.append(GroupSpan(chain, generation, started, time.monotonic() - origin))
+        results[chain].append(result)
+        echo(f"[banray] chain {chain} generation {generation}: done after {spans[-1].end_s - started:.0f} s")
+        reason = stop_rule(chain, results[chain])
+        if reason is not None:
+            if generation < generations:
+                stopped[chain] = reason
+                echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
+        elif generation < generations:
+            start(chain, generation + 1, result)
+    return DagRun(results, stopped, spans, time.monotonic() - origin)

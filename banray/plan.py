@@ -1,0 +1,194 @@
+"""`banray plan`: what a sweep will run and cost, and whether its storage and tracking work, before
+anything is trained or any worker is reserved."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from banray import tracking
+from banray.data import DATASETS, dataset_kind
+from banray.models import build_model
+from banray.spec import Range, SweepSpec
+
+# Ray's fixed cost of a trial (Tune trial → TorchTrainer start and stop), measured on a 2-core machine.
+TRIAL_OVERHEAD_S = 12.0
+
+
+class PlanCheckFailed(Exception):
+    """Storage or tracking is not usable; the message says which and why."""
+
+
+def _value(setting) -> float:
+    return setting.midpoint() if isinstance(setting, Range) else setting
+
+
+@dataclass(frozen=True)
+class Work:
+    groups: int
+    trials: int
+    steps_per_epoch: int
+    steps: int  # optimizer steps over the whole sweep, if no trial is stopped early
+
+    @classmethod
+    def of(cls, spec: SweepSpec) -> Work:
+        pool = DATASETS[spec.data.dataset].train_size
+        batch = int(_value(spec.train.batch_size))
+        if dataset_kind(spec.data.dataset) == "language_model":
+            per_epoch = max(1, pool // (batch * spec.train.bptt))
+        else:
+            per_epoch = math.ceil(pool * (1 - spec.data.val_fraction) / batch)
+        groups = spec.chains * (spec.generations + 1)
+        trials = groups * spec.search.trials
+        return cls(groups, trials, per_epoch, trials * spec.train.epochs * per_epoch)
+
+
+def time_steps(spec: SweepSpec, generation: int, steps: int) -> tuple[float, str]:
+    """Seconds per training step of `generation`'s model on random data of the dataset's shape, on this
+    machine (its GPU if it has one); a teacher forward pass is included for students."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    entry = DATASETS[spec.data.dataset]
+    batch = max(1, int(_value(spec.train.batch_size)) // spec.resources.workers_per_trial)
+    language = entry.kind == "language_model"
+    num_classes, input_shape = (10_000, (spec.train.bptt,)) if language else (
+        (100 if spec.data.dataset == "cifar100" else 10),
+        (3, 32, 32) if spec.data.dataset.startswith("cifar") else (1, 8, 8),
+    )
+    model_spec = spec.model_of(generation)
+    model = build_model(model_spec.arch, num_classes=num_classes, input_shape=input_shape, **model_spec.kwargs).to(device)
+    teacher = None
+    if generation > 0:
+        teacher = build_model(spec.model.arch, num_classes=num_classes, input_shape=input_shape, **spec.model.kwargs)
+        teacher = teacher.to(device).eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    if language:
+        x = torch.randint(0, num_classes, (spec.train.bptt, batch), device=device)
+    else:
+        x = torch.randn(batch, *input_shape, device=device)
+
+    def step() -> None:
+        if teacher is not None:
+            with torch.inference_mode():
+                teacher(x)
+        out = model(x)
+        logits = out[0] if language else out
+        loss = logits.float().logsumexp(dim=-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: allocations, cuDNN autotuning
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return (time.perf_counter() - start) / steps, name
+
+
+def check_storage(spec: SweepSpec) -> str:
+    """Write a marker under the storage folder, read it back and remove it (and any folder made for it)."""
+    root = Path(spec.storage).expanduser().resolve()
+    created = []
+    probe = root
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    marker = root / f".banray-plan-{uuid.uuid4().hex[:8]}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        marker.write_text("banray plan check")
+        if marker.read_text() != "banray plan check":
+            raise OSError("the marker read back differs from what was written")
+    except OSError as exc:
+        raise PlanCheckFailed(f"storage: cannot write to {root}: {exc.strerror or exc}") from None
+    finally:
+        if marker.is_file():
+            marker.unlink()
+        for folder in created:
+            if folder.is_dir():
+                folder.rmdir()
+    return f"{root} is writable (a marker was written, read back and removed)"
+
+
+def check_tracking(spec: SweepSpec) -> str:
+    """Ask the tracking URI for an answer; the default local store lives in storage, checked above."""
+    uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return "a SQLite store in the sweep folder (checked with storage)"
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        health = uri.rstrip("/") + "/health"
+        try:
+            response = requests.get(health, timeout=5)
+        except requests.RequestException as exc:
+            raise PlanCheckFailed(f"tracking.uri: {uri} does not answer ({type(exc).__name__}: {exc})") from None
+        if response.status_code != 200:
+            raise PlanCheckFailed(f"tracking.uri: {health} answered HTTP {response.status_code}, not 200")
+        return f"{uri} answers"
+    try:
+        tracking.Tracking(uri, spec.name, None).client().search_experiments(max_results=1)
+    except Exception as exc:  # any backend's failure means the sweep could not track
+        raise PlanCheckFailed(f"tracking.uri: {uri} cannot be used: {exc}") from None
+    return f"{uri} answers"
+
+
+def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:
+    work = Work.of(spec)
+    resources = spec.resources
+    per_trial = f"{resources.workers_per_trial} worker(s) × ({resources.cpus_per_worker:g} CPU"
+    per_trial += f", {resources.gpus_per_worker:g} GPU)" if resources.gpus_per_worker else ")"
+    parallel = spec.chains * spec.search.trials
+    lines = [
+        f"Sweep '{spec.name}' (spec hash {spec.spec_hash()}) on {spec.data.dataset}",
+        f"DAG: {spec.chains} chain(s) × {spec.generations + 1} generations = {work.groups} groups of "
+        f"{spec.search.trials} trial(s), {work.trials} trials in all",
+    ]
+    for chain in range(spec.chains):
+        steps = " → ".join(
+            f"gen{g} ({spec.model_of(g).arch}, {spec.objective_of(g) if g == 0 else _label(spec)})"
+            for g in range(spec.generations + 1)
+        )
+        lines.append(f"  chain {chain}: {steps}")
+    for generation in sorted({0, min(1, spec.generations)}):
+        space = spec.search_space(generation)
+        what = "generation 0" if generation == 0 else "generations ≥ 1"
+        searched = ", ".join(f"{k} {v.kind} {v.values()}" for k, v in space.items()) or "nothing (trials differ by seed)"
+        lines.append(f"  {what} search: {searched}")
+    lines.append(
+        f"  early stopping: {'ASHA, grace ' + str(spec.search.grace_period) + ' epoch(s)' if spec.search.uses_asha() else 'off'}; "
+        f"warm start: {'on' if spec.search.warm_start else 'off'}"
+        + (f"; chain stop when improvement < {spec.chain_stop.min_improvement}" if spec.chain_stop else "")
+    )
+    lines += [
+        f"Worker slots: each trial takes {per_trial}; all chains' trials at once need {parallel} slot(s) = "
+        f"{parallel * resources.workers_per_trial * resources.cpus_per_worker:g} CPU"
+        + (f", {parallel * resources.workers_per_trial * resources.gpus_per_worker:g} GPU" if resources.gpus_per_worker else ""),
+        f"Work: {spec.train.epochs} epoch(s) × {work.steps_per_epoch} steps per trial; {work.steps:,} optimizer steps "
+        f"in all (an upper bound when ASHA stops trials early)",
+    ]
+    if calibrate_steps:
+        seconds, device = time_steps(spec, min(1, spec.generations), calibrate_steps)
+        worker_hours = (work.steps * seconds + work.trials * TRIAL_OVERHEAD_S) * resources.workers_per_trial / 3600
+        lines.append(
+            f"Estimate: {seconds * 1000:.1f} ms per step (timed over {calibrate_steps} steps on this machine's {device}) "
+            f"→ about {worker_hours:,.1f} worker-hours, {TRIAL_OVERHEAD_S:.0f} s of Ray overhead per trial included"
+        )
+    else:
+        lines.append("Estimate: pass --calibrate N to time N training steps here and convert the work to worker-hours")
+    return lines
+
+
+def _label(spec: SweepSpec) -> str:
+    objective = spec.distill.objective
+    return objective if isinstance(objective, str) else "search " + "|".join(map(str, objective.choice))
