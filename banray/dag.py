@@ -36,9 +36,15 @@ class DagRun:
 
 
 def run_dag(
-    chains: int, generations: int, launch: Launch, stop_rule: StopRule, echo: Callable[[str], None] = print
+    chains: int,
+    generations: int,
+    launch: Launch,
+    stop_rule: StopRule,
+    echo: Callable[[str], None] = print,
+    on_done: Callable[[dict[int, list[Any]], dict[int, str]], None] | None = None,
 ) -> DagRun:
-    """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done."""
+    """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done.
+    `on_done(results, stopped)` runs after every finished group (e.g. to save the sweep state)."""
     origin = time.monotonic()
     pending: dict[ray.ObjectRef, tuple[int, int, float]] = {}
     results: dict[int, list[Any]] = {chain: [] for chain in range(chains)}
@@ -65,4 +71,6 @@ def run_dag(
                 echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
         elif generation < generations:
             start(chain, generation + 1, result)
+        if on_done is not None:
+            on_done(results, stopped)
     return DagRun(results, stopped, spans, time.monotonic() - origin)

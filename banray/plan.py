@@ -10,12 +10,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
 from banray import tracking
 from banray.data import DATASETS, dataset_kind
 from banray.models import build_model
 from banray.spec import Range, SweepSpec
+from banray.storage import is_remote, use_endpoint
 
 # Ray's fixed cost of a trial (Tune trial → TorchTrainer start and stop), measured on a 2-core machine.
 TRIAL_OVERHEAD_S = 12.0
@@ -96,24 +98,35 @@ def time_steps(spec: SweepSpec, generation: int, steps: int) -> tuple[float, str
 
 
 def check_storage(spec: SweepSpec) -> str:
-    """Write a marker under the storage folder, read it back and remove it (and any folder made for it)."""
-    root = Path(spec.storage).expanduser().resolve()
-    created = []
-    probe = root
-    while not probe.exists():
-        created.append(probe)
-        probe = probe.parent
-    marker = root / f".banray-plan-{uuid.uuid4().hex[:8]}"
+    """Write a marker under the storage root, read it back and remove it (and any local folder made for it)."""
+    use_endpoint(spec.storage_endpoint)
+    root = spec.storage if is_remote(spec.storage) else str(Path(spec.storage).expanduser().resolve())
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        marker.write_text("banray plan check")
-        if marker.read_text() != "banray plan check":
-            raise OSError("the marker read back differs from what was written")
+        fs, path = pafs.FileSystem.from_uri(root)
+    except (OSError, ValueError) as exc:
+        raise PlanCheckFailed(f"storage: cannot open {root}: {exc}") from None
+    created = []
+    if not is_remote(root):
+        probe = Path(root)
+        while not probe.exists():
+            created.append(probe)
+            probe = probe.parent
+    marker = f"{path}/.banray-plan-{uuid.uuid4().hex[:8]}"
+    text = b"banray plan check"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(marker) as stream:
+            stream.write(text)
+        with fs.open_input_stream(marker) as stream:
+            if stream.read() != text:
+                raise OSError("the marker read back differs from what was written")
     except OSError as exc:
-        raise PlanCheckFailed(f"storage: cannot write to {root}: {exc.strerror or exc}") from None
+        raise PlanCheckFailed(f"storage: cannot write to {root}: {getattr(exc, 'strerror', None) or exc}") from None
     finally:
-        if marker.is_file():
-            marker.unlink()
+        try:
+            fs.delete_file(marker)
+        except OSError:
+            pass  # it was never written
         for folder in created:
             if folder.is_dir():
                 folder.rmdir()

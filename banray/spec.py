@@ -248,7 +248,7 @@ class TrackingSpec(_Section):
 
 
 # Sections that do not change what is trained; they stay out of the spec hash.
-_RUNTIME_SECTIONS = {"ensembles", "resources", "storage", "tracking"}
+_RUNTIME_SECTIONS = {"ensembles", "resources", "storage", "storage_endpoint", "tracking"}
 
 
 class SweepSpec(_Section):
@@ -265,8 +265,23 @@ class SweepSpec(_Section):
     chain_stop: ChainStopSpec | None = Field(None, description="optional rule that ends a chain early")
     ensembles: EnsembleSpec = EnsembleSpec()
     resources: ResourcesSpec = ResourcesSpec()
-    storage: str = Field("./runs", min_length=1, description="folder for checkpoints, reports and sweep state")
+    storage: str = Field(
+        "./runs", min_length=1, description="local folder or s3://bucket/prefix for checkpoints, reports and sweep state"
+    )
+    storage_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, ...) for s3:// storage; default $AWS_ENDPOINT_URL_S3"
+    )
     tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_kind(cls, storage: str) -> str:
+        scheme, _, rest = storage.partition("://")
+        if rest and scheme != "s3":
+            raise ValueError(f"use a local folder or an s3://bucket/prefix URI, not {scheme}://")
+        if scheme == "s3" and not rest.strip("/"):
+            raise ValueError("an s3:// storage URI needs a bucket: s3://bucket/prefix")
+        return storage
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> SweepSpec:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from banray.dag import run_dag
 from banray.data import DatasetMissing
 from banray.models import build_model
 from banray.spec import SpecError, SweepSpec
+from banray.storage import SweepStorage, use_endpoint
 from banray.tasks import make_task
 from banray.trial import WorkerSlots, slot_capacity
 
@@ -33,20 +34,28 @@ RAY_ENV_DEFAULTS = {
 @dataclass
 class SweepResult:
     report: dict[str, Any]
-    sweep_dir: Path
-    files: list[Path]
+    sweep_dir: str  # a local path or an s3:// URI
+    files: list[str]  # report files in the sweep folder
 
 
-def sweep_dir_of(spec: SweepSpec) -> Path:
-    return Path(spec.storage).expanduser().resolve() / spec.name
-
-
-def check_sweep_dir(sweep_dir: Path, overwrite: bool) -> None:
-    if sweep_dir.exists() and any(sweep_dir.iterdir()) and not overwrite:
+def open_storage(spec: SweepSpec, overwrite: bool) -> SweepStorage:
+    """The sweep's folder, checked: it must not hold an earlier sweep (unless replacing it)."""
+    storage = SweepStorage(spec.storage, spec.name)
+    try:
+        taken = storage.holds_anything()
+    except OSError as exc:
+        raise SpecError(f"storage: cannot reach {storage.uri}: {exc}") from None
+    if taken and not overwrite:
         raise SpecError(
-            f"storage: {sweep_dir} already holds a sweep named like this one; "
+            f"storage: {storage.uri} already holds a sweep named like this one; "
             "rename the sweep, pass --storage elsewhere, or pass --overwrite to replace it"
         )
+    if storage.remote and not (spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise SpecError(
+            f"tracking.uri: storage is {spec.storage}, so the MLflow store cannot live in the sweep folder; "
+            "set tracking.uri or MLFLOW_TRACKING_URI to a tracking server"
+        )
+    return storage
 
 
 def preflight(spec: SweepSpec) -> None:
@@ -65,11 +74,12 @@ def preflight(spec: SweepSpec) -> None:
             raise SpecError(f"{key}.kwargs: {model.arch} cannot be built with {model.kwargs}: {exc}") from None
 
 
-def connect(address: str | None) -> bool:
-    """Connect to (or start) Ray; returns whether this call started the connection."""
+def connect(address: str | None, env_vars: dict[str, str]) -> bool:
+    """Connect to (or start) Ray; returns whether this call started the connection. `env_vars` reach
+    every Ray process of the sweep; secrets never go there (a cluster's nodes bring their own)."""
     if ray.is_initialized():
         return False
-    env = {k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}
+    env = {**{k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}, **env_vars}
     os.environ.update(env)
     # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
     ray.init(address=address, runtime_env={"env_vars": env}, logging_config=ray.LoggingConfig(log_level="WARNING"))
@@ -86,10 +96,10 @@ def run(
 ) -> SweepResult:
     if storage is not None:
         spec = spec.model_copy(update={"storage": storage})  # so spec.yaml records where it really ran
-    sweep_dir = sweep_dir_of(spec)
-    check_sweep_dir(sweep_dir, overwrite)
+    endpoint_env = use_endpoint(spec.storage_endpoint)
+    sweep_storage = open_storage(spec, overwrite)
     preflight(spec)
-    started = connect(address)
+    started = connect(address, endpoint_env)
     try:
         capacity = slot_capacity(spec.resources, ray.cluster_resources())
         if capacity < 1:
@@ -98,30 +108,46 @@ def run(
                 f"{spec.resources.cpus_per_worker} CPU / {spec.resources.gpus_per_worker} GPU, but the cluster has "
                 f"{ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU"
             )
-        return _run_chains(spec, sweep_dir, capacity, overwrite, echo)
+        return _run_dag(spec, sweep_storage, capacity, echo)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run_chains(
-    spec: SweepSpec, sweep_dir: Path, capacity: int, overwrite: bool, echo: Callable[[str], None]
-) -> SweepResult:
-    if overwrite and sweep_dir.exists():
-        import shutil
+def _state(spec: SweepSpec, results: dict[int, list], stopped: dict[int, str], finished: bool) -> dict[str, Any]:
+    """The sweep state kept in storage: which generations of which chains finished, and with what."""
+    return {
+        "sweep": spec.name,
+        "spec_hash": spec.spec_hash(),
+        "finished": finished,
+        "chains": {
+            str(chain): {
+                "stopped": stopped.get(chain),
+                "generations": [
+                    {k: getattr(r, k) for k in ("generation", "status", "best_trial", "checkpoint", "val_error",
+                                                "test_error", "mlflow_run_id", "best_settings")}
+                    for r in records
+                ],
+            }
+            for chain, records in results.items()
+        },
+    }
 
-        shutil.rmtree(sweep_dir)
-    sweep_dir.mkdir(parents=True)
-    spec_file = sweep_dir / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
-    track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, sweep_dir)
+def _run_dag(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None]) -> SweepResult:
+    storage.clear()
+    storage.create()
+    spec_text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    storage.write_text("spec.yaml", spec_text)
+
+    local = storage.local_dir()
+    track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, local)
     experiment_id = tracking.ensure_experiment(track)
     slots_actor = f"banray-slots-{spec.name}-{uuid.uuid4().hex[:8]}"
     slots = WorkerSlots.options(name=slots_actor).remote(capacity)
     ctx = SweepContext(
         spec=spec,
-        sweep_dir=str(sweep_dir),
+        sweep_dir=storage.uri,
         tracking=track,
         experiment_id=experiment_id,
         slots_actor=slots_actor,
@@ -130,7 +156,7 @@ def _run_chains(
     )
     echo(
         f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s)) × "
-        f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {sweep_dir}"
+        f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
     )
     dag = run_dag(
         spec.chains,
@@ -138,7 +164,9 @@ def _run_chains(
         launch=lambda chain, generation, teacher: run_group.remote(ctx, chain, generation, teacher),
         stop_rule=lambda chain, records: stop_reason(spec, records),
         echo=echo,
+        on_done=lambda results, stopped: storage.write_json("state.json", _state(spec, results, stopped, False)),
     )
+    storage.write_json("state.json", _state(spec, dag.results, dag.stopped, True))
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
     ensembles = ray.get([run_ensembles.remote(ctx, c, dag.results[c]) for c in dag.results])
@@ -148,15 +176,18 @@ def _run_chains(
     ]
     utilisation = busy_s / (capacity * dag.makespan_s)
     result = report.build(
-        spec, chains, sweep_dir=str(sweep_dir), tracking_uri=track.uri, experiment_id=experiment_id,
+        spec, chains, sweep_dir=storage.uri, tracking_uri=track.uri, experiment_id=experiment_id,
         elapsed_s=dag.makespan_s, utilisation=utilisation, spans=dag.spans,
     )
-    files = report.write(result, sweep_dir)
-    summary_run = tracking.start_run(
-        track, experiment_id, "summary", tags=tracking.banray_tags(sweep=spec.name, role="summary")
-    )
-    tracking.log_artifacts(track, summary_run, [spec_file, *files])
-    tracking.end_run(track, summary_run)
+    with tempfile.TemporaryDirectory() as folder:
+        local_files = report.write(result, Path(folder))
+        (Path(folder) / "spec.yaml").write_text(spec_text)
+        files = [storage.write_bytes(f.name, f.read_bytes()) for f in local_files]
+        summary_run = tracking.start_run(
+            track, experiment_id, "summary", tags=tracking.banray_tags(sweep=spec.name, role="summary")
+        )
+        tracking.log_artifacts(track, summary_run, [Path(folder) / "spec.yaml", *local_files])
+        tracking.end_run(track, summary_run)
     echo("")
     echo(
         f"Makespan {dag.makespan_s:.0f} s; worker-slot utilisation {100 * utilisation:.0f}% "
@@ -171,4 +202,4 @@ def _run_chains(
         echo(f"Open the MLflow UI: {track.uri.rstrip('/')}/#/experiments/{experiment_id}")
     else:
         echo(f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  (then http://127.0.0.1:5000)")
-    return SweepResult(result, sweep_dir, files)
+    return SweepResult(result, storage.uri, files)

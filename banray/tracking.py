@@ -30,11 +30,12 @@ class Tracking:
         return MlflowClient(tracking_uri=self.uri)
 
 
-def resolve(spec_uri: str | None, experiment: str, sweep_dir: Path) -> Tracking:
-    """Spec URI, else $MLFLOW_TRACKING_URI, else a SQLite store inside the sweep folder (no server needed)."""
+def resolve(spec_uri: str | None, experiment: str, sweep_dir: Path | None) -> Tracking:
+    """Spec URI, else $MLFLOW_TRACKING_URI, else a SQLite store inside the (local) sweep folder."""
     uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return Tracking(uri, experiment, None)
+    assert sweep_dir is not None, "a sweep in object storage needs a tracking URI"
     return Tracking(f"sqlite:///{sweep_dir / 'mlflow.db'}", experiment, (sweep_dir / "mlartifacts").as_uri())
 
 

@@ -42,7 +42,17 @@ def tiny_spec(**overrides) -> dict:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 for the whole session, with buckets 'banray' and 'mlflow'.
+    Started before the Ray cluster so that Ray's processes inherit the AWS variables."""
+    import servers
+
+    with servers.moto_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
     """A real local Ray cluster for the whole session; yields its GCS address."""
     import ray
     import ray.cloudpickle

@@ -2,6 +2,7 @@
 on generated CIFAR files (with Ens*2), and the PTB language-model task with BAN+L."""
 
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def test_densenet_teacher_wrn_student_on_cifar_with_ensemble(ray_cluster, tmp_pa
         train={"epochs": 1, "batch_size": 50}, search={"trials": 1}, ensembles={"include_teacher": True},
     ))
     result = sweep.run(spec, echo=lambda line: None)
-    report = json.loads((result.sweep_dir / "report.json").read_text())
+    report = json.loads((Path(result.sweep_dir) / "report.json").read_text())
     assert report["columns"] == ["Teacher", "BAN-1", "Ens*2"]
     (chain,) = report["chains"]
     teacher, student = chain["generations"]
@@ -34,7 +35,7 @@ def test_densenet_teacher_wrn_student_on_cifar_with_ensemble(ray_cluster, tmp_pa
     assert 0 <= chain["ensembles"][0]["test_error"] <= 1
     metadata = Checkpoint(student["checkpoint"]).get_metadata()
     assert metadata["arch"] == "wrn" and metadata["teacher"]["arch"] == "densenet_bc"  # rebuilt from metadata
-    assert (result.sweep_dir / "report.png").stat().st_size > 10_000
+    assert (Path(result.sweep_dir) / "report.png").stat().st_size > 10_000
 
 
 def test_ptb_language_model_reports_perplexity(ray_cluster, tmp_path):

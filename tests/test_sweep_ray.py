@@ -1,6 +1,7 @@
 """End to end on a real local Ray cluster: Tune trial groups, Train workers, a generation chain, MLflow."""
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -34,8 +35,8 @@ def generations(result):
 
 def test_report_files_describe_every_generation(finished):
     spec, result, output = finished
-    assert sorted(p.name for p in result.files) == ["report.json", "report.md", "report.png"]
-    report = json.loads((result.sweep_dir / "report.json").read_text())
+    assert sorted(Path(f).name for f in result.files) == ["report.json", "report.md", "report.png"]
+    report = json.loads((Path(result.sweep_dir) / "report.json").read_text())
     teacher, student = report["chains"][0]["generations"]
     assert [teacher["generation"], student["generation"]] == [0, 1]
     for record in (teacher, student):

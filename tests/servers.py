@@ -1,0 +1,118 @@
+"""Servers the tests start themselves, on 127.0.0.1, and stop by PID (never `ray stop`, which would end
+every Ray process on the machine): moto's S3 server, an MLflow tracking server and Ray nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+BIN = Path(sys.executable).parent
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, requests.RequestException):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not come up within {timeout} s")
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """End a server started in its own session, with everything it spawned."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    try:  # children that outlived their parent
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def moto_s3(buckets=("banray", "mlflow")):
+    """moto's S3 server in this process; sets the AWS variables so that this process, and the Ray
+    and MLflow processes started after it, use it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in [*S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3"]}
+    os.environ.update({**S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3": endpoint})
+    client = boto3.client("s3")
+    for bucket in buckets:
+        client.create_bucket(Bucket=bucket)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def mlflow_server(folder: Path, artifacts: str):
+    """`mlflow server` with a SQLite backend and the given artifact destination; yields its URI."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(folder / "mlflow-server.log", "w")
+    process = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{uri}/health", timeout=2).text.strip() == "OK", 90, "mlflow server")
+        yield uri
+    finally:
+        stop_group(process)
+        log.close()
+
+
+def ray_start(temp_dir: Path, *, head_address: str | None, num_cpus: int, log: Path, **ports: int) -> subprocess.Popen:
+    """`ray start --block` as its own process group: a head (head_address None) or a node joining one."""
+    command = [str(BIN / "ray"), "start", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+               "--disable-usage-stats", "--object-store-memory=150000000"]
+    if head_address is None:
+        command += ["--head", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+    else:
+        command += [f"--address={head_address}"]
+    command += [f"--{name.replace('_', '-')}={value}" for name, value in ports.items()]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.Popen(command, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def node_ports() -> dict[str, int]:
+    """Ports of one node, all free, so a test cluster never collides with another Ray on the machine."""
+    names = ["node_manager_port", "object_manager_port", "metrics_export_port", "dashboard_agent_listen_port",
+             "dashboard_agent_grpc_port", "runtime_env_agent_port"]
+    return {name: free_port() for name in names}
