@@ -80,7 +80,14 @@ def connect(address: str | None, env_vars: dict[str, str]) -> bool:
     if ray.is_initialized():
         return False
     env = {**{k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}, **env_vars}
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    if cluster and cluster != "auto" and "://" not in cluster:
+        # Ray's own State API calls in workers (Train's placement-group cleaner) need to know the cluster
+        # when a machine runs more than one Ray instance.
+        env["RAY_ADDRESS"] = cluster
     os.environ.update(env)
+    # Under `ray job submit` the job's runtime_env may set the same variables: merge rather than fail.
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
     ray.init(address=address, runtime_env={"env_vars": env}, logging_config=ray.LoggingConfig(log_level="WARNING"))
     return True

@@ -44,6 +44,8 @@ class WorkerSlots:
         self.holders: dict[str, float] = {}  # actor id → when it took its slot
         self.busy_s = 0.0
         self.last_reclaim = 0.0
+        # Explicit, since the State API would otherwise refuse to guess between several Ray instances.
+        self.cluster = ray.get_runtime_context().gcs_address
 
     async def acquire(self, holder: str) -> None:
         while len(self.holders) >= self.capacity:
@@ -64,7 +66,7 @@ class WorkerSlots:
 
         self.last_reclaim = time.monotonic()
         for holder in list(self.holders):
-            state = get_actor(holder)
+            state = get_actor(holder, address=self.cluster)
             if state is None or state.state == "DEAD":
                 self.busy_s += time.monotonic() - self.holders.pop(holder)
 

@@ -13,6 +13,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -133,6 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "seed": settings.seed,
         "objective": settings.distill.objective,
         "teacher": checkpoint.identity(teacher_metadata) if teacher_metadata else None,
+        "node_id": ray.get_runtime_context().get_node_id(),  # provenance: which node trained it
     }
     for epoch in range(1, settings.train.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]

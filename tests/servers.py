@@ -100,14 +100,16 @@ def mlflow_server(folder: Path, artifacts: str):
 
 def ray_start(temp_dir: Path, *, head_address: str | None, num_cpus: int, log: Path, **ports: int) -> subprocess.Popen:
     """`ray start --block` as its own process group: a head (head_address None) or a node joining one."""
+    # Each node its own temp dir: nodes sharing one would clean up each other's runtime-env files.
     command = [str(BIN / "ray"), "start", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-               "--disable-usage-stats", "--object-store-memory=150000000"]
+               "--disable-usage-stats", "--object-store-memory=150000000", f"--temp-dir={temp_dir}"]
     if head_address is None:
-        command += ["--head", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+        command += ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
     else:
         command += [f"--address={head_address}"]
     command += [f"--{name.replace('_', '-')}={value}" for name, value in ports.items()]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # Ray 2.60 clusters use token authentication; a joining node needs the head's token (~/.ray/auth_token).
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     return subprocess.Popen(command, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

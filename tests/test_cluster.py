@@ -1,0 +1,76 @@
+"""A real two-node Ray cluster (`ray start` head + worker node as separate processes on 127.0.0.1), a sweep
+submitted to it with --address and one through `ray job submit`, exactly as README describes."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from ray.train import Checkpoint
+
+import servers
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TOKEN_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{servers.BIN}:{os.environ['PATH']}"}
+
+
+def cluster_nodes(address: str) -> int:
+    status = subprocess.run([str(servers.BIN / "ray"), "status", f"--address={address}"],
+                            env=TOKEN_ENV, capture_output=True, text=True)
+    return status.stdout.count(" node_") if status.returncode == 0 else 0
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head (1 CPU) and a worker node (1 CPU), each its own process group, stopped by PID."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="banray-2n-", dir="/tmp"))
+    gcs, dashboard = servers.free_port(), servers.free_port()
+    address = f"127.0.0.1:{gcs}"
+    head = servers.ray_start(temp_dir / "head", head_address=None, num_cpus=1, log=temp_dir / "head.log", port=gcs,
+                             dashboard_port=dashboard, ray_client_server_port=servers.free_port(),
+                             **servers.node_ports())
+    node = None
+    try:
+        servers.wait_until(lambda: cluster_nodes(address) >= 1, 90, "the Ray head")
+        node = servers.ray_start(temp_dir / "node", head_address=address, num_cpus=1, log=temp_dir / "node.log",
+                                 **servers.node_ports())
+        servers.wait_until(lambda: cluster_nodes(address) == 2, 90, "the second Ray node")
+        yield address, f"http://127.0.0.1:{dashboard}"
+    finally:
+        for process in (node, head):
+            if process is not None:
+                servers.stop_group(process)
+    leftovers = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"Ray processes left behind: {leftovers}"
+
+
+def test_sweep_with_address_trains_on_both_nodes(two_nodes, tmp_path):
+    address, _ = two_nodes
+    completed = subprocess.run(
+        [sys.executable, "-m", "banray", "sweep", "sweeps/smoke.yaml", "--address", address, "--storage", str(tmp_path)],
+        cwd=REPO, env=TOKEN_ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    report = json.loads((tmp_path / "smoke" / "report.json").read_text())
+    checkpoints = [t["checkpoint"] for g in report["chains"][0]["generations"] for t in g["trials"]]
+    nodes = {Checkpoint(c).get_metadata()["node_id"] for c in checkpoints}
+    assert len(checkpoints) == 4 and len(nodes) == 2  # the Train workers ran on both nodes
+
+
+def test_ray_job_submit_runs_a_sweep(two_nodes, tmp_path):
+    _, dashboard = two_nodes
+    completed = subprocess.run(
+        [str(servers.BIN / "ray"), "job", "submit", "--address", dashboard, "--runtime-env", "runtime_env.yaml",
+         "--", "python", "-m", "banray", "sweep", "sweeps/smoke.yaml", "--storage", str(tmp_path)],
+        cwd=REPO, env=TOKEN_ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "succeeded" in completed.stdout
+    assert "| Chain | Teacher | BAN-1 |" in completed.stdout  # the job's own output, streamed back
+    report = json.loads((tmp_path / "smoke" / "report.json").read_text())
+    assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished", "finished"]
