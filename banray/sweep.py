@@ -40,11 +40,11 @@ class SweepResult:
 
 def open_storage(spec: SweepSpec, overwrite: bool) -> SweepStorage:
     """The sweep's folder, checked: it must not hold an earlier sweep (unless replacing it)."""
-    storage = SweepStorage(spec.storage, spec.name)
     try:
+        storage = SweepStorage(spec.storage, spec.name)
         taken = storage.holds_anything()
     except OSError as exc:
-        raise SpecError(f"storage: cannot reach {storage.uri}: {exc}") from None
+        raise SpecError(f"storage: cannot reach {spec.storage.rstrip('/')}/{spec.name}: {exc}") from None
     if taken and not overwrite:
         raise SpecError(
             f"storage: {storage.uri} already holds a sweep named like this one; "

@@ -52,6 +52,15 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
+def tracking_server(s3_endpoint, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, artifacts in the S3 bucket 'mlflow')."""
+    import servers
+
+    with servers.mlflow_server(tmp_path_factory.mktemp("mlflow"), "s3://mlflow/artifacts") as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint):
     """A real local Ray cluster for the whole session; yields its GCS address."""
     import ray

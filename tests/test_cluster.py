@@ -1,5 +1,6 @@
-"""A real two-node Ray cluster (`ray start` head + worker node as separate processes on 127.0.0.1), a sweep
-submitted to it with --address and one through `ray job submit`, exactly as README describes."""
+"""A real two-node Ray cluster (`ray start` head + worker node as separate processes on 127.0.0.1), with S3
+storage (moto) and an MLflow server: a sweep run with --address and one submitted with `ray job submit`,
+with the commands of README's "On a cluster" and "From a laptop"."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import boto3
 import pytest
 from ray.train import Checkpoint
 
@@ -16,19 +18,29 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-TOKEN_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{servers.BIN}:{os.environ['PATH']}"}
+
+
+def token_env(**extra: str) -> dict[str, str]:
+    """This process's environment (with the S3 variables the fixtures set) for Ray's CLI with token auth."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{servers.BIN}:{os.environ['PATH']}", **extra}
 
 
 def cluster_nodes(address: str) -> int:
     status = subprocess.run([str(servers.BIN / "ray"), "status", f"--address={address}"],
-                            env=TOKEN_ENV, capture_output=True, text=True)
+                            env=token_env(), capture_output=True, text=True)
     return status.stdout.count(" node_") if status.returncode == 0 else 0
 
 
+def s3_json(key: str) -> dict:
+    return json.loads(boto3.client("s3").get_object(Bucket="banray", Key=key)["Body"].read())
+
+
 @pytest.fixture(scope="module")
-def two_nodes():
-    """A head (1 CPU) and a worker node (1 CPU), each its own process group, stopped by PID."""
+def two_nodes(s3_endpoint, tracking_server):
+    """A head (1 CPU) and a worker node (1 CPU), each its own process group, stopped by PID. Like a real
+    cluster's nodes, they have the S3 variables and MLFLOW_TRACKING_URI in their environment."""
     temp_dir = Path(tempfile.mkdtemp(prefix="banray-2n-", dir="/tmp"))
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_server  # inherited by the nodes started below
     gcs, dashboard = servers.free_port(), servers.free_port()
     address = f"127.0.0.1:{gcs}"
     head = servers.ray_start(temp_dir / "head", head_address=None, num_cpus=1, log=temp_dir / "head.log", port=gcs,
@@ -45,32 +57,35 @@ def two_nodes():
         for process in (node, head):
             if process is not None:
                 servers.stop_group(process)
+        os.environ.pop("MLFLOW_TRACKING_URI")
     leftovers = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], f"Ray processes left behind: {leftovers}"
 
 
-def test_sweep_with_address_trains_on_both_nodes(two_nodes, tmp_path):
+def test_sweep_with_address_trains_on_both_nodes(two_nodes, tracking_server):
     address, _ = two_nodes
     completed = subprocess.run(
-        [sys.executable, "-m", "banray", "sweep", "sweeps/smoke.yaml", "--address", address, "--storage", str(tmp_path)],
-        cwd=REPO, env=TOKEN_ENV, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "banray", "sweep", "sweeps/smoke.yaml", "--address", address,
+         "--storage", "s3://banray/cluster"],
+        cwd=REPO, env=token_env(MLFLOW_TRACKING_URI=tracking_server), capture_output=True, text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
-    report = json.loads((tmp_path / "smoke" / "report.json").read_text())
+    report = s3_json("cluster/smoke/report.json")
     checkpoints = [t["checkpoint"] for g in report["chains"][0]["generations"] for t in g["trials"]]
     nodes = {Checkpoint(c).get_metadata()["node_id"] for c in checkpoints}
     assert len(checkpoints) == 4 and len(nodes) == 2  # the Train workers ran on both nodes
 
 
-def test_ray_job_submit_runs_a_sweep(two_nodes, tmp_path):
+def test_ray_job_submit_runs_a_sweep(two_nodes):
     _, dashboard = two_nodes
     completed = subprocess.run(
         [str(servers.BIN / "ray"), "job", "submit", "--address", dashboard, "--runtime-env", "runtime_env.yaml",
-         "--", "python", "-m", "banray", "sweep", "sweeps/smoke.yaml", "--storage", str(tmp_path)],
-        cwd=REPO, env=TOKEN_ENV, capture_output=True, text=True, timeout=600,
+         "--", "python", "-m", "banray", "sweep", "sweeps/smoke.yaml", "--storage", "s3://banray/laptop"],
+        cwd=REPO, env=token_env(), capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "succeeded" in completed.stdout
     assert "| Chain | Teacher | BAN-1 |" in completed.stdout  # the job's own output, streamed back
-    report = json.loads((tmp_path / "smoke" / "report.json").read_text())
+    report = s3_json("laptop/smoke/report.json")
     assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished", "finished"]

@@ -7,18 +7,11 @@ import boto3
 import pytest
 from ray.train import Checkpoint
 
-import servers
 from banray import sweep
 from banray.spec import SpecError, parse_spec
 from conftest import tiny_spec
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tracking_server(s3_endpoint, tmp_path_factory):
-    with servers.mlflow_server(tmp_path_factory.mktemp("mlflow"), "s3://mlflow/artifacts") as uri:
-        yield uri
 
 
 def keys(prefix):
