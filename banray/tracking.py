@@ -100,19 +100,25 @@ def log_model(tracking: Tracking, run_id: str, model, input_example) -> str:
     import mlflow
     import mlflow.pytorch
 
-    mlflow.set_tracking_uri(tracking.uri)
     # MLflow warns about pickle on every call; banray picks it knowingly (see below) and loads its own
     # checkpoints with weights_only=True, never through this model.
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            # "pickle" loads back as the real nn.Module; pinning requirements skips an 8 s inference.
-            serialization_format="pickle",
-            pip_requirements=["torch==2.13.0", "banray"],
-            input_example=input_example,
-        )
+    # The fluent API needs the global tracking URI, which MLflow also exports to os.environ (and so to
+    # every later subprocess): put back what was there.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking.uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                # "pickle" loads back as the real nn.Module; pinning requirements skips an 8 s inference.
+                serialization_format="pickle",
+                pip_requirements=["torch==2.13.0", "banray"],
+                input_example=input_example,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
     return info.model_uri
 
 

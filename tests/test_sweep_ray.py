@@ -103,9 +103,9 @@ def test_mlflow_holds_generation_runs_with_trial_children(finished):
     assert summary_files == {"report.json", "report.md", "report.png", "spec.yaml"}
 
 
-def test_each_generation_logs_a_loadable_model(finished):
+def test_each_generation_logs_a_loadable_model(finished, monkeypatch):
     _, result, _ = finished
-    mlflow.set_tracking_uri(result.report["mlflow"]["tracking_uri"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", result.report["mlflow"]["tracking_uri"])
     x = torch.zeros(2, 1, 8, 8)
     for record in generations(result):
         model = mlflow.pytorch.load_model(record["model_uri"])
