@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from banray.models.layers import init_weights
+from banray.models.layers import with_preact_head
 from banray.models.registry import MODELS
 
 
@@ -84,13 +84,4 @@ def densenet_bc(
             reduced = math.floor(compression * channels)
             layers.append(_transition(channels, reduced, drop_rate))
             channels = reduced
-    layers += [
-        nn.BatchNorm2d(channels),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(channels, num_classes),
-    ]
-    model = nn.Sequential(*layers)
-    init_weights(model)
-    return model
+    return with_preact_head(layers, channels, num_classes)

@@ -16,3 +16,17 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
+
+
+def with_preact_head(body: list[nn.Module], channels: int, num_classes: int) -> nn.Sequential:
+    """`body` followed by the pre-activation classifier head (BN-ReLU, global average pool, linear), initialised."""
+    model = nn.Sequential(
+        *body,
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    )
+    init_weights(model)
+    return model

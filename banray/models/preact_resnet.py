@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from banray.models.layers import init_weights
+from banray.models.layers import with_preact_head
 from banray.models.registry import MODELS
 
 class _PreActBlock(nn.Module):
@@ -99,13 +99,4 @@ def preact_resnet(
             unit = make_block(channels, planes, stride if index == 0 else 1)
             layers.append(unit)
             channels = unit.out_channels
-    layers += [
-        nn.BatchNorm2d(channels),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(channels, num_classes),
-    ]
-    model = nn.Sequential(*layers)
-    init_weights(model)
-    return model
+    return with_preact_head(layers, channels, num_classes)
