@@ -223,8 +223,9 @@ def run_group(ctx: SweepContext, chain: int, generation: int, teacher: Generatio
     best = min(finished, key=lambda r: (r.metrics[metric], r.config["trial"]))
     summary = best.metrics
     model, _ = checkpoint.load(summary["checkpoint"])
+    task = make_task(spec.data, spec.train)
     # The test split is touched once per finished generation, for the selected model only.
-    test = make_task(spec.data, spec.train).score(model, "test")
+    test = task.score(model, "test")
     record.test_error, record.test_nll = test.error, test.nll
     record.status = "finished"
     record.best_trial, record.best_trial_run_id = best.config["trial"], summary["mlflow_run_id"]
@@ -243,7 +244,7 @@ def run_group(ctx: SweepContext, chain: int, generation: int, teacher: Generatio
     client.set_tag(run_id, "banray.checkpoint", record.checkpoint)
     for key, value in record.best_settings.items():
         client.log_param(run_id, f"best.{key}", value)
-    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, make_task(spec.data, spec.train).input_example())
+    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, task.input_example())
     settings_text = f" with {record.best_settings}" if record.best_settings else ""
     say(
         chain,
