@@ -223,6 +223,9 @@ def run_group(ctx: SweepContext, chain: int, generation: int, teacher: Generatio
     best = min(finished, key=lambda r: (r.metrics[metric], r.config["trial"]))
     summary = best.metrics
     model, _ = checkpoint.load(summary["checkpoint"])
+    # Eval mode for good: MLflow runs the model on its input example, which in train mode would move
+    # BatchNorm's running statistics away from the checkpoint's.
+    model.eval()
     task = make_task(spec.data, spec.train)
     # The test split is touched once per finished generation, for the selected model only.
     test = task.score(model, "test")
@@ -283,7 +286,9 @@ def run_ensembles(
     )
     client = ctx.tracking.client()
     for e in ensembles:
-        tracking.log_metrics(client, run_id, {f"ens{e.k}_test_error": e.test_error, f"ens{e.k}_test_nll": e.test_nll})
+        metrics = {f"ens{e.k}_test_error": e.test_error, f"ens{e.k}_test_nll": e.test_nll}
+        tracking.log_metrics(client, run_id, metrics)
+        tracking.log_metrics(client, finished[e.members[-1]].mlflow_run_id, metrics)  # next to its last member
     tracking.end_run(ctx.tracking, run_id)
     return ensembles, run_id
 

@@ -112,5 +112,38 @@ def plan(spec_path: str, storage: str | None, calibrate: int) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("sweep_name", metavar="SWEEP")
+@click.option("--generation", "-g", type=click.IntRange(min=0), required=True, help="Generation to mark as best.")
+@click.option("--chain", "-c", type=click.IntRange(min=0), default=None,
+              help="Chain of that generation; default: the chain that alias gen-<K> points at.")
+@click.option("--tracking-uri", metavar="URI", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI.")
+def promote(sweep_name: str, generation: int, chain: int | None, tracking_uri: str | None) -> None:
+    """Move the registered model SWEEP's alias @best to generation K by hand.
+
+    The chosen model version gets the tags banray.promoted_by (your user name) and banray.promoted_at.
+    For a sweep tracked in its folder's local store, pass --tracking-uri sqlite:///<storage>/<name>/mlflow.db.
+    """
+    import os
+
+    from mlflow.exceptions import MlflowException
+
+    from banray import tracking
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        click.echo("error: --tracking-uri: no tracking URI given and MLFLOW_TRACKING_URI is not set", err=True)
+        sys.exit(2)
+    track = tracking.Tracking(uri, sweep_name, None)
+    alias = f"gen-{generation}" if chain is None else f"chain{chain}-gen-{generation}"
+    try:
+        version = track.client().get_model_version_by_alias(sweep_name, alias)
+    except MlflowException as exc:
+        click.echo(f"error: registered model '{sweep_name}' has no alias @{alias} at {uri}: {exc.message}", err=True)
+        sys.exit(2)
+    tracking.promote(track, sweep_name, version.version)
+    click.echo(f"{sweep_name}@best → version {version.version} (@{alias})")
+
+
 def main() -> None:
     cli()

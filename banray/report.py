@@ -54,7 +54,7 @@ def _cells(kind: str, result: ChainResult) -> dict[str, float | str | None]:
 
 def build(
     spec: SweepSpec, chains: list[ChainResult], *, sweep_dir: str, tracking_uri: str, experiment_id: str,
-    elapsed_s: float, utilisation: float | None = None, spans: list | None = None,
+    elapsed_s: float, utilisation: float | None = None, spans: list | None = None, registry: dict | None = None,
 ) -> dict[str, Any]:
     kind = dataset_kind(spec.data.dataset)
     headline, unit = _headline(kind)
@@ -84,7 +84,7 @@ def build(
         "elapsed_s": round(elapsed_s, 1),
         "utilisation": utilisation,
         "groups": [dataclasses.asdict(span) for span in spans or []],
-        "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id},
+        "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "registered_model": registry},
         "columns": columns,
         "rows": {str(chain): row for chain, row in rows.items()},
         "summary": summary,

@@ -182,9 +182,13 @@ def _run_dag(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callab
         for c, (found, run_id) in zip(dag.results, ensembles)
     ]
     utilisation = busy_s / (capacity * dag.makespan_s)
+    aliases = tracking.register_generations(
+        track, spec.name, [r for chain in chains for r in chain.generations], spec.search.metric
+    )
     result = report.build(
         spec, chains, sweep_dir=storage.uri, tracking_uri=track.uri, experiment_id=experiment_id,
         elapsed_s=dag.makespan_s, utilisation=utilisation, spans=dag.spans,
+        registry={"name": spec.name, "aliases": aliases},
     )
     with tempfile.TemporaryDirectory() as folder:
         local_files = report.write(result, Path(folder))
@@ -205,8 +209,17 @@ def _run_dag(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callab
     echo("")
     echo(f"Report: {', '.join(str(f) for f in files)}")
     echo(f"MLflow: experiment '{track.experiment}' (id {experiment_id}) at {track.uri}")
+    if aliases:
+        echo(
+            f"Registered model '{spec.name}': @best = version {aliases['best']}; "
+            + ", ".join(f"@{a} = {v}" for a, v in aliases.items() if a.startswith("gen-"))
+            + f"  (move @best with: banray promote {spec.name} --generation K)"
+        )
     if track.uri.startswith(("http://", "https://")):
-        echo(f"Open the MLflow UI: {track.uri.rstrip('/')}/#/experiments/{experiment_id}")
+        echo(f"Open the MLflow UI: {track.uri.rstrip('/')}/#/experiments/{experiment_id}/runs")
     else:
-        echo(f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  (then http://127.0.0.1:5000)")
+        echo(
+            f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  "
+            f"(then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs)"
+        )
     return SweepResult(result, storage.uri, files)

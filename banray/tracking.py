@@ -8,10 +8,13 @@ global MLflow state.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -95,34 +98,83 @@ def end_run(tracking: Tracking, run_id: str, status: str = "FINISHED") -> None:
     tracking.client().set_terminated(run_id, status=status)
 
 
+@contextmanager
+def _fluent(tracking: Tracking):
+    """Point MLflow's fluent API at `tracking` for a moment. MLflow also exports the global tracking URI
+    to os.environ (and so to every later subprocess): put back what was there."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking.uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def log_model(tracking: Tracking, run_id: str, model, input_example) -> str:
     """Log `model` as an MLflow PyTorch model of run `run_id`; returns its model URI."""
-    import mlflow
     import mlflow.pytorch
 
     # MLflow warns about pickle on every call; banray picks it knowingly (see below) and loads its own
     # checkpoints with weights_only=True, never through this model.
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    # The fluent API needs the global tracking URI, which MLflow also exports to os.environ (and so to
-    # every later subprocess): put back what was there.
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking.uri)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                # "pickle" loads back as the real nn.Module; pinning requirements skips an 8 s inference.
-                serialization_format="pickle",
-                pip_requirements=["torch==2.13.0", "banray"],
-                input_example=input_example,
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with _fluent(tracking) as mlflow, mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            # "pickle" loads back as the real nn.Module; pinning requirements skips an 8 s inference.
+            serialization_format="pickle",
+            pip_requirements=["torch==2.13.0", "banray"],
+            input_example=input_example,
+        )
     return info.model_uri
+
+
+def register(tracking: Tracking, name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """Register a logged model as a new version of registered model `name`; returns the version."""
+    with _fluent(tracking) as mlflow:
+        return mlflow.register_model(model_uri, name, tags=tags).version
+
+
+def promote(tracking: Tracking, name: str, version: str, alias: str = "best") -> None:
+    """Point `alias` at `version` by hand, recording who did it and when on the version."""
+    client = tracking.client()
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, f"{TAG_PREFIX}promoted_by", getpass.getuser())
+    client.set_model_version_tag(name, version, f"{TAG_PREFIX}promoted_at", datetime.now(timezone.utc).isoformat())
 
 
 def log_artifacts(tracking: Tracking, run_id: str, paths: list[Path]) -> None:
     client = tracking.client()
     for path in paths:
         client.log_artifact(run_id, str(path))
+
+
+def register_generations(tracking: Tracking, name: str, records: list, metric: str) -> dict[str, str]:
+    """Register every finished generation's model as a version of registered model `name`.
+
+    Aliases: `chain<c>-gen-<k>` for each version; `gen-<k>`, generation k of the chain with the lowest
+    validation `metric`; `best`, the lowest over all generations (ties go to the earlier generation).
+    Returns alias → version.
+    """
+    finished = [r for r in records if r.status == "finished" and r.model_uri]
+    if not finished:
+        return {}
+    version = {
+        (r.chain, r.generation): register(
+            tracking, name, r.model_uri,
+            tags=banray_tags(chain=r.chain, generation=r.generation, run_id=r.mlflow_run_id, **{metric: getattr(r, metric)}),
+        )
+        for r in finished
+    }
+    aliases = {f"chain{c}-gen-{k}": v for (c, k), v in version.items()}
+    for k in sorted({r.generation for r in finished}):
+        best_k = min((r for r in finished if r.generation == k), key=lambda r: (getattr(r, metric), r.chain))
+        aliases[f"gen-{k}"] = version[best_k.chain, k]
+    best = min(finished, key=lambda r: (getattr(r, metric), r.generation, r.chain))
+    aliases["best"] = version[best.chain, best.generation]
+    client = tracking.client()
+    for alias, v in aliases.items():
+        client.set_registered_model_alias(name, alias, v)
+    return aliases
