@@ -77,9 +77,5 @@ class SweepStorage:
     def write_json(self, relative: str, value: Any) -> str:
         return self.write_text(relative, json.dumps(value, indent=2) + "\n")
 
-    def read_text(self, relative: str) -> str:
-        with self.fs.open_input_stream(f"{self.path}/{relative}") as stream:
-            return stream.read().decode()
-
     def local_dir(self) -> Path | None:
         return None if self.remote else Path(self.path)

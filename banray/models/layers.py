@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -30,3 +31,21 @@ def with_preact_head(body: list[nn.Module], channels: int, num_classes: int) -> 
     )
     init_weights(model)
     return model
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv layers on the residual branch; the shortcut is the identity or a 1×1 conv projection."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, body: list[nn.Module]):
+        super().__init__()
+        self.out_channels = out_channels
+        self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*body)
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.preact(x)
+        # A projection reads the pre-activated input, as in the reference code; an identity keeps the raw input.
+        shortcut = x if self.projection is None else self.projection(activated)
+        return shortcut + self.body(activated)

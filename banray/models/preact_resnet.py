@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from banray.models.layers import with_preact_head
+from banray.models.layers import PreActBlock, with_preact_head
 from banray.models.registry import MODELS
 
-class _PreActBlock(nn.Module):
-    """BN-ReLU-conv layers on the residual branch; the shortcut is the identity or a 1×1 conv projection."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, body: list[nn.Module]):
-        super().__init__()
-        self.out_channels = out_channels
-        self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
-        self.body = nn.Sequential(*body)
-        changes_shape = stride != 1 or in_channels != out_channels
-        self.projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activated = self.preact(x)
-        # A projection reads the pre-activated input, as in the reference code; an identity keeps the raw input.
-        shortcut = x if self.projection is None else self.projection(activated)
-        return shortcut + self.body(activated)
-
-
-def _basic(in_channels: int, planes: int, stride: int) -> _PreActBlock:
+def _basic(in_channels: int, planes: int, stride: int) -> PreActBlock:
     """3×3 conv, BN-ReLU-3×3 conv; outputs `planes` channels."""
-    return _PreActBlock(
+    return PreActBlock(
         in_channels,
         planes,
         stride,
@@ -41,10 +22,10 @@ def _basic(in_channels: int, planes: int, stride: int) -> _PreActBlock:
     )
 
 
-def _bottleneck(in_channels: int, planes: int, stride: int) -> _PreActBlock:
+def _bottleneck(in_channels: int, planes: int, stride: int) -> PreActBlock:
     """1×1 conv to `planes`, BN-ReLU-3×3 conv, BN-ReLU-1×1 conv to 4·`planes` channels."""
     out_channels = 4 * planes  # the expansion of He et al.
-    return _PreActBlock(
+    return PreActBlock(
         in_channels,
         out_channels,
         stride,

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from banray.models.layers import with_preact_head
+from banray.models.layers import PreActBlock, with_preact_head
 from banray.models.registry import MODELS
 
 
-class _WideBlock(nn.Module):
+def _wide_block(in_channels: int, out_channels: int, stride: int, dropout: float) -> PreActBlock:
     """Pre-activation basic block: BN-ReLU-3×3 conv, dropout, BN-ReLU-3×3 conv, plus the shortcut."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float):
-        super().__init__()
-        self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
-        self.body = nn.Sequential(
+    return PreActBlock(
+        in_channels,
+        out_channels,
+        stride,
+        [
             nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
             nn.Dropout(dropout),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        )
-        changes_shape = stride != 1 or in_channels != out_channels
-        self.projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activated = self.preact(x)
-        # A projection reads the pre-activated input, as in the reference code; an identity keeps the raw input.
-        shortcut = x if self.projection is None else self.projection(activated)
-        return shortcut + self.body(activated)
+        ],
+    )
 
 
 @MODELS.register("wrn")
@@ -51,6 +43,6 @@ def wrn(
     channels = 16
     for width, stride in ((16 * widen_factor, 1), (32 * widen_factor, 2), (64 * widen_factor, 2)):
         for index in range(blocks):
-            layers.append(_WideBlock(channels, width, stride if index == 0 else 1, dropout))
+            layers.append(_wide_block(channels, width, stride if index == 0 else 1, dropout))
             channels = width
     return with_preact_head(layers, channels, num_classes)
