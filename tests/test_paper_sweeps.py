@@ -11,7 +11,7 @@ from ray.train import Checkpoint
 import fakedata
 from banray import sweep
 from banray.spec import parse_spec
-from conftest import REPO, tiny_spec
+from conftest import tiny_spec
 
 pytestmark = pytest.mark.slow
 
