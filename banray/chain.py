@@ -65,6 +65,7 @@ class GenerationRecord:
     val_nll: float | None = None
     test_error: float | None = None
     test_nll: float | None = None
+    test_ece: float | None = None  # expected calibration error, 15 bins
     checkpoint: str | None = None
     model_uri: str | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
@@ -79,6 +80,7 @@ class EnsembleRecord:
     members: list[int]  # generations
     test_error: float
     test_nll: float
+    test_ece: float | None = None
 
 
 @dataclass
@@ -88,6 +90,10 @@ class ChainResult:
     ensembles: list[EnsembleRecord]
     mlflow_run_id: str | None  # the chain's ensemble run, if it has ensembles
     stopped: str | None = None  # why the chain ended before its last generation
+    # The seed-noise control arm: teacher′ is a label-only model with the teacher's recipe and a fresh
+    # seed; control_ensemble averages teacher and teacher′, the baseline to set against BANE.
+    control: GenerationRecord | None = None
+    control_ensemble: EnsembleRecord | None = None
 
 
 def say(chain: int, generation: int, text: str) -> None:

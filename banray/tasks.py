@@ -47,8 +47,11 @@ class Task(Protocol):
     num_classes: int
     input_shape: tuple[int, ...]
 
-    def train_epoch(self, model, teacher, objective: Objective, loss_params: dict, step: Step, device) -> dict[str, float]:
-        """One epoch; returns each loss term's mean over the epoch's samples."""
+    def train_epoch(
+        self, model, teacher, objective: Objective, loss_params: dict, step: Step, device, epoch: int
+    ) -> dict[str, float]:
+        """One epoch (numbered from 1); returns each loss term's mean over the epoch's samples. The epoch's
+        sample order depends only on the seed and the epoch, so a resumed run sees the same batches."""
 
     def score(self, model: nn.Module, split: str, device) -> Scores: ...
 
@@ -93,20 +96,25 @@ class ClassificationTask:
         self.splits = load_splits(data.dataset, data.root, data.val_fraction, data.seed, data.download)
         self.num_classes, self.input_shape = self.splits.num_classes, self.splits.input_shape
         self._train_loader = None
-        self._loader_args = (max(1, train.batch_size // world_size), seed, prepare_loader)
+        self._shuffle = torch.Generator()
+        self._seed = seed
+        self._loader_args = (max(1, train.batch_size // world_size), prepare_loader)
 
-    def _loader(self) -> DataLoader:
+    def _loader(self, epoch: int) -> DataLoader:
         if self._train_loader is None:
-            batch_size, seed, prepare = self._loader_args
-            shuffle = torch.Generator().manual_seed(seed)
-            loader = DataLoader(self.splits.train, batch_size=batch_size, shuffle=True, generator=shuffle)
+            batch_size, prepare = self._loader_args
+            loader = DataLoader(self.splits.train, batch_size=batch_size, shuffle=True, generator=self._shuffle)
             self._train_loader = prepare(loader) if prepare else loader
+        self._shuffle.manual_seed(self._seed * 100_003 + epoch)
+        sampler = getattr(self._train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler, with several workers
+            sampler.set_epoch(epoch)
         return self._train_loader
 
-    def train_epoch(self, model, teacher, objective, loss_params, step, device) -> dict[str, float]:
+    def train_epoch(self, model, teacher, objective, loss_params, step, device, epoch) -> dict[str, float]:
         terms = _TermMeans()
         model.train()
-        for x, y in self._loader():
+        for x, y in self._loader(epoch):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # Inference tensors cannot enter autograd; the clone is a plain tensor with no history.
             teacher_logits = _teacher_forward(teacher, x).clone() if teacher is not None else None
@@ -167,8 +175,8 @@ class LanguageModelTask:
         share = max(1, train.batch_size // world_size)
         self.train_columns = columns[:, rank * share : (rank + 1) * share]
 
-    def train_epoch(self, model, teacher, objective, loss_params, step, device) -> dict[str, float]:
-        terms = _TermMeans()
+    def train_epoch(self, model, teacher, objective, loss_params, step, device, epoch) -> dict[str, float]:
+        terms = _TermMeans()  # the column order is fixed, so the epoch changes nothing here
         model.train()
         state = teacher_state = None
         for x, y in bptt_chunks(self.train_columns, self.bptt):

@@ -138,7 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
     for epoch in range(1, settings.train.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        term_means = task.train_epoch(model, teacher, objective, loss_params, step, device)
+        term_means = task.train_epoch(model, teacher, objective, loss_params, step, device, epoch)
         val = task.score(_unwrap(model), "val", device)
         metrics = {
             "epoch": epoch,

@@ -66,7 +66,7 @@ def test_files_hold_the_per_generation_records_and_the_plot(built, tmp_path):
     assert first[1]["teacher_checkpoint"] == first[0]["checkpoint"] == "/ckpt/0/0"
     for key in ("val_error", "test_error", "checkpoint", "teacher_checkpoint", "mlflow_run_id"):
         assert key in first[0]
-    assert loaded["chains"][0]["ensembles"] == [{"k": 2, "members": [1, 2], "test_error": 0.06, "test_nll": 0.2}]
+    assert loaded["chains"][0]["ensembles"] == [{"k": 2, "members": [1, 2], "test_error": 0.06, "test_nll": 0.2, "test_ece": None}]
     text = md_path.read_text()
     assert "# banray report: tiny" in text and report.table(built) in text
     assert "Ens*k averages the softmax outputs of the last k student generations" in text
