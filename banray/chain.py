@@ -20,8 +20,9 @@ from banray import checkpoint, tracking
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import SweepSpec
+from banray.storage import with_retries
 from banray.tasks import make_task
-from banray.trial import TRIAL_RESOURCES, TrialRuntime, run_trial
+from banray.trial import TRIAL_RESOURCES, TrialFailed, TrialRuntime, run_trial
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,12 @@ class TrialProgress(tune.Callback):
         say(self.chain, self.generation, f"trial {trial.config.get('trial')} {text}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        say(self.chain, self.generation, f"trial {trial.config.get('trial')} failed (see its MLflow run and Ray logs)")
+        try:
+            error = trial.get_pickled_error()
+        except OSError:  # the error file is in storage, which may be away for a moment
+            error = None
+        reason = _failure_reason(error) if error is not None else "see its MLflow run and the Ray logs"
+        say(self.chain, self.generation, f"trial {trial.config.get('trial')} failed: {reason}")
 
 
 def _objective_label(objective: Any) -> str:
@@ -140,25 +146,43 @@ def _close_stopped_trial_runs(ctx: SweepContext, tune_trial_ids: list[str]) -> N
             client.set_terminated(run.info.run_id, status="KILLED")
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def run_group(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None) -> GenerationRecord:
-    spec = ctx.spec
-    space = spec.search_space(generation)
-    settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
-    role = "teacher" if generation == 0 else "student"
-    run_id = tracking.start_run(
+def start_generation_run(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None) -> str:
+    """The generation's MLflow run, created by the driver so the sweep state can name it before the group
+    starts (a resumed sweep continues that run)."""
+    settings = ctx.spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
+    return tracking.start_run(
         ctx.tracking,
         ctx.experiment_id,
         run_name=f"chain{chain}-gen{generation}",
         tags=tracking.banray_tags(
-            sweep=spec.name,
+            sweep=ctx.spec.name,
             chain=chain,
             generation=generation,
-            role=role,
+            role="teacher" if generation == 0 else "student",
             teacher_run_id=teacher.mlflow_run_id if teacher else None,
         ),
         params=settings,
     )
+
+
+def _failure_reason(error: BaseException) -> str:
+    """One line saying why a trial failed: a TrialFailed message as it is, else the error's first line."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip()
+    if isinstance(cause, TrialFailed):
+        return text
+    return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def run_group(
+    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, run_id: str, restore: bool
+) -> GenerationRecord:
+    """Run (or, with `restore`, continue an interrupted run of) one generation's Tune run."""
+    spec = ctx.spec
+    space = spec.search_space(generation)
+    settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
+    role = "teacher" if generation == 0 else "student"
     record = GenerationRecord(
         chain=chain,
         generation=generation,
@@ -176,31 +200,39 @@ def run_group(ctx: SweepContext, chain: int, generation: int, teacher: Generatio
     start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
     runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, TRIAL_RESOURCES),
-        param_space={**settings, "runtime": runtime.to_config(), **trial_space},
-        tune_config=tune.TuneConfig(
-            metric=spec.search.metric,
-            mode="min",
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=spec.search.trials if search_alg else 1,
-            max_concurrent_trials=ctx.max_concurrent_trials,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-        ),
-        run_config=tune.RunConfig(
-            name=f"chain{chain}-gen{generation}",
-            storage_path=ctx.tune_storage,
-            verbose=ctx.tune_verbose,
-            callbacks=[TrialProgress(chain, generation, spec.search.metric)],
-        ),
-    )
+    trainable = tune.with_resources(run_trial, TRIAL_RESOURCES)
+    tune_path = f"{ctx.tune_storage}/chain{chain}-gen{generation}"
+    if restore and tune.Tuner.can_restore(tune_path):
+        # Finished trials stay finished; unfinished ones continue, their Train runs from the last checkpoint.
+        say(chain, generation, f"continuing its interrupted Tune run from {tune_path}")
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**settings, "runtime": runtime.to_config(), **trial_space},
+            tune_config=tune.TuneConfig(
+                metric=spec.search.metric,
+                mode="min",
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=spec.search.trials if search_alg else 1,
+                max_concurrent_trials=ctx.max_concurrent_trials,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=f"chain{chain}-gen{generation}",
+                storage_path=ctx.tune_storage,
+                verbose=ctx.tune_verbose,
+                callbacks=[TrialProgress(chain, generation, spec.search.metric)],
+            ),
+        )
     grid = tuner.fit()
 
     metric = spec.search.metric
     results = [r for r in grid if r.error is None and r.metrics]
     finished = [r for r in results if "checkpoint" in r.metrics]
     stopped = [r for r in results if "checkpoint" not in r.metrics]
+    failed = [r for r in grid if r.error is not None]
     _close_stopped_trial_runs(ctx, [r.metrics["trial_id"] for r in stopped])
     record.trials = sorted(
         [
@@ -217,18 +249,26 @@ def run_group(ctx: SweepContext, chain: int, generation: int, teacher: Generatio
              "val_error": r.metrics.get("val_error"), "val_nll": r.metrics.get("val_nll"),
              "settings": searched_values(spec, generation, r.config)}
             for r in stopped
+        ]
+        + [
+            {"trial": r.config.get("trial"), "status": "failed", "reason": _failure_reason(r.error),
+             "settings": searched_values(spec, generation, r.config)}
+            for r in failed
         ],
-        key=lambda t: t["trial"],
+        key=lambda t: (t["trial"] is None, t["trial"]),
     )
     if not finished:
-        record.message = f"no trial of {spec.search.trials} finished; see the Ray logs and the MLflow trial runs"
+        reasons = sorted({t["reason"] for t in record.trials if t["status"] == "failed"})
+        record.message = f"no trial of {spec.search.trials} finished" + (
+            f" ({'; '.join(reasons)})" if reasons else "; see the Ray logs and the MLflow trial runs"
+        )
         tracking.end_run(ctx.tracking, run_id, "FAILED")
         say(chain, generation, record.message)
         return record
 
     best = min(finished, key=lambda r: (r.metrics[metric], r.config["trial"]))
     summary = best.metrics
-    model, _ = checkpoint.load(summary["checkpoint"])
+    model, _ = with_retries(f"loading {summary['checkpoint']}", lambda: checkpoint.load(summary["checkpoint"]))
     # Eval mode for good: MLflow runs the model on its input example, which in train mode would move
     # BatchNorm's running statistics away from the checkpoint's.
     model.eval()
@@ -274,7 +314,10 @@ def run_ensembles(
     if not members_of:
         return [], None
     task = make_task(ctx.spec.data, ctx.spec.train)
-    predictions = {g: task.predict(checkpoint.load(r.checkpoint)[0], "test") for g, r in finished.items()}
+    predictions = {
+        g: task.predict(with_retries(f"loading {r.checkpoint}", lambda r=r: checkpoint.load(r.checkpoint))[0], "test")
+        for g, r in finished.items()
+    }
     if any(p is None for p in predictions.values()):
         return [], None
     labels = next(iter(predictions.values()))[1]

@@ -8,6 +8,7 @@ against what the chain expects, never recognised by its path.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from ray.train import Checkpoint
 from torch import nn
 
-from banray.models import build_model
+from banray.models import MODELS, build_model
 
 WEIGHTS_FILE = "model.pt"
 
@@ -26,6 +27,11 @@ IDENTITY_KEYS = ("sweep", "spec_hash", "chain", "generation", "num_classes")
 
 class TeacherMismatch(RuntimeError):
     pass
+
+
+class BadCheckpoint(RuntimeError):
+    """A checkpoint banray refuses to load: its weights file is not plain tensors (unpickling it could run
+    code), or its metadata does not describe a model banray can build. The message names the file and why."""
 
 
 def save(directory: str | Path, model: nn.Module, metadata: dict[str, Any]) -> Checkpoint:
@@ -52,15 +58,46 @@ def load(checkpoint_uri: str, expected: dict[str, Any] | None = None) -> tuple[n
                 f"checkpoint {checkpoint_uri} has {key}={metadata.get(key)!r}, expected {want!r}: "
                 "it is not the teacher this generation was planned with"
             )
-    model = build_model(
-        metadata["arch"],
-        num_classes=metadata["num_classes"],
-        input_shape=tuple(metadata["input_shape"]),
-        **metadata["kwargs"],
-    )
+    missing = [key for key in ("arch", "kwargs", "num_classes", "input_shape") if key not in metadata]
+    if missing:
+        raise BadCheckpoint(
+            f"checkpoint {checkpoint_uri}: its metadata lacks {', '.join(missing)}; not a banray checkpoint"
+        )
+    if metadata["arch"] not in MODELS:
+        raise BadCheckpoint(
+            f"checkpoint {checkpoint_uri}: its metadata names arch {metadata['arch']!r}, which is not a registered "
+            f"model; allowed: {', '.join(MODELS.names())}"
+        )
+    try:
+        model = build_model(
+            metadata["arch"],
+            num_classes=metadata["num_classes"],
+            input_shape=tuple(metadata["input_shape"]),
+            **metadata["kwargs"],
+        )
+    except (TypeError, ValueError) as exc:
+        raise BadCheckpoint(
+            f"checkpoint {checkpoint_uri}: arch {metadata['arch']!r} cannot be built with its metadata's kwargs "
+            f"{metadata['kwargs']}: {exc}"
+        ) from None
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+        try:
+            state = torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # weights_only refuses every global outside torch's allowlist before calling it; torch's own
+            # message is a page of advice to load the file unsafely, so only its reason is kept.
+            reason = str(exc.__context__ or exc).strip().splitlines()[0].split(". ")[0].rstrip(".")
+            raise BadCheckpoint(
+                f"checkpoint {checkpoint_uri}: {WEIGHTS_FILE} holds something other than tensors ({reason}); "
+                "refused: checkpoints are loaded as data only"
+            ) from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise BadCheckpoint(
+            f"checkpoint {checkpoint_uri}: {WEIGHTS_FILE} does not fit arch {metadata['arch']!r} with kwargs "
+            f"{metadata['kwargs']}: {str(exc).strip().splitlines()[0]}"
+        ) from None
     return model, metadata
 
 

@@ -62,7 +62,13 @@ def validate(spec_path: str) -> None:
 )
 @click.option("--storage", metavar="PATH", default=None, help="Override the spec's `storage` folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier sweep of the same name in the storage folder.")
-def sweep(spec_path: str, address: str | None, storage: str | None, overwrite: bool) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted sweep from the state in its storage folder (same spec): finished "
+    "generations are kept, an interrupted one continues from its trials' last checkpoints.",
+)
+def sweep(spec_path: str, address: str | None, storage: str | None, overwrite: bool, resume: bool) -> None:
     """Run the sweep described by SPEC on Ray, then print and write its report.
 
     Each (chain, generation) runs as a Ray Tune run of `search.trials` trials, each trial a Ray
@@ -70,11 +76,13 @@ def sweep(spec_path: str, address: str | None, storage: str | None, overwrite: b
     <storage>/<name>/; MLflow runs go to `tracking.uri` ($MLFLOW_TRACKING_URI, else a SQLite store
     in that folder).
     """
+    spec = _load(spec_path)  # before importing Ray and MLflow: a bad spec fails at once
     from banray import sweep as sweep_module
 
-    spec = _load(spec_path)
+    if resume and overwrite:
+        _fail(SpecError("--resume and --overwrite: pick one (--overwrite deletes what --resume would continue)"))
     try:
-        sweep_module.run(spec, address=address, storage=storage, overwrite=overwrite, echo=click.echo)
+        sweep_module.run(spec, address=address, storage=storage, overwrite=overwrite, resume=resume, echo=click.echo)
     except SpecError as exc:
         _fail(exc)
 

@@ -42,21 +42,26 @@ def run_dag(
     stop_rule: StopRule,
     echo: Callable[[str], None] = print,
     on_done: Callable[[dict[int, list[Any]], dict[int, str]], None] | None = None,
+    done: dict[int, list[Any]] | None = None,
+    stopped: dict[int, str] | None = None,
 ) -> DagRun:
     """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done.
-    `on_done(results, stopped)` runs after every finished group (e.g. to save the sweep state)."""
+    `on_done(results, stopped)` runs after every finished group (e.g. to save the sweep state).
+    A resumed sweep passes the groups already `done` per chain and the chains already `stopped`:
+    each chain goes on after its last done group."""
     origin = time.monotonic()
     pending: dict[ray.ObjectRef, tuple[int, int, float]] = {}
-    results: dict[int, list[Any]] = {chain: [] for chain in range(chains)}
-    stopped: dict[int, str] = {}
+    results: dict[int, list[Any]] = {chain: list((done or {}).get(chain, [])) for chain in range(chains)}
+    stopped = dict(stopped or {})
     spans: list[GroupSpan] = []
 
     def start(chain: int, generation: int, previous: Any) -> None:
         echo(f"[banray] chain {chain} generation {generation}: started")
         pending[launch(chain, generation, previous)] = (chain, generation, time.monotonic() - origin)
 
-    for chain in range(chains):
-        start(chain, 0, None)
+    for chain, records in results.items():
+        if chain not in stopped and len(records) <= generations:
+            start(chain, len(records), records[-1] if records else None)
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         chain, generation, started = pending.pop(ready)

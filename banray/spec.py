@@ -184,6 +184,9 @@ class TrainSpec(_SearchableSection):
         bad = [m for m in self.lr_milestones if not 0 < m < self.epochs]
         if bad:
             raise ValueError(f"lr_milestones {bad} lie outside 1..{self.epochs - 1} (epochs is {self.epochs})")
+        # MultiStepLR would silently apply a repeated milestone twice; out of order is almost surely a typo.
+        if any(a >= b for a, b in zip(self.lr_milestones, self.lr_milestones[1:])):
+            raise ValueError(f"lr_milestones {self.lr_milestones} must be strictly increasing, e.g. [60, 120, 160]")
         return self
 
 
@@ -238,13 +241,16 @@ class ResourcesSpec(_Section):
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks) per trial")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    max_failures: int = Field(
+        3, ge=0, description="worker failures a trial recovers from (restarting from its last checkpoint)"
+    )
 
 
 class TrackingSpec(_Section):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else a local store in the sweep folder"
     )
-    experiment: str | None = Field(None, description="MLflow experiment; default: the sweep name")
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the sweep name")
 
 
 # Sections that do not change what is trained; they stay out of the spec hash.
@@ -276,12 +282,20 @@ class SweepSpec(_Section):
     @field_validator("storage")
     @classmethod
     def _storage_kind(cls, storage: str) -> str:
-        scheme, _, rest = storage.partition("://")
-        if rest and scheme != "s3":
+        scheme, sep, rest = storage.partition("://")
+        if sep and scheme != "s3":
             raise ValueError(f"use a local folder or an s3://bucket/prefix URI, not {scheme}://")
         if scheme == "s3" and not rest.strip("/"):
             raise ValueError("an s3:// storage URI needs a bucket: s3://bucket/prefix")
         return storage
+
+    @field_validator("storage_endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, endpoint: str | None) -> str | None:
+        # boto3 (MLflow's artifact store) rejects an endpoint without a scheme, late and with a traceback.
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError("give the endpoint as a URL: http://host:port or https://host")
+        return endpoint
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> SweepSpec:
@@ -295,6 +309,18 @@ class SweepSpec(_Section):
                 )
         if task == "language_model" and self.search.metric != "val_nll":
             raise ValueError("search.metric must be 'val_nll' (log perplexity) for a language model dataset")
+        return self
+
+    @model_validator(mode="after")
+    def _grace_period_fits(self) -> SweepSpec:
+        # Ray's ASHAScheduler checks this only once the sweep runs, against max_t = epochs + 1, and a grace
+        # period beyond the last epoch would never stop anything.
+        if self.search.uses_asha() and self.search.grace_period > self.train.epochs:
+            raise ValueError(
+                f"search.grace_period: {self.search.grace_period} is not allowed: early stopping lets every trial "
+                f"train grace_period epochs before judging it, but train.epochs is {self.train.epochs}; "
+                f"allowed: 1..{self.train.epochs}, or search.early_stopping: off"
+            )
         return self
 
     def model_of(self, generation: int) -> ModelSpec:
@@ -389,7 +415,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def _format_error(error: dict, path: str) -> str:
     loc = tuple(error["loc"])
-    where = ".".join(str(p) for p in loc if p not in _UNION_TAGS) or "(top level)"
+    where = ".".join(str(p) for p in loc if p not in _UNION_TAGS)
     kind, msg = error["type"], error["msg"].removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     if kind == "extra_forbidden":
@@ -397,14 +423,19 @@ def _format_error(error: dict, path: str) -> str:
         return f"{path}: {where}: unknown key; allowed keys here: {', '.join(allowed)}"
     if kind == "missing":
         return f"{path}: {where}: required key is missing"
+    if kind in ("model_type", "model_attributes_type"):  # a value where a section belongs
+        allowed = _allowed_keys(SweepSpec, loc)
+        return f"{path}: {where}: {error['input']!r} is not allowed: give a mapping with keys {', '.join(allowed)}"
     if isinstance(error["input"], dict):
         if kind == "value_error":  # a check across keys: the message names the keys involved
-            return f"{path}: {where}: {msg}"
+            return f"{path}: {where}: {msg}" if where else f"{path}: {msg}"
         return f"{path}: {where}: a search range or mapping is not allowed here; give a single value ({msg})"
     return f"{path}: {where}: {error['input']!r} is not allowed: {msg}"
 
 
 def parse_spec(raw: Any, path: str = "spec") -> SweepSpec:
+    if raw is None:  # an empty file (or only comments)
+        raise SpecError(f"{path}: the spec is empty; give a mapping with keys {', '.join(SweepSpec.model_fields)}")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the top level must be a mapping with keys {', '.join(SweepSpec.model_fields)}")
     try:

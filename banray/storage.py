@@ -5,18 +5,64 @@
 S3 credentials come only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or any other
 source the AWS SDK reads); `storage_endpoint` (or AWS_ENDPOINT_URL_S3) points at MinIO or another
 S3-compatible service.
+
+Object storage has outages: every read and write of banray's own (state, reports, checkpoint uploads
+and downloads) is retried with exponential backoff for up to BANRAY_STORAGE_RETRY_S seconds (default
+300), then fails with a StorageUnavailable error naming the path.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
+import tenacity
 
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_S3"  # honoured by pyarrow, boto3 and MLflow's S3 artifact store
+RETRY_BUDGET_VARIABLE = "BANRAY_STORAGE_RETRY_S"
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StorageUnavailable(OSError):
+    """Storage kept failing for the whole retry budget."""
+
+
+def _transient(exc: BaseException) -> bool:
+    # pyarrow reports network and S3 service errors as OSError; a missing file is an answer, not an outage.
+    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, StorageUnavailable))
+
+
+def retry_budget_s() -> float:
+    return float(os.environ.get(RETRY_BUDGET_VARIABLE, "300"))
+
+
+def with_retries(what: str, call: Callable[[], T]) -> T:
+    """`call()`, retried with exponential backoff (0.5 s doubling to 15 s) while storage errors are
+    transient, for up to the retry budget; then StorageUnavailable naming `what`."""
+    budget = retry_budget_s()
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_transient),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=15),
+        stop=tenacity.stop_after_delay(budget),
+        before_sleep=lambda state: logger.warning(
+            "storage: %s failed (%s); retrying (attempt %d)", what, state.outcome.exception(), state.attempt_number
+        ),
+        reraise=True,
+    )
+    try:
+        return retrying(call)
+    except OSError as exc:
+        if not _transient(exc):
+            raise
+        raise StorageUnavailable(
+            f"storage: {what} kept failing for {budget:g} s ({RETRY_BUDGET_VARIABLE}): {exc}"
+        ) from exc
 
 
 def is_remote(uri: str) -> bool:
@@ -67,9 +113,24 @@ class SweepStorage:
         self.fs.create_dir(self.path, recursive=True)
 
     def write_bytes(self, relative: str, data: bytes) -> str:
-        with self.fs.open_output_stream(f"{self.path}/{relative}") as stream:
-            stream.write(data)
+        def write() -> None:
+            with self.fs.open_output_stream(f"{self.path}/{relative}") as stream:
+                stream.write(data)
+
+        with_retries(f"writing {self.child(relative)}", write)
         return self.child(relative)
+
+    def read_text(self, relative: str) -> str | None:
+        """The file's text, or None if it does not exist."""
+
+        def read() -> str | None:
+            try:
+                with self.fs.open_input_stream(f"{self.path}/{relative}") as stream:
+                    return stream.read().decode()
+            except FileNotFoundError:
+                return None
+
+        return with_retries(f"reading {self.child(relative)}", read)
 
     def write_text(self, relative: str, text: str) -> str:
         return self.write_bytes(relative, text.encode())

@@ -1,10 +1,19 @@
-"""The driver: connect to Ray, lay out the sweep folder and MLflow experiment, run the chains, report."""
+"""The driver: connect to Ray, lay out the sweep folder and MLflow experiment, run the chains, report.
+
+The sweep state (`state.json` in the sweep folder) is rewritten whenever a group starts or ends: the
+finished generations with everything the report needs, and the generation each chain is running with
+its MLflow run. `run(..., resume=True)` reads it back: finished generations are not retrained, an
+interrupted generation continues its Tune run (finished trials kept, unfinished ones from their last
+checkpoints) under the same MLflow run.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +22,16 @@ import ray
 import yaml
 
 from banray import report, tracking
-from banray.chain import ChainResult, SweepContext, run_ensembles, run_group, stop_reason, tune_verbosity
+from banray.chain import (
+    ChainResult,
+    GenerationRecord,
+    SweepContext,
+    run_ensembles,
+    run_group,
+    start_generation_run,
+    stop_reason,
+    tune_verbosity,
+)
 from banray.dag import run_dag
 from banray.data import DatasetMissing
 from banray.models import build_model
@@ -38,14 +56,17 @@ class SweepResult:
     files: list[str]  # report files in the sweep folder
 
 
-def open_storage(spec: SweepSpec, overwrite: bool) -> SweepStorage:
-    """The sweep's folder, checked: it must not hold an earlier sweep (unless replacing it)."""
+STATE_FILE = "state.json"
+
+
+def open_storage(spec: SweepSpec, overwrite: bool, resume: bool = False) -> SweepStorage:
+    """The sweep's folder, checked: it must not hold an earlier sweep (unless replacing or resuming it)."""
     try:
         storage = SweepStorage(spec.storage, spec.name)
         taken = storage.holds_anything()
     except OSError as exc:
         raise SpecError(f"storage: cannot reach {spec.storage.rstrip('/')}/{spec.name}: {exc}") from None
-    if taken and not overwrite:
+    if taken and not overwrite and not resume:
         raise SpecError(
             f"storage: {storage.uri} already holds a sweep named like this one; "
             "rename the sweep, pass --storage elsewhere, or pass --overwrite to replace it"
@@ -56,6 +77,20 @@ def open_storage(spec: SweepSpec, overwrite: bool) -> SweepStorage:
             "set tracking.uri or MLFLOW_TRACKING_URI to a tracking server"
         )
     return storage
+
+
+def load_state(storage: SweepStorage, spec: SweepSpec) -> dict[str, Any]:
+    """The state of the interrupted sweep to resume, checked against `spec`."""
+    text = storage.read_text(STATE_FILE)
+    if text is None:
+        raise SpecError(f"--resume: {storage.uri} holds no sweep state ({STATE_FILE}); run without --resume")
+    state = json.loads(text)
+    if state.get("spec_hash") != spec.spec_hash():
+        raise SpecError(
+            f"--resume: the sweep in {storage.uri} ran a different spec (hash {state.get('spec_hash')}, this one "
+            f"{spec.spec_hash()}); resume it with the same spec, or rename the sweep to start a new one"
+        )
+    return state
 
 
 def preflight(spec: SweepSpec) -> None:
@@ -99,12 +134,18 @@ def run(
     address: str | None = None,
     storage: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     echo: Callable[[str], None] = print,
 ) -> SweepResult:
     if storage is not None:
         spec = spec.model_copy(update={"storage": storage})  # so spec.yaml records where it really ran
     endpoint_env = use_endpoint(spec.storage_endpoint)
-    sweep_storage = open_storage(spec, overwrite)
+    sweep_storage = open_storage(spec, overwrite, resume)
+    previous = load_state(sweep_storage, spec) if resume else None
+    if previous is not None and previous["finished"]:
+        echo(f"banray: sweep '{spec.name}' in {sweep_storage.uri} has already finished; nothing to resume")
+        report_text = sweep_storage.read_text("report.json")
+        return SweepResult(json.loads(report_text) if report_text else {}, sweep_storage.uri, [])
     preflight(spec)
     started = connect(address, endpoint_env)
     try:
@@ -115,43 +156,80 @@ def run(
                 f"{spec.resources.cpus_per_worker} CPU / {spec.resources.gpus_per_worker} GPU, but the cluster has "
                 f"{ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU"
             )
-        return _run_dag(spec, sweep_storage, capacity, echo)
+        return _run_dag(spec, sweep_storage, capacity, echo, previous)
     finally:
         if started:
             ray.shutdown()
 
 
-def _state(spec: SweepSpec, results: dict[int, list], stopped: dict[int, str], finished: bool) -> dict[str, Any]:
-    """The sweep state kept in storage: which generations of which chains finished, and with what."""
-    return {
-        "sweep": spec.name,
-        "spec_hash": spec.spec_hash(),
-        "finished": finished,
-        "chains": {
-            str(chain): {
-                "stopped": stopped.get(chain),
-                "generations": [
-                    {k: getattr(r, k) for k in ("generation", "status", "best_trial", "checkpoint", "val_error",
-                                                "test_error", "mlflow_run_id", "best_settings")}
-                    for r in records
-                ],
-            }
-            for chain, records in results.items()
-        },
-    }
+@dataclass
+class SweepState:
+    """What `state.json` holds, kept current by the driver: every chain's finished generations (whole
+    records), why it stopped, and the generation it is running with that generation's MLflow run."""
+
+    spec: SweepSpec
+    storage: SweepStorage
+    results: dict[int, list[GenerationRecord]] = dataclasses.field(default_factory=dict)
+    stopped: dict[int, str] = dataclasses.field(default_factory=dict)
+    running: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def restore(cls, spec: SweepSpec, storage: SweepStorage, saved: dict[str, Any] | None) -> SweepState:
+        state = cls(spec, storage, results={chain: [] for chain in range(spec.chains)})
+        for chain, value in (saved or {"chains": {}})["chains"].items():
+            state.results[int(chain)] = [GenerationRecord(**r) for r in value["generations"]]
+            if value["stopped"]:
+                state.stopped[int(chain)] = value["stopped"]
+            if value.get("running"):
+                state.running[int(chain)] = value["running"]
+        return state
+
+    def started(self, chain: int, generation: int, run_id: str) -> None:
+        self.running[chain] = {"generation": generation, "mlflow_run_id": run_id}
+        self.save()
+
+    def progressed(self, results: dict[int, list], stopped: dict[int, str]) -> None:
+        self.results, self.stopped = results, stopped
+        for chain in [c for c, group in self.running.items() if len(results.get(c, [])) > group["generation"]]:
+            del self.running[chain]
+        self.save()
+
+    def save(self, finished: bool = False) -> None:
+        self.storage.write_json(
+            STATE_FILE,
+            {
+                "sweep": self.spec.name,
+                "spec_hash": self.spec.spec_hash(),
+                "finished": finished,
+                "chains": {
+                    str(chain): {
+                        "stopped": self.stopped.get(chain),
+                        "running": self.running.get(chain),
+                        "generations": [dataclasses.asdict(r) for r in records],
+                    }
+                    for chain, records in self.results.items()
+                },
+            },
+        )
 
 
-def _run_dag(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None]) -> SweepResult:
-    storage.clear()
-    storage.create()
+def _run_dag(
+    spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None], previous: dict | None
+) -> SweepResult:
     spec_text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    storage.write_text("spec.yaml", spec_text)
+    if previous is None:
+        storage.clear()
+        storage.create()
+        storage.write_text("spec.yaml", spec_text)
+    state = SweepState.restore(spec, storage, previous)
+    interrupted = dict(state.running)  # groups the interrupted driver was running
 
     local = storage.local_dir()
     track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, local)
     experiment_id = tracking.ensure_experiment(track)
-    slots_actor = f"banray-slots-{spec.name}-{uuid.uuid4().hex[:8]}"
-    slots = WorkerSlots.options(name=slots_actor).remote(capacity)
+    # Named after the sweep folder: trials of an interrupted group, restored by a resumed sweep, find it again.
+    slots_actor = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
+    slots = WorkerSlots.options(name=slots_actor, get_if_exists=True).remote(capacity)
     ctx = SweepContext(
         spec=spec,
         sweep_dir=storage.uri,
@@ -161,6 +239,19 @@ def _run_dag(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callab
         max_concurrent_trials=min(capacity, spec.search.trials),
         tune_verbose=tune_verbosity(),
     )
+
+    def launch(chain: int, generation: int, teacher: GenerationRecord | None):
+        group = interrupted.pop(chain, None)
+        restore = group is not None and group["generation"] == generation
+        if restore:
+            run_id = tracking.reopen_run(track, group["mlflow_run_id"])
+        else:
+            run_id = start_generation_run(ctx, chain, generation, teacher)
+        state.started(chain, generation, run_id)
+        return run_group.remote(ctx, chain, generation, teacher, run_id, restore)
+
+    for chain, records in [(c, r) for c, r in state.results.items() if r]:
+        echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
     echo(
         f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s)) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
@@ -168,12 +259,13 @@ def _run_dag(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callab
     dag = run_dag(
         spec.chains,
         spec.generations,
-        launch=lambda chain, generation, teacher: run_group.remote(ctx, chain, generation, teacher),
+        launch=launch,
         stop_rule=lambda chain, records: stop_reason(spec, records),
         echo=echo,
-        on_done=lambda results, stopped: storage.write_json("state.json", _state(spec, results, stopped, False)),
+        on_done=state.progressed,
+        done=state.results,
+        stopped=state.stopped,
     )
-    storage.write_json("state.json", _state(spec, dag.results, dag.stopped, True))
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
     ensembles = ray.get([run_ensembles.remote(ctx, c, dag.results[c]) for c in dag.results])
@@ -199,6 +291,7 @@ def _run_dag(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callab
         )
         tracking.log_artifacts(track, summary_run, [Path(folder) / "spec.yaml", *local_files])
         tracking.end_run(track, summary_run)
+    state.save(finished=True)
     echo("")
     echo(
         f"Makespan {dag.makespan_s:.0f} s; worker-slot utilisation {100 * utilisation:.0f}% "

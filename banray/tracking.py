@@ -87,6 +87,31 @@ def start_run(
     return run.info.run_id
 
 
+def start_or_resume_run(
+    tracking: Tracking,
+    experiment_id: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """The run tagged with the same `banray.tune_trial_id`, set running again, if one exists (a trial
+    restored by a resumed sweep); else a new run."""
+    client = tracking.client()
+    trial_id = tags[f"{TAG_PREFIX}tune_trial_id"]
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PREFIX}tune_trial_id` = '{trial_id}'")
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    return start_run(tracking, experiment_id, run_name, tags, params, parent_run_id)
+
+
+def reopen_run(tracking: Tracking, run_id: str) -> str:
+    """Set an interrupted run running again, so a resumed sweep continues it rather than duplicating it."""
+    tracking.client().update_run(run_id, status="RUNNING")
+    return run_id
+
+
 def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     from mlflow.entities import Metric
 

@@ -4,6 +4,11 @@ Trials hold almost no resources themselves (a little memory, no CPU) and take a 
 the sweep's `WorkerSlots` pool before starting their trainer, so waiting trials never hold the
 CPUs their trainers need. The last row a trial reports is its summary: best validation metrics,
 the best checkpoint's URI and its MLflow run id.
+
+A trial is restartable: its Train run's name and its MLflow run are found again from its Tune trial
+id, so a trial restored by a resumed sweep continues both instead of starting new ones. Lost workers
+are replaced by Ray Train (`resources.max_failures`) from the last checkpoint. A diverged trial
+raises TrialFailed with the reason, which Tune records as the trial's error.
 """
 
 from __future__ import annotations
@@ -112,6 +117,10 @@ class TrialRuntime:
         )
 
 
+class TrialFailed(RuntimeError):
+    """The trial cannot produce a model (e.g. its loss diverged); the message says why."""
+
+
 def run_trial(config: dict[str, Any]) -> None:
     settings_fields = dict(config)
     runtime = TrialRuntime.from_config(settings_fields.pop("runtime"))
@@ -119,7 +128,7 @@ def run_trial(config: dict[str, Any]) -> None:
     seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"])
     settings = TrialSettings.model_validate({**settings_fields, "seed": seed})
     context = tune.get_context()
-    run_id = tracking.start_run(
+    run_id = tracking.start_or_resume_run(
         runtime.tracking,
         runtime.experiment_id,
         run_name=f"chain{settings.chain}-gen{settings.generation}-trial{settings.trial}",
@@ -155,6 +164,7 @@ def run_trial(config: dict[str, Any]) -> None:
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order="min"
             ),
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             callbacks=[TuneReportCallback()],
             # Train logs every report and checkpoint at INFO; banray prints its own progress instead.
             logging_config=ray.LoggingConfig(log_level="WARNING"),
@@ -171,6 +181,10 @@ def run_trial(config: dict[str, Any]) -> None:
     finally:
         ray.get(slots.release.remote(holder))
 
+    failure = (result.return_value or {}).get("failure")
+    if failure is not None:
+        tracking.end_run(runtime.tracking, run_id, "FAILED")
+        raise TrialFailed(f"trial {settings.trial} {failure}")
     best_checkpoint, best = min(result.best_checkpoints, key=lambda pair: pair[1][settings.metric])
     tracking.end_run(runtime.tracking, run_id)
     tune.report(

@@ -3,13 +3,20 @@
 It trains one trial's student for the spec's epochs, with a frozen teacher from generation ≥ 1
 (eval mode, no grad, not in the optimizer), evaluates on the validation split every epoch, and
 reports metrics together with a checkpoint each epoch. Rank 0 writes checkpoints and MLflow metrics.
+
+Each checkpoint also holds the training state (epoch, optimizer, lr schedule, RNG states): when Ray
+Train restarts a lost worker group, or a resumed sweep restarts an interrupted trial, the loop goes on
+from the last checkpoint as if nothing had happened. A non-finite training loss ends the trial: the
+loop returns the reason instead of reporting, and the trial marks itself failed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +28,7 @@ from torch import nn
 
 from banray import checkpoint, tracking
 from banray.losses import get_objective
+from banray.storage import with_retries
 from banray.models import build_model
 from banray.spec import TrainSpec, TrialSettings
 from banray.tasks import make_task
@@ -55,6 +63,66 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+TRAINING_STATE_FILE = "training_state.pt"
+
+
+def training_state(epoch: int, optimizer, scheduler) -> dict[str, Any]:
+    """What besides the weights a restarted worker needs to go on exactly: plain data only, so it loads
+    with weights_only=True (numpy's RNG state as lists)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "numpy_rng": [kind, keys.tolist(), position, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_training_state(state: dict[str, Any], optimizer, scheduler) -> int:
+    """Put back a saved training state; returns the epoch it was saved after."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    kind, keys, position, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["epoch"]
+
+
+def load_latest(resumed: ray.train.Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model weights, training state) of the run's latest checkpoint, downloaded with retries."""
+
+    def download():
+        with resumed.as_directory() as directory:
+            folder = Path(directory)
+            return (
+                torch.load(folder / checkpoint.WEIGHTS_FILE, map_location="cpu", weights_only=True),
+                torch.load(folder / TRAINING_STATE_FILE, map_location="cpu", weights_only=True),
+            )
+
+    return with_retries(f"downloading checkpoint {checkpoint.uri(resumed)}", download)
+
+
+def upload_with_retries(saved: ray.train.Checkpoint, directory_name: str) -> ray.train.Checkpoint:
+    """Ray Train's own upload, retried through storage outages (Train has no retry of its own)."""
+    storage = ray.train.get_context().get_storage()
+    return with_retries(
+        f"uploading checkpoint {directory_name}", lambda: storage.persist_current_checkpoint(saved, directory_name)
+    )
+
+
+def non_finite_terms(term_means: dict[str, float]) -> str | None:
+    bad = {name: value for name, value in term_means.items() if not math.isfinite(value)}
+    return ", ".join(f"{name} = {value}" for name, value in bad.items()) or None
+
+
 def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device) -> tuple[nn.Module, dict]:
     """The previous generation's best model, checked by its metadata and frozen."""
     expected = {
@@ -81,7 +149,8 @@ def _quiet_train_reports() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Returns None when training ran to its end, or {"failure": reason} when it diverged."""
     _quiet_train_reports()
     settings = TrialSettings.model_validate(config["settings"])
     context = ray.train.get_context()
@@ -100,9 +169,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     teacher, teacher_metadata = None, None
     if settings.teacher_checkpoint is not None:
         teacher, teacher_metadata = load_teacher(settings, task.num_classes, device)
+    resumed = ray.train.get_checkpoint()  # set when Ray Train restarts this run after a failure
+    resumed_state = None
+    if resumed is not None:
+        weights, resumed_state = load_latest(resumed)
+        student.load_state_dict(weights)
     model = ray.train.torch.prepare_model(student)
     optimizer = make_optimizer(model.parameters(), settings.train)
     scheduler = make_scheduler(optimizer, settings.train)
+    done_epochs = restore_training_state(resumed_state, optimizer, scheduler) if resumed_state else 0
     objective = get_objective(settings.distill.objective)
     loss_params = settings.distill.loss_params()
 
@@ -115,6 +190,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     mlflow_client = tracking.Tracking(**config["tracking"]).client() if rank == 0 else None
     run_id = config["mlflow_run_id"]
+    if done_epochs and mlflow_client is not None:
+        tracking.log_metrics(mlflow_client, run_id, {"resumed_after_epoch": done_epochs}, step=done_epochs)
     if teacher is not None and mlflow_client is not None:
         # Teacher hygiene: its validation error, measured here, must match what it was selected with.
         teacher_scores = task.score(teacher, "val", device)
@@ -136,9 +213,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "teacher": checkpoint.identity(teacher_metadata) if teacher_metadata else None,
         "node_id": ray.get_runtime_context().get_node_id(),  # provenance: which node trained it
     }
-    for epoch in range(1, settings.train.epochs + 1):
+    for epoch in range(done_epochs + 1, settings.train.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         term_means = task.train_epoch(model, teacher, objective, loss_params, step, device, epoch)
+        diverged = non_finite_terms(term_means)
+        if diverged is not None:
+            reason = f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"
+            if mlflow_client is not None:
+                mlflow_client.set_tag(run_id, "banray.failure", reason)
+            return {"failure": reason}
         val = task.score(_unwrap(model), "val", device)
         metrics = {
             "epoch": epoch,
@@ -157,6 +240,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
                 saved = checkpoint.save(directory, _unwrap(model), metadata)
-            ray.train.report(metrics, checkpoint=saved)
+                torch.save(training_state(epoch, optimizer, scheduler), Path(directory) / TRAINING_STATE_FILE)
+            ray.train.report(metrics, checkpoint=saved, checkpoint_upload_fn=upload_with_retries)
         if mlflow_client is not None:
             tracking.log_metrics(mlflow_client, run_id, metrics, step=epoch)
+    return None

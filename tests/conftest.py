@@ -41,6 +41,11 @@ def tiny_spec(**overrides) -> dict:
     return spec
 
 
+# Fake S3 credentials that cannot occur by chance: tests/test_storage_s3.py looks for them in everything
+# a sweep leaves behind (MLflow, storage, output).
+S3_SECRETS = {"AWS_ACCESS_KEY_ID": "BANRAYTESTKEY4B1E2D", "AWS_SECRET_ACCESS_KEY": "banray-test-secret-7f3a9c"}
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1 for the whole session, with buckets 'banray' and 'mlflow'.
@@ -48,6 +53,7 @@ def s3_endpoint():
     import servers
 
     with servers.moto_s3() as endpoint:
+        os.environ.update(S3_SECRETS)  # moto takes any credentials; moto_s3 restores the old values on exit
         yield endpoint
 
 

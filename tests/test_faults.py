@@ -1,0 +1,233 @@
+"""Fault tests on a real local Ray cluster: a killed driver, a killed training worker, an S3 outage and a
+diverging learning rate. Each asserts what the sweep made of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import mlflow
+import pytest
+import yaml
+from ray.util.state import list_actors
+
+from banray import sweep
+from banray.spec import parse_spec
+from conftest import REPO, tiny_spec
+from servers import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def start_driver(spec: dict, folder: Path, address: str, *extra: str, env: dict | None = None):
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    log = open(folder / f"{spec['name']}-{len(list(folder.glob('*.log')))}.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "banray", "sweep", str(path), "--address", address, *extra],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True,
+    )
+    return process, Path(log.name)
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float = 600) -> str:
+    process.wait(timeout)
+    output = log.read_text()
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def runs_by_generation(tracking_uri: str, experiment: str) -> dict[str, dict[str, list]]:
+    """generation → {"generation": its generation runs, "trials": its trial runs}."""
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    grouped: dict[str, dict[str, list]] = {}
+    for run in client.search_runs([found.experiment_id], max_results=1000):
+        tags = run.data.tags
+        if "banray.generation" not in tags or tags.get("banray.role") == "ensemble":
+            continue
+        kind = "trials" if tags.get("banray.trial") else "generation"
+        grouped.setdefault(tags["banray.generation"], {"generation": [], "trials": []})[kind].append(run)
+    return grouped
+
+
+def train_runs(sweep_dir: Path, chain: int, generation: int) -> list[Path]:
+    """Ray Train run folders of one generation (one per trial, named after the Tune run and trial)."""
+    return sorted((sweep_dir / "train").glob(f"chain{chain}-gen{generation}-*"))
+
+
+def has_checkpoint(run_dirs: list[Path]) -> bool:
+    """Whether Ray Train has recorded a checkpoint of one of these runs (its snapshot names it)."""
+    return any((run / "checkpoint_manager_snapshot.json").exists() for run in run_dirs)
+
+
+def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path):
+    spec = tiny_spec(name="killed", storage=str(tmp_path / "runs"), generations=2, train={"epochs": 20, "lr": 0.05},
+                     search={"trials": 2})
+    sweep_dir = tmp_path / "runs" / "killed"
+    driver, log = start_driver(spec, tmp_path, ray_cluster)
+
+    def generation_one_is_training() -> bool:
+        state = json.loads((sweep_dir / "state.json").read_text())
+        running = state["chains"]["0"]["running"]
+        return running is not None and running["generation"] == 1 and has_checkpoint(train_runs(sweep_dir, 0, 1))
+
+    wait_until(generation_one_is_training, 300, "generation 1's first checkpoint")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    killed_at = time.time() * 1000
+    state = json.loads((sweep_dir / "state.json").read_text())
+    assert not state["finished"] and [g["generation"] for g in state["chains"]["0"]["generations"]] == [0]
+
+    resumed, log = start_driver(spec, tmp_path, ray_cluster, "--resume")
+    output = finish(resumed, log)
+    assert "chain 0: 1 generation(s) finished before; they are not retrained" in output
+    assert "continuing its interrupted Tune run" in output
+
+    report = json.loads((sweep_dir / "report.json").read_text())
+    records = report["chains"][0]["generations"]
+    assert [(r["generation"], r["status"]) for r in records] == [(0, "finished"), (1, "finished"), (2, "finished")]
+    assert json.loads((sweep_dir / "state.json").read_text())["finished"]
+    # Counted in storage: one Train run per trial, none started twice.
+    for generation in (0, 1, 2):
+        assert len(train_runs(sweep_dir, 0, generation)) == 2
+    # Counted in MLflow: one run per generation and one per trial, generation 0's all from before the kill.
+    runs = runs_by_generation(report["mlflow"]["tracking_uri"], "killed")
+    client = mlflow.MlflowClient(report["mlflow"]["tracking_uri"])
+    for generation in ("0", "1", "2"):
+        assert len(runs[generation]["generation"]) == 1
+        for trial in runs[generation]["trials"]:  # every epoch logged (an epoch cut off by the kill, twice)
+            steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_error")]
+            assert sorted(set(steps)) == list(range(1, 21)) and len(steps) <= 22
+        trial_ids = [r.data.tags["banray.tune_trial_id"] for r in runs[generation]["trials"]]
+        assert len(trial_ids) == 2 == len(set(trial_ids))
+        assert all(r.info.status == "FINISHED" for r in runs[generation]["trials"] + runs[generation]["generation"])
+    assert all(r.info.start_time < killed_at for r in runs["0"]["trials"])
+    assert runs["1"]["generation"][0].info.start_time < killed_at
+    # The interrupted trial went on from its last checkpoint rather than from scratch.
+    resumed_after = [r.data.metrics.get("resumed_after_epoch") for r in runs["1"]["trials"]]
+    assert any(epoch is not None and epoch >= 1 for epoch in resumed_after), resumed_after
+
+
+def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    spec = tiny_spec(name="worker-lost", storage=str(tmp_path / "runs"), train={"epochs": 20, "lr": 0.05},
+                     search={"trials": 1})
+    sweep_dir = tmp_path / "runs" / "worker-lost"
+    driver, log = start_driver(spec, tmp_path, ray_cluster)
+
+    def training_worker_pid() -> int | None:
+        if not has_checkpoint(train_runs(sweep_dir, 0, 0)):
+            return None
+        workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"),
+                                                            ("state", "=", "ALIVE")])
+        return workers[0].pid if workers else None
+
+    wait_until(lambda: training_worker_pid() is not None, 300, "the teacher's first checkpoint")
+    os.kill(training_worker_pid(), signal.SIGKILL)
+    output = finish(driver, log)
+
+    report = json.loads((sweep_dir / "report.json").read_text())
+    teacher = report["chains"][0]["generations"][0]
+    assert teacher["status"] == "finished" and teacher["trials"][0]["status"] == "finished"
+    client = mlflow.MlflowClient(report["mlflow"]["tracking_uri"])
+    (trial_run,) = runs_by_generation(report["mlflow"]["tracking_uri"], "worker-lost")["0"]["trials"]
+    resumed_after = trial_run.data.metrics.get("resumed_after_epoch")
+    assert resumed_after is not None and 1 <= resumed_after < 20, output[-3000:]
+    # The restarted worker went on after its checkpoint: every epoch logged, and only the epoch after the
+    # checkpoint (if it had been reported when the worker died) twice.
+    steps = [m.step for m in client.get_metric_history(trial_run.info.run_id, "val_error")]
+    assert sorted(set(steps)) == list(range(1, 21)) and len(steps) <= 21
+
+
+class RestartableS3:
+    """A second moto server on its own port, over the same in-process store as the session's: it can be
+    stopped and started again with nothing lost, while the MLflow server keeps using the session's."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self):
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self):
+        self.server.stop()
+
+
+def test_sweep_survives_an_s3_outage(ray_cluster, s3_endpoint, tracking_server, tmp_path):
+    s3 = RestartableS3()
+    s3.start()
+    prefix = f"outage-{os.getpid()}"
+    spec = tiny_spec(name="outage", storage=f"s3://banray/{prefix}", storage_endpoint=s3.endpoint,
+                     tracking={"uri": tracking_server, "experiment": prefix}, train={"epochs": 10, "lr": 0.05},
+                     search={"trials": 1})
+    bucket = boto3.client("s3")  # through the session's server: same objects, never stopped
+
+    def stored(suffix: str) -> list[str]:
+        pages = bucket.get_paginator("list_objects_v2").paginate(Bucket="banray", Prefix=f"{prefix}/outage/")
+        return [o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
+
+    driver, log = start_driver(spec, tmp_path, ray_cluster, env={"AWS_ENDPOINT_URL_S3": s3.endpoint})
+    try:
+        wait_until(lambda: len(stored("/model.pt")) >= 1, 300, "the teacher's first checkpoint in S3")
+        s3.stop()
+        time.sleep(10)
+    finally:
+        s3.start()
+    output = finish(driver, log)
+
+    report = json.loads(bucket.get_object(Bucket="banray", Key=f"{prefix}/outage/report.json")["Body"].read())
+    records = report["chains"][0]["generations"]
+    assert [r["status"] for r in records] == ["finished", "finished"], output[-3000:]
+    for record in records:  # nothing lost: every selected checkpoint is complete in S3
+        key = record["checkpoint"].removeprefix("s3://banray/")
+        assert f"{key}/model.pt" in stored("/model.pt")
+    state = json.loads(bucket.get_object(Bucket="banray", Key=f"{prefix}/outage/state.json")["Body"].read())
+    assert state["finished"]
+    runs = runs_by_generation(tracking_server, prefix)
+    steps = [m.step for m in mlflow.MlflowClient(tracking_server).get_metric_history(
+        runs["0"]["trials"][0].info.run_id, "val_error")]
+    assert sorted(set(steps)) == list(range(1, 11))
+
+
+def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_cluster, tmp_path):
+    spec = parse_spec(tiny_spec(name="diverge", storage=str(tmp_path / "runs"), seed=3,
+                                train={"epochs": 2, "lr": {"choice": [0.05, 1.0e12]}}, search={"trials": 4}))
+    result = sweep.run(spec, echo=lambda line: None)
+    teacher, student = result.report["chains"][0]["generations"]
+    assert teacher["status"] == student["status"] == "finished"
+    failed = [t for t in teacher["trials"] + student["trials"] if t["status"] == "failed"]
+    finished = [t for t in teacher["trials"] + student["trials"] if t["status"] == "finished"]
+    assert failed and finished, (teacher["trials"], student["trials"])
+    for trial in failed:
+        assert trial["settings"]["train.lr"] == 1.0e12
+        assert "diverged: training loss not finite in epoch" in trial["reason"]
+    assert all(t["settings"]["train.lr"] == 0.05 for t in finished)
+    runs = runs_by_generation(result.report["mlflow"]["tracking_uri"], "diverge")
+    failed_runs = [r for g in runs.values() for r in g["trials"] if r.info.status == "FAILED"]
+    assert len(failed_runs) == len(failed)
+    assert all(r.data.tags["banray.failure"].startswith("diverged:") for r in failed_runs)
+
+
+def test_generation_without_a_finished_trial_stops_its_chain(ray_cluster, tmp_path):
+    spec = parse_spec(tiny_spec(name="all-diverge", storage=str(tmp_path / "runs"), generations=2,
+                                train={"epochs": 2, "lr": 1.0e12}, search={"trials": 1}))
+    lines: list[str] = []
+    result = sweep.run(spec, echo=lines.append)
+    chain = result.report["chains"][0]
+    assert [g["status"] for g in chain["generations"]] == ["failed"]
+    assert "no trial of generation 0 finished" in chain["stopped"]
+    assert "diverged" in chain["generations"][0]["message"]
+    output = "\n".join(lines)
+    assert "chain 0 stopped after generation 0" in output
+    assert "stopped" in (Path(result.sweep_dir) / "report.md").read_text()

@@ -1,0 +1,149 @@
+"""Checkpoints are data: a weights file that would run code when unpickled is refused before anything in it
+runs, and a teacher is accepted only if its metadata says it is the one expected. (That secrets never
+reach MLflow, storage or the output is checked on a real sweep in tests/test_storage_s3.py.)"""
+
+import os
+import pathlib
+import pickle
+
+import pytest
+import torch
+from conftest import tiny_spec
+
+from banray import checkpoint, worker
+from banray.checkpoint import BadCheckpoint, TeacherMismatch
+from banray.models import build_model
+from banray.spec import TrialSettings, parse_spec
+
+SPEC = parse_spec(tiny_spec())
+
+
+def metadata(**overrides) -> dict:
+    """What the worker writes for a synthetic-data teacher (generation 0 of chain 0)."""
+    return {
+        "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8],
+        "sweep": SPEC.name, "spec_hash": SPEC.spec_hash(), "chain": 0, "generation": 0, "trial": 0, "seed": 1,
+        "epoch": 2, "val_error": 0.1, "val_nll": 0.3, "objective": "ce", "teacher": None, **overrides,
+    }
+
+
+def write_checkpoint(directory: pathlib.Path, **overrides) -> str:
+    directory.mkdir()
+    meta = metadata(**overrides)
+    model = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8)
+    checkpoint.save(directory, model, meta)
+    return str(directory)
+
+
+class Payload:
+    """Pickles as a call of `function(*args)`: what unpickling a hostile file would execute."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def payloads(marker: pathlib.Path) -> dict:
+    return {
+        "os.system": Payload(os.system, f"touch {marker}"),
+        "pathlib.touch": Payload(pathlib.Path.touch, marker),
+    }
+
+
+def student_settings(teacher_checkpoint: str) -> TrialSettings:
+    """A generation-1 trial's settings as run_trial resolves them."""
+    settings = SPEC.generation_settings(0, 1, teacher_checkpoint)
+    del settings["seed_root"]  # run_trial turns it into the trial's seed
+    return TrialSettings.model_validate({**settings, "trial": 0, "seed": 7})
+
+
+def test_a_valid_checkpoint_loads(tmp_path):
+    model, meta = checkpoint.load(write_checkpoint(tmp_path / "ckpt"), expected={"arch": "cnn", "generation": 0})
+    assert meta["arch"] == "cnn" and model(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "pathlib.touch"])
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_checkpoint_that_runs_code_is_refused_and_the_code_never_runs(tmp_path, kind, writer):
+    marker = tmp_path / "pwned"
+    directory = write_checkpoint(tmp_path / "ckpt")
+    weights = pathlib.Path(directory) / checkpoint.WEIGHTS_FILE
+    hostile = {"0.weight": payloads(marker)[kind]}
+    if writer == "torch.save":
+        torch.save(hostile, weights)
+    else:
+        weights.write_bytes(pickle.dumps(hostile, protocol=2))
+
+    with pytest.raises(BadCheckpoint) as refused:
+        checkpoint.load(directory)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {directory}: model.pt holds something other than tensors (")
+    assert message.endswith("refused: checkpoints are loaded as data only")
+    assert not marker.exists()
+
+    # The same file through the teacher path of a student trial.
+    with pytest.raises(BadCheckpoint, match="holds something other than tensors"):
+        worker.load_teacher(student_settings(directory), num_classes=4, device=torch.device("cpu"))
+    assert not marker.exists()
+
+    # The payload is live: an unsafe load (never done by banray) runs it.
+    if writer == "torch.save":
+        torch.load(weights, weights_only=False)
+    else:
+        pickle.loads(weights.read_bytes())
+    assert marker.exists()
+
+
+def test_a_weights_file_that_is_not_a_state_dict_is_refused(tmp_path):
+    directory = write_checkpoint(tmp_path / "ckpt")
+    torch.save(torch.zeros(3), pathlib.Path(directory) / checkpoint.WEIGHTS_FILE)
+    with pytest.raises(BadCheckpoint, match=r"model.pt does not fit arch 'cnn' with kwargs \{'width': 8\}"):
+        checkpoint.load(directory)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("arch", "mlp"), ("num_classes", 10), ("spec_hash", "0123456789abcdef"), ("generation", 1), ("sweep", "other"),
+     ("chain", 3)],
+)
+def test_a_teacher_whose_metadata_differs_is_refused(tmp_path, key, value):
+    directory = write_checkpoint(tmp_path / "ckpt")
+    expected = {"arch": "cnn", "sweep": SPEC.name, "spec_hash": SPEC.spec_hash(), "chain": 0, "generation": 0,
+                "num_classes": 4}
+    with pytest.raises(TeacherMismatch) as mismatch:
+        checkpoint.load(directory, expected={**expected, key: value})
+    actual = metadata()[key]
+    assert f"checkpoint {directory} has {key}={actual!r}, expected {value!r}" in str(mismatch.value)
+
+
+def test_the_teacher_path_checks_the_spec_hash(tmp_path):
+    directory = write_checkpoint(tmp_path / "ckpt", spec_hash="0123456789abcdef")
+    with pytest.raises(TeacherMismatch, match=f"spec_hash='0123456789abcdef', expected '{SPEC.spec_hash()}'"):
+        worker.load_teacher(student_settings(directory), num_classes=4, device=torch.device("cpu"))
+
+
+def test_a_checkpoint_of_an_unregistered_arch_is_reported_clearly(tmp_path):
+    directory = write_checkpoint(tmp_path / "ckpt", arch="resnet9000")
+    with pytest.raises(BadCheckpoint) as unknown:
+        checkpoint.load(directory)
+    assert str(unknown.value) == (
+        f"checkpoint {directory}: its metadata names arch 'resnet9000', which is not a registered model; "
+        "allowed: cnn, densenet_bc, lstm_lm, mlp, preact_resnet, wrn"
+    )
+
+
+def test_a_checkpoint_without_banray_metadata_is_reported_clearly(tmp_path):
+    directory = tmp_path / "foreign"
+    directory.mkdir()
+    torch.save(build_model("cnn", num_classes=4, input_shape=(1, 8, 8)).state_dict(), directory / "model.pt")
+    with pytest.raises(BadCheckpoint, match="its metadata lacks arch, kwargs, num_classes, input_shape; not a banray"):
+        checkpoint.load(str(directory))
+
+
+def test_metadata_kwargs_that_cannot_build_the_model_are_reported(tmp_path):
+    directory = write_checkpoint(tmp_path / "ckpt", arch="wrn", kwargs={"depth": 27})
+    with pytest.raises(BadCheckpoint, match=r"arch 'wrn' cannot be built with its metadata's kwargs \{'depth': 27\}"):
+        checkpoint.load(directory)
