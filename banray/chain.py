@@ -16,13 +16,13 @@ from typing import Any
 import ray
 import ray.tune as tune
 
-from banray import checkpoint, tracking
+from banray import checkpoint, teacher_cache, tracking
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import SweepSpec
 from banray.storage import with_retries
 from banray.tasks import make_task
-from banray.trial import TRIAL_RESOURCES, TrialFailed, TrialRuntime, run_trial
+from banray.trial import TRIAL_RESOURCES, TrialFailed, TrialRuntime, group_name, run_trial
 
 
 @dataclass(frozen=True)
@@ -97,15 +97,19 @@ class ChainResult:
     control_ensemble: EnsembleRecord | None = None
 
 
-def say(chain: int, generation: int, text: str) -> None:
-    print(f"[banray] chain {chain} generation {generation}: {text}", flush=True)
+def group_label(chain: int, generation: int, arm: str = "main") -> str:
+    return f"chain {chain} control (teacher′)" if arm == "control" else f"chain {chain} generation {generation}"
+
+
+def say(label: str, text: str) -> None:
+    print(f"[banray] {label}: {text}", flush=True)
 
 
 class TrialProgress(tune.Callback):
     """One plain log line per finished trial, marking a new best (works without a terminal)."""
 
-    def __init__(self, chain: int, generation: int, metric: str):
-        self.chain, self.generation, self.metric = chain, generation, metric
+    def __init__(self, label: str, metric: str):
+        self.label, self.metric = label, metric
         self.best = math.inf
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -120,7 +124,7 @@ class TrialProgress(tune.Callback):
             if value < self.best:
                 self.best = value
                 text += " (new best)"
-        say(self.chain, self.generation, f"trial {trial.config.get('trial')} {text}")
+        say(self.label, f"trial {trial.config.get('trial')} {text}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         try:
@@ -128,7 +132,7 @@ class TrialProgress(tune.Callback):
         except OSError:  # the error file is in storage, which may be away for a moment
             error = None
         reason = _failure_reason(error) if error is not None else "see its MLflow run and the Ray logs"
-        say(self.chain, self.generation, f"trial {trial.config.get('trial')} failed: {reason}")
+        say(self.label, f"trial {trial.config.get('trial')} failed: {reason}")
 
 
 def _objective_label(objective: Any) -> str:
@@ -146,19 +150,25 @@ def _close_stopped_trial_runs(ctx: SweepContext, tune_trial_ids: list[str]) -> N
             client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def start_generation_run(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None) -> str:
-    """The generation's MLflow run, created by the driver so the sweep state can name it before the group
+def _role(generation: int, arm: str) -> str:
+    return "control" if arm == "control" else "teacher" if generation == 0 else "student"
+
+
+def start_generation_run(
+    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, arm: str = "main"
+) -> str:
+    """The group's MLflow run, created by the driver so the sweep state can name it before the group
     starts (a resumed sweep continues that run)."""
-    settings = ctx.spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
+    settings = ctx.spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None, arm)
     return tracking.start_run(
         ctx.tracking,
         ctx.experiment_id,
-        run_name=f"chain{chain}-gen{generation}",
+        run_name=group_name(chain, generation, arm),
         tags=tracking.banray_tags(
             sweep=ctx.spec.name,
             chain=chain,
             generation=generation,
-            role="teacher" if generation == 0 else "student",
+            role=_role(generation, arm),
             teacher_run_id=teacher.mlflow_run_id if teacher else None,
         ),
         params=settings,
@@ -176,13 +186,25 @@ def _failure_reason(error: BaseException) -> str:
 
 @ray.remote(num_cpus=0, max_retries=0)
 def run_group(
-    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, run_id: str, restore: bool
+    ctx: SweepContext,
+    chain: int,
+    generation: int,
+    teacher: GenerationRecord | None,
+    run_id: str,
+    restore: bool,
+    arm: str = "main",
 ) -> GenerationRecord:
-    """Run (or, with `restore`, continue an interrupted run of) one generation's Tune run."""
+    """Run (or, with `restore`, continue an interrupted run of) one generation's Tune run; with arm
+    "control", the chain's teacher′ (generation 0's recipe, fresh seeds)."""
     spec = ctx.spec
     space = spec.search_space(generation)
-    settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None)
-    role = "teacher" if generation == 0 else "student"
+    settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None, arm)
+    role = _role(generation, arm)
+    name, label = group_name(chain, generation, arm), group_label(chain, generation, arm)
+    if teacher is not None and spec.distill.teacher == "cached":
+        # One cache of the teacher's logits per generation, built before its trials start; they only read it.
+        settings["teacher_cache"] = f"{ctx.sweep_dir}/teacher-cache"
+        teacher_cache.ensure_for_generation(spec, teacher.checkpoint, settings["teacher_cache"])
     record = GenerationRecord(
         chain=chain,
         generation=generation,
@@ -201,10 +223,10 @@ def run_group(
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
     runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
     trainable = tune.with_resources(run_trial, TRIAL_RESOURCES)
-    tune_path = f"{ctx.tune_storage}/chain{chain}-gen{generation}"
+    tune_path = f"{ctx.tune_storage}/{name}"
     if restore and tune.Tuner.can_restore(tune_path):
         # Finished trials stay finished; unfinished ones continue, their Train runs from the last checkpoint.
-        say(chain, generation, f"continuing its interrupted Tune run from {tune_path}")
+        say(label, f"continuing its interrupted Tune run from {tune_path}")
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
@@ -220,10 +242,10 @@ def run_group(
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=f"chain{chain}-gen{generation}",
+                name=name,
                 storage_path=ctx.tune_storage,
                 verbose=ctx.tune_verbose,
-                callbacks=[TrialProgress(chain, generation, spec.search.metric)],
+                callbacks=[TrialProgress(label, spec.search.metric)],
             ),
         )
     grid = tuner.fit()
@@ -263,7 +285,7 @@ def run_group(
             f" ({'; '.join(reasons)})" if reasons else "; see the Ray logs and the MLflow trial runs"
         )
         tracking.end_run(ctx.tracking, run_id, "FAILED")
-        say(chain, generation, record.message)
+        say(label, record.message)
         return record
 
     best = min(finished, key=lambda r: (r.metrics[metric], r.config["trial"]))
@@ -275,7 +297,7 @@ def run_group(
     task = make_task(spec.data, spec.train)
     # The test split is touched once per finished generation, for the selected model only.
     test = task.score(model, "test")
-    record.test_error, record.test_nll = test.error, test.nll
+    record.test_error, record.test_nll, record.test_ece = test.error, test.nll, test.ece
     record.status = "finished"
     record.best_trial, record.best_trial_run_id = best.config["trial"], summary["mlflow_run_id"]
     record.best_epoch, record.seed, record.checkpoint = summary["best_epoch"], summary["seed"], summary["checkpoint"]
@@ -287,7 +309,7 @@ def run_group(
         client,
         run_id,
         {"best_val_error": record.val_error, "best_val_nll": record.val_nll, "test_error": record.test_error,
-         "test_nll": record.test_nll},
+         "test_nll": record.test_nll, **({"test_ece": record.test_ece} if record.test_ece is not None else {})},
     )
     client.set_tag(run_id, "banray.best_trial_run_id", record.best_trial_run_id)
     client.set_tag(run_id, "banray.checkpoint", record.checkpoint)
@@ -296,36 +318,52 @@ def run_group(
     record.model_uri = tracking.log_model(ctx.tracking, run_id, model, task.input_example())
     settings_text = f" with {record.best_settings}" if record.best_settings else ""
     say(
-        chain,
-        generation,
+        label,
         f"best trial {record.best_trial} (epoch {record.best_epoch}){settings_text}: val_error "
-        f"{100 * record.val_error:.2f}%, test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}",
+        f"{100 * record.val_error:.2f}%, test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}"
+        + (f", test ECE {100 * record.test_ece:.2f}%" if record.test_ece is not None else ""),
     )
     return record
 
 
+@dataclass
+class ChainEnsembles:
+    ensembles: list[EnsembleRecord]
+    control_ensemble: EnsembleRecord | None  # Teacher + Teacher′, the baseline BANE is set against
+    mlflow_run_id: str | None
+
+
 @ray.remote(num_cpus=0, max_retries=0)
 def run_ensembles(
-    ctx: SweepContext, chain: int, records: list[GenerationRecord]
-) -> tuple[list[EnsembleRecord], str | None]:
-    """Ens*k of the chain's finished generations on the test set, logged to a run of their own."""
+    ctx: SweepContext, chain: int, records: list[GenerationRecord], control: GenerationRecord | None
+) -> ChainEnsembles:
+    """Ens*k of the chain's finished generations, and Teacher + Teacher′, on the test set, logged to a run
+    of their own."""
     finished = {r.generation: r for r in records if r.status == "finished"}
     members_of = ensemble_members(sorted(finished), ctx.spec.ensembles.include_teacher)
-    if not members_of:
-        return [], None
+    with_control = control is not None and control.status == "finished" and 0 in finished
+    if not members_of and not with_control:
+        return ChainEnsembles([], None, None)
     task = make_task(ctx.spec.data, ctx.spec.train)
-    predictions = {
-        g: task.predict(with_retries(f"loading {r.checkpoint}", lambda r=r: checkpoint.load(r.checkpoint))[0], "test")
-        for g, r in finished.items()
-    }
-    if any(p is None for p in predictions.values()):
-        return [], None
+
+    def test_predictions(record: GenerationRecord):
+        model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint))
+        return task.predict(model, "test")
+
+    predictions = {g: test_predictions(r) for g, r in finished.items()}
+    if any(p is None for p in predictions.values()):  # language models: no ensembles
+        return ChainEnsembles([], None, None)
     labels = next(iter(predictions.values()))[1]
     ensembles = []
     for k, members in members_of.items():
         scores = ensemble_scores([predictions[g][0] for g in members], labels)
-        ensembles.append(EnsembleRecord(k, members, scores.error, scores.nll))
-        say(chain, members[-1], f"Ens*{k} of generations {members}: test_error {100 * scores.error:.2f}%")
+        ensembles.append(EnsembleRecord(k, members, scores.error, scores.nll, scores.ece))
+        say(group_label(chain, members[-1]), f"Ens*{k} of generations {members}: test_error {100 * scores.error:.2f}%")
+    control_ensemble = None
+    if with_control:
+        scores = ensemble_scores([predictions[0][0], test_predictions(control)[0]], labels)
+        control_ensemble = EnsembleRecord(2, [0, 0], scores.error, scores.nll, scores.ece)
+        say(group_label(chain, 0, "control"), f"Teacher + Teacher′: test_error {100 * scores.error:.2f}%")
     run_id = tracking.start_run(
         ctx.tracking,
         ctx.experiment_id,
@@ -335,11 +373,16 @@ def run_ensembles(
     )
     client = ctx.tracking.client()
     for e in ensembles:
-        metrics = {f"ens{e.k}_test_error": e.test_error, f"ens{e.k}_test_nll": e.test_nll}
+        metrics = {f"ens{e.k}_test_error": e.test_error, f"ens{e.k}_test_nll": e.test_nll,
+                   f"ens{e.k}_test_ece": e.test_ece}
         tracking.log_metrics(client, run_id, metrics)
         tracking.log_metrics(client, finished[e.members[-1]].mlflow_run_id, metrics)  # next to its last member
+    if control_ensemble is not None:
+        tracking.log_metrics(client, run_id, {"control_ensemble_test_error": control_ensemble.test_error,
+                                              "control_ensemble_test_nll": control_ensemble.test_nll,
+                                              "control_ensemble_test_ece": control_ensemble.test_ece})
     tracking.end_run(ctx.tracking, run_id)
-    return ensembles, run_id
+    return ChainEnsembles(ensembles, control_ensemble, run_id)
 
 
 def stop_reason(spec: SweepSpec, records: list[GenerationRecord]) -> str | None:

@@ -97,7 +97,22 @@ def sweep(spec_path: str, address: str | None, storage: str | None, overwrite: b
     default=0,
     help="Time N training steps of the student model on random data here, to estimate worker-hours.",
 )
-def plan(spec_path: str, storage: str | None, calibrate: int) -> None:
+@click.option(
+    "--detect",
+    metavar="GAIN",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Also say how many chains detect a mean gain of GAIN over the teacher (points of test error; "
+    "perplexity for language models) with 80% power.",
+)
+@click.option(
+    "--from-report",
+    metavar="PATH_OR_URI",
+    default=None,
+    help="A finished sweep's report.json, or its folder (local or s3://), whose spread of paired differences "
+    "--detect plans from.",
+)
+def plan(spec_path: str, storage: str | None, calibrate: int, detect: float | None, from_report: str | None) -> None:
     """Show what SPEC would run, and check it can run, without training anything.
 
     Prints the DAG (chains × generations × trials), what each generation searches, the worker slots
@@ -110,9 +125,14 @@ def plan(spec_path: str, storage: str | None, calibrate: int) -> None:
     spec = _load(spec_path)
     if storage is not None:
         spec = spec.model_copy(update={"storage": storage})
+    if from_report is not None and detect is None:
+        raise click.UsageError("--from-report needs --detect GAIN")
     for line in plan_module.describe(spec, calibrate):
         click.echo(line)
     try:
+        if detect is not None:
+            for line in plan_module.chains_for_gain(spec, detect, from_report):
+                click.echo(line)
         click.echo(f"Storage: {plan_module.check_storage(spec)}")
         click.echo(f"Tracking: {plan_module.check_tracking(spec)}")
     except plan_module.PlanCheckFailed as exc:

@@ -1,4 +1,5 @@
-"""The sweep's DAG: chains × generations, generation k of a chain depending on generation k − 1.
+"""The sweep's DAG: chains × generations, generation k of a chain depending on generation k − 1, plus
+(optionally) each chain's control arm, which depends on nothing.
 
 Every ready group runs at once (the worker-slot pool, not this scheduler, bounds how many trials train);
 a finished group unblocks its successor immediately, with no barrier between generations of
@@ -19,10 +20,13 @@ Launch = Callable[[int, int, Any], "ray.ObjectRef"]
 StopRule = Callable[[int, list[Any]], "str | None"]
 
 
+CONTROL = "control"
+
+
 @dataclass(frozen=True)
 class GroupSpan:
     chain: int
-    generation: int
+    generation: int | str  # a generation, or CONTROL
     start_s: float  # seconds since the sweep started
     end_s: float
 
@@ -31,6 +35,7 @@ class GroupSpan:
 class DagRun:
     results: dict[int, list[Any]]
     stopped: dict[int, str]  # chain → why it ended early
+    controls: dict[int, Any]  # chain → its control arm's result
     spans: list[GroupSpan]
     makespan_s: float
 
@@ -41,18 +46,22 @@ def run_dag(
     launch: Launch,
     stop_rule: StopRule,
     echo: Callable[[str], None] = print,
-    on_done: Callable[[dict[int, list[Any]], dict[int, str]], None] | None = None,
+    on_done: Callable[[dict[int, list[Any]], dict[int, str], dict[int, Any]], None] | None = None,
     done: dict[int, list[Any]] | None = None,
     stopped: dict[int, str] | None = None,
+    launch_control: Callable[[int], "ray.ObjectRef"] | None = None,
+    controls_done: dict[int, Any] | None = None,
 ) -> DagRun:
     """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done.
-    `on_done(results, stopped)` runs after every finished group (e.g. to save the sweep state).
+    `on_done(results, stopped, controls)` runs after every finished group (e.g. to save the sweep state).
     A resumed sweep passes the groups already `done` per chain and the chains already `stopped`:
-    each chain goes on after its last done group."""
+    each chain goes on after its last done group. `launch_control(chain)`, if given, starts each chain's
+    control arm (not yet in `controls_done`) at once."""
     origin = time.monotonic()
     pending: dict[ray.ObjectRef, tuple[int, int, float]] = {}
     results: dict[int, list[Any]] = {chain: list((done or {}).get(chain, [])) for chain in range(chains)}
     stopped = dict(stopped or {})
+    controls = dict(controls_done or {})
     spans: list[GroupSpan] = []
 
     def start(chain: int, generation: int, previous: Any) -> None:
@@ -62,11 +71,20 @@ def run_dag(
     for chain, records in results.items():
         if chain not in stopped and len(records) <= generations:
             start(chain, len(records), records[-1] if records else None)
+        if launch_control is not None and chain not in controls:
+            echo(f"[banray] chain {chain} control (teacher′): started")
+            pending[launch_control(chain)] = (chain, CONTROL, time.monotonic() - origin)
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         chain, generation, started = pending.pop(ready)
         result = ray.get(ready)
         spans.append(GroupSpan(chain, generation, started, time.monotonic() - origin))
+        if generation == CONTROL:
+            controls[chain] = result
+            echo(f"[banray] chain {chain} control (teacher′): done after {spans[-1].end_s - started:.0f} s")
+            if on_done is not None:
+                on_done(results, stopped, controls)
+            continue
         results[chain].append(result)
         echo(f"[banray] chain {chain} generation {generation}: done after {spans[-1].end_s - started:.0f} s")
         reason = stop_rule(chain, results[chain])
@@ -77,5 +95,5 @@ def run_dag(
         elif generation < generations:
             start(chain, generation + 1, result)
         if on_done is not None:
-            on_done(results, stopped)
-    return DagRun(results, stopped, spans, time.monotonic() - origin)
+            on_done(results, stopped, controls)
+    return DagRun(results, stopped, controls, spans, time.monotonic() - origin)

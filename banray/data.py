@@ -49,6 +49,17 @@ class Splits:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    # The training augmentation, if any; `set_epoch` makes its draws depend only on (data seed, epoch, sample).
+    augmented: Augmented | None = None
+
+    @property
+    def augmentation(self) -> str:
+        """The augmentation policy's name ('none' when the training view is the data as it is)."""
+        return self.augmented.augment.policy if self.augmented is not None else "none"
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.augmented is not None:
+            self.augmented.epoch = epoch
 
 
 @dataclass
@@ -124,6 +135,60 @@ def synthetic(root: str, download: bool) -> Pool:
     return _tensor_pool(x, y.astype(np.int64), num_classes=num_classes)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one (data seed, epoch, sample index): splitmix64 over the three."""
+    mask = 2**64 - 1
+    state = 0
+    for part in (seed, epoch, index):
+        state = (state + part + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        state = z ^ (z >> 31)
+    return state >> 1
+
+
+class CropFlip:
+    """The standard CIFAR augmentation on a normalised (C, H, W) tensor: reflection-pad by `padding`,
+    random crop back to H×W, horizontal flip with probability 1/2 — all drawn from `generator`.
+    Normalisation is per channel, so cropping after it gives the same images as cropping before."""
+
+    def __init__(self, padding: int = 4):
+        self.padding = padding
+        self.policy = f"crop-pad{padding}-reflect+hflip"
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        padded = torch.nn.functional.pad(image[None], [self.padding] * 4, mode="reflect")[0]
+        top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=generator).tolist()
+        crop = padded[:, top : top + height, left : left + width]
+        return crop.flip(-1) if torch.rand((), generator=generator).item() < 0.5 else crop
+
+
+class Augmented(Dataset):
+    """`base` (image, label) pairs seen through `augment`. Until `seed` and `epoch` are set each access
+    draws fresh randomness; once set, sample i of epoch e always gets the same view, drawn from
+    sample_seed(seed, e, i) — the same in every trial, process and DataLoader worker, which is what makes
+    a shared teacher-logit cache exact."""
+
+    def __init__(self, base: Dataset, augment: CropFlip):
+        self.base, self.augment = base, augment
+        self.seed: int | None = None
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        generator = torch.Generator()
+        if self.seed is None or self.epoch is None:
+            generator.seed()
+        else:
+            generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        return self.augment(image, generator), label
+
+
 class Transformed(Dataset):
     """A view of a dataset of (image, label) pairs with `transform` applied to the image."""
 
@@ -147,7 +212,8 @@ _CIFAR = {
 
 def _cifar(name: str, root: str, download: bool) -> Pool:
     """CIFAR through torchvision's dataset classes: the standard augmentation (4-pixel reflection pad,
-    random 32×32 crop, horizontal flip) for training, per-channel mean/std normalisation everywhere."""
+    random 32×32 crop, horizontal flip; see CropFlip) for training, per-channel mean/std normalisation
+    everywhere."""
     from torchvision import datasets
     from torchvision import transforms as T
 
@@ -171,14 +237,11 @@ def _cifar(name: str, root: str, download: bool) -> Pool:
             f"data.root: {name} is not in {root} and downloading it failed ({exc}); "
             f"put the extracted '{folder}' folder there by hand"
         ) from None
-    normalise = [T.ToTensor(), T.Normalize(mean, std)]
-    train_transform = T.Compose(
-        [T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip(), *normalise]
-    )
-    eval_transform = T.Compose(normalise)
+    eval_transform = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    eval_view = Transformed(pool, eval_transform)
     return Pool(
-        train_view=Transformed(pool, train_transform),
-        eval_view=Transformed(pool, eval_transform),
+        train_view=Augmented(eval_view, CropFlip(padding=4)),
+        eval_view=eval_view,
         test=Transformed(test, eval_transform),
         labels=np.asarray(pool.targets),
         num_classes=num_classes,
@@ -243,7 +306,8 @@ def load_corpus(dataset: str, root: str, download: bool = False) -> Corpus:
 
 
 def load_splits(dataset: str, root: str, val_fraction: float, seed: int, download: bool = False) -> Splits:
-    """Train (augmented) / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`."""
+    """Train (augmented) / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`. The
+    training augmentation is drawn per (seed, epoch, sample) once `Splits.set_epoch` has been called."""
     from sklearn.model_selection import train_test_split
 
     entry = DATASETS[dataset]
@@ -251,10 +315,14 @@ def load_splits(dataset: str, root: str, val_fraction: float, seed: int, downloa
     pool = entry.build(root, download)
     indices = np.arange(len(pool.labels))
     train_idx, val_idx = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=pool.labels)
+    augmented = pool.train_view if isinstance(pool.train_view, Augmented) else None
+    if augmented is not None:
+        augmented.seed = seed  # the data seed: augmentation is shared by every trial of a sweep, like the split
     return Splits(
         train=Subset(pool.train_view, train_idx.tolist()),
         val=Subset(pool.eval_view, val_idx.tolist()),
         test=pool.test,
         num_classes=pool.num_classes,
         input_shape=pool.input_shape,
+        augmented=augmented,
     )

@@ -1,8 +1,9 @@
-"""`banray plan`: what a sweep will run and cost, and whether its storage and tracking work, before
-anything is trained or any worker is reserved."""
+"""`banray plan`: what a sweep will run and cost, whether its storage and tracking work, and how many
+chains it needs to tell a gain from seed noise, before anything is trained or any worker is reserved."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
-from banray import tracking
+from banray import stats, tracking
 from banray.data import DATASETS, dataset_kind
 from banray.models import build_model
 from banray.spec import Range, SweepSpec
@@ -21,6 +22,9 @@ from banray.storage import is_remote, use_endpoint
 
 # Ray's fixed cost of a trial (Tune trial → TorchTrainer start and stop), measured on a 2-core machine.
 TRIAL_OVERHEAD_S = 12.0
+# Without a finished sweep, chains are tabulated for these spreads of paired differences, in multiples of
+# the gain to detect.
+SD_MULTIPLES = (0.5, 1, 2, 3, 4)
 
 
 class PlanCheckFailed(Exception):
@@ -46,7 +50,7 @@ class Work:
             per_epoch = max(1, pool // (batch * spec.train.bptt))
         else:
             per_epoch = math.ceil(pool * (1 - spec.data.val_fraction) / batch)
-        groups = spec.chains * (spec.generations + 1)
+        groups = spec.chains * (spec.generations + 1 + int(spec.control))  # the control arm: one group per chain
         trials = groups * spec.search.trials
         return cls(groups, trials, per_epoch, trials * spec.train.epochs * per_epoch)
 
@@ -164,7 +168,9 @@ def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:
     parallel = spec.chains * spec.search.trials
     lines = [
         f"Sweep '{spec.name}' (spec hash {spec.spec_hash()}) on {spec.data.dataset}",
-        f"DAG: {spec.chains} chain(s) × {spec.generations + 1} generations = {work.groups} groups of "
+        f"DAG: {spec.chains} chain(s) × {spec.generations + 1} generations"
+        + (" + the control teacher′" if spec.control else "")
+        + f" = {work.groups} groups of "
         f"{spec.search.trials} trial(s), {work.trials} trials in all",
     ]
     for chain in range(spec.chains):
@@ -199,6 +205,95 @@ def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:
         )
     else:
         lines.append("Estimate: pass --calibrate N to time N training steps here and convert the work to worker-hours")
+    return lines + chain_warnings(spec.chains)
+
+
+def chain_warnings(chains: int) -> list[str]:
+    """Why `chains` chains cannot support a claim that a generation beats its teacher, if they cannot."""
+    needed = stats.minimum_chains_for_any_claim()
+    if chains == 1:
+        return [(
+            "Warning: with 1 chain the report can make no claim that any generation or ensemble beats the teacher: "
+            f"there is no spread over seeds to compare against (the t interval needs 2 chains, the signed-rank test {needed})"
+        )]
+    if chains < needed:
+        return [(
+            f"Warning: with {chains} chains the signed-rank test cannot reach p < {stats.ALPHA:g} (its smallest p is "
+            f"2/2^{chains} = {2 / 2**chains:.3g}; it needs {needed} chains), so a verdict would rest on the t interval alone"
+        )]
+    return []
+
+
+def load_report(location: str, spec: SweepSpec) -> dict:
+    """A finished sweep's report.json: a local path or a URI (s3://…); a folder stands for its report.json."""
+    use_endpoint(spec.storage_endpoint)
+    if not location.endswith(".json"):
+        location = location.rstrip("/") + "/report.json"
+    try:
+        if "://" in location:
+            fs, path = pafs.FileSystem.from_uri(location)
+            with fs.open_input_stream(path) as stream:
+                report = json.loads(stream.read())
+        else:
+            report = json.loads(Path(location).expanduser().read_text())
+    except (OSError, ValueError) as exc:
+        raise PlanCheckFailed(f"--from-report: cannot read {location}: {exc}") from None
+    if not isinstance(report, dict) or not {"rows", "columns", "dataset"} <= report.keys():
+        raise PlanCheckFailed(f"--from-report: {location} is not a banray report.json (no rows, columns, dataset)")
+    return report
+
+
+def chains_for_gain(spec: SweepSpec, gain: float, from_report: str | None = None) -> list[str]:
+    """How many chains detect a mean gain of `gain` over the teacher at 80% power (two-sided paired t-test,
+    α = 0.05): from the spread of the paired differences in the report.json of a finished sweep at
+    `from_report` (BAN-1 − Teacher and Teacher′ − Teacher, in the table's unit), or, without one,
+    tabulated for a range of spreads. Raises PlanCheckFailed if the report cannot be read."""
+    unit = "perplexity" if dataset_kind(spec.data.dataset) == "language_model" else "points of test error"
+    lines = [(
+        f"Chains to detect a gain of {gain:g} {unit} over the teacher with {stats.POWER:.0%} power "
+        f"(two-sided paired t-test, α = {stats.ALPHA:g}; needed = fewest chains reaching that power):"
+    )]
+    needed: list[tuple[int, int]] = []  # (by the measured sd, by its upper bound) per comparison
+    if from_report is not None:
+        report = load_report(from_report, spec)
+        lines.append(f"  from {from_report} ({report['dataset']}, {len(report['rows'])} chain(s)):")
+        if report["dataset"] != spec.data.dataset:
+            lines.append(f"  note: that sweep ran on {report['dataset']}, this one runs on {spec.data.dataset}")
+        for column in ("BAN-1", "Teacher′"):
+            if column not in report["columns"]:
+                lines.append(f"    {column} − Teacher: that sweep has no {column} column")
+                continue
+            pairs = [(row[column], row["Teacher"]) for row in report["rows"].values()
+                     if isinstance(row.get(column), float) and isinstance(row.get("Teacher"), float)]
+            if len(pairs) < 2:
+                lines.append(f"    {column} − Teacher: {len(pairs)} chain(s) with both, too few for a spread")
+                continue
+            sd = stats.paired(*zip(*pairs)).std
+            if sd == 0:
+                lines.append(f"    {column} − Teacher: the same in all {len(pairs)} chains, no spread to plan from")
+                continue
+            upper = stats.sd_upper_bound(sd, len(pairs))
+            needed.append((stats.chains_needed(gain, sd), stats.chains_needed(gain, upper)))
+            lines.append(
+                f"    sd of {column} − Teacher {sd:.2f} over {len(pairs)} chains → {needed[-1][0]} chains; at the sd's "
+                f"{stats.POWER:.0%} upper bound {upper:.2f} (an sd from few chains is rough) → {needed[-1][1]}"
+            )
+    if not needed:
+        lines.append(
+            "  no measured spread to go by" + ("" if from_report else " (give a finished sweep with --from-report)")
+            + "; by the sd of the paired differences: " + ", ".join(f"sd {m * gain:g} → {stats.chains_needed(gain, m * gain)}" for m in SD_MULTIPLES)
+        )
+        lines.append(
+            "  for scale: on digits two teachers differing only by seed differ by 0.8–1.7 points of test error; "
+            "the paper's BAN and BAN-1 columns (the same recipe, other seeds) differ by up to 0.66 points on CIFAR-100"
+        )
+    else:
+        most, most_upper = max(n for n, _ in needed), max(n for _, n in needed)
+        verdict = "enough" if spec.chains >= most else f"too few: it would detect {gain:g} {unit} less than {stats.POWER:.0%} of the time"
+        lines.append(
+            f"  this spec runs {spec.chains} chain(s); {most} needed by the measured spread ({most_upper} by its upper "
+            f"bound): {verdict}"
+        )
     return lines
 
 

@@ -1,5 +1,7 @@
-"""The sweep report: the paper's table (Teacher | BAN-1 … BAN-G | Ens*2 … Ens*G, a row per chain and
-mean ± std over chains), report.json, report.md and an error-vs-generation plot.
+"""The sweep report: the paper's table (Teacher | BAN-1 … BAN-G | Ens*2 … Ens*G, then the control arm
+Teacher′ and Teacher+Teacher′; a row per chain and mean ± std over chains), the paired differences to
+each chain's teacher with their intervals and verdicts, calibration, report.json, report.md and an
+error-vs-generation plot.
 
 Numbers are each generation's best trial, selected on the validation split at its best-validation
 epoch, evaluated once on the test split: test error in % for classification, test perplexity for
@@ -15,41 +17,93 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from banray.chain import ChainResult
+from banray import stats
+from banray.chain import ChainResult, EnsembleRecord, GenerationRecord
 from banray.data import dataset_kind
 from banray.spec import SweepSpec
 
 SELECTION = "best trial by {metric} on the validation split, at its best-validation epoch; test split evaluated once on it"
 PLOT_FILE = "report.png"
+BASELINE = "Teacher"
+CONTROL = "Teacher′"  # the control arm: the teacher's recipe with a fresh seed
+CONTROL_ENSEMBLE = "Teacher+Teacher′"
+# Metric → (factor to its display unit, the unit of a difference, decimals shown).
+DISPLAY = {
+    "test_error": (100, "points", 2),
+    "test_ece": (100, "points", 2),
+    "test_nll": (1, "nats", 3),
+    "test_perplexity": (1, "perplexity", 2),
+}
+PAIRED_STATS = ("n", "mean", "std", "ci_low", "ci_high", "better", "tied", "worse", "wilcoxon_p")
 
 
 def generation_column(generation: int) -> str:
-    return "Teacher" if generation == 0 else f"BAN-{generation}"
+    return BASELINE if generation == 0 else f"BAN-{generation}"
 
 
 def ensemble_column(k: int) -> str:
     return f"Ens*{k}"
 
 
-def _headline(kind: str) -> tuple[str, str]:
-    """(what the table shows, its unit) for a dataset kind."""
-    return ("test perplexity", "") if kind == "language_model" else ("test error", "%")
+def metric_slug(column: str) -> str:
+    """An MLflow-safe name for a column: teacher, ban1, ens2, control, control_ensemble."""
+    fixed = {BASELINE: "teacher", CONTROL: "control", CONTROL_ENSEMBLE: "control_ensemble"}
+    return fixed.get(column) or column.lower().replace("-", "").replace("*", "")
 
 
-def _value(kind: str, error: float | None, nll: float | None) -> float | None:
+def _headline(kind: str) -> tuple[str, str, str]:
+    """(what the table shows, its unit, the metric behind it) for a dataset kind."""
     if kind == "language_model":
-        return None if nll is None else math.exp(nll)
-    return None if error is None else 100 * error
+        return "test perplexity", "", "test_perplexity"
+    return "test error", "%", "test_error"
 
 
-def _cells(kind: str, result: ChainResult) -> dict[str, float | str | None]:
-    cells: dict[str, float | str | None] = {}
-    for g in result.generations:
-        column = generation_column(g.generation)
-        cells[column] = _value(kind, g.test_error, g.test_nll) if g.status == "finished" else "failed"
-    for e in result.ensembles:
-        cells[ensemble_column(e.k)] = _value(kind, e.test_error, e.test_nll)
-    return cells
+Entry = GenerationRecord | EnsembleRecord
+
+
+def _entries(result: ChainResult) -> dict[str, Entry]:
+    """Column → the chain's record for it."""
+    entries: dict[str, Entry] = {generation_column(g.generation): g for g in result.generations}
+    entries.update({ensemble_column(e.k): e for e in result.ensembles})
+    if result.control is not None:
+        entries[CONTROL] = result.control
+    if result.control_ensemble is not None:
+        entries[CONTROL_ENSEMBLE] = result.control_ensemble
+    return entries
+
+
+def _finished(entry: Entry) -> bool:
+    return getattr(entry, "status", "finished") == "finished"  # ensembles exist only when finished
+
+
+def _metric(entry: Entry | None, name: str) -> float | None:
+    if entry is None or not _finished(entry):
+        return None
+    if name == "test_perplexity":
+        return None if entry.test_nll is None else math.exp(entry.test_nll)
+    return getattr(entry, name)
+
+
+def _cell(entry: Entry, metric: str) -> float | str | None:
+    if not _finished(entry):
+        return "failed"
+    value = _metric(entry, metric)
+    return None if value is None else DISPLAY[metric][0] * value
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+    }
+
+
+def _paired(entries: list[dict[str, Entry]], column: str, baseline: str, metric: str) -> dict[str, Any]:
+    """Paired stats of column − baseline over the chains where both have the metric."""
+    pairs = [(_metric(e.get(column), metric), _metric(e.get(baseline), metric)) for e in entries]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    return dataclasses.asdict(stats.paired([a for a, _ in pairs], [b for _, b in pairs]))
 
 
 def build(
@@ -57,19 +111,27 @@ def build(
     elapsed_s: float, utilisation: float | None = None, spans: list | None = None, registry: dict | None = None,
 ) -> dict[str, Any]:
     kind = dataset_kind(spec.data.dataset)
-    headline, unit = _headline(kind)
+    headline, unit, headline_metric = _headline(kind)
+    metrics = [headline_metric] + [m for m in ("test_error", "test_nll", "test_ece") if m != headline_metric]
+    entries = {result.chain: _entries(result) for result in chains}
+    present = {column for chain_entries in entries.values() for column in chain_entries}
     columns = [generation_column(g) for g in range(spec.generations + 1)]
     ensemble_ks = sorted({e.k for result in chains for e in result.ensembles})
     columns += [ensemble_column(k) for k in ensemble_ks]
-    rows = {result.chain: _cells(kind, result) for result in chains}
-    summary = {}
-    for column in columns:
-        values = [row[column] for row in rows.values() if isinstance(row.get(column), float)]
-        summary[column] = {
-            "n": len(values),
-            "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None,
+    columns += [c for c in (CONTROL, CONTROL_ENSEMBLE) if c in present]
+    rows = {chain: {c: _cell(e, headline_metric) for c, e in chain_entries.items()} for chain, chain_entries in entries.items()}
+    summary = {
+        column: _spread([row[column] for row in rows.values() if isinstance(row.get(column), float)])
+        for column in columns
+    }
+    by_chain = list(entries.values())
+    by_metric = {
+        column: {
+            m: _spread([v for v in (_metric(e.get(column), m) for e in by_chain) if v is not None]) for m in metrics
         }
+        for column in columns
+    }
+    ensembles = [c for c in columns if c.startswith("Ens*")]
     return {
         "sweep": spec.name,
         "spec_hash": spec.spec_hash(),
@@ -88,6 +150,22 @@ def build(
         "columns": columns,
         "rows": {str(chain): row for chain, row in rows.items()},
         "summary": summary,
+        "metrics": by_metric,
+        "paired": {
+            "baseline": BASELINE,
+            "headline_metric": headline_metric,
+            "confidence": stats.CONFIDENCE,
+            "interval": "Student t on the mean paired difference",
+            "test": "Wilcoxon signed-rank, two-sided; exact (all sign flips) for small n, zeros dropped",
+            "minimum_chains_for_any_claim": stats.minimum_chains_for_any_claim(),
+            "units": "differences in the metric's own unit: test_error and test_ece as fractions (x100 = points)",
+            "vs_teacher": {
+                column: {m: _paired(by_chain, column, BASELINE, m) for m in metrics} for column in columns[1:]
+            },
+            "vs_control_ensemble": {
+                column: {m: _paired(by_chain, column, CONTROL_ENSEMBLE, m) for m in metrics} for column in ensembles
+            } if CONTROL_ENSEMBLE in columns else {},
+        },
         "chains": [
             {
                 "chain": result.chain,
@@ -95,10 +173,33 @@ def build(
                 "ensembles": [dataclasses.asdict(e) for e in result.ensembles],
                 "ensemble_run_id": result.mlflow_run_id,
                 "stopped": result.stopped,
+                "control": dataclasses.asdict(result.control) if result.control else None,
+                "control_ensemble": dataclasses.asdict(result.control_ensemble) if result.control_ensemble else None,
             }
             for result in chains
         ],
     }
+
+
+def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Flat MLflow metric names for the sweep's summary run, in the metrics' own units (test_error and
+    test_ece as fractions, like the generation runs' metrics):
+    `<column>.<metric>.mean|std` over chains, `paired.<column>.<metric>.<stat>` for column − Teacher and
+    `paired_vs_control_ensemble.ens<k>.<metric>.<stat>` for Ens*k − (Teacher+Teacher′), with <column>
+    one of teacher, ban<k>, ens<k>, control, control_ensemble."""
+    metrics: dict[str, float] = {}
+    for column, by_metric in report["metrics"].items():
+        for metric, spread in by_metric.items():
+            for stat in ("mean", "std"):
+                if spread[stat] is not None:
+                    metrics[f"{metric_slug(column)}.{metric}.{stat}"] = float(spread[stat])
+    for section, prefix in (("vs_teacher", "paired"), ("vs_control_ensemble", "paired_vs_control_ensemble")):
+        for column, by_metric in report["paired"][section].items():
+            for metric, paired in by_metric.items():
+                for stat in PAIRED_STATS:
+                    if paired[stat] is not None:
+                        metrics[f"{prefix}.{metric_slug(column)}.{metric}.{stat}"] = float(paired[stat])
+    return metrics
 
 
 def _format(value: float | str | None) -> str:
@@ -107,30 +208,118 @@ def _format(value: float | str | None) -> str:
     return value if isinstance(value, str) else f"{value:.2f}"
 
 
+def _interval(paired: dict[str, Any], metric: str) -> str:
+    """'mean [low, high]' of a paired difference, in the metric's display unit."""
+    if paired["n"] == 0:
+        return "—"
+    scale, _, digits = DISPLAY[metric]
+    mean = f"{scale * paired['mean']:+.{digits}f}"
+    if paired["ci_low"] is None:
+        return f"{mean} (one chain)"
+    return f"{mean} [{scale * paired['ci_low']:+.{digits}f}, {scale * paired['ci_high']:+.{digits}f}]"
+
+
+def _counts(paired: dict[str, Any]) -> str:
+    if paired["n"] == 0:
+        return "—"
+    p = "—" if paired["wilcoxon_p"] is None else f"{paired['wilcoxon_p']:.2f}"
+    return f"{paired['better']}/{paired['tied']}/{paired['worse']}; p {p}"
+
+
+def _spread_cell(spread: dict[str, Any], metric: str) -> str:
+    scale, _, digits = DISPLAY[metric]
+    if spread["mean"] is None:
+        return "—"
+    if spread["std"] is None:
+        return f"{scale * spread['mean']:.{digits}f}"
+    return f"{scale * spread['mean']:.{digits}f} ± {scale * spread['std']:.{digits}f}"
+
+
 def table(report: dict[str, Any]) -> str:
-    """Markdown table: a row per chain, then mean ± std over chains."""
+    """Markdown table: a row per chain, mean ± std over chains, then the paired difference to each chain's
+    teacher (mean and 95% interval, chains better/tied/worse with the signed-rank p, the verdict), Ens*k
+    against Teacher+Teacher′, and test NLL and ECE with their paired differences."""
     columns = report["columns"]
+    paired = report["paired"]
+    headline = paired["headline_metric"]
+    unit = DISPLAY[headline][1]
     lines = ["| Chain | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for chain, row in report["rows"].items():
-        lines.append(f"| {chain} | " + " | ".join(_format(row.get(c)) for c in columns) + " |")
-    cells = []
-    for column in columns:
-        stats = report["summary"][column]
-        if stats["std"] is None:
-            cells.append(_format(stats["mean"]))
-        else:
-            cells.append(f"{stats['mean']:.2f} ± {stats['std']:.2f}")
-    lines.append("| mean ± std | " + " | ".join(cells) + " |")
+
+    def row(label: str, cells: list[str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def versus(metric: str, cell) -> list[str]:
+        return ["—" if c == BASELINE else cell(paired["vs_teacher"][c][metric]) for c in columns]
+
+    for chain, values in report["rows"].items():
+        row(chain, [_format(values.get(c)) for c in columns])
+    row("mean ± std", [_spread_cell(report["metrics"][c][headline], headline) for c in columns])
+    row(f"Δ vs Teacher ({unit}), 95% CI", versus(headline, lambda p: _interval(p, headline)))
+    row("better/tied/worse; Wilcoxon p", versus(headline, _counts))
+    row("verdict", versus(headline, lambda p: p["verdict"]))
+    against = paired["vs_control_ensemble"]
+    if against:
+        row(
+            f"Δ vs {CONTROL_ENSEMBLE} ({unit}), 95% CI",
+            [f"{_interval(against[c][headline], headline)}, {against[c][headline]['verdict']}" if c in against else "—"
+             for c in columns],
+        )
+    for metric, label in (("test_nll", "test NLL"), ("test_ece", "ECE")):
+        spreads = [report["metrics"][c][metric] for c in columns]
+        if any(spread["n"] for spread in spreads):
+            scale_unit = " (%)" if DISPLAY[metric][0] == 100 else ""
+            row(f"{label}{scale_unit}, mean ± std", [_spread_cell(spread, metric) for spread in spreads])
+            row(f"Δ {label} ({DISPLAY[metric][1]}), 95% CI", versus(metric, lambda p, m=metric: _interval(p, m)))
     return "\n".join(lines)
 
 
 def caption(report: dict[str, Any]) -> str:
+    """What the table shows, how to read its paired rows, and the seed-noise band of the control arm."""
     unit = f" ({report['unit']})" if report["unit"] else ""
     ensembles = ""
     if any(c.startswith("Ens*") for c in report["columns"]):
         pool = "generations including the teacher" if report["ensembles"]["include_teacher"] else "student generations"
         ensembles = f" Ens*k averages the softmax outputs of the last k {pool}."
-    return f"{report['headline'].capitalize()}{unit} on `{report['dataset']}`; {report['selection']}.{ensembles}"
+    control = ""
+    if CONTROL in report["columns"]:
+        control = (
+            f" {CONTROL} is the control arm: the teacher's recipe with a fresh seed"
+            + (f"; {CONTROL_ENSEMBLE} averages their softmax outputs, the baseline for Ens*k." if CONTROL_ENSEMBLE
+               in report["columns"] else ".")
+        )
+    lines = [f"{report['headline'].capitalize()}{unit} on `{report['dataset']}`; {report['selection']}.{ensembles}{control}"]
+    paired = report["paired"]
+    headline = paired["headline_metric"]
+    diff_unit = DISPLAY[headline][1]
+    chains = len(report["chains"])
+    needed = paired["minimum_chains_for_any_claim"]
+    reading = (
+        f"Δ: each column minus the same chain's Teacher in {diff_unit}, the mean over chains with its 95% Student-t "
+        "interval; better/tied/worse count chains, p is the two-sided Wilcoxon signed-rank test (exact for few "
+        "chains). A column is called better or worse only when its interval excludes 0, else within seed noise."
+    )
+    if chains == 1:
+        reading += " With one chain no claim can be made: there is no spread over seeds to set a difference against."
+    elif chains < needed:
+        reading += (
+            f" With {chains} chains the signed-rank test cannot reach p < 0.05 (it needs {needed}), so a verdict "
+            "rests on the t interval, which assumes normal differences."
+        )
+    lines.append(reading)
+    if CONTROL in report["columns"]:
+        noise = paired["vs_teacher"][CONTROL][headline]
+        scale, _, digits = DISPLAY[headline]
+        if noise["std"] is not None:
+            lines.append(
+                f"Seed noise ({CONTROL} − Teacher): {_interval(noise, headline)} {diff_unit}, sd {scale * noise['std']:.{digits}f} "
+                f"over {noise['n']} chains; one chain's difference within ±{2 * scale * noise['std']:.{digits}f} is what "
+                "a fresh seed alone does."
+            )
+        elif noise["n"]:
+            lines.append(f"Seed noise ({CONTROL} − Teacher): {_interval(noise, headline)} {diff_unit}.")
+    else:
+        lines.append(f"No control arm ({CONTROL}) was trained, so the seed-noise band is not measured.")
+    return "\n".join(lines)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -122,7 +122,20 @@ class DataSpec(_Section):
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of the training pool held out for selection (ptb has its own valid file)"
     )
-    seed: int = Field(0, ge=0, description="seed of the train/validation split")
+    seed: int = Field(
+        0, ge=0, description="seed of the train/validation split and of each (epoch, sample)'s augmentation"
+    )
+    loader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; 'auto': none on CPU or without augmentation, else up to 4"
+    )
+    pin_memory: Literal["auto", "on", "off"] = Field("auto", description="pinned host memory; 'auto': on with CUDA")
+
+    @field_validator("loader_workers", mode="before")
+    @classmethod
+    def _workers_count(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError("give a number of DataLoader worker processes (0 or more) or 'auto'")
 
     @field_validator("dataset")
     @classmethod
@@ -176,6 +189,13 @@ class TrainSpec(_SearchableSection):
         None, description="clip the gradient norm to this (language models)"
     )
     bptt: int = Field(35, ge=1, description="language models: time steps per truncated-BPTT chunk")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast of the student's forward pass; 'auto': bf16 on CUDA, fp32 elsewhere"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="channels-last memory format for image models; 'auto': on with CUDA"
+    )
+    compile: bool = Field(False, description="torch.compile the student (pays off on GPUs for long runs)")
 
     @model_validator(mode="after")
     def _milestones_fit(self) -> TrainSpec:
@@ -200,6 +220,12 @@ class DistillSpec(_SearchableSection):
     )
     teacher_weight: _searchable(Annotated[float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the teacher term")
     label_weight: _searchable(Annotated[float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the label term")
+    teacher: Literal["online", "cached"] = Field(
+        "online", description="'cached': the teacher's logits are computed once per generation and shared by its trials"
+    )
+    cache_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="'cached': how the teacher's raw logits are stored (float32 is exact)"
+    )
 
     @field_validator("objective")
     @classmethod
@@ -253,8 +279,11 @@ class TrackingSpec(_Section):
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the sweep name")
 
 
-# Sections that do not change what is trained; they stay out of the spec hash.
-_RUNTIME_SECTIONS = {"ensembles", "resources", "storage", "storage_endpoint", "tracking"}
+# Sections and fields that do not change what is trained; they stay out of the spec hash.
+_RUNTIME_SECTIONS = {"control", "ensembles", "resources", "storage", "storage_endpoint", "tracking"}
+_RUNTIME_FIELDS = {"data": {"loader_workers", "pin_memory"}}
+
+Arm = Literal["main", "control"]
 
 
 class SweepSpec(_Section):
@@ -267,6 +296,11 @@ class SweepSpec(_Section):
     distill: DistillSpec = DistillSpec()
     generations: int = Field(ge=1, description="student generations after the generation-0 teacher")
     chains: int = Field(1, ge=1, description="independent lineages, each with its own seeds")
+    control: bool = Field(
+        True,
+        description="also train, per chain, teacher′: the teacher's recipe with a fresh seed (the seed-noise "
+        "control arm the report measures every difference against)",
+    )
     search: SearchSpec = SearchSpec()
     chain_stop: ChainStopSpec | None = Field(None, description="optional rule that ends a chain early")
     ensembles: EnsembleSpec = EnsembleSpec()
@@ -309,6 +343,11 @@ class SweepSpec(_Section):
                 )
         if task == "language_model" and self.search.metric != "val_nll":
             raise ValueError("search.metric must be 'val_nll' (log perplexity) for a language model dataset")
+        if task == "language_model" and self.distill.teacher == "cached":
+            raise ValueError(
+                "distill.teacher: 'cached' is not allowed for a language model dataset (the teacher's hidden state "
+                "follows the student's chunks); allowed: online"
+            )
         return self
 
     @model_validator(mode="after")
@@ -334,9 +373,12 @@ class SweepSpec(_Section):
         sections = ("train",) if generation == 0 else ("train", "distill")
         return {f"{s}.{name}": r for s in sections for name, r in getattr(self, s).ranges().items()}
 
-    def generation_settings(self, chain: int, generation: int, teacher_checkpoint: str | None) -> dict[str, Any]:
-        """The settings shared by every trial of one generation; a trial adds `trial` and `seed`, and the
-        search (if any) fills in the ranges of `search_space(generation)`."""
+    def generation_settings(
+        self, chain: int, generation: int, teacher_checkpoint: str | None, arm: Arm = "main"
+    ) -> dict[str, Any]:
+        """The settings shared by every trial of one generation (or of the control arm, generation 0 with
+        arm "control"); a trial adds `trial` and `seed`, and the search (if any) fills in the ranges of
+        `search_space(generation)`."""
         distill = self.distill if generation > 0 else DistillSpec(objective="ce")
         return {
             "sweep": self.name,
@@ -344,6 +386,7 @@ class SweepSpec(_Section):
             "spec_hash": self.spec_hash(),
             "chain": chain,
             "generation": generation,
+            "arm": arm,
             "data": self.data.model_dump(mode="json"),
             "model": self.model_of(generation).model_dump(mode="json"),
             "train": self.train.model_dump(mode="json", exclude_none=True),
@@ -354,7 +397,7 @@ class SweepSpec(_Section):
 
     def spec_hash(self) -> str:
         """Hash of everything that shapes training: a teacher is only valid for the spec it came from."""
-        science = self.model_dump(mode="json", exclude=_RUNTIME_SECTIONS)
+        science = self.model_dump(mode="json", exclude={**dict.fromkeys(_RUNTIME_SECTIONS, True), **_RUNTIME_FIELDS})
         return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -372,6 +415,7 @@ class TrialSettings(_Section):
     spec_hash: str
     chain: int
     generation: int
+    arm: Arm = "main"
     trial: int
     seed: int
     data: DataSpec
@@ -380,9 +424,13 @@ class TrialSettings(_Section):
     distill: DistillSpec
     metric: str
     teacher_checkpoint: str | None = None
+    # The folder (local or s3://) holding teacher-logit caches (distill.teacher 'cached'); None: node-local disk.
+    teacher_cache: str | None = None
 
     @property
     def role(self) -> str:
+        if self.arm == "control":
+            return "control"
         return "teacher" if self.generation == 0 else "student"
 
     @model_validator(mode="after")

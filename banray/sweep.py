@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ray
+import torch
 import yaml
 
 from banray import report, tracking
@@ -104,9 +105,20 @@ def preflight(spec: SweepSpec) -> None:
         if model is None:
             continue
         try:
-            build_model(model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **model.kwargs)
+            built = build_model(model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **model.kwargs)
         except (TypeError, ValueError) as exc:
             raise SpecError(f"{key}.kwargs: {model.arch} cannot be built with {model.kwargs}: {exc}") from None
+        example = task.input_example()
+        if example is None:  # language models take (tokens, state); their shapes are checked by the spec
+            continue
+        try:  # a model can build and still not take the input (e.g. too narrow for the image)
+            with torch.no_grad():
+                built.eval()(torch.from_numpy(example))
+        except RuntimeError as exc:
+            raise SpecError(
+                f"{key}: {model.arch} with {model.kwargs} cannot take {spec.data.dataset}'s input of shape "
+                f"{tuple(task.input_shape)}: {str(exc).splitlines()[0]}"
+            ) from None
 
 
 def connect(address: str | None, env_vars: dict[str, str]) -> bool:
@@ -164,34 +176,48 @@ def run(
 
 @dataclass
 class SweepState:
-    """What `state.json` holds, kept current by the driver: every chain's finished generations (whole
-    records), why it stopped, and the generation it is running with that generation's MLflow run."""
+    """What `state.json` holds, kept current by the driver: per chain, its finished generations (whole
+    records), why it stopped, the generation it is running with that generation's MLflow run, and its
+    control arm (finished record, or the MLflow run of the running one)."""
 
     spec: SweepSpec
     storage: SweepStorage
     results: dict[int, list[GenerationRecord]] = dataclasses.field(default_factory=dict)
     stopped: dict[int, str] = dataclasses.field(default_factory=dict)
     running: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    controls: dict[int, GenerationRecord] = dataclasses.field(default_factory=dict)
+    controls_running: dict[int, str] = dataclasses.field(default_factory=dict)  # chain → MLflow run id
 
     @classmethod
     def restore(cls, spec: SweepSpec, storage: SweepStorage, saved: dict[str, Any] | None) -> SweepState:
         state = cls(spec, storage, results={chain: [] for chain in range(spec.chains)})
-        for chain, value in (saved or {"chains": {}})["chains"].items():
-            state.results[int(chain)] = [GenerationRecord(**r) for r in value["generations"]]
+        for key, value in (saved or {"chains": {}})["chains"].items():
+            chain = int(key)
+            state.results[chain] = [GenerationRecord(**r) for r in value["generations"]]
             if value["stopped"]:
-                state.stopped[int(chain)] = value["stopped"]
-            if value.get("running"):
-                state.running[int(chain)] = value["running"]
+                state.stopped[chain] = value["stopped"]
+            if value["running"]:
+                state.running[chain] = value["running"]
+            if value["control"]:
+                state.controls[chain] = GenerationRecord(**value["control"])
+            if value["control_running"]:
+                state.controls_running[chain] = value["control_running"]
         return state
 
     def started(self, chain: int, generation: int, run_id: str) -> None:
         self.running[chain] = {"generation": generation, "mlflow_run_id": run_id}
         self.save()
 
-    def progressed(self, results: dict[int, list], stopped: dict[int, str]) -> None:
-        self.results, self.stopped = results, stopped
+    def control_started(self, chain: int, run_id: str) -> None:
+        self.controls_running[chain] = run_id
+        self.save()
+
+    def progressed(self, results: dict[int, list], stopped: dict[int, str], controls: dict[int, Any]) -> None:
+        self.results, self.stopped, self.controls = results, stopped, controls
         for chain in [c for c, group in self.running.items() if len(results.get(c, [])) > group["generation"]]:
             del self.running[chain]
+        for chain in [c for c in self.controls_running if c in controls]:
+            del self.controls_running[chain]
         self.save()
 
     def save(self, finished: bool = False) -> None:
@@ -206,6 +232,8 @@ class SweepState:
                         "stopped": self.stopped.get(chain),
                         "running": self.running.get(chain),
                         "generations": [dataclasses.asdict(r) for r in records],
+                        "control": dataclasses.asdict(self.controls[chain]) if chain in self.controls else None,
+                        "control_running": self.controls_running.get(chain),
                     }
                     for chain, records in self.results.items()
                 },
@@ -217,15 +245,16 @@ def _run_dag(
     spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
     spec_text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, storage.local_dir())
+    if track.artifact_location is None:  # a tracking server: reach it before writing anything
+        tracking.ensure_experiment(track)
     if previous is None:
         storage.clear()
         storage.create()
         storage.write_text("spec.yaml", spec_text)
     state = SweepState.restore(spec, storage, previous)
     interrupted = dict(state.running)  # groups the interrupted driver was running
-
-    local = storage.local_dir()
-    track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, local)
+    interrupted_controls = dict(state.controls_running)
     experiment_id = tracking.ensure_experiment(track)
     # Named after the sweep folder: trials of an interrupted group, restored by a resumed sweep, find it again.
     slots_actor = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
@@ -250,10 +279,18 @@ def _run_dag(
         state.started(chain, generation, run_id)
         return run_group.remote(ctx, chain, generation, teacher, run_id, restore)
 
+    def launch_control(chain: int):
+        run_id = interrupted_controls.pop(chain, None)
+        restore = run_id is not None
+        run_id = tracking.reopen_run(track, run_id) if restore else start_generation_run(ctx, chain, 0, None, "control")
+        state.control_started(chain, run_id)
+        return run_group.remote(ctx, chain, 0, None, run_id, restore, "control")
+
     for chain, records in [(c, r) for c, r in state.results.items() if r]:
         echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
+    control = " + control teacher′" if spec.control else ""
     echo(
-        f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s)) × "
+        f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
     )
     dag = run_dag(
@@ -265,13 +302,16 @@ def _run_dag(
         on_done=state.progressed,
         done=state.results,
         stopped=state.stopped,
+        launch_control=launch_control if spec.control else None,
+        controls_done=state.controls,
     )
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
-    ensembles = ray.get([run_ensembles.remote(ctx, c, dag.results[c]) for c in dag.results])
+    ensembles = ray.get([run_ensembles.remote(ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results])
     chains = [
-        ChainResult(c, dag.results[c], found, run_id, dag.stopped.get(c))
-        for c, (found, run_id) in zip(dag.results, ensembles)
+        ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
+                    control=dag.controls.get(c), control_ensemble=found.control_ensemble)
+        for c, found in zip(dag.results, ensembles)
     ]
     utilisation = busy_s / (capacity * dag.makespan_s)
     aliases = tracking.register_generations(
@@ -290,6 +330,7 @@ def _run_dag(
             track, experiment_id, "summary", tags=tracking.banray_tags(sweep=spec.name, role="summary")
         )
         tracking.log_artifacts(track, summary_run, [Path(folder) / "spec.yaml", *local_files])
+        tracking.log_metrics(track.client(), summary_run, report.summary_metrics(result))
         tracking.end_run(track, summary_run)
     state.save(finished=True)
     echo("")

@@ -12,18 +12,18 @@ loop (banray.worker) stays the same for every task.
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-from dataclasses import dataclass
+import contextlib
+import os
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from banray.data import dataset_kind, load_corpus, load_splits
+from banray.evaluate import Scores, calibration_error, expected_calibration_error
 from banray.losses import Objective
 from banray.spec import DataSpec, TrainSpec
 
@@ -31,16 +31,6 @@ EVAL_BATCH_SIZE = 512
 LM_EVAL_BATCH_SIZE = 10  # the usual PTB evaluation batch (Zaremba et al.)
 
 Step = Callable[[torch.Tensor], None]  # back-propagates a loss and updates the student
-
-
-@dataclass(frozen=True)
-class Scores:
-    nll: float  # mean negative log-likelihood per sample (per token for language models)
-    error: float  # fraction of wrong argmax predictions (next-word error for language models)
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.nll)
 
 
 class Task(Protocol):
@@ -76,19 +66,66 @@ def _teacher_forward(teacher: nn.Module, *inputs):
     return output
 
 
+def bf16_autocast(train: TrainSpec, device) -> bool:
+    """Whether the student's forward pass runs under bf16 autocast ('auto': on CUDA only)."""
+    return train.precision == "bf16" or (train.precision == "auto" and torch.device(device).type == "cuda")
+
+
+def use_channels_last(train: TrainSpec, device) -> bool:
+    return train.channels_last == "on" or (train.channels_last == "auto" and torch.device(device).type == "cuda")
+
+
+def _autocast(train: TrainSpec, device):
+    if not bf16_autocast(train, device):
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 class _TermMeans:
+    """Each step's terms are kept on the device and read back once, at the epoch's end: a per-step
+    .item() would wait for the accelerator every step, and even summing as we go costs a kernel per step."""
+
     def __init__(self):
-        self.sums: dict[str, float] = defaultdict(float)
-        self.count = 0
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.samples: list[int] = []
 
     def add(self, terms: dict[str, torch.Tensor], samples: int) -> torch.Tensor:
         for name, value in terms.items():
-            self.sums[name] += value.item() * samples
-        self.count += samples
-        return sum(terms.values())
+            self.values.setdefault(name, []).append(value.detach())
+        self.samples.append(samples)
+        values = iter(terms.values())
+        loss = next(values)
+        for value in values:  # not sum(): that adds a 0 + loss kernel for the common single term
+            loss = loss + value
+        return loss
 
     def means(self) -> dict[str, float]:
-        return {name: total / self.count for name, total in self.sums.items()}
+        weights = torch.tensor(self.samples, dtype=torch.float64)
+        total = weights.sum()
+        return {
+            name: (torch.stack(values).double().cpu() * weights).sum().item() / total.item()
+            for name, values in self.values.items()
+        }
+
+
+class _Indexed(Dataset):
+    """(input, label, index) triples: the index finds a sample's cached teacher logits."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        x, y = self.base[index]
+        return x, y, index
+
+    def __getitems__(self, indices: list[int]):
+        # The DataLoader fetches a whole batch through this when it exists: no Python call per sample here.
+        getitems = getattr(self.base, "__getitems__", None)
+        samples = getitems(indices) if getitems else [self.base[i] for i in indices]
+        return [(x, y, i) for (x, y), i in zip(samples, indices)]
 
 
 class ClassificationTask:
@@ -98,13 +135,30 @@ class ClassificationTask:
         self._train_loader = None
         self._shuffle = torch.Generator()
         self._seed = seed
+        self._train = train
+        self._data = data
         self._loader_args = (max(1, train.batch_size // world_size), prepare_loader)
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def loader_options(self, device) -> dict:
+        """DataLoader workers and pinned memory, resolved for `device` ('auto': workers only to augment
+        on a GPU machine, where the CPU is otherwise idle; in-memory tensors need none)."""
+        cuda = torch.device(device).type == "cuda"
+        workers = self._data.loader_workers
+        if workers == "auto":
+            augmented = self.splits.augmentation != "none"
+            workers = min(4, os.cpu_count() or 1) if cuda and augmented else 0
+        pin = self._data.pin_memory == "on" or (self._data.pin_memory == "auto" and cuda)
+        return {"num_workers": workers, "pin_memory": pin}
+
+    def _loader(self, epoch: int, device="cpu") -> DataLoader:
         if self._train_loader is None:
             batch_size, prepare = self._loader_args
-            loader = DataLoader(self.splits.train, batch_size=batch_size, shuffle=True, generator=self._shuffle)
+            loader = DataLoader(
+                _Indexed(self.splits.train), batch_size=batch_size, shuffle=True, generator=self._shuffle,
+                **self.loader_options(device),
+            )
             self._train_loader = prepare(loader) if prepare else loader
+        self.splits.set_epoch(epoch)  # before iterating: DataLoader workers get the dataset as it is then
         self._shuffle.manual_seed(self._seed * 100_003 + epoch)
         sampler = getattr(self._train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler, with several workers
@@ -112,13 +166,26 @@ class ClassificationTask:
         return self._train_loader
 
     def train_epoch(self, model, teacher, objective, loss_params, step, device, epoch) -> dict[str, float]:
+        """`teacher` is a frozen nn.Module (online), a banray.teacher_cache.CachedTeacher, or None."""
         terms = _TermMeans()
         model.train()
-        for x, y in self._loader(epoch):
+        table = teacher.for_epoch(epoch) if teacher is not None and not isinstance(teacher, nn.Module) else None
+        channels_last = use_channels_last(self._train, device)
+        for x, y, index in self._loader(epoch, device):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # Inference tensors cannot enter autograd; the clone is a plain tensor with no history.
-            teacher_logits = _teacher_forward(teacher, x).clone() if teacher is not None else None
-            step(terms.add(objective.terms(model(x), teacher_logits, y, **loss_params), len(y)))
+            if table is not None:
+                teacher_logits = table[index].to(device, non_blocking=True).float()
+            elif teacher is not None:
+                # The teacher sees what the cache's builder sees (fp32, default layout), so both agree.
+                # Inference tensors cannot enter autograd; the clone is a plain tensor with no history.
+                teacher_logits = _teacher_forward(teacher, x).clone()
+            else:
+                teacher_logits = None
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(self._train, device):
+                student_logits = model(x)
+            step(terms.add(objective.terms(student_logits.float(), teacher_logits, y, **loss_params), len(y)))
         return terms.means()
 
     def _dataset(self, split: str):
@@ -137,7 +204,11 @@ class ClassificationTask:
 
     def score(self, model, split, device="cpu") -> Scores:
         logits, labels = self._logits(model, split, torch.device(device))
-        return Scores(nll=F.cross_entropy(logits, labels).item(), error=(logits.argmax(1) != labels).float().mean().item())
+        return Scores(
+            nll=F.cross_entropy(logits, labels).item(),
+            error=(logits.argmax(1) != labels).float().mean().item(),
+            ece=expected_calibration_error(F.softmax(logits, dim=1), labels),
+        )
 
     def predict(self, model, split, device="cpu"):
         logits, labels = self._logits(model, split, torch.device(device))
@@ -169,6 +240,7 @@ class LanguageModelTask:
         self.corpus = load_corpus(data.dataset, data.root, data.download)
         self.num_classes = self.corpus.num_classes
         self.bptt = train.bptt
+        self._train = train
         self.input_shape = (train.bptt,)
         # Each rank trains on its own share of the batch's columns.
         columns = batchify(self.corpus.train, train.batch_size)
@@ -182,7 +254,9 @@ class LanguageModelTask:
         for x, y in bptt_chunks(self.train_columns, self.bptt):
             x, y = x.to(device), y.to(device).reshape(-1)
             state = _detach(state)  # truncated BPTT: no gradient into the previous chunk
-            logits, state = model(x, state)
+            with _autocast(self._train, device):
+                logits, state = model(x, state)
+            logits = logits.float()
             teacher_logits = None
             if teacher is not None:
                 teacher_logits, teacher_state = _teacher_forward(teacher, x, teacher_state)
@@ -198,14 +272,21 @@ class LanguageModelTask:
         was_training = model.training
         model.eval()
         nll, wrong, tokens, state = 0.0, 0, 0, None
+        confidences, hits = [], []  # per token, for the ECE; the full probabilities would not fit
         for x, y in bptt_chunks(columns, self.bptt):
             logits, state = model(x.to(device), state)
             logits, y = logits.reshape(-1, self.num_classes).float().cpu(), y.reshape(-1)
-            nll += F.cross_entropy(logits, y, reduction="sum").item()
-            wrong += (logits.argmax(1) != y).sum().item()
+            log_probs = F.log_softmax(logits, dim=1)
+            nll += F.nll_loss(log_probs, y, reduction="sum").item()
+            top, predicted = log_probs.max(1)
+            wrong += (predicted != y).sum().item()
             tokens += len(y)
+            confidences.append(top.exp())
+            hits.append(predicted == y)
         model.train(was_training)
-        return Scores(nll=nll / tokens, error=wrong / tokens)
+        return Scores(
+            nll=nll / tokens, error=wrong / tokens, ece=calibration_error(torch.cat(confidences), torch.cat(hits))
+        )
 
     def predict(self, model, split, device="cpu"):
         return None  # ensembles of language models are not computed (per-token vocabularies are large)

@@ -117,6 +117,11 @@ class TrialRuntime:
         )
 
 
+def group_name(chain: int, generation: int, arm: str = "main") -> str:
+    """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train and MLflow."""
+    return f"chain{chain}-control" if arm == "control" else f"chain{chain}-gen{generation}"
+
+
 class TrialFailed(RuntimeError):
     """The trial cannot produce a model (e.g. its loss diverged); the message says why."""
 
@@ -125,13 +130,15 @@ def run_trial(config: dict[str, Any]) -> None:
     settings_fields = dict(config)
     runtime = TrialRuntime.from_config(settings_fields.pop("runtime"))
     seed_root = settings_fields.pop("seed_root")
-    seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"])
+    # The control arm's trials draw from their own branch of the seed tree: same recipe, fresh seeds.
+    arm_path = (1,) if config["arm"] == "control" else ()
+    seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"], *arm_path)
     settings = TrialSettings.model_validate({**settings_fields, "seed": seed})
     context = tune.get_context()
     run_id = tracking.start_or_resume_run(
         runtime.tracking,
         runtime.experiment_id,
-        run_name=f"chain{settings.chain}-gen{settings.generation}-trial{settings.trial}",
+        run_name=f"{group_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",
         tags=tracking.banray_tags(
             sweep=settings.sweep,
             chain=settings.chain,

@@ -26,12 +26,12 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from banray import checkpoint, tracking
+from banray import checkpoint, teacher_cache, tracking
 from banray.losses import get_objective
 from banray.storage import with_retries
 from banray.models import build_model
 from banray.spec import TrainSpec, TrialSettings
-from banray.tasks import make_task
+from banray.tasks import make_task, use_channels_last
 
 
 def make_optimizer(parameters, train: TrainSpec) -> torch.optim.Optimizer:
@@ -130,9 +130,13 @@ def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device
         "spec_hash": settings.spec_hash,
         "chain": settings.chain,
         "generation": settings.generation - 1,
+        "arm": "main",  # never the control arm's teacher′
         "num_classes": num_classes,
     }
-    teacher, metadata = checkpoint.load(settings.teacher_checkpoint, expected=expected)
+    teacher, metadata = with_retries(
+        f"loading teacher {settings.teacher_checkpoint}",
+        lambda: checkpoint.load(settings.teacher_checkpoint, expected=expected),
+    )
     teacher.to(device).eval().requires_grad_(False)
     return teacher, metadata
 
@@ -169,11 +173,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     teacher, teacher_metadata = None, None
     if settings.teacher_checkpoint is not None:
         teacher, teacher_metadata = load_teacher(settings, task.num_classes, device)
+    teacher_source = teacher  # what train_epoch distils from: the module itself, or its cached logits
+    if teacher is not None and settings.distill.teacher == "cached":
+        # Normally built once by the generation's group before its trials start; otherwise the first trial
+        # builds it on node-local disk while the others wait for it.
+        root = settings.teacher_cache or teacher_cache.DEFAULT_ROOT
+        cache_uri = teacher_cache.ensure(
+            teacher, settings.data, settings.train.epochs, root, settings.distill.cache_dtype, device, task.splits
+        )
+        teacher_source = teacher_cache.CachedTeacher(cache_uri)
     resumed = ray.train.get_checkpoint()  # set when Ray Train restarts this run after a failure
     resumed_state = None
     if resumed is not None:
         weights, resumed_state = load_latest(resumed)
         student.load_state_dict(weights)
+    if use_channels_last(settings.train, device) and len(task.input_shape) == 3:
+        student = student.to(memory_format=torch.channels_last)
+    if settings.train.compile:
+        student.compile()  # in place: the state dict keeps its names, so checkpoints stay loadable
     model = ray.train.torch.prepare_model(student)
     optimizer = make_optimizer(model.parameters(), settings.train)
     scheduler = make_scheduler(optimizer, settings.train)
@@ -207,6 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "spec_hash": settings.spec_hash,
         "chain": settings.chain,
         "generation": settings.generation,
+        "arm": settings.arm,
         "trial": settings.trial,
         "seed": settings.seed,
         "objective": settings.distill.objective,
@@ -215,7 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     }
     for epoch in range(done_epochs + 1, settings.train.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        term_means = task.train_epoch(model, teacher, objective, loss_params, step, device, epoch)
+        term_means = task.train_epoch(model, teacher_source, objective, loss_params, step, device, epoch)
         diverged = non_finite_terms(term_means)
         if diverged is not None:
             reason = f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"

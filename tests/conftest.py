@@ -30,6 +30,7 @@ def tiny_spec(**overrides) -> dict:
         "distill": {"objective": "ban"},
         "generations": 1,
         "chains": 1,
+        "control": False,  # the control arm doubles generation 0's work; tests that need it turn it on
         "search": {"trials": 2},
     }
     for key, value in overrides.items():

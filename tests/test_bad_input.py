@@ -140,6 +140,9 @@ CASES = [
     case(tiny_spec(student={"arch": "preact_resnet", "kwargs": {"depth": 21}}),
          "student.kwargs: preact_resnet cannot be built with {'depth': 21}", stage="start",
          id="student-cannot-be-built"),
+    case(tiny_spec(model={"arch": "cnn", "kwargs": {"width": 0}}),
+         "model: cnn with {'width': 0} cannot take synthetic's input of shape (1, 8, 8)", stage="start",
+         id="model-cannot-take-the-input"),
     # Data files.
     case(tiny_spec(data={"dataset": "cifar100", "root": f"{TMP}/data", "download": False}),
          f"data.root: cifar100 not found in {TMP}/data", "set data.download: true", "'cifar-100-python' folder",

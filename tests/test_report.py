@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 
@@ -9,14 +10,14 @@ from banray.spec import parse_spec
 from conftest import tiny_spec
 
 
-def record(chain, generation, test_error, status="finished", test_nll=None):
+def record(chain, generation, test_error, status="finished", test_nll=None, test_ece=None, role=None):
     return GenerationRecord(
-        chain=chain, generation=generation, role="teacher" if generation == 0 else "student", arch="cnn",
+        chain=chain, generation=generation, role=role or ("teacher" if generation == 0 else "student"), arch="cnn",
         objective="ce" if generation == 0 else "ban", status=status, mlflow_run_id=f"run-{chain}-{generation}",
         teacher_checkpoint=None if generation == 0 else f"/ckpt/{chain}/{generation - 1}",
         teacher_run_id=None if generation == 0 else f"run-{chain}-{generation - 1}",
         val_error=test_error, test_error=test_error if status == "finished" else None,
-        test_nll=test_nll,
+        test_nll=test_nll, test_ece=test_ece,
         checkpoint=f"/ckpt/{chain}/{generation}" if status == "finished" else None,
         message=None if status == "finished" else "all 2 trial(s) failed",
     )
@@ -80,6 +81,9 @@ def test_single_chain_says_there_is_no_spread():
     built = build(spec, [ChainResult(0, [record(0, 0, 0.1), record(0, 1, 0.1)], [], None)])
     assert "| mean ± std | 10.00 | 10.00 |" in report.table(built)
     assert "With one chain there is no spread" in report.markdown(built)
+    assert "With one chain no claim can be made" in report.caption(built)
+    assert "| verdict | — | no claim (one chain) |" in report.table(built)
+    assert "| Δ vs Teacher (points), 95% CI | — | +0.00 (one chain) |" in report.table(built)
 
 
 def test_language_models_report_perplexity():
@@ -89,3 +93,139 @@ def test_language_models_report_perplexity():
     assert built["headline"] == "test perplexity"
     assert report.table(built).splitlines()[2] == "| 0 | 120.00 | 110.00 |"
     assert report.caption(built).startswith("Test perplexity on `ptb`")
+    assert built["paired"]["headline_metric"] == "test_perplexity"
+    assert built["paired"]["vs_teacher"]["BAN-1"]["test_perplexity"]["mean"] == pytest.approx(-10.0)
+    assert "| Δ vs Teacher (perplexity), 95% CI | — | -10.00 (one chain) |" in report.table(built)
+
+
+# Four chains with the control arm. Differences to each chain's teacher (test error):
+# BAN-1 all lower, BAN-2 mixed, Ens*2 all higher, Teacher′ mixed, Teacher+Teacher′ all lower.
+TEACHER = [0.100, 0.120, 0.110, 0.130]
+COLUMNS = {
+    "BAN-1": [0.090, 0.105, 0.100, 0.118],
+    "BAN-2": [0.105, 0.110, 0.115, 0.125],
+    "Ens*2": [0.110, 0.130, 0.125, 0.140],
+    "Teacher′": [0.105, 0.115, 0.118, 0.126],
+    "Teacher+Teacher′": [0.095, 0.112, 0.104, 0.122],
+}
+T_975_3 = 3.182446  # Student t, 3 degrees of freedom, from a table
+
+
+def hand_interval(differences):
+    n = len(differences)
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    return mean, sd, mean - T_975_3 * sd / math.sqrt(n), mean + T_975_3 * sd / math.sqrt(n)
+
+
+@pytest.fixture
+def controlled():
+    spec = parse_spec(tiny_spec(generations=2, chains=4))
+
+    def scored(chain, generation, error, role=None):
+        return record(chain, generation, error, test_nll=3 * error, test_ece=error / 2, role=role)
+
+    def ensemble(k, members, error):
+        return EnsembleRecord(k, members, error, 3 * error, error / 2)
+
+    chains = [
+        ChainResult(
+            c,
+            [scored(c, 0, TEACHER[c]), scored(c, 1, COLUMNS["BAN-1"][c]), scored(c, 2, COLUMNS["BAN-2"][c])],
+            [ensemble(2, [1, 2], COLUMNS["Ens*2"][c])],
+            f"ens-{c}",
+            control=scored(c, 0, COLUMNS["Teacher′"][c], role="control"),
+            control_ensemble=ensemble(2, [0, 0], COLUMNS["Teacher+Teacher′"][c]),
+        )
+        for c in range(4)
+    ]
+    return build(spec, chains)
+
+
+def test_control_arm_columns_and_records(controlled, tmp_path):
+    assert controlled["columns"] == ["Teacher", "BAN-1", "BAN-2", "Ens*2", "Teacher′", "Teacher+Teacher′"]
+    assert controlled["rows"]["0"]["Teacher′"] == pytest.approx(10.5)
+    loaded = json.loads(report.write(controlled, tmp_path)[0].read_text())
+    chain = loaded["chains"][0]
+    assert chain["control"]["role"] == "control" and chain["control"]["test_error"] == 0.105
+    assert chain["control_ensemble"] == {"k": 2, "members": [0, 0], "test_error": 0.095, "test_nll": pytest.approx(0.285),
+                                         "test_ece": 0.0475}
+    assert loaded["metrics"]["Teacher′"]["test_ece"]["mean"] == pytest.approx(sum(COLUMNS["Teacher′"]) / 8)
+
+
+@pytest.mark.parametrize("column", list(COLUMNS))
+def test_paired_section_matches_hand_computed_intervals(controlled, column):
+    differences = [v - t for v, t in zip(COLUMNS[column], TEACHER)]
+    mean, sd, low, high = hand_interval(differences)
+    paired = controlled["paired"]["vs_teacher"][column]
+    error = paired["test_error"]
+    assert error["n"] == 4
+    assert (error["mean"], error["std"]) == (pytest.approx(mean, abs=1e-9), pytest.approx(sd, rel=1e-5))
+    assert (error["ci_low"], error["ci_high"]) == (pytest.approx(low, abs=1e-8), pytest.approx(high, abs=1e-8))
+    assert error["better"] == sum(d < 0 for d in differences) and error["worse"] == sum(d > 0 for d in differences)
+    assert paired["test_nll"]["mean"] == pytest.approx(3 * mean) and paired["test_ece"]["mean"] == pytest.approx(mean / 2)
+    expected = "better" if high < 0 else "worse" if low > 0 else "within seed noise"
+    assert error["verdict"] == expected
+
+
+def test_table_verdicts_follow_the_intervals(controlled):
+    lines = report.table(controlled).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")][1:] for line in lines[2:]}
+    verdicts = dict(zip(header[1:], rows["verdict"]))
+    assert verdicts == {"Teacher": "—", "BAN-1": "better", "BAN-2": "within seed noise", "Ens*2": "worse",
+                        "Teacher′": "within seed noise", "Teacher+Teacher′": "better"}
+    intervals = dict(zip(header[1:], rows["Δ vs Teacher (points), 95% CI"]))
+    for column, verdict in verdicts.items():
+        if column == "Teacher":
+            continue
+        low, high = map(float, re.search(r"\[(\S+), (\S+)\]", intervals[column]).groups())
+        assert (high < 0, low > 0) == (verdict == "better", verdict == "worse")
+    assert intervals["BAN-1"] == "-1.18 [-1.55, -0.80]"  # sd 0.236 points, half-width 3.182 × 0.236 / 2
+    assert dict(zip(header[1:], rows["better/tied/worse; Wilcoxon p"]))["BAN-1"] == "4/0/0; p 0.12"
+    against = dict(zip(header[1:], rows["Δ vs Teacher+Teacher′ (points), 95% CI"]))
+    assert against["Ens*2"].endswith(", worse") and against["BAN-1"] == "—"
+    assert "test NLL, mean ± std" in rows and "Δ ECE (points), 95% CI" in rows
+
+
+def test_caption_gives_the_seed_noise_band(controlled):
+    differences = [v - t for v, t in zip(COLUMNS["Teacher′"], TEACHER)]
+    mean, sd, low, high = hand_interval(differences)
+    text = report.caption(controlled)
+    assert (f"Seed noise (Teacher′ − Teacher): {100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] points, "
+            f"sd {100 * sd:.2f} over 4 chains") in text
+    assert "With 4 chains the signed-rank test cannot reach p < 0.05 (it needs 6)" in text
+    assert "Teacher′ is the control arm" in text
+
+
+def test_without_control_the_caption_says_so(built):
+    assert "No control arm (Teacher′) was trained" in report.caption(built)
+    assert built["paired"]["vs_control_ensemble"] == {}
+
+
+def test_summary_metrics_for_mlflow(controlled):
+    metrics = report.summary_metrics(controlled)
+    assert all(re.fullmatch(r"[\w./ :-]+", name) for name in metrics)  # MLflow's allowed characters
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    ban1 = controlled["paired"]["vs_teacher"]["BAN-1"]["test_error"]
+    for stat in ("n", "mean", "std", "ci_low", "ci_high", "better", "tied", "worse", "wilcoxon_p"):
+        assert metrics[f"paired.ban1.test_error.{stat}"] == pytest.approx(ban1[stat])
+    assert metrics["paired.control.test_error.mean"] == pytest.approx(0.001)
+    assert metrics["paired.control_ensemble.test_ece.ci_high"] == pytest.approx(
+        controlled["paired"]["vs_teacher"]["Teacher+Teacher′"]["test_ece"]["ci_high"])
+    assert metrics["paired_vs_control_ensemble.ens2.test_error.mean"] == pytest.approx(0.018)
+    assert metrics["teacher.test_error.mean"] == pytest.approx(0.115)
+    assert metrics["control.test_nll.mean"] == pytest.approx(3 * sum(COLUMNS["Teacher′"]) / 4)
+    assert "paired.teacher.test_error.mean" not in metrics
+
+
+def test_failed_control_is_left_out_of_the_pairs():
+    spec = parse_spec(tiny_spec(chains=3))
+    chains = [
+        ChainResult(c, [record(c, 0, 0.1 + c / 100), record(c, 1, 0.1)], [], None,
+                    control=record(c, 0, 0.11, status="failed" if c == 2 else "finished", role="control"))
+        for c in range(3)
+    ]
+    built = build(spec, chains)
+    assert built["rows"]["2"]["Teacher′"] == "failed"
+    assert built["paired"]["vs_teacher"]["Teacher′"]["test_error"]["n"] == 2

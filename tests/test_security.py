@@ -22,7 +22,7 @@ def metadata(**overrides) -> dict:
     """What the worker writes for a synthetic-data teacher (generation 0 of chain 0)."""
     return {
         "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8],
-        "sweep": SPEC.name, "spec_hash": SPEC.spec_hash(), "chain": 0, "generation": 0, "trial": 0, "seed": 1,
+        "sweep": SPEC.name, "spec_hash": SPEC.spec_hash(), "chain": 0, "generation": 0, "arm": "main", "trial": 0, "seed": 1,
         "epoch": 2, "val_error": 0.1, "val_nll": 0.3, "objective": "ce", "teacher": None, **overrides,
     }
 

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def finished(ray_cluster, tmp_path_factory):
-    """1 chain × (teacher + 1 BAN generation) × 2 trials × 2 epochs on synthetic data."""
+    """1 chain × (teacher + 1 BAN generation + the control teacher′) × 2 trials × 2 epochs on synthetic data."""
     storage = tmp_path_factory.mktemp("storage")
-    spec = parse_spec(tiny_spec(storage=str(storage)))
+    spec = parse_spec(tiny_spec(storage=str(storage), control=True))
     lines = []
     result = sweep.run(spec, echo=lines.append)
     return spec, result, "\n".join(lines)
@@ -45,9 +45,22 @@ def test_report_files_describe_every_generation(finished):
         assert os.path.isdir(record["checkpoint"]) and record["mlflow_run_id"]
     assert teacher["teacher_checkpoint"] is None
     assert student["teacher_checkpoint"] == teacher["checkpoint"]
-    assert report["columns"] == ["Teacher", "BAN-1"]
-    assert "| Chain | Teacher | BAN-1 |" in output and "| mean ± std |" in output
+    assert report["columns"] == ["Teacher", "BAN-1", "Teacher′", "Teacher+Teacher′"]
+    assert "| Chain | Teacher | BAN-1 | Teacher′ | Teacher+Teacher′ |" in output and "| mean ± std |" in output
     assert "Report: " in output and "mlflow ui --backend-store-uri" in output
+
+
+def test_control_arm_is_the_teachers_recipe_with_fresh_seeds(finished):
+    _, result, output = finished
+    chain = result.report["chains"][0]
+    control, teacher = chain["control"], chain["generations"][0]
+    assert control["status"] == "finished" and control["role"] == "control" and control["generation"] == 0
+    assert control["objective"] == teacher["objective"] == "ce" and control["teacher_checkpoint"] is None
+    assert {t["seed"] for t in control["trials"]}.isdisjoint({t["seed"] for t in teacher["trials"]})
+    assert Checkpoint(control["checkpoint"]).get_metadata()["arm"] == "control"
+    assert chain["control_ensemble"]["members"] == [0, 0] and 0 <= chain["control_ensemble"]["test_error"] <= 1
+    assert 0 <= control["test_ece"] <= 1 and 0 <= teacher["test_ece"] <= 1
+    assert "Teacher′" in result.report["columns"] and "no claim" in output
 
 
 def test_best_trial_is_selected_on_validation(finished):
@@ -79,8 +92,8 @@ def test_mlflow_holds_generation_runs_with_trial_children(finished):
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(spec.name)
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"chain0-gen0", "chain0-gen1", "summary"} | {
-        f"chain0-gen{g}-trial{t}" for g in (0, 1) for t in (0, 1)
+    assert set(runs) == {"chain0-gen0", "chain0-gen1", "chain0-control", "chain0-ensembles", "summary"} | {
+        f"chain0-{group}-trial{t}" for group in ("gen0", "gen1", "control") for t in (0, 1)
     }
     teacher, student = generations(result)
     for generation, record in enumerate((teacher, student)):
@@ -99,6 +112,12 @@ def test_mlflow_holds_generation_runs_with_trial_children(finished):
             assert [m.step for m in history] == [1, 2]
     assert runs["chain0-gen0"].data.tags["banray.teacher_run_id"] == ""
     assert runs["chain0-gen1"].data.tags["banray.teacher_run_id"] == teacher["mlflow_run_id"]
+    assert runs["chain0-control"].data.tags["banray.role"] == "control"
+    summary = runs["summary"].data.metrics
+    # The paired statistics reach MLflow as the summary run's metrics (one chain: means, no interval).
+    assert summary["paired.ban1.test_error.mean"] == pytest.approx(student["test_error"] - teacher["test_error"])
+    assert summary["paired.control.test_error.n"] == 1
+    assert "control_ensemble.test_error.mean" in summary
     summary_files = {a.path for a in client.list_artifacts(runs["summary"].info.run_id)}
     assert summary_files == {"report.json", "report.md", "report.png", "spec.yaml"}
 

@@ -23,10 +23,11 @@ def store(tmp_path):
     return track, tracking.ensure_experiment(track)
 
 
-def fit(spec, store, tmp_path, generation=0, teacher_checkpoint=None):
+def fit(spec, store, tmp_path, generation=0, teacher_checkpoint=None, teacher_cache=None):
     track, experiment_id = store
     run_id = tracking.start_run(track, experiment_id, f"gen{generation}", tags={})
-    settings = {**spec.generation_settings(0, generation, teacher_checkpoint), "trial": 0, "seed": 7}
+    settings = {**spec.generation_settings(0, generation, teacher_checkpoint), "trial": 0, "seed": 7,
+                "teacher_cache": teacher_cache}
     del settings["seed_root"]
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -49,7 +50,7 @@ def save_teacher(spec, directory, trained: bool, **metadata_overrides):
             optimizer.step()
     metadata = {
         "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8], "sweep": spec.name,
-        "spec_hash": spec.spec_hash(), "chain": 0, "generation": 0, "trial": 1, "seed": 3, "epoch": 1,
+        "spec_hash": spec.spec_hash(), "chain": 0, "generation": 0, "arm": "main", "trial": 1, "seed": 3, "epoch": 1,
         "val_error": make_task(spec.data, spec.train).score(model, "val").error, **metadata_overrides,
     }
     directory.mkdir()
@@ -88,3 +89,19 @@ def test_teacher_with_foreign_metadata_is_refused(tmp_path, store):
     foreign, _ = save_teacher(spec, tmp_path / "foreign", trained=False, spec_hash="0123456789abcdef")
     with pytest.raises(Exception, match="has spec_hash='0123456789abcdef', expected"):
         fit(spec, store, tmp_path, generation=1, teacher_checkpoint=foreign)
+
+
+def test_cached_teacher_trains_the_same_student_as_the_online_one(tmp_path, store):
+    online_spec = parse_spec(tiny_spec(**{"train.epochs": 2}))
+    good, _ = save_teacher(online_spec, tmp_path / "good", trained=True)
+    online, _, _ = fit(online_spec, store, tmp_path, generation=1, teacher_checkpoint=good)
+    cached_spec = parse_spec(tiny_spec(**{"train.epochs": 2}, distill={"objective": "ban", "teacher": "cached",
+                                                                      "cache_dtype": "float32"}))
+    # The spec hash differs (the teacher source is part of it), so the teacher is saved for that spec.
+    good, _ = save_teacher(cached_spec, tmp_path / "good-cached", trained=True)
+    cache_root = tmp_path / "teacher-cache"
+    cached, _, _ = fit(cached_spec, store, tmp_path, generation=1, teacher_checkpoint=good,
+                       teacher_cache=str(cache_root))
+    assert [p.name for p in cache_root.glob("*/*.pt")] == ["epoch-all.pt"]  # no augmentation: one pass
+    for key in ("train_loss", "val_error", "val_nll"):
+        assert cached.metrics[key] == online.metrics[key]

@@ -1,0 +1,118 @@
+"""Paired statistics over chains, and how many chains a sweep needs.
+
+Every chain is one seed of the whole recipe, so a generation is compared with the teacher *of the same
+chain*: the paired difference (generation − teacher, lower is better for error, NLL and ECE) cancels
+what the chain's data order and teacher share. Over chains we report the mean difference with its 95%
+Student-t interval, how many chains got better / tied / worse, and the two-sided Wilcoxon signed-rank
+p-value, and call an effect only when the interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05  # two-sided
+CONFIDENCE = 1 - ALPHA
+POWER = 0.8
+# Differences are rounded to this many decimals before they are counted, ranked or compared: errors are
+# float32 counts / test size, so equal steps of one test sample differ by ~1e-9 in float, while one sample
+# of a 10,000-sample test set is 1e-4. Equal steps then tie (mid-ranks) and a zero step is a tied chain.
+DECIMALS = 6
+
+BETTER, WORSE, NOISE, ONE_CHAIN, NO_DATA = "better", "worse", "within seed noise", "no claim (one chain)", "no data"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Paired differences (value − baseline) over chains."""
+
+    n: int
+    mean: float | None
+    std: float | None  # sample standard deviation (ddof = 1) of the differences
+    ci_low: float | None  # 95% Student-t interval of the mean difference
+    ci_high: float | None
+    better: int  # chains whose difference is negative (lower error is better)
+    tied: int
+    worse: int
+    wilcoxon_p: float | None  # two-sided signed-rank test; None with < 2 chains or no non-zero difference
+    verdict: str  # better / worse / within seed noise / no claim (one chain) / no data
+
+
+def paired(values: Sequence[float], baseline: Sequence[float] | None = None) -> Paired:
+    """Paired statistics of `values − baseline`, or of `values` taken as the differences themselves.
+
+    The verdict is 'better' or 'worse' only when the t interval excludes zero. When every chain shows
+    the very same difference (zero spread, common with errors that move in steps of one test sample),
+    the interval has zero width and says nothing about noise; the verdict then also needs the
+    signed-rank test's p < 0.05, which an exact test reaches only from `minimum_chains_for_any_claim()`
+    chains on.
+    """
+    d = np.asarray(values, dtype=float) - (0.0 if baseline is None else np.asarray(baseline, dtype=float))
+    steps = np.round(d, DECIMALS)
+    n = len(d)
+    better, tied, worse = int((steps < 0).sum()), int((steps == 0).sum()), int((steps > 0).sum())
+    if n == 0:
+        return Paired(0, None, None, None, None, 0, 0, 0, None, NO_DATA)
+    mean = float(d.mean())
+    if n == 1:
+        return Paired(1, mean, None, None, None, better, tied, worse, None, ONE_CHAIN)
+    std = float(d.std(ddof=1))
+    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    p = None
+    if better + worse:
+        # 'auto': the exact null distribution without ties or zeros, else (n ≤ 13) all 2^n sign flips
+        # of the mid-ranks, else the normal approximation; zeros are dropped (Wilcoxon's convention).
+        p = float(stats.wilcoxon(steps, zero_method="wilcox", alternative="two-sided", method="auto").pvalue)
+    excludes_zero = low > 0 or high < 0
+    if np.all(steps == steps[0]):
+        excludes_zero = excludes_zero and p is not None and p < ALPHA
+    verdict = (WORSE if mean > 0 else BETTER) if excludes_zero else NOISE
+    return Paired(n, mean, std, low, high, better, tied, worse, p, verdict)
+
+
+def minimum_chains_for_any_claim(alpha: float = ALPHA) -> int:
+    """The fewest chains with which the exact two-sided signed-rank test can reach p < alpha.
+
+    With n chains its smallest p-value is 2 / 2^n (every chain moved the same way), so at alpha = 0.05
+    it needs 6 chains (2/32 = 0.0625 with 5, 2/64 = 0.031 with 6). The t interval exists from 2 chains,
+    but below this number any claim rests on the differences being normally distributed alone.
+    """
+    return math.floor(1 - math.log2(alpha)) + 1
+
+
+def power(n: int, effect: float, sd: float, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test with n chains against a true mean difference `effect`, when
+    paired differences have standard deviation `sd` (exact, from the noncentral t distribution)."""
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    shift = effect / (sd / math.sqrt(n))
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+
+
+def chains_needed(effect: float, sd: float, target: float = POWER, alpha: float = ALPHA) -> int:
+    """The fewest chains (≥ 2) whose paired t-test detects a mean difference `effect` with probability
+    `target`, for paired differences of standard deviation `sd` (same unit as `effect`).
+
+    Exact t-based: the smallest n at which `power` reaches the target. The search starts below the
+    normal approximation n ≈ ((z_{1−α/2} + z_power) · sd / effect)², which never asks for more chains
+    than the t-test needs, and steps up from there.
+    """
+    if effect <= 0 or sd <= 0:
+        raise ValueError(f"effect and sd must be positive, got effect={effect}, sd={sd}")
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(target)
+    n = max(2, math.floor((z * sd / effect) ** 2))
+    while power(n, effect, sd, alpha) < target:
+        n += 1
+    return n
+
+
+def sd_upper_bound(sd: float, n: int, confidence: float = POWER) -> float:
+    """One-sided upper confidence bound of a standard deviation estimated from n values (chi-square):
+    a spread measured on few chains is itself rough, and planning with it alone asks for too few."""
+    return sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))

@@ -1,0 +1,77 @@
+"""bench/results/summary.md from the JSON results of the three benches.
+
+Run: .venv/bin/python -m bench.summary   (after the benches)
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench.common import RESULTS, machine
+
+TARGETS = {"worker_loop": 0.97, "distill_step": 1.10, "sweep_makespan": 1.10}
+
+
+def main() -> None:
+    results = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in TARGETS
+               if (RESULTS / f"{name}.json").exists()}
+    first = next(iter(results.values()), {"machine": machine()})
+    m = first["machine"]
+    lines = [
+        "# banray benchmarks",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; Python {m['python']}, "
+        f"torch {m['torch']}, Ray {m['ray']}; {m['platform']}; run {m['date']}.",
+        "",
+        "| Bench | Measured | Target | Met |",
+        "|---|---|---|---|",
+    ]
+    if "worker_loop" in results:
+        r = results["worker_loop"]
+        detail = ", ".join(f"{c['case']} {c['ratio']:.3f}" for c in r["results"])
+        lines.append(f"| (a) worker loop ÷ plain PyTorch loop, steps/s (worst case; {detail}) | "
+                     f"{r['ratio']:.3f} | ≥ 0.97 | {'yes' if r['ratio'] >= 0.97 else 'no'} |")
+    if "distill_step" in results:
+        r = results["distill_step"]
+        lines.append(f"| (b) cached BAN epoch ÷ CE epoch, cache build shared by {r['trials_sharing_the_cache']} trials | "
+                     f"{r['cached_ratio']:.3f} | ≤ 1.10 | {'yes' if r['cached_ratio'] <= 1.10 else 'no'} |")
+        lines.append(f"| (b) online BAN epoch ÷ CE epoch (for comparison) | {r['online_ratio']:.3f} | about 1.33 | – |")
+    if "sweep_makespan" in results:
+        r = results["sweep_makespan"]
+        lines.append(f"| (c) sweep makespan ÷ lower bound from the trials' wall times | {r['ratio_vs_trials']:.3f} | "
+                     f"≤ 1.10 | {'yes' if r['ratio_vs_trials'] <= 1.10 else 'no'} |")
+        lines.append(f"| (c) sweep makespan ÷ lower bound from the generation groups' spans | "
+                     f"{r['ratio_vs_groups']:.3f} | – | – |")
+    lines += ["", "Details: " + ", ".join(f"`{name}.json`" for name in results) + " (what each measured is in its "
+              "`what` field and in bench/README.md).", ""]
+    lines += NOTES
+    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+NOTES = [
+    "Notes:",
+    "",
+    "- **No GPU was available**: images/s for DenseNet-BC and WRN on a GPU (issue item 4) are not recorded. "
+    "bf16 autocast, channels_last, pinned memory and DataLoader workers are on by default only on CUDA "
+    "(`auto`), so these CPU numbers run in fp32 without them.",
+    "- Everything runs on CPU with 1 thread per trial (`resources.cpus_per_worker: 1`), as a trial's worker does. "
+    "Timings on a shared 2-core machine move by a few percent between runs: (a) and (b) land within about "
+    "±0.02 of the figures above when repeated.",
+    "- (a): banray is faster than the plain loop on the augmented case because its per-sample crop and flip on "
+    "tensors (drawn from a per-(seed, epoch, sample) generator) cost less than torchvision's transforms.",
+    "- (b): the online BAN overhead measured here (about 1.2–1.25×) is below the issue's 1.33× because on one CPU "
+    "thread the student's backward pass weighs more than on a GPU. The cached ratio includes the cache's build "
+    "(one teacher pass per epoch over the augmented views) divided by the 4 trials sharing it; the lookup alone "
+    "costs nothing measurable (`cached_lookup_only_ratio`).",
+    "- (c): **not met against the trials' own wall times.** The DAG itself adds nothing: the makespan equals the "
+    "lower bound from the generation groups' spans (ratio ≈ 1.00). The gap to the trials' wall times is each "
+    "group's own fixed cost outside its trials — Tune's setup, loading the best checkpoint, the test-split "
+    "evaluation and logging/registering the model in MLflow: about 5 s per group (11 s for the first, which "
+    "also starts the cluster's worker processes) against trials of about 19 s, themselves mostly Ray Train's "
+    "per-trial fixed cost on this tiny workload (10 epochs of digits train in about 3 s). On real workloads "
+    "(minutes to hours per trial) these fixed costs vanish into the ratio; on this bench they dominate it.",
+]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""(a) The worker loop's training steps/s against a plain PyTorch loop: same model, data, batch size, optimizer.
+
+The banray side is what train_loop_per_worker runs per epoch: ClassificationTask.train_epoch with the
+objective, the worker's step function and its loader (indices, deterministic per-sample augmentation).
+The plain side is a hand-written loop: DataLoader, forward, cross-entropy, backward, step — with
+torchvision's own random crop and flip where the data is augmented. No Ray, no MLflow. The two alternate,
+repeated, in one process on one thread; the ratio is the median of the paired ratios.
+
+Run: .venv/bin/python -m bench.worker_loop   (about 2 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from banray.losses import get_objective
+from banray.models import build_model
+from banray.spec import DataSpec, TrainSpec
+from banray.tasks import make_task
+from banray.worker import make_optimizer
+from bench.common import write
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import fakedata
+
+fakedata.allow_unverified_cifar()
+
+
+def cases(root: Path) -> list[dict]:
+    fakedata.write_cifar10(root, per_batch=200, test=100)
+    return [
+        {"name": "digits-cnn16", "data": DataSpec(dataset="digits"), "arch": "cnn", "kwargs": {"width": 16}, "epochs": 6},
+        {"name": "cifar10-wrn10-1", "data": DataSpec(dataset="cifar10", root=str(root)), "arch": "wrn",
+         "kwargs": {"depth": 10, "widen_factor": 1}, "epochs": 1},
+    ]
+
+
+def plain_dataset(task):
+    """The same training samples with torchvision's usual random augmentation, or as they are."""
+    from torchvision import transforms as T
+
+    from banray.data import Transformed
+
+    splits = task.splits
+    if splits.augmented is None:
+        return splits.train
+    augment = T.Compose([T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()])
+    eval_view = splits.augmented.base
+    return torch.utils.data.Subset(Transformed(eval_view, augment), splits.train.indices)
+
+
+def measure(case: dict, repeats: int, batch_size: int) -> dict:
+    train = TrainSpec(epochs=100, batch_size=batch_size, lr=0.05)
+    task = make_task(case["data"], train, seed=0)
+    device = torch.device("cpu")
+
+    def model():
+        torch.manual_seed(0)
+        return build_model(case["arch"], num_classes=task.num_classes, input_shape=task.input_shape, **case["kwargs"])
+
+    student = model()
+    optimizer = make_optimizer(student.parameters(), train)
+
+    def step(loss):  # the worker's step
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), train.grad_clip)
+        optimizer.step()
+
+    plain_model = model()
+    plain_optimizer = make_optimizer(plain_model.parameters(), train)
+    generator = torch.Generator()
+    loader = DataLoader(plain_dataset(task), batch_size=task._loader_args[0], shuffle=True, generator=generator)
+    ce = get_objective("ce")
+    steps_per_epoch = len(loader)
+
+    def banray_epochs(first):
+        for epoch in range(first, first + case["epochs"]):
+            task.train_epoch(student, None, ce, {}, step, device, epoch)
+
+    def plain_epochs(first):
+        plain_model.train()
+        for epoch in range(first, first + case["epochs"]):
+            generator.manual_seed(epoch)
+            for x, y in loader:
+                plain_optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(plain_model(x), y).backward()
+                plain_optimizer.step()
+
+    banray_epochs(1), plain_epochs(1)  # warm-up: allocator, thread pools, first-call costs
+    ratios, banray_rates, plain_rates = [], [], []
+    for repeat in range(repeats):
+        timings = {}
+        order = [("banray", banray_epochs), ("plain", plain_epochs)]
+        for name, run in order if repeat % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            run(2 + repeat * case["epochs"])
+            timings[name] = time.perf_counter() - start
+        steps = steps_per_epoch * case["epochs"]
+        banray_rates.append(steps / timings["banray"])
+        plain_rates.append(steps / timings["plain"])
+        ratios.append(banray_rates[-1] / plain_rates[-1])
+    return {
+        "case": case["name"],
+        "batch_size": batch_size,
+        "steps_per_measurement": steps_per_epoch * case["epochs"],
+        "repeats": repeats,
+        "banray_steps_per_s": statistics.median(banray_rates),
+        "plain_steps_per_s": statistics.median(plain_rates),
+        "ratio": statistics.median(ratios),
+        "ratios": [round(r, 4) for r in ratios],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1 by default
+    with tempfile.TemporaryDirectory() as root:
+        results = [measure(case, args.repeats, args.batch_size) for case in cases(Path(root))]
+    write("worker_loop", {
+        "what": "banray ClassificationTask.train_epoch (the worker loop's epoch) vs a plain PyTorch loop, "
+                "steps/s, 1 thread, CPU; ratio = banray / plain (median of paired repeats)",
+        "results": results,
+        "ratio": min(r["ratio"] for r in results),
+    })
+
+
+if __name__ == "__main__":
+    main()

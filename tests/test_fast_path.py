@@ -1,0 +1,106 @@
+"""The fast path's switches: validated in the spec, each trains, and the numerics-free ones change nothing."""
+
+import fakedata
+import pytest
+import torch
+from conftest import tiny_spec
+
+from banray.losses import get_objective
+from banray.models import build_model
+from banray.spec import SpecError, parse_spec
+from banray.tasks import bf16_autocast, make_task, use_channels_last
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    fakedata.write_cifar10(root)
+    return root
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.precision", "fp16", "train.precision: 'fp16' is not allowed: input should be 'auto', 'fp32' or 'bf16'"),
+        ("train.channels_last", "yes", "train.channels_last: 'yes' is not allowed: input should be 'auto', 'on' or 'off'"),
+        ("data.loader_workers", -1, "data.loader_workers: -1 is not allowed: give a number of DataLoader worker processes"),
+        ("data.pin_memory", True, "data.pin_memory: True is not allowed: input should be 'auto', 'on' or 'off'"),
+        ("distill.teacher", "offline", "distill.teacher: 'offline' is not allowed: input should be 'online' or 'cached'"),
+        ("distill.cache_dtype", "int8", "distill.cache_dtype: 'int8' is not allowed: input should be 'float16' or 'float32'"),
+    ],
+)
+def test_bad_fast_path_values_get_one_line_each(key, value, message):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(tiny_spec(**{key: value}))
+    assert len(caught.value.lines) == 1 and caught.value.lines[0].startswith(f"spec: {message}")
+
+
+def test_cached_teacher_is_refused_for_language_models():
+    with pytest.raises(SpecError, match="distill.teacher: 'cached' is not allowed for a language model dataset"):
+        parse_spec(tiny_spec(data={"dataset": "ptb"}, model={"arch": "lstm_lm"}, search={"metric": "val_nll"},
+                             distill={"teacher": "cached"}))
+
+
+def test_only_switches_that_change_the_numbers_are_in_the_spec_hash():
+    base = parse_spec(tiny_spec()).spec_hash()
+    for same in ({"data.loader_workers": 3}, {"data.pin_memory": "on"}):
+        assert parse_spec(tiny_spec(**same)).spec_hash() == base
+    for different in ({"train.precision": "bf16"}, {"train.channels_last": "on"}, {"train.compile": True},
+                      {"distill.teacher": "cached"}, {"distill.cache_dtype": "float32"}):
+        assert parse_spec(tiny_spec(**different)).spec_hash() != base
+
+
+def test_auto_means_the_fast_path_on_cuda_only():
+    spec = parse_spec(tiny_spec())
+    assert not bf16_autocast(spec.train, "cpu") and not use_channels_last(spec.train, "cpu")
+    assert bf16_autocast(spec.train, "cuda") and use_channels_last(spec.train, "cuda")
+    task = make_task(spec.data, spec.train)
+    assert task.loader_options("cpu") == {"num_workers": 0, "pin_memory": False}
+    assert task.loader_options("cuda") == {"num_workers": 0, "pin_memory": True}  # in-memory tensors: no workers
+
+
+def train(spec, epochs=2):
+    task = make_task(spec.data, spec.train, seed=5)
+    torch.manual_seed(0)
+    model = build_model(spec.model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **spec.model.kwargs)
+    if use_channels_last(spec.train, "cpu"):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def step(loss):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    losses = [task.train_epoch(model, None, get_objective("ce"), {}, step, torch.device("cpu"), e)["ce"]
+              for e in range(1, epochs + 1)]
+    return model, losses
+
+
+def cifar(root, **overrides):
+    return parse_spec(tiny_spec(data={"dataset": "cifar10", "root": str(root)},
+                                model={"arch": "wrn", "kwargs": {"depth": 10, "widen_factor": 1}}, **overrides))
+
+
+def test_bf16_autocast_trains_on_cpu(cifar_root):
+    _, fp32 = train(cifar(cifar_root))
+    _, bf16 = train(cifar(cifar_root, **{"train.precision": "bf16"}))
+    assert all(torch.isfinite(torch.tensor(bf16))) and bf16 != fp32
+    assert bf16 == pytest.approx(fp32, rel=0.05)
+
+
+def test_channels_last_keeps_the_results_close(cifar_root):
+    plain, plain_losses = train(cifar(cifar_root))
+    last, last_losses = train(cifar(cifar_root, **{"train.channels_last": "on"}))
+    assert last_losses == pytest.approx(plain_losses, rel=1e-4)
+    for name, weight in plain.state_dict().items():
+        torch.testing.assert_close(last.state_dict()[name], weight, rtol=1e-2, atol=1e-2)  # float rounding only
+
+
+def test_loader_workers_change_nothing(cifar_root):
+    # Augmentation is drawn per (data seed, epoch, sample) and the order by the trial's seed, so worker
+    # processes see exactly the views the main process would.
+    without, without_losses = train(cifar(cifar_root, **{"data.loader_workers": 0}))
+    with_workers, with_losses = train(cifar(cifar_root, **{"data.loader_workers": 2}))
+    assert with_losses == without_losses
+    assert all(torch.equal(with_workers.state_dict()[k], v) for k, v in without.state_dict().items())

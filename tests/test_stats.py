@@ -1,0 +1,187 @@
+"""Paired statistics, chains needed for a gain, and the expected calibration error, each checked against
+numbers worked out here by hand formulas, enumeration or tables rather than by the functions under test."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fakedata
+from banray import stats
+from banray.evaluate import calibration_error, ensemble_scores, expected_calibration_error
+from banray.models import build_model
+from banray.spec import parse_spec
+from banray.tasks import LM_EVAL_BATCH_SIZE, batchify, bptt_chunks, make_task
+from conftest import tiny_spec
+
+# Eight chains' test errors (fractions). BAN-1 − Teacher = d below: distinct magnitudes, no zeros.
+TEACHER = [0.030, 0.040, 0.025, 0.035, 0.028, 0.045, 0.020, 0.033]
+D = [-0.003, -0.011, 0.002, -0.008, -0.005, -0.014, 0.004, -0.006]
+BAN1 = [t + d for t, d in zip(TEACHER, D)]
+T_975 = {1: 12.706205, 4: 2.776445, 7: 2.364624, 8: 2.306004, 9: 2.262157, 32: 2.036933, 33: 2.034515}  # t tables
+
+
+def midranks(magnitudes):
+    """Average ranks of `magnitudes` (1-based), tied values sharing the mean of their ranks."""
+    order = sorted(magnitudes)
+    return [sum(i + 1 for i, v in enumerate(order) if v == m) / order.count(m) for m in magnitudes]
+
+
+def exact_signed_rank_p(differences):
+    """Two-sided signed-rank p by enumerating all 2^n sign assignments of the non-zero differences' mid-ranks."""
+    nonzero = [d for d in differences if abs(d) > 1e-12]
+    ranks = midranks([round(abs(d), 9) for d in nonzero])
+    observed = sum(r for r, d in zip(ranks, nonzero) if d > 0)
+    sums = [sum(r for r, s in zip(ranks, signs) if s) for signs in itertools.product([0, 1], repeat=len(ranks))]
+    below = sum(w <= observed + 1e-9 for w in sums)
+    above = sum(w >= observed - 1e-9 for w in sums)
+    return min(1.0, 2 * min(below, above) / len(sums))
+
+
+def by_hand(differences):
+    n = len(differences)
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    half = T_975[n - 1] * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def test_paired_statistics_of_a_fixed_table_match_hand_formulas():
+    result = stats.paired(BAN1, TEACHER)
+    mean, sd, low, high = by_hand(D)
+    assert mean == pytest.approx(-0.005125)
+    assert (result.n, result.better, result.tied, result.worse) == (8, 6, 0, 2)
+    assert result.mean == pytest.approx(mean, abs=1e-9)
+    assert result.std == pytest.approx(sd, rel=1e-6)
+    assert (result.ci_low, result.ci_high) == (pytest.approx(low, abs=1e-8), pytest.approx(high, abs=1e-8))
+    # Positive ranks 1 (|0.002|) and 3 (|0.004|): W+ = 4; 7 of the 256 subsets of 1..8 sum to 4 or less.
+    assert exact_signed_rank_p(D) == pytest.approx(2 * 7 / 256)
+    assert result.wilcoxon_p == pytest.approx(2 * 7 / 256)
+    # The interval just excludes zero, so the verdict says better although the signed-rank p is 0.055.
+    assert high < 0 and result.verdict == "better"
+    assert stats.paired(D) == result  # differences given directly
+
+
+def test_ties_and_zeros_use_the_exact_sign_flip_distribution():
+    # Steps of one test image of 360; one chain tied (dropped by the test), equal magnitudes share mid-ranks.
+    d = [x / 360 for x in (-1, -1, 2, -3, 0, -2, -1, -2)]
+    result = stats.paired(d)
+    assert (result.better, result.tied, result.worse) == (6, 1, 1)
+    assert result.wilcoxon_p == pytest.approx(exact_signed_rank_p(d))
+    mean, _, low, high = by_hand(d)
+    assert (result.mean, result.ci_low, result.ci_high) == (
+        pytest.approx(mean, abs=1e-6), pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
+
+
+def test_float32_steps_of_one_sample_count_as_ties():
+    teacher = [np.float32(7 / 360), np.float32(8 / 360), np.float32(6 / 360)]
+    student = [np.float32(10 / 360), np.float32(11 / 360), np.float32(6 / 360)]
+    result = stats.paired(student, teacher)
+    assert (result.better, result.tied, result.worse) == (0, 1, 2)
+    assert result.wilcoxon_p == pytest.approx(exact_signed_rank_p([3, 3, 0]))  # two tied ranks of 1.5: p = 0.5
+
+
+@pytest.mark.parametrize("differences, verdict", [
+    ([0.01, 0.012, 0.011, 0.009], "worse"),  # interval well above zero
+    ([-0.02, -0.018, -0.022], "better"),
+    ([0.01, -0.012, 0.004, -0.002], "within seed noise"),  # interval straddles zero
+    ([0.03], "no claim (one chain)"),
+    ([], "no data"),
+    ([-1 / 360, -1 / 360], "within seed noise"),  # zero spread: the t interval is empty of meaning, p = 0.5
+    ([-1 / 360] * 6, "better"),  # zero spread but p = 2/64 < 0.05
+])
+def test_verdicts_follow_the_interval(differences, verdict):
+    result = stats.paired(differences)
+    assert result.verdict == verdict
+    if len(differences) >= 2 and np.ptp(differences) > 0:
+        assert (result.ci_low > 0 or result.ci_high < 0) == (verdict in ("better", "worse"))
+    if len(differences) < 2:
+        assert result.ci_low is None and result.wilcoxon_p is None
+
+
+def test_all_tied_chains_have_no_signed_rank_p():
+    result = stats.paired([0.02, 0.03], [0.02, 0.03])
+    assert (result.tied, result.mean, result.std, result.wilcoxon_p, result.verdict) == (2, 0, 0, None, "within seed noise")
+
+
+def test_minimum_chains_for_any_claim_is_where_2_over_2_to_the_n_drops_below_alpha():
+    assert stats.minimum_chains_for_any_claim() == 6
+    assert exact_signed_rank_p([-1] * 5) == pytest.approx(2 / 32) and exact_signed_rank_p([-1] * 6) == pytest.approx(2 / 64)
+    assert stats.minimum_chains_for_any_claim(0.01) == 8  # 2/128 = 0.0156 ≥ 0.01 > 2/256
+
+
+def t_test_power_by_quadrature(n, effect, sd):
+    """P(|T| > t_crit) for T = (Z + λ) / sqrt(V / ν), V ~ χ²_ν, integrated over V on a grid."""
+    nu, lam, crit = n - 1, effect * math.sqrt(n) / sd, T_975[n - 1]
+    v = np.linspace(1e-9, nu + 60 * math.sqrt(2 * nu) + 60, 200_001)
+    density = np.exp((nu / 2 - 1) * np.log(v) - v / 2 - (nu / 2) * math.log(2) - math.lgamma(nu / 2))
+    phi = np.vectorize(lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2))))
+    scaled = crit * np.sqrt(v / nu)
+    return float(np.trapezoid((phi(lam - scaled) + phi(-lam - scaled)) * density, v))
+
+
+@pytest.mark.parametrize("effect, sd, expected", [(1.0, 1.0, 10), (0.5, 1.0, 34)])  # G*Power's paired-t numbers
+def test_chains_needed_for_80_percent_power(effect, sd, expected):
+    assert stats.chains_needed(effect, sd) == expected
+    assert t_test_power_by_quadrature(expected, effect, sd) >= 0.8 > t_test_power_by_quadrature(expected - 1, effect, sd)
+    assert stats.power(expected, effect, sd) == pytest.approx(t_test_power_by_quadrature(expected, effect, sd), abs=1e-4)
+    normal = ((1.959964 + 0.841621) * sd / effect) ** 2  # the normal approximation asks for fewer
+    assert normal < expected < normal + 3
+    assert stats.chains_needed(5 * effect, 5 * sd) == expected  # only the ratio matters
+
+
+def test_sd_upper_bound_from_the_chi_square_quantile():
+    assert stats.sd_upper_bound(0.2, 2) == pytest.approx(0.2 / math.sqrt(0.0641848), rel=1e-5)  # χ²(1) 20% quantile
+    assert stats.sd_upper_bound(1.0, 11) == pytest.approx(math.sqrt(10 / 6.179079), rel=1e-5)  # χ²(10)
+
+
+def test_ece_of_a_hand_computed_example():
+    probs = torch.tensor([[0.95, 0.05], [0.05, 0.95], [0.62, 0.38], [0.35, 0.65], [0.75, 0.25]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    # Bins of width 1/15: (14/15, 1] holds 0.95 (right) and 0.95 (wrong); (9/15, 10/15] holds 0.62 and 0.65,
+    # both right; (11/15, 12/15] holds 0.75, wrong.
+    expected = 2 / 5 * abs(0.5 - 0.95) + 2 / 5 * abs(1 - 0.635) + 1 / 5 * abs(0 - 0.75)
+    assert expected == pytest.approx(0.476)
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-6)
+
+
+def test_ece_bins_are_closed_on_the_right():
+    # Two bins: 0.5 falls in (0, 0.5] and 0.6 in (0.5, 1], so nothing cancels: (|1 − 0.5| + |0 − 0.6|) / 2.
+    confidence, correct = torch.tensor([0.5, 0.6]), torch.tensor([True, False])
+    assert calibration_error(confidence, correct, bins=2) == pytest.approx(0.55)
+    assert calibration_error(torch.tensor([1.0, 0.0]), torch.tensor([True, False]), bins=15) == pytest.approx(0.0)
+
+
+def test_ensembles_and_tasks_report_ece():
+    members = [torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([[0.7, 0.3], [0.6, 0.4]])]
+    labels = torch.tensor([0, 0])
+    scores = ensemble_scores(members, labels)
+    assert scores.ece == pytest.approx(expected_calibration_error(torch.tensor([[0.8, 0.2], [0.4, 0.6]]), labels))
+
+    spec = parse_spec(tiny_spec())
+    task = make_task(spec.data, spec.train)
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=task.num_classes, input_shape=task.input_shape, width=8)
+    probs, labels = task.predict(model, "test")
+    assert task.score(model, "test").ece == pytest.approx(expected_calibration_error(probs, labels), abs=1e-6)
+
+
+def test_language_models_report_token_level_ece(tmp_path):
+    fakedata.write_ptb(tmp_path)
+    spec = parse_spec(tiny_spec(data={"dataset": "ptb", "root": str(tmp_path)},
+                                model={"arch": "lstm_lm", "kwargs": {"hidden": 16, "dropout": 0.0}},
+                                train={"epochs": 1, "batch_size": 8, "lr": 1.0, "bptt": 10}, search={"metric": "val_nll"}))
+    task = make_task(spec.data, spec.train)
+    torch.manual_seed(0)
+    model = build_model("lstm_lm", num_classes=task.num_classes, input_shape=task.input_shape, hidden=16, dropout=0.0)
+    model.eval()
+    probs, targets, state = [], [], None
+    with torch.inference_mode():
+        for x, y in bptt_chunks(batchify(task.corpus.test, LM_EVAL_BATCH_SIZE), task.bptt):
+            logits, state = model(x, state)
+            probs.append(torch.softmax(logits.reshape(-1, task.num_classes), dim=1))
+            targets.append(y.reshape(-1))
+    scores = task.score(model, "test")
+    assert scores.ece == pytest.approx(expected_calibration_error(torch.cat(probs), torch.cat(targets)), abs=1e-5)
