@@ -8,6 +8,7 @@ decides when each group starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from banray import checkpoint, teacher_cache, tracking
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import SweepSpec
-from banray.storage import with_retries
+from banray.storage import ray_storage, with_retries
 from banray.tasks import make_task
 from banray.trial import TRIAL_RESOURCES, TrialFailed, TrialRuntime, group_name, run_trial
 
@@ -223,11 +224,13 @@ def run_group(
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
     runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
     trainable = tune.with_resources(run_trial, TRIAL_RESOURCES)
-    tune_path = f"{ctx.tune_storage}/{name}"
-    if restore and tune.Tuner.can_restore(tune_path):
+    tune_root, tune_fs = ray_storage(ctx.tune_storage)
+    if restore and tune.Tuner.can_restore(f"{tune_root}/{name}", storage_filesystem=tune_fs):
         # Finished trials stay finished; unfinished ones continue, their Train runs from the last checkpoint.
-        say(label, f"continuing its interrupted Tune run from {tune_path}")
-        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False)
+        say(label, f"continuing its interrupted Tune run from {ctx.tune_storage}/{name}")
+        tuner = tune.Tuner.restore(
+            f"{tune_root}/{name}", trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=tune_fs
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -243,7 +246,8 @@ def run_group(
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=ctx.tune_storage,
+                storage_path=tune_root,
+                storage_filesystem=tune_fs,
                 verbose=ctx.tune_verbose,
                 callbacks=[TrialProgress(label, spec.search.metric)],
             ),
@@ -290,21 +294,35 @@ def run_group(
 
     best = min(finished, key=lambda r: (r.metrics[metric], r.config["trial"]))
     summary = best.metrics
-    model, _ = with_retries(f"loading {summary['checkpoint']}", lambda: checkpoint.load(summary["checkpoint"]))
-    # Eval mode for good: MLflow runs the model on its input example, which in train mode would move
-    # BatchNorm's running statistics away from the checkpoint's.
-    model.eval()
-    task = make_task(spec.data, spec.train)
-    # The test split is touched once per finished generation, for the selected model only.
-    test = task.score(model, "test")
-    record.test_error, record.test_nll, record.test_ece = test.error, test.nll, test.ece
     record.status = "finished"
     record.best_trial, record.best_trial_run_id = best.config["trial"], summary["mlflow_run_id"]
     record.best_epoch, record.seed, record.checkpoint = summary["best_epoch"], summary["seed"], summary["checkpoint"]
     record.val_error, record.val_nll = summary["val_error"], summary["val_nll"]
     record.best_settings = searched_values(spec, generation, best.config)
+    settings_text = f" with {record.best_settings}" if record.best_settings else ""
+    say(label, f"best trial {record.best_trial} (epoch {record.best_epoch}){settings_text}: val_error "
+               f"{100 * record.val_error:.2f}%")
+    return record
 
+
+def needs_evaluation(record: GenerationRecord) -> bool:
+    return record.status == "finished" and record.model_uri is None
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def evaluate_group(ctx: SweepContext, record: GenerationRecord) -> GenerationRecord:
+    """A selected generation's test evaluation and MLflow model. It runs beside the next generation (which
+    needs only the checkpoint), so it adds nothing to the chain's critical path."""
+    model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint))
+    # Eval mode for good: MLflow runs the model on its input example, which in train mode would move
+    # BatchNorm's running statistics away from the checkpoint's.
+    model.eval()
+    task = make_task(ctx.spec.data, ctx.spec.train)
+    # The test split is touched once per finished generation, for the selected model only.
+    test = task.score(model, "test")
+    record = dataclasses.replace(record, test_error=test.error, test_nll=test.nll, test_ece=test.ece)
     client = ctx.tracking.client()
+    run_id = record.mlflow_run_id
     tracking.log_metrics(
         client,
         run_id,
@@ -316,12 +334,12 @@ def run_group(
     for key, value in record.best_settings.items():
         client.log_param(run_id, f"best.{key}", value)
     record.model_uri = tracking.log_model(ctx.tracking, run_id, model, task.input_example())
-    settings_text = f" with {record.best_settings}" if record.best_settings else ""
+    label = group_label(record.chain, record.generation, "control" if record.role == "control" else "main")
     say(
         label,
-        f"best trial {record.best_trial} (epoch {record.best_epoch}){settings_text}: val_error "
-        f"{100 * record.val_error:.2f}%, test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}"
-        + (f", test ECE {100 * record.test_ece:.2f}%" if record.test_ece is not None else ""),
+        f"test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}"
+        + (f", test ECE {100 * record.test_ece:.2f}%" if record.test_ece is not None else "")
+        + " (the selected model, evaluated once on the test split)",
     )
     return record
 

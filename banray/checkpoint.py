@@ -45,7 +45,9 @@ def uri(checkpoint: Checkpoint) -> str:
     """A URI that any node can open; Ray strips the scheme from `Checkpoint.path` for remote filesystems."""
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         return checkpoint.path
-    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+    # banray's retrying filesystem is a Python one named "py::<the filesystem it wraps>".
+    scheme = checkpoint.filesystem.type_name.removeprefix("py::")
+    return f"{scheme}://{checkpoint.path}"
 
 
 def load(checkpoint_uri: str, expected: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:

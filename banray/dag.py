@@ -51,14 +51,18 @@ def run_dag(
     stopped: dict[int, str] | None = None,
     launch_control: Callable[[int], "ray.ObjectRef"] | None = None,
     controls_done: dict[int, Any] | None = None,
+    evaluate: Callable[[Any], "ray.ObjectRef | None"] | None = None,
 ) -> DagRun:
     """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done.
     `on_done(results, stopped, controls)` runs after every finished group (e.g. to save the sweep state).
     A resumed sweep passes the groups already `done` per chain and the chains already `stopped`:
     each chain goes on after its last done group. `launch_control(chain)`, if given, starts each chain's
-    control arm (not yet in `controls_done`) at once."""
+    control arm (not yet in `controls_done`) at once. `evaluate(result)`, if given, starts the follow-up
+    work of a finished group (or returns None if there is none) beside its successor; the result it
+    returns replaces the group's."""
     origin = time.monotonic()
-    pending: dict[ray.ObjectRef, tuple[int, int, float]] = {}
+    pending: dict[ray.ObjectRef, tuple[int, int | str, float]] = {}
+    evaluating: dict[ray.ObjectRef, tuple[int, int | str]] = {}  # → (chain, index in results or CONTROL)
     results: dict[int, list[Any]] = {chain: list((done or {}).get(chain, [])) for chain in range(chains)}
     stopped = dict(stopped or {})
     controls = dict(controls_done or {})
@@ -68,32 +72,49 @@ def run_dag(
         echo(f"[banray] chain {chain} generation {generation}: started")
         pending[launch(chain, generation, previous)] = (chain, generation, time.monotonic() - origin)
 
+    def follow_up(chain: int, where: int | str, result: Any) -> None:
+        ref = evaluate(result) if evaluate is not None else None
+        if ref is not None:
+            evaluating[ref] = (chain, where)
+
     for chain, records in results.items():
+        for index, record in enumerate(records):  # groups a resumed sweep found selected but not evaluated
+            follow_up(chain, index, record)
+        if chain in controls:
+            follow_up(chain, CONTROL, controls[chain])
         if chain not in stopped and len(records) <= generations:
             start(chain, len(records), records[-1] if records else None)
         if launch_control is not None and chain not in controls:
             echo(f"[banray] chain {chain} control (teacher′): started")
             pending[launch_control(chain)] = (chain, CONTROL, time.monotonic() - origin)
-    while pending:
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        chain, generation, started = pending.pop(ready)
+    while pending or evaluating:
+        (ready,), _ = ray.wait([*pending, *evaluating], num_returns=1)
         result = ray.get(ready)
-        spans.append(GroupSpan(chain, generation, started, time.monotonic() - origin))
-        if generation == CONTROL:
-            controls[chain] = result
-            echo(f"[banray] chain {chain} control (teacher′): done after {spans[-1].end_s - started:.0f} s")
-            if on_done is not None:
-                on_done(results, stopped, controls)
-            continue
-        results[chain].append(result)
-        echo(f"[banray] chain {chain} generation {generation}: done after {spans[-1].end_s - started:.0f} s")
-        reason = stop_rule(chain, results[chain])
-        if reason is not None:
-            if generation < generations:
-                stopped[chain] = reason
-                echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
-        elif generation < generations:
-            start(chain, generation + 1, result)
+        if ready in evaluating:
+            chain, where = evaluating.pop(ready)
+            if where == CONTROL:
+                controls[chain] = result
+            else:
+                results[chain][where] = result
+        else:
+            chain, generation, started = pending.pop(ready)
+            spans.append(GroupSpan(chain, generation, started, time.monotonic() - origin))
+            took = f"done after {spans[-1].end_s - started:.0f} s"
+            if generation == CONTROL:
+                controls[chain] = result
+                echo(f"[banray] chain {chain} control (teacher′): {took}")
+                follow_up(chain, CONTROL, result)
+            else:
+                results[chain].append(result)
+                echo(f"[banray] chain {chain} generation {generation}: {took}")
+                follow_up(chain, len(results[chain]) - 1, result)
+                reason = stop_rule(chain, results[chain])
+                if reason is not None:
+                    if generation < generations:
+                        stopped[chain] = reason
+                        echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
+                elif generation < generations:
+                    start(chain, generation + 1, result)
         if on_done is not None:
             on_done(results, stopped, controls)
     return DagRun(results, stopped, controls, spans, time.monotonic() - origin)

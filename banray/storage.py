@@ -13,12 +13,14 @@ and downloads) is retried with exponential backoff for up to BANRAY_STORAGE_RETR
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import tenacity
 
@@ -75,6 +77,104 @@ def use_endpoint(endpoint: str | None) -> dict[str, str]:
         os.environ[ENDPOINT_VARIABLE] = endpoint
     value = os.environ.get(ENDPOINT_VARIABLE)
     return {ENDPOINT_VARIABLE: value} if value else {}
+
+
+class _Upload(io.BytesIO):
+    """A write stream that sends the whole object on close, retried as one unit."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str):
+        super().__init__()
+        self.fs, self.path = fs, path
+
+    def close(self) -> None:
+        if not self.closed:
+            data = self.getvalue()
+
+            def upload() -> None:
+                with self.fs.open_output_stream(self.path) as stream:
+                    stream.write(data)
+
+            with_retries(f"writing {self.path}", upload)
+        super().close()
+
+
+class _RetryingHandler(pafs.FileSystemHandler):
+    """A pyarrow filesystem whose every call is retried through storage outages. Ray Train and Tune write
+    checkpoints, their snapshots and experiment state through it, which they do not retry themselves.
+    Reads fetch whole objects and writes upload whole objects on close, so each transfer retries as a unit."""
+
+    def __init__(self, fs: pafs.FileSystem):
+        self.fs = fs
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _RetryingHandler) and self.fs.equals(other.fs)
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        return with_retries(what, call)
+
+    def get_type_name(self) -> str:
+        return self.fs.type_name
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self._retry(f"listing {paths[0] if paths else ''}", lambda: self.fs.get_file_info(paths))
+
+    def get_file_info_selector(self, selector):
+        return self._retry(f"listing {selector.base_dir}", lambda: self.fs.get_file_info(selector))
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self._retry(f"creating {path}", lambda: self.fs.create_dir(path, recursive=recursive))
+
+    def delete_dir(self, path: str) -> None:
+        self._retry(f"deleting {path}", lambda: self.fs.delete_dir(path))
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self._retry(f"emptying {path}", lambda: self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok))
+
+    def delete_root_dir_contents(self) -> None:
+        self._retry("emptying the root", lambda: self.fs.delete_dir_contents("/", accept_root_dir=True))
+
+    def delete_file(self, path: str) -> None:
+        self._retry(f"deleting {path}", lambda: self.fs.delete_file(path))
+
+    def move(self, src: str, dest: str) -> None:
+        self._retry(f"moving {src}", lambda: self.fs.move(src, dest))
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self._retry(f"copying {src}", lambda: self.fs.copy_file(src, dest))
+
+    def _read(self, path: str) -> pa.BufferReader:
+        def read() -> bytes:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read()
+
+        return pa.BufferReader(self._retry(f"reading {path}", read))
+
+    def open_input_stream(self, path: str):
+        return self._read(path)
+
+    def open_input_file(self, path: str):
+        return self._read(path)
+
+    def open_output_stream(self, path: str, metadata):
+        return pa.PythonFile(_Upload(self.fs, path), mode="w")
+
+    def open_append_stream(self, path: str, metadata):
+        raise NotImplementedError("appending to object storage is not supported")
+
+
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig: object storage through a
+    filesystem that retries through outages; local paths as they are."""
+    if not is_remote(uri):
+        return uri, None
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return path, pafs.PyFileSystem(_RetryingHandler(fs))
 
 
 class SweepStorage:

@@ -27,6 +27,8 @@ from banray.chain import (
     ChainResult,
     GenerationRecord,
     SweepContext,
+    evaluate_group,
+    needs_evaluation,
     run_ensembles,
     run_group,
     start_generation_run,
@@ -304,6 +306,7 @@ def _run_dag(
         stopped=state.stopped,
         launch_control=launch_control if spec.control else None,
         controls_done=state.controls,
+        evaluate=lambda record: evaluate_group.remote(ctx, record) if needs_evaluation(record) else None,
     )
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)

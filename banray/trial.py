@@ -27,6 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from banray import checkpoint, tracking
 from banray.spec import ResourcesSpec, TrialSettings, derive_seed
+from banray.storage import ray_storage
 from banray.worker import train_loop_per_worker
 
 # What a trial process itself reserves: a Tune trial needs a non-empty resource bundle, and
@@ -151,6 +152,7 @@ def run_trial(config: dict[str, Any]) -> None:
         parent_run_id=runtime.generation_run_id,
     )
     resources = runtime.resources
+    storage_path, storage_filesystem = ray_storage(runtime.train_storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -167,7 +169,8 @@ def run_trial(config: dict[str, Any]) -> None:
         run_config=ray.train.RunConfig(
             # Unique per trial: a reused name would silently resume an older run.
             name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
-            storage_path=runtime.train_storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order="min"
             ),

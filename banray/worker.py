@@ -97,25 +97,14 @@ def restore_training_state(state: dict[str, Any], optimizer, scheduler) -> int:
 
 
 def load_latest(resumed: ray.train.Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(model weights, training state) of the run's latest checkpoint, downloaded with retries."""
-
-    def download():
-        with resumed.as_directory() as directory:
-            folder = Path(directory)
-            return (
-                torch.load(folder / checkpoint.WEIGHTS_FILE, map_location="cpu", weights_only=True),
-                torch.load(folder / TRAINING_STATE_FILE, map_location="cpu", weights_only=True),
-            )
-
-    return with_retries(f"downloading checkpoint {checkpoint.uri(resumed)}", download)
-
-
-def upload_with_retries(saved: ray.train.Checkpoint, directory_name: str) -> ray.train.Checkpoint:
-    """Ray Train's own upload, retried through storage outages (Train has no retry of its own)."""
-    storage = ray.train.get_context().get_storage()
-    return with_retries(
-        f"uploading checkpoint {directory_name}", lambda: storage.persist_current_checkpoint(saved, directory_name)
-    )
+    """(model weights, training state) of the run's latest checkpoint (read through the run's retrying
+    storage filesystem)."""
+    with resumed.as_directory() as directory:
+        folder = Path(directory)
+        return (
+            torch.load(folder / checkpoint.WEIGHTS_FILE, map_location="cpu", weights_only=True),
+            torch.load(folder / TRAINING_STATE_FILE, map_location="cpu", weights_only=True),
+        )
 
 
 def non_finite_terms(term_means: dict[str, float]) -> str | None:
@@ -259,7 +248,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
                 saved = checkpoint.save(directory, _unwrap(model), metadata)
                 torch.save(training_state(epoch, optimizer, scheduler), Path(directory) / TRAINING_STATE_FILE)
-            ray.train.report(metrics, checkpoint=saved, checkpoint_upload_fn=upload_with_retries)
+            # Uploaded through the trial's retrying storage filesystem (banray.storage.ray_storage).
+            ray.train.report(metrics, checkpoint=saved)
         if mlflow_client is not None:
             tracking.log_metrics(mlflow_client, run_id, metrics, step=epoch)
     return None
