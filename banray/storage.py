@@ -174,6 +174,11 @@ def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     if not is_remote(uri):
         return uri, None
     fs, path = pafs.FileSystem.from_uri(uri)
+    if isinstance(fs, pafs.S3FileSystem):
+        # The handler's uploads run on pyarrow's IO threads (copy_files); S3's background writes would queue
+        # nested tasks on that same pool and deadlock it once every IO thread waits in an upload.
+        options = fs.__reduce__()[1][0]
+        fs = pafs.S3FileSystem(**{**options, "background_writes": False})
     return path, pafs.PyFileSystem(_RetryingHandler(fs))
 
 
