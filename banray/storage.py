@@ -112,9 +112,6 @@ class _RetryingHandler(pafs.FileSystemHandler):
     def __ne__(self, other) -> bool:
         return not self == other
 
-    def _retry(self, what: str, call: Callable[[], T]) -> T:
-        return with_retries(what, call)
-
     def get_type_name(self) -> str:
         return self.fs.type_name
 
@@ -122,38 +119,38 @@ class _RetryingHandler(pafs.FileSystemHandler):
         return self.fs.normalize_path(path)
 
     def get_file_info(self, paths):
-        return self._retry(f"listing {paths[0] if paths else ''}", lambda: self.fs.get_file_info(paths))
+        return with_retries(f"listing {paths[0] if paths else ''}", lambda: self.fs.get_file_info(paths))
 
     def get_file_info_selector(self, selector):
-        return self._retry(f"listing {selector.base_dir}", lambda: self.fs.get_file_info(selector))
+        return with_retries(f"listing {selector.base_dir}", lambda: self.fs.get_file_info(selector))
 
     def create_dir(self, path: str, recursive: bool) -> None:
-        self._retry(f"creating {path}", lambda: self.fs.create_dir(path, recursive=recursive))
+        with_retries(f"creating {path}", lambda: self.fs.create_dir(path, recursive=recursive))
 
     def delete_dir(self, path: str) -> None:
-        self._retry(f"deleting {path}", lambda: self.fs.delete_dir(path))
+        with_retries(f"deleting {path}", lambda: self.fs.delete_dir(path))
 
     def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self._retry(f"emptying {path}", lambda: self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok))
+        with_retries(f"emptying {path}", lambda: self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok))
 
     def delete_root_dir_contents(self) -> None:
-        self._retry("emptying the root", lambda: self.fs.delete_dir_contents("/", accept_root_dir=True))
+        with_retries("emptying the root", lambda: self.fs.delete_dir_contents("/", accept_root_dir=True))
 
     def delete_file(self, path: str) -> None:
-        self._retry(f"deleting {path}", lambda: self.fs.delete_file(path))
+        with_retries(f"deleting {path}", lambda: self.fs.delete_file(path))
 
     def move(self, src: str, dest: str) -> None:
-        self._retry(f"moving {src}", lambda: self.fs.move(src, dest))
+        with_retries(f"moving {src}", lambda: self.fs.move(src, dest))
 
     def copy_file(self, src: str, dest: str) -> None:
-        self._retry(f"copying {src}", lambda: self.fs.copy_file(src, dest))
+        with_retries(f"copying {src}", lambda: self.fs.copy_file(src, dest))
 
     def _read(self, path: str) -> pa.BufferReader:
         def read() -> bytes:
             with self.fs.open_input_stream(path) as stream:
                 return stream.read()
 
-        return pa.BufferReader(self._retry(f"reading {path}", read))
+        return pa.BufferReader(with_retries(f"reading {path}", read))
 
     def open_input_stream(self, path: str):
         return self._read(path)

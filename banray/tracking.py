@@ -101,8 +101,7 @@ def start_or_resume_run(
     trial_id = tags[f"{TAG_PREFIX}tune_trial_id"]
     found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PREFIX}tune_trial_id` = '{trial_id}'")
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+        return reopen_run(tracking, found[0].info.run_id)
     return start_run(tracking, experiment_id, run_name, tags, params, parent_run_id)
 
 
