@@ -17,7 +17,7 @@ from typing import Any
 import ray
 import ray.tune as tune
 
-from banray import checkpoint, teacher_cache, tracking
+from banray import checkpoint, tracking
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import SweepSpec
@@ -203,9 +203,8 @@ def run_group(
     role = _role(generation, arm)
     name, label = group_name(chain, generation, arm), group_label(chain, generation, arm)
     if teacher is not None and spec.distill.teacher == "cached":
-        # One cache of the teacher's logits per generation, built before its trials start; they only read it.
+        # One cache of the teacher's logits per generation, in the sweep's storage; its trials build it.
         settings["teacher_cache"] = f"{ctx.sweep_dir}/teacher-cache"
-        teacher_cache.ensure_for_generation(spec, teacher.checkpoint, settings["teacher_cache"])
     record = GenerationRecord(
         chain=chain,
         generation=generation,

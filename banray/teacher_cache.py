@@ -9,20 +9,27 @@ logit to 11 significant bits. Raw logits are stored, so the temperature stays se
 
 Layout: `<root>/<key>/epoch-<e>.pt` holds the (train samples, classes) logits of epoch e in the
 training split's sample order — or a single `epoch-all.pt` when the dataset has no augmentation, since
-every epoch then shows the same inputs — and `complete.json` marks a finished cache. The key hashes the
-teacher's weights and architecture, the augmentation policy, the dataset and its split (data seed,
-validation fraction) and the dtype. `root` is the sweep's storage (local or s3://) or node-local disk.
-Files appear by atomic rename, so a reader never sees half a file; on local disk a file lock makes
-concurrent builders wait for the first one, which wins.
+every epoch then shows the same inputs. The key hashes the teacher's weights and architecture, the
+augmentation policy, the dataset and its split (data seed, validation fraction) and the dtype. `root`
+is the sweep's storage (local or s3://) or node-local disk.
+
+The trials build the cache themselves, on their own devices, one epoch's file at a time as they need
+it: a trial that finds the file of its next epoch missing claims the first missing file nobody is
+building (its own epoch, or a later one while others build the earlier ones) and builds it. Trials
+of a group that train side by side thus split the teacher's passes between them. Files appear by
+atomic rename, so a reader never sees half a file. Claims are files too: exclusive on local disk; on
+object storage two builders may race for one, and then write identical files (the build is
+deterministic). A claim whose builder died (e.g. a trial stopped by ASHA) is taken over once stale.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
+import os
+import time
 import uuid
 from pathlib import Path
 
@@ -31,13 +38,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from banray.data import Splits, load_splits
+from banray.data import Splits
 from banray.spec import DataSpec
 from banray.storage import with_retries
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 BUILD_BATCH_SIZE = 128  # larger batches run slower on CPU (activations fall out of cache)
-COMPLETE_FILE = "complete.json"
 DEFAULT_ROOT = "~/.cache/banray/teacher-logits"  # node-local, when the sweep gives no shared place
 
 
@@ -82,11 +88,11 @@ class _Folder:
         self.fs, self.path = pafs.FileSystem.from_uri(uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
+    def _info(self, name: str) -> pafs.FileInfo:
+        return with_retries(f"checking {self.uri}/{name}", lambda: self.fs.get_file_info(f"{self.path}/{name}"))
+
     def exists(self, name: str) -> bool:
-        return with_retries(
-            f"checking {self.uri}/{name}",
-            lambda: self.fs.get_file_info(f"{self.path}/{name}").type != pafs.FileType.NotFound,
-        )
+        return self._info(name).type != pafs.FileType.NotFound
 
     def read(self, name: str) -> bytes:
         def read() -> bytes:
@@ -107,20 +113,32 @@ class _Folder:
 
         with_retries(f"writing {self.uri}/{name}", write)
 
-    @contextlib.contextmanager
-    def build_lock(self):
-        """On local disk, one builder at a time; object storage has no locks, and two builders there write
-        identical files (the build is deterministic), so the last rename is as good as the first."""
-        if not self.local:
-            yield
-            return
-        Path(self.path).mkdir(parents=True, exist_ok=True)
-        with open(Path(self.path) / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def claim(self, name: str, stale_after_s: float) -> bool:
+        """Whether this caller may build `name`: nobody claimed it, or its claim is older than
+        `stale_after_s` (its builder is gone)."""
+        claim = f"{self.path}/.claim-{name}"
+        if self.local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
             try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return True
+            except FileExistsError:
+                pass
+        info = self._info(f".claim-{name}")
+        if info.type != pafs.FileType.NotFound and time.time() - info.mtime.timestamp() < stale_after_s:
+            return False
+        with_retries(f"claiming {self.uri}/{name}", lambda: self._touch(claim))
+        return True
+
+    def _touch(self, path: str) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+        with self.fs.open_output_stream(path) as stream:
+            stream.write(b"")
+
+    def release(self, name: str) -> None:
+        """Drop the claim on `name` once its file is written (readers look for the file, not the claim)."""
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_file(f"{self.path}/.claim-{name}")
 
 
 @torch.inference_mode()
@@ -133,57 +151,56 @@ def _teacher_logits(teacher: nn.Module, splits: Splits, epoch: int | None, dtype
     return torch.cat(chunks)
 
 
-def ensure(
-    teacher: nn.Module, data: DataSpec, epochs: int, root: str, dtype: str = "float16", device="cpu", splits=None
-) -> str:
-    """The URI of the cache of `teacher`'s logits on `data`'s training split for `epochs` epochs, built
-    first if no finished one exists under `root`. `teacher` is frozen (eval mode, no gradients) for good."""
-    splits = splits or load_splits(data.dataset, data.root, data.val_fraction, data.seed, data.download)
-    teacher.eval().requires_grad_(False)  # frozen: no autograd bookkeeping in its forward passes
-    folder = _Folder(f"{root.rstrip('/')}/{cache_key(teacher, data, splits.augmentation, dtype)}")
-    needed = _epochs(splits, epochs)
-    with folder.build_lock():
-        done = json.loads(folder.read(COMPLETE_FILE)) if folder.exists(COMPLETE_FILE) else {"epochs": []}
-        if set(needed) <= set(done["epochs"]):
-            return folder.uri
-        for epoch in needed:
-            if epoch not in done["epochs"]:
-                buffer = io.BytesIO()
-                torch.save(_teacher_logits(teacher, splits, epoch, DTYPES[dtype], device), buffer)
-                folder.write(_epoch_file(epoch), buffer.getvalue())
-        entry = {"epochs": sorted(set(done["epochs"]) | set(needed), key=lambda e: -1 if e is None else e),
-                 "augmentation": splits.augmentation, "samples": len(splits.train), "dtype": dtype}
-        folder.write(COMPLETE_FILE, json.dumps(entry).encode())
-    return folder.uri
-
-
 class CachedTeacher:
-    """A trial's view of a finished cache: the teacher's logits of one epoch, by training-sample index."""
+    """A trial's view of the cache of `teacher`'s logits on the training split of `splits` (loaded from
+    `data`) under `root`: the logits of one epoch by training-sample index, built first if no trial
+    built them yet. `teacher` is frozen (eval mode, no gradients) for good."""
 
-    def __init__(self, uri: str):
-        self.folder = _Folder(uri)
-        self.uri = uri
-        entry = json.loads(self.folder.read(COMPLETE_FILE))
-        self.augmented = entry["augmentation"] != "none"
+    POLL_S = 0.2  # how often a trial waiting for another's build looks for the file
+    MIN_STALE_S = 120.0  # a claim is taken over after max(this, 3 × this trial's slowest build)
+
+    def __init__(self, teacher: nn.Module, data: DataSpec, splits: Splits, root: str, epochs: int,
+                 dtype: str = "float16", device="cpu"):
+        teacher.eval().requires_grad_(False)  # frozen: no autograd bookkeeping in its forward passes
+        self.teacher, self.splits, self.device, self.dtype = teacher, splits, device, DTYPES[dtype]
+        self.folder = _Folder(f"{root.rstrip('/')}/{cache_key(teacher, data, splits.augmentation, dtype)}")
+        self.uri = self.folder.uri
+        self.epochs = _epochs(splits, epochs)
+        self.built: list[int | None] = []  # the epochs this trial built, in order
+        self._slowest_build_s = 0.0
         self._epoch, self._table = None, None
 
     def for_epoch(self, epoch: int) -> torch.Tensor:
         """(train samples, classes) logits as stored; loaded once per epoch (once in all without augmentation)."""
-        key = epoch if self.augmented else None
+        key = epoch if self.epochs != [None] else None
         if self._table is None or key != self._epoch:
-            data = self.folder.read(_epoch_file(key))
-            self._table = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            self._table = self._fetch(key)
             self._epoch = key
         return self._table
 
+    def _fetch(self, epoch: int | None) -> torch.Tensor:
+        name = _epoch_file(epoch)
+        while not self.folder.exists(name):
+            if not self._build_one(self.epochs[self.epochs.index(epoch):]):
+                time.sleep(self.POLL_S)  # every missing file from here on is being built by another trial
+        return torch.load(io.BytesIO(self.folder.read(name)), map_location="cpu", weights_only=True)
 
-def ensure_for_generation(spec, teacher_checkpoint: str, root: str) -> str | None:
-    """What a generation group calls once before its trials start: the cache's URI under `root` (built if
-    missing), or None when the spec's students use the online teacher."""
-    from banray import checkpoint
-    from banray.data import dataset_kind
-
-    if spec.distill.teacher != "cached" or dataset_kind(spec.data.dataset) != "classification":
-        return None
-    teacher, _ = with_retries(f"loading {teacher_checkpoint}", lambda: checkpoint.load(teacher_checkpoint))
-    return ensure(teacher, spec.data, spec.train.epochs, root, spec.distill.cache_dtype)
+    def _build_one(self, candidates: list[int | None]) -> bool:
+        """Build the first of `candidates` that is neither written nor claimed; whether there was one."""
+        stale_after_s = max(self.MIN_STALE_S, 3 * self._slowest_build_s)
+        for epoch in candidates:
+            name = _epoch_file(epoch)
+            if self.folder.exists(name) or not self.folder.claim(name, stale_after_s):
+                continue
+            if self.folder.exists(name):  # written and released between the look and the claim
+                self.folder.release(name)
+                continue
+            started = time.monotonic()
+            buffer = io.BytesIO()
+            torch.save(_teacher_logits(self.teacher, self.splits, epoch, self.dtype, self.device), buffer)
+            self.folder.write(name, buffer.getvalue())
+            self.folder.release(name)
+            self._slowest_build_s = max(self._slowest_build_s, time.monotonic() - started)
+            self.built.append(epoch)
+            return True
+        return False

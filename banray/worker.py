@@ -164,13 +164,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         teacher, teacher_metadata = load_teacher(settings, task.num_classes, device)
     teacher_source = teacher  # what train_epoch distils from: the module itself, or its cached logits
     if teacher is not None and settings.distill.teacher == "cached":
-        # Normally built once by the generation's group before its trials start; otherwise the first trial
-        # builds it on node-local disk while the others wait for it.
-        root = settings.teacher_cache or teacher_cache.DEFAULT_ROOT
-        cache_uri = teacher_cache.ensure(
-            teacher, settings.data, settings.train.epochs, root, settings.distill.cache_dtype, device, task.splits
+        # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
+        teacher_source = teacher_cache.CachedTeacher(
+            teacher, settings.data, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
+            settings.train.epochs, settings.distill.cache_dtype, device,
         )
-        teacher_source = teacher_cache.CachedTeacher(cache_uri)
     resumed = ray.train.get_checkpoint()  # set when Ray Train restarts this run after a failure
     resumed_state = None
     if resumed is not None:

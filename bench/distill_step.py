@@ -61,10 +61,11 @@ def main() -> None:
 
         teacher = wrn(0).eval().requires_grad_(False)
         epochs = 1 + args.repeats  # one warm-up epoch, then one per repeat
+        cached = teacher_cache.CachedTeacher(teacher, data, task.splits, str(root / "cache"), epochs, "float16", device)
         start = time.perf_counter()
-        uri = teacher_cache.ensure(teacher, data, epochs, str(root / "cache"), "float16", device, task.splits)
+        for epoch in range(1, epochs + 1):  # the first reader of each epoch builds it; here, all of them
+            cached.for_epoch(epoch)
         build_per_epoch = (time.perf_counter() - start) / epochs
-        cached = teacher_cache.CachedTeacher(uri)
 
         variants = {"ce": (get_objective("ce"), None), "online": (get_objective("ban"), teacher),
                     "cached": (get_objective("ban"), cached)}

@@ -1,6 +1,11 @@
-"""The teacher-logit cache: exact (same student weights as with the online teacher), keyed, safe to build twice."""
+"""The teacher-logit cache: exact (same student weights as with the online teacher), keyed, built once and
+shared by trials training side by side."""
 
+import io
+import os
 import threading
+import time
+from pathlib import Path
 
 import fakedata
 import pytest
@@ -55,9 +60,10 @@ def test_a_student_taught_from_the_cache_is_the_one_taught_online(cifar_root, tm
     task = make_task(spec.data, spec.train, seed=3)
     assert task.splits.augmentation != "none"  # random crops and flips: views differ per epoch
     teacher = wrn(seed=0).eval()
-    uri = teacher_cache.ensure(teacher, spec.data, 2, str(tmp_path), dtype="float32", splits=task.splits)
+    cache = teacher_cache.CachedTeacher(teacher, spec.data, task.splits, str(tmp_path), 2, dtype="float32")
     online, online_losses = train_student(task, teacher)
-    cached, cached_losses = train_student(task, teacher_cache.CachedTeacher(uri))
+    cached, cached_losses = train_student(task, cache)
+    assert cache.built == [1, 2]  # each epoch's views were built by this trial when it needed them
     assert cached_losses == online_losses
     assert all(torch.equal(online[name], cached[name]) for name in online)
 
@@ -67,15 +73,15 @@ def test_float16_cache_holds_the_logits_to_half_precision(tmp_path):
     splits = load_splits("synthetic", "", 0.2, 0)
     torch.manual_seed(0)
     teacher = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8).eval()
-    uri = teacher_cache.ensure(teacher, spec.data, epochs=5, root=str(tmp_path), dtype="float16")
-    cache = teacher_cache.CachedTeacher(uri)
+    cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path), epochs=5, dtype="float16")
     table = cache.for_epoch(3)
+    assert cache.for_epoch(5) is table and cache.built == [None]
     assert table.dtype == torch.float16 and table.shape == (len(splits.train), 4)
     with torch.inference_mode():
         exact = torch.cat([teacher(x) for x, _ in DataLoader(splits.train, batch_size=100)])
     torch.testing.assert_close(table.float(), exact, rtol=1e-3, atol=1e-3)
     # No augmentation: one pass serves every epoch.
-    assert [p.name for p in sorted((tmp_path / uri.rsplit("/", 1)[1]).glob("*.pt"))] == ["epoch-all.pt"]
+    assert [p.name for p in sorted(Path(cache.uri).glob("*.pt"))] == ["epoch-all.pt"]
 
 
 def test_the_key_changes_with_teacher_policy_data_seed_and_dtype(cifar_root):
@@ -96,31 +102,74 @@ def test_the_key_changes_with_teacher_policy_data_seed_and_dtype(cifar_root):
     )
 
 
-def test_concurrent_builders_build_once_and_agree(tmp_path, monkeypatch):
-    spec = parse_spec(tiny_spec())
-    torch.manual_seed(0)
-    teacher = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8).eval()
+def slow_counted_builds(monkeypatch, seconds=0.3):
+    """Record which thread built which epoch, each build taking at least `seconds`."""
     builds = []
     real = teacher_cache._teacher_logits
 
-    def counting(*args, **kwargs):
-        builds.append(1)
-        return real(*args, **kwargs)
+    def counting(teacher, splits, epoch, *args):
+        builds.append((threading.current_thread().name, epoch))
+        time.sleep(seconds)
+        return real(teacher, splits, epoch, *args)
 
     monkeypatch.setattr(teacher_cache, "_teacher_logits", counting)
-    uris = []
-    threads = [
-        threading.Thread(target=lambda: uris.append(teacher_cache.ensure(teacher, spec.data, 3, str(tmp_path))))
-        for _ in range(4)
-    ]
+    return builds
+
+
+def test_trials_side_by_side_split_the_build_and_build_each_epoch_once(cifar_root, tmp_path, monkeypatch):
+    spec = cifar_spec(cifar_root)
+    teacher = wrn(seed=0)
+    builds = slow_counted_builds(monkeypatch)
+    epochs, trials = 6, 3
+    tables: dict[str, list[torch.Tensor]] = {}
+    start = threading.Barrier(trials)
+
+    def trial():
+        # Each trial has its own splits, as each Train worker loads its own.
+        splits = load_splits("cifar10", str(cifar_root), spec.data.val_fraction, spec.data.seed)
+        cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path), epochs)
+        start.wait()
+        tables[threading.current_thread().name] = [cache.for_epoch(e).clone() for e in range(1, epochs + 1)]
+
+    threads = [threading.Thread(target=trial, name=f"trial{i}") for i in range(trials)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(set(uris)) == 1 and len(uris) == 4
-    assert len(builds) == 1  # the first builder wins; the others wait and reuse its files
-    assert teacher_cache.CachedTeacher(uris[0]).for_epoch(1).shape == (384, 4)  # the training split of 480
-    assert not [p for p in (tmp_path / uris[0].rsplit("/", 1)[1]).iterdir() if p.name.startswith(".epoch")]
+    assert sorted(epoch for _, epoch in builds) == list(range(1, epochs + 1))  # each epoch built once
+    assert len({name for name, _ in builds}) > 1  # by more than one trial
+    first, *others = tables.values()
+    assert all(torch.equal(a, b) for other in others for a, b in zip(first, other))
+    folder = next(tmp_path.iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == [f"epoch-{e:04d}.pt" for e in range(1, epochs + 1)]
+
+
+def test_a_stale_claim_is_taken_over_and_a_fresh_one_waited_for(tmp_path, monkeypatch):
+    spec = parse_spec(tiny_spec())
+    splits = load_splits("synthetic", "", 0.2, 0)
+    torch.manual_seed(0)
+    teacher = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8)
+    cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path), epochs=3)
+    claim = Path(cache.uri) / ".claim-epoch-all.pt"
+    claim.parent.mkdir(parents=True)
+    claim.touch()
+    os.utime(claim, (time.time() - 2 * cache.MIN_STALE_S,) * 2)  # its builder died long ago
+    assert cache.for_epoch(1).shape == (384, 4) and cache.built == [None]  # the training split of 480
+
+    # A fresh claim: its builder is at work, so a reader waits for the file instead of building it.
+    waiting = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path / "other"), epochs=3)
+    folder = teacher_cache._Folder(waiting.uri)
+    assert folder.claim("epoch-all.pt", stale_after_s=60)
+    expected = torch.full((384, 4), 7.0, dtype=torch.float16)  # not what the teacher says: proves who wrote it
+
+    def builder_finishes():
+        buffer = io.BytesIO()
+        torch.save(expected, buffer)
+        folder.write("epoch-all.pt", buffer.getvalue())
+        folder.release("epoch-all.pt")
+
+    threading.Timer(0.5, builder_finishes).start()
+    assert torch.equal(waiting.for_epoch(1), expected) and waiting.built == []
 
 
 def test_augmentation_depends_only_on_data_seed_epoch_and_sample(cifar_root):
