@@ -1,6 +1,6 @@
 """Generation groups: one (chain, generation) is a Ray Tune run of `search.trials` trials.
 
-`run_group` is a Ray task: it searches the generation's settings (Optuna, ASHA), selects its best trial
+`run_group` runs in a `GroupRunner` process: it searches the generation's settings (Optuna, ASHA), selects its best trial
 on validation, evaluates that model once on the test split and logs it to MLflow. At the end of a
 chain, `run_ensembles` evaluates the BANE ensembles of its generations. The driver (banray.dag)
 decides when each group starts.
@@ -12,7 +12,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import ray.tune as tune
@@ -96,6 +96,38 @@ class ChainResult:
     # seed; control_ensemble averages teacher and teacher′, the baseline to set against BANE.
     control: GenerationRecord | None = None
     control_ensemble: EnsembleRecord | None = None
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class GroupRunner:
+    """A process kept for a sweep's group-level work: Tune runs, evaluations, ensembles. A fresh Ray task
+    process would import torch, Ray Tune and MLflow anew for each group: seconds on a small node, paid on
+    the chain's critical path. It holds no CPU: the work it starts (trials) takes worker slots."""
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return function(*args)
+
+
+class RunnerPool:
+    """The driver's GroupRunners: a call goes to an idle one (whose work has finished), or to a new one."""
+
+    def __init__(self):
+        self.idle: list[ray.actor.ActorHandle] = []
+        self.busy: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> ray.ObjectRef:
+        if self.busy:
+            finished, _ = ray.wait(list(self.busy), num_returns=len(self.busy), timeout=0)
+            self.idle += [self.busy.pop(ref) for ref in finished]
+        runner = self.idle.pop() if self.idle else GroupRunner.remote()
+        ref = runner.call.remote(function, *args)
+        self.busy[ref] = runner
+        return ref
+
+    def shutdown(self) -> None:
+        for runner in [*self.idle, *self.busy.values()]:
+            ray.kill(runner)
+        self.idle, self.busy = [], {}
 
 
 def group_label(chain: int, generation: int, arm: str = "main") -> str:
@@ -185,7 +217,6 @@ def _failure_reason(error: BaseException) -> str:
     return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-@ray.remote(num_cpus=0, max_retries=0)
 def run_group(
     ctx: SweepContext,
     chain: int,
@@ -308,7 +339,6 @@ def needs_evaluation(record: GenerationRecord) -> bool:
     return record.status == "finished" and record.model_uri is None
 
 
-@ray.remote(num_cpus=0, max_retries=0)
 def evaluate_group(ctx: SweepContext, record: GenerationRecord) -> GenerationRecord:
     """A selected generation's test evaluation and MLflow model. It runs beside the next generation (which
     needs only the checkpoint), so it adds nothing to the chain's critical path."""
@@ -350,7 +380,6 @@ class ChainEnsembles:
     mlflow_run_id: str | None
 
 
-@ray.remote(num_cpus=0, max_retries=0)
 def run_ensembles(
     ctx: SweepContext, chain: int, records: list[GenerationRecord], control: GenerationRecord | None
 ) -> ChainEnsembles:

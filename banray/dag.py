@@ -107,7 +107,6 @@ def run_dag(
             else:
                 results[chain].append(result)
                 echo(f"[banray] chain {chain} generation {generation}: {took}")
-                follow_up(chain, len(results[chain]) - 1, result)
                 reason = stop_rule(chain, results[chain])
                 if reason is not None:
                     if generation < generations:
@@ -115,6 +114,8 @@ def run_dag(
                         echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
                 elif generation < generations:
                     start(chain, generation + 1, result)
+                # After the successor: the critical path gets the first pick of the warm group processes.
+                follow_up(chain, len(results[chain]) - 1, result)
         if on_done is not None:
             on_done(results, stopped, controls)
     return DagRun(results, stopped, controls, spans, time.monotonic() - origin)

@@ -26,6 +26,7 @@ from banray import report, tracking
 from banray.chain import (
     ChainResult,
     GenerationRecord,
+    RunnerPool,
     SweepContext,
     evaluate_group,
     needs_evaluation,
@@ -271,6 +272,8 @@ def _run_dag(
         tune_verbose=tune_verbosity(),
     )
 
+    runners = RunnerPool()
+
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
         group = interrupted.pop(chain, None)
         restore = group is not None and group["generation"] == generation
@@ -279,14 +282,14 @@ def _run_dag(
         else:
             run_id = start_generation_run(ctx, chain, generation, teacher)
         state.started(chain, generation, run_id)
-        return run_group.remote(ctx, chain, generation, teacher, run_id, restore)
+        return runners.submit(run_group, ctx, chain, generation, teacher, run_id, restore)
 
     def launch_control(chain: int):
         run_id = interrupted_controls.pop(chain, None)
         restore = run_id is not None
         run_id = tracking.reopen_run(track, run_id) if restore else start_generation_run(ctx, chain, 0, None, "control")
         state.control_started(chain, run_id)
-        return run_group.remote(ctx, chain, 0, None, run_id, restore, "control")
+        return runners.submit(run_group, ctx, chain, 0, None, run_id, restore, "control")
 
     for chain, records in [(c, r) for c, r in state.results.items() if r]:
         echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
@@ -306,11 +309,12 @@ def _run_dag(
         stopped=state.stopped,
         launch_control=launch_control if spec.control else None,
         controls_done=state.controls,
-        evaluate=lambda record: evaluate_group.remote(ctx, record) if needs_evaluation(record) else None,
+        evaluate=lambda record: runners.submit(evaluate_group, ctx, record) if needs_evaluation(record) else None,
     )
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
-    ensembles = ray.get([run_ensembles.remote(ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results])
+    ensembles = ray.get([runners.submit(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results])
+    runners.shutdown()
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
                     control=dag.controls.get(c), control_ensemble=found.control_ensemble)
