@@ -174,6 +174,8 @@ def _objective_label(objective: Any) -> str:
 
 def _close_stopped_trial_runs(ctx: SweepContext, tune_trial_ids: list[str]) -> None:
     """ASHA ends a trial by killing its process, so its MLflow run is closed from here."""
+    if not tune_trial_ids:  # the common case costs no tracking client (a first one takes seconds to open)
+        return
     client = ctx.tracking.client()
     for trial_id in tune_trial_ids:
         for run in client.search_runs(
