@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -102,7 +103,12 @@ class ChainResult:
 class GroupRunner:
     """A process kept for a sweep's group-level work: Tune runs, evaluations, ensembles. A fresh Ray task
     process would import torch, Ray Tune and MLflow anew for each group: seconds on a small node, paid on
-    the chain's critical path. It holds no CPU: the work it starts (trials) takes worker slots."""
+    the chain's critical path. It holds no CPU: the work it starts (trials) takes worker slots. Work off the
+    critical path (evaluations) runs in runners with a higher `niceness`, so that on a busy node the
+    operating system gives the CPU to trials first."""
+
+    def __init__(self, niceness: int = 0):
+        os.nice(niceness)
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
@@ -111,7 +117,8 @@ class GroupRunner:
 class RunnerPool:
     """The driver's GroupRunners: a call goes to an idle one (whose work has finished), or to a new one."""
 
-    def __init__(self):
+    def __init__(self, niceness: int = 0):
+        self.niceness = niceness
         self.idle: list[ray.actor.ActorHandle] = []
         self.busy: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
 
@@ -119,7 +126,7 @@ class RunnerPool:
         if self.busy:
             finished, _ = ray.wait(list(self.busy), num_returns=len(self.busy), timeout=0)
             self.idle += [self.busy.pop(ref) for ref in finished]
-        runner = self.idle.pop() if self.idle else GroupRunner.remote()
+        runner = self.idle.pop() if self.idle else GroupRunner.remote(self.niceness)
         ref = runner.call.remote(function, *args)
         self.busy[ref] = runner
         return ref

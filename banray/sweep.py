@@ -273,6 +273,7 @@ def _run_dag(
     )
 
     runners = RunnerPool()
+    evaluators = RunnerPool(niceness=10)  # evaluations run beside the next generations, which come first
 
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
         group = interrupted.pop(chain, None)
@@ -309,12 +310,13 @@ def _run_dag(
         stopped=state.stopped,
         launch_control=launch_control if spec.control else None,
         controls_done=state.controls,
-        evaluate=lambda record: runners.submit(evaluate_group, ctx, record) if needs_evaluation(record) else None,
+        evaluate=lambda record: evaluators.submit(evaluate_group, ctx, record) if needs_evaluation(record) else None,
     )
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
     ensembles = ray.get([runners.submit(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results])
     runners.shutdown()
+    evaluators.shutdown()
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
                     control=dag.controls.get(c), control_ensemble=found.control_ensemble)

@@ -37,14 +37,17 @@ def main() -> None:
                      f"{r['cached_ratio']:.3f} | ≤ 1.10 | {'yes' if r['cached_ratio'] <= 1.10 else 'no'} |")
         lines.append(f"| (b) online BAN epoch ÷ CE epoch (for comparison) | {r['online_ratio']:.3f} | about 1.33 | – |")
     if "sweep_makespan" in results:
-        r = results["sweep_makespan"]
-        lines.append(f"| (c) sweep makespan ÷ lower bound from the trials' wall times | {r['ratio_vs_trials']:.3f} | "
-                     f"≤ 1.10 | {'yes' if r['ratio_vs_trials'] <= 1.10 else 'no'} |")
-        lines.append(f"| (c) sweep makespan ÷ lower bound from the generation groups' spans | "
-                     f"{r['ratio_vs_groups']:.3f} | – | – |")
-        overhead = {g: r["group_span_s"][g] - r["trial_wall_s"][g] for g in r["trial_wall_s"]}
-        lines.append(f"| (c) group_overhead_s: group span − its trial's wall time, per group | "
-                     + ", ".join(f"{g} {v:.0f} s" for g, v in overhead.items()) + " | – | – |")
+        for r in results["sweep_makespan"]["runs"]:
+            trial = sum(r["trial_wall_s"].values()) / len(r["trial_wall_s"])
+            overhead = sum(r["group_overhead_s"].values()) / len(r["group_overhead_s"])
+            met = "yes" if r["ratio_vs_trials"] <= 1.10 else "no"
+            lines.append(
+                f"| (c) sweep makespan ÷ lower bound from the trials' wall times; trials of {r['epochs']} epochs "
+                f"({trial:.0f} s each on average), {overhead:.1f} s per group outside its trial | "
+                f"{r['ratio_vs_trials']:.3f} | ≤ 1.10 | {met} |"
+            )
+            lines.append(f"| (c) the same sweep ÷ lower bound from the generation groups' spans | "
+                         f"{r['ratio_vs_groups']:.3f} | – | – |")
     lines += ["", "Details: " + ", ".join(f"`{name}.json`" for name in results) + " (what each measured is in its "
               "`what` field and in bench/README.md).", ""]
     lines += NOTES

@@ -1,13 +1,15 @@
 """(c) A real sweep's makespan against its lower bound.
 
 2 chains × (teacher + 2 BAN generations), 1 trial per generation, a small CNN on digits, on a local Ray
-cluster with 2 worker slots. The lower bound is max(total trial work ÷ slots, the longest chain's
-sequential work), computed twice: from the trials' own wall times (their MLflow runs, start to end: the
-training plus what a trial does in its process) and from the generation groups' spans (a group adds
-Tune's setup and the test-split evaluation of its best model). The first ratio is what the scheduling of
-the sweep costs beyond its trials; Ray's fixed cost per trial is inside both bounds.
+cluster with 2 worker slots, run once per trial length (`--epochs`, by default 10 and 400 epochs). The lower
+bound is max(total trial work ÷ slots, the longest chain's sequential work), computed twice: from the trials'
+own wall times (their MLflow runs, start to end: Ray Train's start of the trial's workers, the training, the
+teacher-logit cache's build, the checkpoints) and from the generation groups' spans (a group adds Tune's
+setup, the start of its trial's process, and the selection of its best trial). The first ratio is what the
+sweep costs beyond its trials; `group_overhead_s` is that cost per group in seconds, which is fixed: it
+weighs on short trials and vanishes into long ones.
 
-Run: .venv/bin/python -m bench.sweep_makespan   (about 3 minutes on 2 cores)
+Run: .venv/bin/python -m bench.sweep_makespan   (about 9 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -32,17 +34,19 @@ def lower_bound(durations: dict[tuple[int, int], float], slots: int) -> float:
     return max(sum(durations.values()) / slots, max(chains.values()))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--analyse", metavar="STORAGE", help="only measure a finished run of this bench in STORAGE")
-    args = parser.parse_args()
-    storage = tempfile.mkdtemp(prefix="banray-bench-")
+def group(key: tuple[int, int]) -> str:
+    return f"chain{key[0]}-gen{key[1]}"
+
+
+def measure(epochs: int, storage: str | None) -> dict:
+    """Run the bench's sweep with trials of `epochs` epochs (or, with `storage`, analyse a finished one)."""
+    analyse_only = storage is not None
+    storage = storage or tempfile.mkdtemp(prefix="banray-bench-")
     spec = parse_spec({
         "name": "bench-makespan",
         "data": {"dataset": "digits"},
         "model": {"arch": "cnn", "kwargs": {"width": 16}},
-        "train": {"epochs": args.epochs, "batch_size": 64, "lr": 0.05},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05},
         "distill": {"objective": "ban", "teacher": "cached"},
         "generations": 2,
         "chains": 2,
@@ -50,9 +54,9 @@ def main() -> None:
         "search": {"trials": 1},
         "storage": storage,
     })
-    if args.analyse is None:
+    if not analyse_only:
         sweep.run(spec, overwrite=True)
-    sweep_dir = Path(args.analyse or storage) / spec.name
+    sweep_dir = Path(storage) / spec.name
     report = json.loads((sweep_dir / "report.json").read_text())
     makespan = report["elapsed_s"]
     slots = os.cpu_count()  # one CPU per trial (resources' defaults): the local cluster's worker slots
@@ -67,17 +71,32 @@ def main() -> None:
             key = (int(tags["banray.chain"]), int(tags["banray.generation"]))
             trials[key] = trials.get(key, 0.0) + (run.info.end_time - run.info.start_time) / 1000
     by_trials, by_groups = lower_bound(trials, slots), lower_bound(spans, slots)
-    write("sweep_makespan", {
-        "what": "2 chains x (teacher + 2 generations), 1 trial each, cnn(width 16) on digits, "
-                f"{args.epochs} epochs, distill.teacher cached, local Ray cluster",
+    return {
+        "epochs": epochs,
         "slots": slots,
         "makespan_s": makespan,
-        "trial_wall_s": {f"chain{c}-gen{g}": round(v, 2) for (c, g), v in sorted(trials.items())},
-        "group_span_s": {f"chain{c}-gen{g}": round(v, 2) for (c, g), v in sorted(spans.items())},
+        "trial_wall_s": {group(k): round(v, 2) for k, v in sorted(trials.items())},
+        "group_span_s": {group(k): round(v, 2) for k, v in sorted(spans.items())},
+        "group_overhead_s": {group(k): round(spans[k] - trials[k], 2) for k in sorted(trials)},
         "lower_bound_from_trials_s": by_trials,
         "lower_bound_from_groups_s": by_groups,
         "ratio_vs_trials": makespan / by_trials,
         "ratio_vs_groups": makespan / by_groups,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 400], help="trial lengths to run")
+    parser.add_argument("--analyse", metavar="STORAGE",
+                        help="only measure a finished run of this bench in STORAGE (with a single --epochs)")
+    args = parser.parse_args()
+    if args.analyse and len(args.epochs) != 1:
+        parser.error("--analyse takes the single --epochs its run was made with")
+    write("sweep_makespan", {
+        "what": "2 chains x (teacher + 2 generations), 1 trial each, cnn(width 16) on digits, "
+                "distill.teacher cached, local Ray cluster; one run per trial length",
+        "runs": [measure(epochs, args.analyse) for epochs in args.epochs],
     })
 
 

@@ -5,14 +5,17 @@ from pathlib import Path
 import os
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
+import ray
 import torch
 import yaml
 from ray.train import Checkpoint
 
 from banray import sweep
+from banray.chain import RunnerPool
 from banray.spec import parse_spec
 from conftest import REPO, tiny_spec
 
@@ -21,9 +24,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def finished(ray_cluster, tmp_path_factory):
-    """1 chain × (teacher + 1 BAN generation + the control teacher′) × 2 trials × 2 epochs on synthetic data."""
+    """1 chain × (teacher + 1 BAN generation + the control teacher′) × 2 trials × 2 epochs on synthetic data,
+    the students reading their teacher's logits from the generation's cache."""
     storage = tmp_path_factory.mktemp("storage")
-    spec = parse_spec(tiny_spec(storage=str(storage), control=True))
+    spec = parse_spec(tiny_spec(storage=str(storage), control=True, **{"distill.teacher": "cached"}))
     lines = []
     result = sweep.run(spec, echo=lines.append)
     return spec, result, "\n".join(lines)
@@ -61,6 +65,27 @@ def test_control_arm_is_the_teachers_recipe_with_fresh_seeds(finished):
     assert chain["control_ensemble"]["members"] == [0, 0] and 0 <= chain["control_ensemble"]["test_error"] <= 1
     assert 0 <= control["test_ece"] <= 1 and 0 <= teacher["test_ece"] <= 1
     assert "Teacher′" in result.report["columns"] and "no claim" in output
+
+
+def test_the_students_built_one_teacher_cache_in_the_sweep_folder(finished):
+    _, result, _ = finished
+    caches = list((Path(result.sweep_dir) / "teacher-cache").iterdir())
+    # Synthetic data has no augmentation: one file serves every epoch; no claim is left behind.
+    assert len(caches) == 1 and [p.name for p in caches[0].iterdir()] == ["epoch-all.pt"]
+
+
+def test_group_runners_reuse_an_idle_process_and_run_busy_ones_side_by_side(ray_cluster):
+    pool = RunnerPool()
+    first = ray.get(pool.submit(os.getpid))
+    assert ray.get(pool.submit(os.getpid)) == first  # the finished call's process is reused
+    slow, fast = pool.submit(time.sleep, 2), pool.submit(os.getpid)
+    assert ray.get(fast) != first  # the busy one is not waited for
+    ray.get(slow)
+    runners = [*pool.idle, *pool.busy.values()]
+    pool.shutdown()
+    for runner in runners:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(runner.call.remote(os.getpid))
 
 
 def test_best_trial_is_selected_on_validation(finished):

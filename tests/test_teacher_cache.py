@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import fakedata
+import pyarrow.fs as pafs
 import pytest
 import torch
 from conftest import tiny_spec
@@ -116,18 +117,16 @@ def slow_counted_builds(monkeypatch, seconds=0.3):
     return builds
 
 
-def test_trials_side_by_side_split_the_build_and_build_each_epoch_once(cifar_root, tmp_path, monkeypatch):
-    spec = cifar_spec(cifar_root)
+def trials_side_by_side(spec, cifar_root, root: str, epochs: int, trials: int) -> dict[str, list[torch.Tensor]]:
+    """Each trial's tables of every epoch, the trials reading the cache at `root` in threads."""
     teacher = wrn(seed=0)
-    builds = slow_counted_builds(monkeypatch)
-    epochs, trials = 6, 3
     tables: dict[str, list[torch.Tensor]] = {}
     start = threading.Barrier(trials)
 
     def trial():
         # Each trial has its own splits, as each Train worker loads its own.
         splits = load_splits("cifar10", str(cifar_root), spec.data.val_fraction, spec.data.seed)
-        cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path), epochs)
+        cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, root, epochs)
         start.wait()
         tables[threading.current_thread().name] = [cache.for_epoch(e).clone() for e in range(1, epochs + 1)]
 
@@ -136,12 +135,36 @@ def test_trials_side_by_side_split_the_build_and_build_each_epoch_once(cifar_roo
         thread.start()
     for thread in threads:
         thread.join()
+    first, *others = tables.values()
+    assert len(tables) == trials
+    assert all(torch.equal(a, b) for other in others for a, b in zip(first, other))
+    return tables
+
+
+def test_trials_side_by_side_split_the_build_and_build_each_epoch_once(cifar_root, tmp_path, monkeypatch):
+    spec = cifar_spec(cifar_root)
+    builds = slow_counted_builds(monkeypatch)
+    epochs = 6
+    trials_side_by_side(spec, cifar_root, str(tmp_path), epochs, trials=3)
     assert sorted(epoch for _, epoch in builds) == list(range(1, epochs + 1))  # each epoch built once
     assert len({name for name, _ in builds}) > 1  # by more than one trial
-    first, *others = tables.values()
-    assert all(torch.equal(a, b) for other in others for a, b in zip(first, other))
     folder = next(tmp_path.iterdir())
     assert sorted(p.name for p in folder.iterdir()) == [f"epoch-{e:04d}.pt" for e in range(1, epochs + 1)]
+
+
+def test_the_cache_on_object_storage_is_shared_and_left_clean(s3_endpoint, cifar_root, monkeypatch):
+    spec = cifar_spec(cifar_root)
+    builds = slow_counted_builds(monkeypatch)
+    epochs, root = 4, "s3://banray/teacher-cache"
+    tables = trials_side_by_side(spec, cifar_root, root, epochs, trials=3)
+    # Claims on S3 are not exclusive: two trials may build one epoch, never a different one.
+    assert {epoch for _, epoch in builds} == set(range(1, epochs + 1)) and len({n for n, _ in builds}) > 1
+    splits = load_splits("cifar10", str(cifar_root), spec.data.val_fraction, spec.data.seed)
+    later = teacher_cache.CachedTeacher(wrn(seed=0), spec.data, splits, root, epochs)
+    assert torch.equal(later.for_epoch(epochs), tables["trial0"][-1]) and later.built == []
+    fs, path = pafs.FileSystem.from_uri(later.uri)
+    names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
+    assert names == [f"epoch-{e:04d}.pt" for e in range(1, epochs + 1)]  # no claims or partial files left
 
 
 def test_a_stale_claim_is_taken_over_and_a_fresh_one_waited_for(tmp_path, monkeypatch):
