@@ -226,6 +226,11 @@ class DistillSpec(_SearchableSection):
     cache_dtype: Literal["float16", "float32"] = Field(
         "float16", description="'cached': how the teacher's raw logits are stored (float32 is exact)"
     )
+    cache_top_k: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="'cached': store only each view's k largest teacher logits (a smaller cache; the teacher's "
+        "softmax is then renormalised over its top k, so not exact); unset stores all",
+    )
 
     @field_validator("objective")
     @classmethod
@@ -343,6 +348,12 @@ class SweepSpec(_Section):
                 )
         if task == "language_model" and self.search.metric != "val_nll":
             raise ValueError("search.metric must be 'val_nll' (log perplexity) for a language model dataset")
+        if self.distill.cache_top_k is not None and self.distill.teacher != "cached":
+            raise ValueError(
+                f"distill.cache_top_k: {self.distill.cache_top_k} is not allowed with distill.teacher "
+                f"'{self.distill.teacher}': it sets how the teacher-logit cache is stored; set distill.teacher: cached "
+                "or remove it"
+            )
         if task == "language_model" and self.distill.teacher == "cached":
             raise ValueError(
                 "distill.teacher: 'cached' is not allowed for a language model dataset (the teacher's hidden state "

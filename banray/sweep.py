@@ -104,6 +104,12 @@ def preflight(spec: SweepSpec) -> None:
         task = make_task(spec.data, spec.train)
     except DatasetMissing as exc:
         raise SpecError(str(exc)) from None
+    top_k = spec.distill.cache_top_k
+    if top_k is not None and top_k >= task.num_classes:
+        raise SpecError(
+            f"distill.cache_top_k: {top_k} is not allowed: {spec.data.dataset} has {task.num_classes} classes; "
+            "give fewer, or leave it unset to store every logit"
+        )
     for key, model in (("model", spec.model), ("student", spec.student)):
         if model is None:
             continue

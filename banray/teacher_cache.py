@@ -5,7 +5,10 @@ augmentation is drawn from (data seed, epoch, sample index) only (banray.data.Au
 show it the same views: the teacher's logits for a view can be computed once and looked up by every
 trial. The cache is then exact, not an approximation — a "consistent teacher" (Beyer et al. 2022) —
 up to its storage dtype: float32 is bit-exact, float16 (the default, half the bytes) rounds each
-logit to 11 significant bits. Raw logits are stored, so the temperature stays searchable.
+logit to 11 significant bits. Raw logits are stored, so the temperature stays searchable. With
+`top_k`, only each view's k largest logits (and their classes) are stored; the others are read back
+as far below the k-th (TAIL_GAP), so at any temperature the teacher's softmax is renormalised over
+its top k: a smaller cache, no longer exact.
 
 Layout: `<root>/<key>/epoch-<e>.pt` holds the (train samples, classes) logits of epoch e in the
 training split's sample order — or a single `epoch-all.pt` when the dataset has no augmentation, since
@@ -45,6 +48,9 @@ from banray.storage import with_retries
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 BUILD_BATCH_SIZE = 128  # larger batches run slower on CPU (activations fall out of cache)
 DEFAULT_ROOT = "~/.cache/banray/teacher-logits"  # node-local, when the sweep gives no shared place
+# How far below a view's k-th largest logit its unstored logits are put back: their softmax weight is at
+# most e^(-TAIL_GAP / T) (below e^-100 up to T = 100), and finite values keep every loss free of inf − inf.
+TAIL_GAP = 1e4
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -57,8 +63,9 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(teacher: nn.Module, data: DataSpec, augmentation: str, dtype: str) -> str:
+def cache_key(teacher: nn.Module, data: DataSpec, augmentation: str, dtype: str, top_k: int | None = None) -> str:
     identity = {
+        "top_k": top_k,
         "teacher": weights_digest(teacher),
         "teacher_class": type(teacher).__qualname__,
         "augmentation": augmentation,
@@ -160,10 +167,11 @@ class CachedTeacher:
     MIN_STALE_S = 120.0  # a claim is taken over after max(this, 3 × this trial's slowest build)
 
     def __init__(self, teacher: nn.Module, data: DataSpec, splits: Splits, root: str, epochs: int,
-                 dtype: str = "float16", device="cpu"):
+                 dtype: str = "float16", device="cpu", top_k: int | None = None):
         teacher.eval().requires_grad_(False)  # frozen: no autograd bookkeeping in its forward passes
         self.teacher, self.splits, self.device, self.dtype = teacher, splits, device, DTYPES[dtype]
-        self.folder = _Folder(f"{root.rstrip('/')}/{cache_key(teacher, data, splits.augmentation, dtype)}")
+        self.top_k = top_k
+        self.folder = _Folder(f"{root.rstrip('/')}/{cache_key(teacher, data, splits.augmentation, dtype, top_k)}")
         self.uri = self.folder.uri
         self.epochs = _epochs(splits, epochs)
         self.built: list[int | None] = []  # the epochs this trial built, in order
@@ -183,7 +191,21 @@ class CachedTeacher:
         while not self.folder.exists(name):
             if not self._build_one(self.epochs[self.epochs.index(epoch):]):
                 time.sleep(self.POLL_S)  # every missing file from here on is being built by another trial
-        return torch.load(io.BytesIO(self.folder.read(name)), map_location="cpu", weights_only=True)
+        stored = torch.load(io.BytesIO(self.folder.read(name)), map_location="cpu", weights_only=True)
+        if isinstance(stored, torch.Tensor):
+            return stored
+        values = stored["values"].float()
+        tail = values.min(dim=1, keepdim=True).values - TAIL_GAP
+        table = tail.expand(len(values), stored["classes"]).clone()
+        return table.scatter_(1, stored["indices"].long(), values)
+
+    def _stored(self, logits: torch.Tensor):
+        """What a file holds: the logits as they are, or (top_k) the k largest with their classes."""
+        if self.top_k is None:
+            return logits
+        values, indices = logits.float().topk(self.top_k, dim=1)
+        index_dtype = torch.int16 if logits.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
+        return {"values": values.to(self.dtype), "indices": indices.to(index_dtype), "classes": logits.shape[1]}
 
     def _build_one(self, candidates: list[int | None]) -> bool:
         """Build the first of `candidates` that is neither written nor claimed; whether there was one."""
@@ -197,7 +219,9 @@ class CachedTeacher:
                 continue
             started = time.monotonic()
             buffer = io.BytesIO()
-            torch.save(_teacher_logits(self.teacher, self.splits, epoch, self.dtype, self.device), buffer)
+            logits = _teacher_logits(self.teacher, self.splits, epoch, torch.float32 if self.top_k else self.dtype,
+                                     self.device)
+            torch.save(self._stored(logits), buffer)
             self.folder.write(name, buffer.getvalue())
             self.folder.release(name)
             self._slowest_build_s = max(self._slowest_build_s, time.monotonic() - started)

@@ -167,7 +167,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
         teacher_source = teacher_cache.CachedTeacher(
             teacher, settings.data, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
-            settings.train.epochs, settings.distill.cache_dtype, device,
+            settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k,
         )
     resumed = ray.train.get_checkpoint()  # set when Ray Train restarts this run after a failure
     resumed_state = None

@@ -8,6 +8,7 @@ from conftest import tiny_spec
 from banray.losses import get_objective
 from banray.models import build_model
 from banray.spec import SpecError, parse_spec
+from banray.sweep import preflight
 from banray.tasks import bf16_autocast, make_task, use_channels_last
 
 
@@ -27,6 +28,9 @@ def cifar_root(tmp_path_factory):
         ("data.pin_memory", True, "data.pin_memory: True is not allowed: input should be 'auto', 'on' or 'off'"),
         ("distill.teacher", "offline", "distill.teacher: 'offline' is not allowed: input should be 'online' or 'cached'"),
         ("distill.cache_dtype", "int8", "distill.cache_dtype: 'int8' is not allowed: input should be 'float16' or 'float32'"),
+        ("distill.cache_top_k", 0, "distill.cache_top_k: 0 is not allowed: input should be greater than or equal to 1"),
+        ("distill.cache_top_k", 5, "distill.cache_top_k: 5 is not allowed with distill.teacher 'online': it sets how "
+                                   "the teacher-logit cache is stored; set distill.teacher: cached or remove it"),
     ],
 )
 def test_bad_fast_path_values_get_one_line_each(key, value, message):
@@ -41,6 +45,13 @@ def test_cached_teacher_is_refused_for_language_models():
                              distill={"teacher": "cached"}))
 
 
+def test_a_top_k_of_at_least_the_classes_is_refused_before_anything_runs():
+    spec = parse_spec(tiny_spec(distill={"objective": "ban", "teacher": "cached", "cache_top_k": 4}))
+    with pytest.raises(SpecError, match=r"^distill.cache_top_k: 4 is not allowed: synthetic has 4 classes; give fewer"):
+        preflight(spec)
+    preflight(parse_spec(tiny_spec(distill={"objective": "ban", "teacher": "cached", "cache_top_k": 3})))
+
+
 def test_only_switches_that_change_the_numbers_are_in_the_spec_hash():
     base = parse_spec(tiny_spec()).spec_hash()
     for same in ({"data.loader_workers": 3}, {"data.pin_memory": "on"}):
@@ -48,6 +59,9 @@ def test_only_switches_that_change_the_numbers_are_in_the_spec_hash():
     for different in ({"train.precision": "bf16"}, {"train.channels_last": "on"}, {"train.compile": True},
                       {"distill.teacher": "cached"}, {"distill.cache_dtype": "float32"}):
         assert parse_spec(tiny_spec(**different)).spec_hash() != base
+    cached = {"distill.teacher": "cached"}
+    assert parse_spec(tiny_spec(**cached, **{"distill.cache_top_k": 2})).spec_hash() != parse_spec(
+        tiny_spec(**cached)).spec_hash()
 
 
 def test_auto_means_the_fast_path_on_cuda_only():

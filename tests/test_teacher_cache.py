@@ -85,6 +85,27 @@ def test_float16_cache_holds_the_logits_to_half_precision(tmp_path):
     assert [p.name for p in sorted(Path(cache.uri).glob("*.pt"))] == ["epoch-all.pt"]
 
 
+def test_a_top_k_cache_keeps_the_k_largest_logits_and_renormalises_over_them(cifar_root, tmp_path):
+    spec = cifar_spec(cifar_root)
+    task = make_task(spec.data, spec.train, seed=3)
+    teacher = wrn(seed=0).eval()
+    full = teacher_cache.CachedTeacher(teacher, spec.data, task.splits, str(tmp_path), 2, dtype="float32")
+    top3 = teacher_cache.CachedTeacher(teacher, spec.data, task.splits, str(tmp_path), 2, dtype="float32", top_k=3)
+    exact, table = full.for_epoch(2), top3.for_epoch(2)
+    assert table.shape == exact.shape == (len(task.splits.train), 10)
+    kept = exact.topk(3, dim=1)
+    assert torch.equal(table.topk(3, dim=1).indices, kept.indices)
+    assert torch.equal(table.gather(1, kept.indices), kept.values)
+    for temperature in (1.0, 4.0, 20.0):
+        renormalised = torch.zeros_like(exact).scatter_(1, kept.indices, (kept.values / temperature).softmax(dim=1))
+        probabilities = (table / temperature).softmax(dim=1)
+        torch.testing.assert_close(probabilities, renormalised)
+        assert probabilities.scatter(1, kept.indices, 0.0).max() == 0  # the tail weighs nothing
+    stored = torch.load(Path(top3.uri) / "epoch-0002.pt", weights_only=True)  # 3 of 10 logits and their classes
+    assert stored["values"].shape == stored["indices"].shape == (len(task.splits.train), 3)
+    assert (stored["values"].dtype, stored["indices"].dtype, stored["classes"]) == (torch.float32, torch.int16, 10)
+
+
 def test_the_key_changes_with_teacher_policy_data_seed_and_dtype(cifar_root):
     teacher, other = wrn(seed=0), wrn(seed=1)
     spec = cifar_spec(cifar_root)
@@ -95,6 +116,7 @@ def test_the_key_changes_with_teacher_policy_data_seed_and_dtype(cifar_root):
         teacher_cache.cache_key(teacher, spec.data, "none", "float16"),
         teacher_cache.cache_key(teacher, cifar_spec(cifar_root, **{"data.seed": 1}).data, "crop-pad4-reflect+hflip", "float16"),
         teacher_cache.cache_key(teacher, spec.data, "crop-pad4-reflect+hflip", "float32"),
+        teacher_cache.cache_key(teacher, spec.data, "crop-pad4-reflect+hflip", "float16", top_k=3),
     ]
     assert key not in changed and len(set(changed)) == len(changed)
     # What does not change the numbers does not change the key.

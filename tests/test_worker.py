@@ -1,6 +1,7 @@
 """The worker loop on synthetic data, through a real TorchTrainer in Ray Train's local mode."""
 
 import dataclasses
+import math
 
 import pytest
 import ray.train
@@ -105,3 +106,14 @@ def test_cached_teacher_trains_the_same_student_as_the_online_one(tmp_path, stor
     assert [p.name for p in cache_root.glob("*/*.pt")] == ["epoch-all.pt"]  # no augmentation: one pass
     for key in ("train_loss", "val_error", "val_nll"):
         assert cached.metrics[key] == online.metrics[key]
+
+
+def test_a_top_k_cached_teacher_reaches_the_worker(tmp_path, store):
+    spec = parse_spec(tiny_spec(**{"train.epochs": 2}, distill={"objective": "ban", "teacher": "cached",
+                                                                "cache_top_k": 2}))
+    good, _ = save_teacher(spec, tmp_path / "good", trained=True)
+    cache_root = tmp_path / "teacher-cache"
+    result, _, _ = fit(spec, store, tmp_path, generation=1, teacher_checkpoint=good, teacher_cache=str(cache_root))
+    (stored_file,) = cache_root.glob("*/epoch-all.pt")
+    assert torch.load(stored_file, weights_only=True)["values"].shape[1] == 2  # 2 of the 4 classes' logits
+    assert math.isfinite(result.metrics["train_loss"]) and 0 <= result.metrics["val_error"] <= 1
