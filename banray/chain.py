@@ -1,9 +1,9 @@
 """Generation groups: one (chain, generation) is a Ray Tune run of `search.trials` trials.
 
-`run_group` runs in a `GroupRunner` process: it searches the generation's settings (Optuna, ASHA), selects its best trial
-on validation, evaluates that model once on the test split and logs it to MLflow. At the end of a
-chain, `run_ensembles` evaluates the BANE ensembles of its generations. The driver (banray.dag)
-decides when each group starts.
+`run_group` searches the generation's settings (Optuna, ASHA) and selects its best trial on validation;
+`evaluate_group` then evaluates that model once on the test split and logs it to MLflow, beside the next
+generation. At the end of a chain, `run_ensembles` evaluates the BANE ensembles of its generations. All
+three run in the driver's warm `GroupRunner` processes; the driver (banray.dag) decides when each starts.
 """
 
 from __future__ import annotations

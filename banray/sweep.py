@@ -305,24 +305,28 @@ def _run_dag(
         f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
     )
-    dag = run_dag(
-        spec.chains,
-        spec.generations,
-        launch=launch,
-        stop_rule=lambda chain, records: stop_reason(spec, records),
-        echo=echo,
-        on_done=state.progressed,
-        done=state.results,
-        stopped=state.stopped,
-        launch_control=launch_control if spec.control else None,
-        controls_done=state.controls,
-        evaluate=lambda record: evaluators.submit(evaluate_group, ctx, record) if needs_evaluation(record) else None,
-    )
-    busy_s = ray.get(slots.busy_seconds.remote())
-    ray.kill(slots)
-    ensembles = ray.get([runners.submit(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results])
-    runners.shutdown()
-    evaluators.shutdown()
+    try:
+        dag = run_dag(
+            spec.chains,
+            spec.generations,
+            launch=launch,
+            stop_rule=lambda chain, records: stop_reason(spec, records),
+            echo=echo,
+            on_done=state.progressed,
+            done=state.results,
+            stopped=state.stopped,
+            launch_control=launch_control if spec.control else None,
+            controls_done=state.controls,
+            evaluate=lambda r: evaluators.submit(evaluate_group, ctx, r) if needs_evaluation(r) else None,
+        )
+        busy_s = ray.get(slots.busy_seconds.remote())
+        ray.kill(slots)
+        ensembles = ray.get(
+            [runners.submit(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
+        )
+    finally:  # on a long-lived cluster, the runners would otherwise live as long as the driver
+        runners.shutdown()
+        evaluators.shutdown()
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
                     control=dag.controls.get(c), control_ensemble=found.control_ensemble)
