@@ -380,7 +380,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axis.set_ylabel(f"{report['headline']}{unit}")
     axis.set_title(f"{report['sweep']}: {report['headline']} by generation")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize="small")
+    if axis.get_legend_handles_labels()[0]:  # a sweep whose every generation failed has nothing to plot
+        axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
