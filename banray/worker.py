@@ -57,6 +57,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec):
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+def fast_path_student(student: nn.Module, train: TrainSpec, device, input_shape: tuple[int, ...]) -> nn.Module:
+    """The student in the memory format and compiled form the spec asks for on `device`."""
+    if use_channels_last(train, device) and len(input_shape) == 3:
+        student = student.to(memory_format=torch.channels_last)
+    if train.compile:
+        student.compile()  # in place: the state dict keeps its names, so checkpoints stay loadable
+    return student
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -174,11 +183,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if resumed is not None:
         weights, resumed_state = load_latest(resumed)
         student.load_state_dict(weights)
-    if use_channels_last(settings.train, device) and len(task.input_shape) == 3:
-        student = student.to(memory_format=torch.channels_last)
-    if settings.train.compile:
-        student.compile()  # in place: the state dict keeps its names, so checkpoints stay loadable
-    model = ray.train.torch.prepare_model(student)
+    model = ray.train.torch.prepare_model(fast_path_student(student, settings.train, device, task.input_shape))
     optimizer = make_optimizer(model.parameters(), settings.train)
     scheduler = make_scheduler(optimizer, settings.train)
     done_epochs = restore_training_state(resumed_state, optimizer, scheduler) if resumed_state else 0

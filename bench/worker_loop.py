@@ -26,7 +26,7 @@ from banray.losses import get_objective
 from banray.models import build_model
 from banray.spec import DataSpec, TrainSpec
 from banray.tasks import make_task
-from banray.worker import make_optimizer
+from banray.worker import fast_path_student, make_optimizer
 from bench.common import write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -58,16 +58,25 @@ def plain_dataset(task):
     return torch.utils.data.Subset(Transformed(eval_view, augment), splits.train.indices)
 
 
-def measure(case: dict, repeats: int, batch_size: int) -> dict:
-    train = TrainSpec(epochs=100, batch_size=batch_size, lr=0.05)
+def synchronize(device: torch.device) -> None:
+    """Wait for the accelerator, so that a timing covers the work it was handed."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(case: dict, repeats: int, batch_size: int, device: torch.device, train: TrainSpec | None = None) -> dict:
+    """Paired repeats of banray's epoch and the plain loop's; `train` sets the fast-path switches (default:
+    the spec's defaults, 'auto')."""
+    train = (train or TrainSpec(epochs=100, batch_size=batch_size, lr=0.05)).model_copy(
+        update={"batch_size": batch_size})
     task = make_task(case["data"], train, seed=0)
-    device = torch.device("cpu")
 
     def model():
         torch.manual_seed(0)
-        return build_model(case["arch"], num_classes=task.num_classes, input_shape=task.input_shape, **case["kwargs"])
+        built = build_model(case["arch"], num_classes=task.num_classes, input_shape=task.input_shape, **case["kwargs"])
+        return built.to(device)
 
-    student = model()
+    student = fast_path_student(model(), train, device, task.input_shape)  # as the worker prepares it
     optimizer = make_optimizer(student.parameters(), train)
 
     def step(loss):  # the worker's step
@@ -80,7 +89,8 @@ def measure(case: dict, repeats: int, batch_size: int) -> dict:
     plain_model = model()
     plain_optimizer = make_optimizer(plain_model.parameters(), train)
     generator = torch.Generator()
-    loader = DataLoader(plain_dataset(task), batch_size=task._loader_args[0], shuffle=True, generator=generator)
+    loader = DataLoader(plain_dataset(task), batch_size=task._loader_args[0], shuffle=True, generator=generator,
+                        **task.loader_options(device))  # the same workers and pinning as banray's loader
     ce = get_objective("ce")
     steps_per_epoch = len(loader)
 
@@ -93,6 +103,7 @@ def measure(case: dict, repeats: int, batch_size: int) -> dict:
         for epoch in range(first, first + case["epochs"]):
             generator.manual_seed(epoch)
             for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 plain_optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(plain_model(x), y).backward()
                 plain_optimizer.step()
@@ -103,8 +114,10 @@ def measure(case: dict, repeats: int, batch_size: int) -> dict:
         timings = {}
         order = [("banray", banray_epochs), ("plain", plain_epochs)]
         for name, run in order if repeat % 2 == 0 else order[::-1]:
+            synchronize(device)
             start = time.perf_counter()
             run(2 + repeat * case["epochs"])
+            synchronize(device)
             timings[name] = time.perf_counter() - start
         steps = steps_per_epoch * case["epochs"]
         banray_rates.append(steps / timings["banray"])
@@ -128,8 +141,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1 by default
+    device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as root:
-        results = [measure(case, args.repeats, args.batch_size) for case in cases(Path(root))]
+        results = [measure(case, args.repeats, args.batch_size, device) for case in cases(Path(root))]
     write("worker_loop", {
         "what": "banray ClassificationTask.train_epoch (the worker loop's epoch) vs a plain PyTorch loop, "
                 "steps/s, 1 thread, CPU; ratio = banray / plain (median of paired repeats)",
