@@ -24,6 +24,16 @@ def store(tmp_path):
     return track, tracking.ensure_experiment(track)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The worker loop runs in this process (Train's local mode) and sets torch to its one thread; the tests
+    train teachers here at that thread count too (rounding depends on it), and later test files get theirs back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fit(spec, store, tmp_path, generation=0, teacher_checkpoint=None, teacher_cache=None):
     track, experiment_id = store
     run_id = tracking.start_run(track, experiment_id, f"gen{generation}", tags={})
