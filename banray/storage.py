@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -215,24 +216,46 @@ class SweepStorage:
         self.fs.create_dir(self.path, recursive=True)
 
     def write_bytes(self, relative: str, data: bytes) -> str:
+        """Write a file whole: readers never see half of it (an object store replaces an object whole; a
+        local file is written under a temporary name, then renamed)."""
+        final = f"{self.path}/{relative}"
+
         def write() -> None:
-            with self.fs.open_output_stream(f"{self.path}/{relative}") as stream:
+            if self.remote:
+                with self.fs.open_output_stream(final) as stream:
+                    stream.write(data)
+                return
+            temporary = f"{final}.partial-{uuid.uuid4().hex}"
+            self.fs.create_dir(temporary.rsplit("/", 1)[0], recursive=True)
+            with self.fs.open_output_stream(temporary) as stream:
                 stream.write(data)
+            self.fs.move(temporary, final)
 
         with_retries(f"writing {self.child(relative)}", write)
         return self.child(relative)
 
-    def read_text(self, relative: str) -> str | None:
-        """The file's text, or None if it does not exist."""
+    def read_bytes(self, relative: str) -> bytes | None:
+        """The file's bytes, or None if it does not exist."""
 
-        def read() -> str | None:
+        def read() -> bytes | None:
             try:
                 with self.fs.open_input_stream(f"{self.path}/{relative}") as stream:
-                    return stream.read().decode()
+                    return stream.read()
             except FileNotFoundError:
                 return None
 
         return with_retries(f"reading {self.child(relative)}", read)
+
+    def read_text(self, relative: str) -> str | None:
+        """The file's text, or None if it does not exist."""
+        data = self.read_bytes(relative)
+        return None if data is None else data.decode()
+
+    def info(self, relative: str) -> pafs.FileInfo:
+        return with_retries(f"checking {self.child(relative)}", lambda: self.fs.get_file_info(f"{self.path}/{relative}"))
+
+    def exists(self, relative: str) -> bool:
+        return self.info(relative).type != pafs.FileType.NotFound
 
     def write_text(self, relative: str, text: str) -> str:
         return self.write_bytes(relative, text.encode())

@@ -19,8 +19,8 @@ is the sweep's storage (local or s3://) or node-local disk.
 The trials build the cache themselves, on their own devices, one epoch's file at a time as they need
 it: a trial that finds the file of its next epoch missing claims the first missing file nobody is
 building (its own epoch, or a later one while others build the earlier ones) and builds it. Trials
-of a group that train side by side thus split the teacher's passes between them. Files appear by
-atomic rename, so a reader never sees half a file. Claims are files too: exclusive on local disk; on
+of a group that train side by side thus split the teacher's passes between them. Files are written
+whole (SweepStorage.write_bytes), so a reader never sees half a file. Claims are files too: exclusive on local disk; on
 object storage two builders may race for one, and then write identical files (the build is
 deterministic). A claim whose builder died (e.g. a trial stopped by ASHA) is taken over once stale.
 """
@@ -33,7 +33,6 @@ import io
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -43,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from banray.data import Splits
 from banray.spec import DataSpec
-from banray.storage import with_retries
+from banray.storage import SweepStorage
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 BUILD_BATCH_SIZE = 128  # larger batches run slower on CPU (activations fall out of cache)
@@ -85,62 +84,34 @@ def _epochs(splits: Splits, epochs: int) -> list[int | None]:
     return [None] if splits.augmentation == "none" else list(range(1, epochs + 1))
 
 
-class _Folder:
-    """One cache folder through pyarrow's filesystems (local or S3), every access retried."""
+class _Folder(SweepStorage):
+    """One cache folder `<root>/<key>` (local or object storage), every access retried, with claims."""
 
-    def __init__(self, uri: str):
-        if "://" not in uri:
-            uri = str(Path(uri).expanduser().resolve())
-        self.uri = uri
-        self.fs, self.path = pafs.FileSystem.from_uri(uri)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
-
-    def _info(self, name: str) -> pafs.FileInfo:
-        return with_retries(f"checking {self.uri}/{name}", lambda: self.fs.get_file_info(f"{self.path}/{name}"))
+    def __init__(self, root: str, key: str):
+        super().__init__(root, key)
+        self._present: set[str] = set()  # files seen written: they never change or go away
 
     def exists(self, name: str) -> bool:
-        return self._info(name).type != pafs.FileType.NotFound
-
-    def read(self, name: str) -> bytes:
-        def read() -> bytes:
-            with self.fs.open_input_stream(f"{self.path}/{name}") as stream:
-                return stream.read()
-
-        return with_retries(f"reading {self.uri}/{name}", read)
-
-    def write(self, name: str, data: bytes) -> None:
-        """Write to a temporary name, then rename: readers see the whole file or none."""
-        temporary = f"{self.path}/.{name}.{uuid.uuid4().hex}"
-
-        def write() -> None:
-            self.fs.create_dir(self.path, recursive=True)
-            with self.fs.open_output_stream(temporary) as stream:
-                stream.write(data)
-            self.fs.move(temporary, f"{self.path}/{name}")
-
-        with_retries(f"writing {self.uri}/{name}", write)
+        if name not in self._present and super().exists(name):
+            self._present.add(name)
+        return name in self._present
 
     def claim(self, name: str, stale_after_s: float) -> bool:
         """Whether this caller may build `name`: nobody claimed it, or its claim is older than
         `stale_after_s` (its builder is gone)."""
-        claim = f"{self.path}/.claim-{name}"
-        if self.local:
+        claim = f".claim-{name}"
+        if not self.remote:
             Path(self.path).mkdir(parents=True, exist_ok=True)
             try:
-                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.close(os.open(f"{self.path}/{claim}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 return True
             except FileExistsError:
                 pass
-        info = self._info(f".claim-{name}")
+        info = self.info(claim)
         if info.type != pafs.FileType.NotFound and time.time() - info.mtime.timestamp() < stale_after_s:
             return False
-        with_retries(f"claiming {self.uri}/{name}", lambda: self._touch(claim))
+        self.write_bytes(claim, b"")  # a new claim, or a stale one taken over with a fresh time
         return True
-
-    def _touch(self, path: str) -> None:
-        self.fs.create_dir(self.path, recursive=True)
-        with self.fs.open_output_stream(path) as stream:
-            stream.write(b"")
 
     def release(self, name: str) -> None:
         """Drop the claim on `name` once its file is written (readers look for the file, not the claim)."""
@@ -171,7 +142,7 @@ class CachedTeacher:
         teacher.eval().requires_grad_(False)  # frozen: no autograd bookkeeping in its forward passes
         self.teacher, self.splits, self.device, self.dtype = teacher, splits, device, DTYPES[dtype]
         self.top_k = top_k
-        self.folder = _Folder(f"{root.rstrip('/')}/{cache_key(teacher, data, splits.augmentation, dtype, top_k)}")
+        self.folder = _Folder(root, cache_key(teacher, data, splits.augmentation, dtype, top_k))
         self.uri = self.folder.uri
         self.epochs = _epochs(splits, epochs)
         self.built: list[int | None] = []  # the epochs this trial built, in order
@@ -191,7 +162,7 @@ class CachedTeacher:
         while not self.folder.exists(name):
             if not self._build_one(self.epochs[self.epochs.index(epoch):]):
                 time.sleep(self.POLL_S)  # every missing file from here on is being built by another trial
-        stored = torch.load(io.BytesIO(self.folder.read(name)), map_location="cpu", weights_only=True)
+        stored = torch.load(io.BytesIO(self.folder.read_bytes(name)), map_location="cpu", weights_only=True)
         if isinstance(stored, torch.Tensor):
             return stored
         values = stored["values"].float()
@@ -222,7 +193,7 @@ class CachedTeacher:
             logits = _teacher_logits(self.teacher, self.splits, epoch, torch.float32 if self.top_k else self.dtype,
                                      self.device)
             torch.save(self._stored(logits), buffer)
-            self.folder.write(name, buffer.getvalue())
+            self.folder.write_bytes(name, buffer.getvalue())
             self.folder.release(name)
             self._slowest_build_s = max(self._slowest_build_s, time.monotonic() - started)
             self.built.append(epoch)

@@ -60,7 +60,7 @@ def main() -> None:
             row = {"model": name}
             for variant, switches in VARIANTS.items():
                 train = TrainSpec(epochs=100, batch_size=args.batch_size, lr=0.05, **switches)
-                measured = measure(case, repeats, args.batch_size, device, train)
+                measured = measure(case, repeats, device, train)
                 row[f"{variant}_images_per_s"] = measured["banray_steps_per_s"] * args.batch_size
                 row[f"{variant}_ratio_to_eager_fp32"] = measured["ratio"]
                 row.setdefault("eager_fp32_images_per_s", measured["plain_steps_per_s"] * args.batch_size)

@@ -64,11 +64,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(case: dict, repeats: int, batch_size: int, device: torch.device, train: TrainSpec | None = None) -> dict:
-    """Paired repeats of banray's epoch and the plain loop's; `train` sets the fast-path switches (default:
-    the spec's defaults, 'auto')."""
-    train = (train or TrainSpec(epochs=100, batch_size=batch_size, lr=0.05)).model_copy(
-        update={"batch_size": batch_size})
+def measure(case: dict, repeats: int, device: torch.device, train: TrainSpec) -> dict:
+    """Paired repeats of banray's epoch and the plain loop's, with `train`'s batch size and fast-path switches."""
     task = make_task(case["data"], train, seed=0)
 
     def model():
@@ -125,7 +122,7 @@ def measure(case: dict, repeats: int, batch_size: int, device: torch.device, tra
         ratios.append(banray_rates[-1] / plain_rates[-1])
     return {
         "case": case["name"],
-        "batch_size": batch_size,
+        "batch_size": train.batch_size,
         "steps_per_measurement": steps_per_epoch * case["epochs"],
         "repeats": repeats,
         "banray_steps_per_s": statistics.median(banray_rates),
@@ -143,7 +140,8 @@ def main() -> None:
     torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1 by default
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as root:
-        results = [measure(case, args.repeats, args.batch_size, device) for case in cases(Path(root))]
+        train = TrainSpec(epochs=100, batch_size=args.batch_size, lr=0.05)
+        results = [measure(case, args.repeats, device, train) for case in cases(Path(root))]
     write("worker_loop", {
         "what": "banray ClassificationTask.train_epoch (the worker loop's epoch) vs a plain PyTorch loop, "
                 "steps/s, 1 thread, CPU; ratio = banray / plain (median of paired repeats)",

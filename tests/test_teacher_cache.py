@@ -203,14 +203,14 @@ def test_a_stale_claim_is_taken_over_and_a_fresh_one_waited_for(tmp_path, monkey
 
     # A fresh claim: its builder is at work, so a reader waits for the file instead of building it.
     waiting = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path / "other"), epochs=3)
-    folder = teacher_cache._Folder(waiting.uri)
+    folder = waiting.folder
     assert folder.claim("epoch-all.pt", stale_after_s=60)
     expected = torch.full((384, 4), 7.0, dtype=torch.float16)  # not what the teacher says: proves who wrote it
 
     def builder_finishes():
         buffer = io.BytesIO()
         torch.save(expected, buffer)
-        folder.write("epoch-all.pt", buffer.getvalue())
+        folder.write_bytes("epoch-all.pt", buffer.getvalue())
         folder.release("epoch-all.pt")
 
     threading.Timer(0.5, builder_finishes).start()
