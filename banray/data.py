@@ -12,6 +12,8 @@ Model selection uses validation only; the test split is evaluated once per finis
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,6 +307,26 @@ def load_corpus(dataset: str, root: str, download: bool = False) -> Corpus:
     return entry.build(root, download)
 
 
+class SplitTooSmall(ValueError):
+    """`data.val_fraction` leaves a class out of the validation or the training split."""
+
+
+def _check_split_fits(dataset: str, labels: np.ndarray, val_fraction: float) -> None:
+    """The stratified split needs every class at least once on each side (scikit-learn sizes the validation
+    split as ceil(fraction × pool)), and two samples of every class to split at all."""
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    pool, classes = len(labels), len(counts)
+    held_out = math.ceil(val_fraction * pool)
+    if classes <= held_out <= pool - classes and counts.min() >= 2:
+        return
+    low, high = math.ceil(1e4 * classes / pool) / 1e4, math.floor(1e4 * (pool - classes) / pool) / 1e4
+    raise SplitTooSmall(
+        f"data.val_fraction: {val_fraction:g} is not allowed: it holds out {held_out} of the {pool} training samples "
+        f"of {dataset}, but each of its {classes} classes must be in both the validation and the training split; "
+        f"allowed: {low:g} to {high:g}"
+    )
+
+
 def load_splits(dataset: str, root: str, val_fraction: float, seed: int, download: bool = False) -> Splits:
     """Train (augmented) / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`. The
     training augmentation is drawn per (seed, epoch, sample) once `Splits.set_epoch` has been called."""
@@ -313,6 +335,7 @@ def load_splits(dataset: str, root: str, val_fraction: float, seed: int, downloa
     entry = DATASETS[dataset]
     assert entry.kind == "classification", f"{dataset} is a {entry.kind} dataset"
     pool = entry.build(root, download)
+    _check_split_fits(dataset, pool.labels, val_fraction)
     indices = np.arange(len(pool.labels))
     train_idx, val_idx = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=pool.labels)
     augmented = pool.train_view if isinstance(pool.train_view, Augmented) else None

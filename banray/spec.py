@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -40,7 +43,34 @@ class SpecError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinities or NaN anywhere: an infinite lr, temperature or bound is always a mistake.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic reads `true` as 1 for numbers; in a spec that is a slip, never a count.
+    if isinstance(value, bool):
+        raise ValueError("give a number, not true or false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_boolean)]
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]
+SEED_MAX = 2**32 - 1  # what numpy's and scikit-learn's random states accept
+# Upper bounds where a larger value can only be a typo (an extra digit or two), not an experiment: the paper
+# trains 200-300 epochs, 3-7 generations, a handful of chains. A sweep beyond them is refused at once
+# instead of reserving a cluster for centuries.
+MAX_EPOCHS = 10_000
+MAX_GENERATIONS = 100
+MAX_CHAINS = 1_000
+MAX_TRIALS = 10_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_BPTT = 10_000
+MAX_LOADER_WORKERS = 64
+MAX_WORKERS = 4_096
+MAX_CPUS_PER_WORKER = 1_024
+MAX_GPUS_PER_WORKER = 64
+MAX_FAILURES = 1_000
 
 
 def _known(registry, name: str) -> str:
@@ -53,9 +83,9 @@ class Range(_Section):
     """A search range instead of a value: exactly one of `uniform: [low, high]`, `loguniform: [low, high]`,
     `integer: [low, high]` (bounds included) or `choice: [a, b, ...]`. Optuna samples it per trial."""
 
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    integer: tuple[int, int] | None = None
+    uniform: tuple[Float, Float] | None = None
+    loguniform: tuple[Float, Float] | None = None
+    integer: tuple[Int, Int] | None = None
     choice: list[Any] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
@@ -102,6 +132,12 @@ class _SearchableSection(_Section):
     @model_validator(mode="after")
     def _range_values_fit(self):
         for name, value in self.ranges().items():
+            if value.kind in ("uniform", "loguniform") and _takes_whole_numbers(type(self), name):
+                low, high = value.values()
+                raise ValueError(
+                    f"{name}: a {value.kind} range is not allowed: {name} takes whole numbers; "
+                    f"use integer: [{int(low)}, {int(high)}] or choice: [...]"
+                )
             for candidate in value.values():
                 try:
                     type(self).model_validate({**self.model_dump(), name: candidate})
@@ -114,18 +150,29 @@ class _SearchableSection(_Section):
     def ranges(self) -> dict[str, Range]:
         return {name: value for name, value in self if isinstance(value, Range)}
 
+    def at_midpoints(self):
+        """This section with every range replaced by its midpoint: a representative concrete value, for
+        checks made before any trial samples one."""
+        return self.model_copy(update={name: value.midpoint() for name, value in self.ranges().items()})
+
+
+def _takes_whole_numbers(section: type[BaseModel], name: str) -> bool:
+    """Whether a searchable field's value branch is an integer (its annotation is a Union of Annotated types)."""
+    branches = typing.get_args(section.model_fields[name].annotation)
+    return int in [typing.get_args(b)[0] if typing.get_origin(b) is Annotated else b for b in branches]
+
 
 class DataSpec(_Section):
     dataset: str = Field(description="dataset name from the registry (digits, synthetic, cifar10, cifar100, ptb)")
     root: str = Field("~/.cache/banray/data", description="folder with the dataset files (file-based datasets)")
     download: bool = Field(False, description="download missing CIFAR files into root (needs internet access)")
-    val_fraction: float = Field(
+    val_fraction: Float = Field(
         0.2, gt=0, lt=1, description="share of the training pool held out for selection (ptb has its own valid file)"
     )
-    seed: int = Field(
-        0, ge=0, description="seed of the train/validation split and of each (epoch, sample)'s augmentation"
+    seed: Int = Field(
+        0, ge=0, le=SEED_MAX, description="seed of the train/validation split and of each (epoch, sample)'s augmentation"
     )
-    loader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+    loader_workers: Annotated[int, Field(ge=0, le=MAX_LOADER_WORKERS)] | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; 'auto': none on CPU or without augmentation, else up to 4"
     )
     pin_memory: Literal["auto", "on", "off"] = Field("auto", description="pinned host memory; 'auto': on with CUDA")
@@ -133,9 +180,9 @@ class DataSpec(_Section):
     @field_validator("loader_workers", mode="before")
     @classmethod
     def _workers_count(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_LOADER_WORKERS):
             return value
-        raise ValueError("give a number of DataLoader worker processes (0 or more) or 'auto'")
+        raise ValueError(f"give a number of DataLoader worker processes (0 to {MAX_LOADER_WORKERS}) or 'auto'")
 
     @field_validator("dataset")
     @classmethod
@@ -168,27 +215,27 @@ class ModelSpec(_Section):
 
 
 class TrainSpec(_SearchableSection):
-    epochs: int = Field(ge=1, description="epochs per generation (every generation uses the same schedule)")
-    batch_size: _searchable(Annotated[int, Field(ge=1)]) = Field(
+    epochs: Int = Field(ge=1, le=MAX_EPOCHS, description="epochs per generation (every generation uses the same schedule)")
+    batch_size: _searchable(Annotated[Int, Field(ge=1, le=MAX_BATCH_SIZE)]) = Field(
         64, description="global batch size, split across the workers of a trial"
     )
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: _searchable(Annotated[float, Field(gt=0)]) = 0.05
-    momentum: _searchable(Annotated[float, Field(ge=0, lt=1)]) = Field(0.9, description="SGD momentum")
+    lr: _searchable(Annotated[Float, Field(gt=0)]) = 0.05
+    momentum: _searchable(Annotated[Float, Field(ge=0, lt=1)]) = Field(0.9, description="SGD momentum")
     nesterov: bool = False
-    weight_decay: _searchable(Annotated[float, Field(ge=0)]) = 5e-4
+    weight_decay: _searchable(Annotated[Float, Field(ge=0)]) = 5e-4
     lr_schedule: Literal["constant", "cosine", "step", "plateau"] = "cosine"
-    lr_milestones: list[int] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by lr_gamma")
-    lr_gamma: _searchable(Annotated[float, Field(gt=0, le=1)]) = Field(
+    lr_milestones: list[Int] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by lr_gamma")
+    lr_gamma: _searchable(Annotated[Float, Field(gt=0, le=1)]) = Field(
         0.1, description="'step' and 'plateau': the factor applied to lr"
     )
-    lr_plateau_threshold: _searchable(Annotated[float, Field(ge=0)]) = Field(
+    lr_plateau_threshold: _searchable(Annotated[Float, Field(ge=0)]) = Field(
         0.0, description="'plateau': lr drops unless the validation metric improves by more than this"
     )
-    grad_clip: _searchable(Annotated[float, Field(gt=0)]) | None = Field(
+    grad_clip: _searchable(Annotated[Float, Field(gt=0)]) | None = Field(
         None, description="clip the gradient norm to this (language models)"
     )
-    bptt: int = Field(35, ge=1, description="language models: time steps per truncated-BPTT chunk")
+    bptt: Int = Field(35, ge=1, le=MAX_BPTT, description="language models: time steps per truncated-BPTT chunk")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast of the student's forward pass; 'auto': bf16 on CUDA, fp32 elsewhere"
     )
@@ -212,21 +259,21 @@ class TrainSpec(_SearchableSection):
 
 class DistillSpec(_SearchableSection):
     objective: _searchable(str) = Field("ban", description="objective of generations ≥ 1 (generation 0 always uses 'ce')")
-    alpha: _searchable(Annotated[float, Field(ge=0, le=1)]) = Field(
+    alpha: _searchable(Annotated[Float, Field(ge=0, le=1)]) = Field(
         0.5, description="kd: weight of the teacher term; the label term gets 1 − alpha"
     )
-    temperature: _searchable(Annotated[float, Field(gt=0)]) = Field(
+    temperature: _searchable(Annotated[Float, Field(gt=0)]) = Field(
         1.0, description="softmax temperature of the teacher term (paper: 1)"
     )
-    teacher_weight: _searchable(Annotated[float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the teacher term")
-    label_weight: _searchable(Annotated[float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the label term")
+    teacher_weight: _searchable(Annotated[Float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the teacher term")
+    label_weight: _searchable(Annotated[Float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the label term")
     teacher: Literal["online", "cached"] = Field(
         "online", description="'cached': the teacher's logits are computed once per generation and shared by its trials"
     )
     cache_dtype: Literal["float16", "float32"] = Field(
         "float16", description="'cached': how the teacher's raw logits are stored (float32 is exact)"
     )
-    cache_top_k: Annotated[int, Field(ge=1)] | None = Field(
+    cache_top_k: Annotated[Int, Field(ge=1)] | None = Field(
         None,
         description="'cached': store only each view's k largest teacher logits (a smaller cache; the teacher's "
         "softmax is then renormalised over its top k, so not exact); unset stores all",
@@ -249,31 +296,31 @@ class EnsembleSpec(_Section):
 
 
 class SearchSpec(_Section):
-    trials: int = Field(1, ge=1, description="trials per generation; they differ by seed and sampled settings")
+    trials: Int = Field(1, ge=1, le=MAX_TRIALS, description="trials per generation; they differ by seed and sampled settings")
     metric: Literal["val_error", "val_nll"] = Field("val_error", description="validation metric to minimise")
     warm_start: bool = Field(True, description="seed generation k+1's search with generation k's best settings")
     early_stopping: Literal["auto", "on", "off"] = Field(
         "auto", description="ASHA early stopping of bad trials; 'auto' turns it on when trials > 2"
     )
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial trains before it can be stopped")
-    reduction_factor: int = Field(4, ge=2, description="ASHA: keep the best 1/reduction_factor at each rung")
+    grace_period: Int = Field(1, ge=1, description="ASHA: epochs every trial trains before it can be stopped")
+    reduction_factor: Int = Field(4, ge=2, le=100, description="ASHA: keep the best 1/reduction_factor at each rung")
 
     def uses_asha(self) -> bool:
         return self.early_stopping == "on" or (self.early_stopping == "auto" and self.trials > 2)
 
 
 class ChainStopSpec(_Section):
-    min_improvement: float = Field(
+    min_improvement: Float = Field(
         ge=0, description="stop a chain when a generation's best validation metric does not beat its teacher's by this"
     )
 
 
 class ResourcesSpec(_Section):
-    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks) per trial")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    max_failures: int = Field(
-        3, ge=0, description="worker failures a trial recovers from (restarting from its last checkpoint)"
+    workers_per_trial: Int = Field(1, ge=1, le=MAX_WORKERS, description="Ray Train workers (data-parallel ranks) per trial")
+    cpus_per_worker: Float = Field(1.0, gt=0, le=MAX_CPUS_PER_WORKER)
+    gpus_per_worker: Float = Field(0.0, ge=0, le=MAX_GPUS_PER_WORKER)
+    max_failures: Int = Field(
+        3, ge=0, le=MAX_FAILURES, description="worker failures a trial recovers from (restarting from its last checkpoint)"
     )
 
 
@@ -291,16 +338,41 @@ _RUNTIME_FIELDS = {"data": {"loader_workers", "pin_memory"}}
 Arm = Literal["main", "control"]
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules
+
+
+def check_storage_root(storage: str) -> str:
+    """`storage` if it is a local folder or an s3://bucket/prefix URI that banray can use; else ValueError."""
+    if any(ord(c) < 32 for c in storage):
+        raise ValueError("a storage path cannot hold control characters")
+    scheme, sep, rest = storage.partition("://")
+    if sep and scheme != "s3":
+        raise ValueError(f"use a local folder or an s3://bucket/prefix URI, not {scheme}://")
+    if sep:
+        bucket = rest.split("/", 1)[0]
+        if not bucket:
+            raise ValueError("an s3:// storage URI needs a bucket: s3://bucket/prefix")
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            raise ValueError(f"'{bucket}' is not an S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+        if "//" in rest or any(part in (".", "..") for part in rest.split("/")):
+            raise ValueError("an s3:// prefix cannot hold empty, '.' or '..' parts")
+        return storage
+    if storage.startswith("~") and Path(storage).expanduser() == Path(storage):
+        user = storage[1:].split("/", 1)[0]
+        raise ValueError(f"there is no user '{user}' whose home folder ~{user} could stand for")
+    return storage
+
+
 class SweepSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, description="sweep name")
-    seed: int = Field(0, ge=0, description="root seed; every chain, generation and trial derives its own")
+    seed: Int = Field(0, ge=0, le=SEED_MAX, description="root seed; every chain, generation and trial derives its own")
     data: DataSpec
     model: ModelSpec
     student: ModelSpec | None = Field(None, description="model of generations ≥ 1; default: `model` (born again)")
     train: TrainSpec
     distill: DistillSpec = DistillSpec()
-    generations: int = Field(ge=1, description="student generations after the generation-0 teacher")
-    chains: int = Field(1, ge=1, description="independent lineages, each with its own seeds")
+    generations: Int = Field(ge=1, le=MAX_GENERATIONS, description="student generations after the generation-0 teacher")
+    chains: Int = Field(1, ge=1, le=MAX_CHAINS, description="independent lineages, each with its own seeds")
     control: bool = Field(
         True,
         description="also train, per chain, teacher′: the teacher's recipe with a fresh seed (the seed-noise "
@@ -321,12 +393,7 @@ class SweepSpec(_Section):
     @field_validator("storage")
     @classmethod
     def _storage_kind(cls, storage: str) -> str:
-        scheme, sep, rest = storage.partition("://")
-        if sep and scheme != "s3":
-            raise ValueError(f"use a local folder or an s3://bucket/prefix URI, not {scheme}://")
-        if scheme == "s3" and not rest.strip("/"):
-            raise ValueError("an s3:// storage URI needs a bucket: s3://bucket/prefix")
-        return storage
+        return check_storage_root(storage)
 
     @field_validator("storage_endpoint")
     @classmethod
@@ -400,6 +467,7 @@ class SweepSpec(_Section):
             "arm": arm,
             "data": self.data.model_dump(mode="json"),
             "model": self.model_of(generation).model_dump(mode="json"),
+            "teacher_model": self.model_of(generation - 1).model_dump(mode="json") if generation > 0 else None,
             "train": self.train.model_dump(mode="json", exclude_none=True),
             "distill": distill.model_dump(mode="json", exclude_none=True),
             "metric": self.search.metric,
@@ -410,6 +478,15 @@ class SweepSpec(_Section):
         """Hash of everything that shapes training: a teacher is only valid for the spec it came from."""
         science = self.model_dump(mode="json", exclude={**dict.fromkeys(_RUNTIME_SECTIONS, True), **_RUNTIME_FIELDS})
         return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_storage(spec: SweepSpec, storage: str) -> SweepSpec:
+    """`spec` with its storage root replaced by a command line's --storage, validated as the spec's own is."""
+    try:
+        check_storage_root(storage)
+    except ValueError as exc:
+        raise SpecError(f"--storage: {shorten(storage)!r} is not allowed: {exc}") from None
+    return spec.model_copy(update={"storage": storage})
 
 
 def derive_seed(root: int, *path: int) -> int:
@@ -431,6 +508,7 @@ class TrialSettings(_Section):
     seed: int
     data: DataSpec
     model: ModelSpec
+    teacher_model: ModelSpec | None = None  # what the teacher checkpoint must be (its arch and kwargs)
     train: TrainSpec
     distill: DistillSpec
     metric: str
@@ -472,6 +550,16 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(current.model_fields) if current is not None else []
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters: an error line names a value or a reason, it does not reprint a page."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters."""
+    return cut(repr(value), limit)
+
+
 def _format_error(error: dict, path: str) -> str:
     loc = tuple(error["loc"])
     where = ".".join(str(p) for p in loc if p not in _UNION_TAGS)
@@ -484,12 +572,12 @@ def _format_error(error: dict, path: str) -> str:
         return f"{path}: {where}: required key is missing"
     if kind in ("model_type", "model_attributes_type"):  # a value where a section belongs
         allowed = _allowed_keys(SweepSpec, loc)
-        return f"{path}: {where}: {error['input']!r} is not allowed: give a mapping with keys {', '.join(allowed)}"
+        return f"{path}: {where}: {shorten(error['input'])} is not allowed: give a mapping with keys {', '.join(allowed)}"
     if isinstance(error["input"], dict):
         if kind == "value_error":  # a check across keys: the message names the keys involved
             return f"{path}: {where}: {msg}" if where else f"{path}: {msg}"
         return f"{path}: {where}: a search range or mapping is not allowed here; give a single value ({msg})"
-    return f"{path}: {where}: {error['input']!r} is not allowed: {msg}"
+    return f"{path}: {where}: {shorten(error['input'])} is not allowed: {msg}"
 
 
 def parse_spec(raw: Any, path: str = "spec") -> SweepSpec:
@@ -503,15 +591,96 @@ def parse_spec(raw: Any, path: str = "spec") -> SweepSpec:
         raise SpecError([_format_error(e, path) for e in exc.errors()]) from None
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    path = Path(path)
+# Bounds of the spec reader: a spec is a page of YAML, so anything far beyond these is a mistake or an attack
+# (a 500-byte file of nested YAML aliases expands to billions of values).
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_VALUES = 10_000  # after alias expansion: each use of an alias counts its whole value again
+MAX_SPEC_DEPTH = 32
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (by default the last one silently wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden by later keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {shorten(key, 40)} (first given at line {first_line[key]})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _shape(node: yaml.Node, visiting: set[int], known: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(values, depth) of a composed YAML node with its aliases expanded; memoised, so an alias bomb costs
+    its number of distinct nodes, not its expansion."""
+    if id(node) in known:
+        return known[id(node)]
+    if id(node) in visiting:
+        raise _TooLarge("an alias refers to a value that contains it (a recursive structure)")
+    visiting.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    values, depth = 1, 0
+    for child in children:
+        child_values, child_depth = _shape(child, visiting, known)
+        values, depth = values + child_values, max(depth, child_depth)
+        if values > MAX_SPEC_VALUES:
+            raise _TooLarge(f"it holds more than {MAX_SPEC_VALUES:,} values (each use of an alias counts again)")
+    if depth + 1 > MAX_SPEC_DEPTH:
+        raise _TooLarge(f"it is nested more than {MAX_SPEC_DEPTH} levels deep")
+    visiting.discard(id(node))
+    known[id(node)] = (values, depth + 1)
+    return known[id(node)]
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document at `path`, within the reader's bounds; SpecError naming the file otherwise."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read the spec: {exc.strerror}") from None
+        raise SpecError(f"{path}: cannot read the spec: {exc.strerror or exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: not a spec: larger than {MAX_SPEC_BYTES >> 20} MiB (a spec is a page of YAML)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _shape(node, set(), {})
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_spec(raw, str(path))
+    except _TooLarge as exc:
+        raise SpecError(f"{path}: not a spec: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not a spec: it is nested more than {MAX_SPEC_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    return parse_spec(_read_yaml(path), str(path))

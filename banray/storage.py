@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import tenacity
 
+MARKER_FILE = ".banray-sweep"  # written first into every sweep folder banray creates
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_S3"  # honoured by pyarrow, boto3 and MLflow's S3 artifact store
 RETRY_BUDGET_VARIABLE = "BANRAY_STORAGE_RETRY_S"
 
@@ -197,23 +198,51 @@ class SweepStorage:
         """The URI of `relative` inside the sweep folder (what Ray's storage_path takes)."""
         return f"{self.uri}/{relative}"
 
-    def holds_anything(self) -> bool:
-        """Whether the sweep folder exists with something in it; OSError if the storage is unreachable."""
+    def check_reachable(self) -> None:
+        """OSError unless the sweep folder could be created here: its bucket exists (object storage), or its
+        nearest existing local ancestor is a folder this user can write into."""
         if self.remote:
             bucket = self.path.split("/")[0]
             if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
                 raise OSError(f"bucket '{bucket}' does not exist; create it first")
+            return
+        existing = Path(self.path)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OSError(f"{existing} is a file, not a folder")
+        if existing == Path(self.path):
+            return
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError(f"{existing} is not writable by this user")
+
+    def holds_anything(self) -> bool:
+        """Whether the sweep folder exists with something in it; OSError if the storage is unreachable."""
+        self.check_reachable()
         info = self.fs.get_file_info(self.path)
         if info.type == pafs.FileType.NotFound:
             return False
+        if info.type != pafs.FileType.Directory and not self.remote:
+            raise OSError(f"{self.path} is a file, not a folder")
         return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)))
+
+    def why_not_a_sweep(self) -> str | None:
+        """None if the folder carries banray's marks and (on local disk) belongs to this user; else why not.
+        Only such a folder may be replaced (--overwrite) or resumed: anything else is someone's files."""
+        if not (self.exists(MARKER_FILE) or (self.exists("spec.yaml") and self.exists("state.json"))):
+            return f"it holds files that are not a banray sweep's (no {MARKER_FILE}, spec.yaml or state.json)"
+        if not self.remote and Path(self.path).stat().st_uid != os.getuid():
+            return "it belongs to another user"
+        return None
 
     def clear(self) -> None:
         if self.fs.get_file_info(self.path).type != pafs.FileType.NotFound:
             self.fs.delete_dir(self.path)
 
-    def create(self) -> None:
+    def create(self, name: str) -> None:
+        """Create the folder with banray's mark in it (what a later --overwrite checks for)."""
         self.fs.create_dir(self.path, recursive=True)
+        self.write_json(MARKER_FILE, {"banray_sweep": name})
 
     def write_bytes(self, relative: str, data: bytes) -> str:
         """Write a file whole: readers never see half of it (an object store replaces an object whole; a

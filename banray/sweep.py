@@ -14,15 +14,16 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import ray
 import torch
 import yaml
 
-from banray import report, tracking
+from banray import lock, report, tracking
 from banray.chain import (
     ChainResult,
     GenerationRecord,
@@ -37,9 +38,9 @@ from banray.chain import (
     tune_verbosity,
 )
 from banray.dag import run_dag
-from banray.data import DatasetMissing
+from banray.data import DatasetMissing, SplitTooSmall
 from banray.models import build_model
-from banray.spec import SpecError, SweepSpec
+from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
 from banray.storage import SweepStorage, use_endpoint
 from banray.tasks import make_task
 from banray.trial import WorkerSlots, slot_capacity
@@ -63,18 +64,13 @@ class SweepResult:
 STATE_FILE = "state.json"
 
 
-def open_storage(spec: SweepSpec, overwrite: bool, resume: bool = False) -> SweepStorage:
-    """The sweep's folder, checked: it must not hold an earlier sweep (unless replacing or resuming it)."""
+def open_storage(spec: SweepSpec) -> SweepStorage:
+    """The sweep's folder, with its storage checked reachable; nothing is written."""
     try:
         storage = SweepStorage(spec.storage, spec.name)
-        taken = storage.holds_anything()
-    except OSError as exc:
+        storage.check_reachable()
+    except (OSError, ValueError) as exc:
         raise SpecError(f"storage: cannot reach {spec.storage.rstrip('/')}/{spec.name}: {exc}") from None
-    if taken and not overwrite and not resume:
-        raise SpecError(
-            f"storage: {storage.uri} already holds a sweep named like this one; "
-            "rename the sweep, pass --storage elsewhere, or pass --overwrite to replace it"
-        )
     if storage.remote and not (spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise SpecError(
             f"tracking.uri: storage is {spec.storage}, so the MLflow store cannot live in the sweep folder; "
@@ -83,26 +79,73 @@ def open_storage(spec: SweepSpec, overwrite: bool, resume: bool = False) -> Swee
     return storage
 
 
+def check_folder(storage: SweepStorage, overwrite: bool, resume: bool) -> None:
+    """The folder must be empty or new, unless it is a sweep of this user's that --overwrite replaces or
+    --resume continues; files that are not a banray sweep's are never replaced."""
+    try:
+        taken = storage.holds_anything()
+        refusal = storage.why_not_a_sweep() if taken else None
+    except OSError as exc:
+        raise SpecError(f"storage: cannot use {storage.uri}: {exc}") from None
+    if refusal is not None:
+        raise SpecError(
+            f"storage: {storage.uri} already exists and {refusal}; banray will not write into it or delete it: "
+            "give the sweep another name, or pass --storage elsewhere"
+        )
+    if taken and not overwrite and not resume:
+        raise SpecError(
+            f"storage: {storage.uri} already holds a sweep named like this one; "
+            "rename the sweep, pass --storage elsewhere, or pass --overwrite to replace it"
+        )
+
+
 def load_state(storage: SweepStorage, spec: SweepSpec) -> dict[str, Any]:
     """The state of the interrupted sweep to resume, checked against `spec`."""
     text = storage.read_text(STATE_FILE)
     if text is None:
         raise SpecError(f"--resume: {storage.uri} holds no sweep state ({STATE_FILE}); run without --resume")
-    state = json.loads(text)
-    if state.get("spec_hash") != spec.spec_hash():
+    try:
+        state = json.loads(text)
+        SweepState.restore(spec, storage, state)
+        hash_of_state = state["spec_hash"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SpecError(
-            f"--resume: the sweep in {storage.uri} ran a different spec (hash {state.get('spec_hash')}, this one "
+            f"--resume: {storage.child(STATE_FILE)} is not a readable sweep state ({type(exc).__name__}: "
+            f"{cut(str(exc), 80)}); it cannot be resumed: start it again with --overwrite"
+        ) from None
+    if hash_of_state != spec.spec_hash():
+        raise SpecError(
+            f"--resume: the sweep in {storage.uri} ran a different spec (hash {cut(str(hash_of_state), 20)}, this one "
             f"{spec.spec_hash()}); resume it with the same spec, or rename the sweep to start a new one"
         )
     return state
 
 
-def preflight(spec: SweepSpec) -> None:
-    """Checks that need the data and the model code: the dataset's files are in place and every model
-    can be built for it. Raises SpecError, before anything is started or written."""
+def finished_report(storage: SweepStorage) -> dict[str, Any]:
+    """The report of a sweep whose state says it finished."""
+    text = storage.read_text("report.json")
     try:
-        task = make_task(spec.data, spec.train)
-    except DatasetMissing as exc:
+        report_data = json.loads(text) if text is not None else {}
+        if not isinstance(report_data, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise SpecError(
+            f"--resume: the sweep in {storage.uri} has finished, but its report.json is not readable "
+            f"({cut(str(exc), 80)}); run it again with --overwrite"
+        ) from None
+    return report_data
+
+
+# What a model builder may raise for kwargs it cannot build (models.ModelTooLarge is a ValueError).
+BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AssertionError, OverflowError, MemoryError)
+
+
+def preflight(spec: SweepSpec) -> None:
+    """Checks that need the data and the model code: the dataset's files are in place, its split fits, and
+    every model can be built for it. Raises SpecError, before anything is started or written."""
+    try:
+        task = make_task(spec.data, spec.train.at_midpoints())
+    except (DatasetMissing, SplitTooSmall) as exc:
         raise SpecError(str(exc)) from None
     top_k = spec.distill.cache_top_k
     if top_k is not None and top_k >= task.num_classes:
@@ -111,22 +154,29 @@ def preflight(spec: SweepSpec) -> None:
             "give fewer, or leave it unset to store every logit"
         )
     for key, model in (("model", spec.model), ("student", spec.student)):
-        if model is None:
-            continue
+        if model is not None:
+            _check_model(key, model, spec.data.dataset, task)
+
+
+def _check_model(key: str, model, dataset: str, task) -> None:
+    kwargs = shorten(model.kwargs, 100)
+    with warnings.catch_warnings():  # torch's warnings about odd layers would print before the one error line
+        warnings.simplefilter("ignore")
         try:
             built = build_model(model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **model.kwargs)
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"{key}.kwargs: {model.arch} cannot be built with {model.kwargs}: {exc}") from None
+        except BUILD_ERRORS as exc:
+            reason = cut(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            raise SpecError(f"{key}.kwargs: {model.arch} cannot be built with {kwargs}: {reason}") from None
         example = task.input_example()
         if example is None:  # language models take (tokens, state); their shapes are checked by the spec
-            continue
+            return
         try:  # a model can build and still not take the input (e.g. too narrow for the image)
             with torch.no_grad():
                 built.eval()(torch.from_numpy(example))
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             raise SpecError(
-                f"{key}: {model.arch} with {model.kwargs} cannot take {spec.data.dataset}'s input of shape "
-                f"{tuple(task.input_shape)}: {str(exc).splitlines()[0]}"
+                f"{key}: {model.arch} with {kwargs} cannot take {dataset}'s input of shape "
+                f"{tuple(task.input_shape)}: {cut(str(exc).strip().splitlines()[0])}"
             ) from None
 
 
@@ -155,19 +205,38 @@ def run(
     address: str | None = None,
     storage: str | None = None,
     overwrite: bool = False,
-    resume: bool = False,
+    resume: bool | Literal["if-started"] = False,
     echo: Callable[[str], None] = print,
 ) -> SweepResult:
+    """Run the sweep. `resume`: continue the interrupted sweep in the folder; "if-started": continue it if
+    the folder holds one, else start (for job entrypoints that a scheduler may run again)."""
     if storage is not None:
-        spec = spec.model_copy(update={"storage": storage})  # so spec.yaml records where it really ran
+        spec = with_storage(spec, storage)  # so spec.yaml records where it really ran
     endpoint_env = use_endpoint(spec.storage_endpoint)
-    sweep_storage = open_storage(spec, overwrite, resume)
-    previous = load_state(sweep_storage, spec) if resume else None
-    if previous is not None and previous["finished"]:
-        echo(f"banray: sweep '{spec.name}' in {sweep_storage.uri} has already finished; nothing to resume")
-        report_text = sweep_storage.read_text("report.json")
-        return SweepResult(json.loads(report_text) if report_text else {}, sweep_storage.uri, [])
+    sweep_storage = open_storage(spec)
     preflight(spec)
+    try:
+        with lock.hold(sweep_storage):
+            if resume == "if-started":
+                resume = sweep_storage.exists(STATE_FILE)
+            check_folder(sweep_storage, overwrite, resume)
+            previous = load_state(sweep_storage, spec) if resume else None
+            if previous is not None and previous["finished"]:
+                echo(f"banray: sweep '{spec.name}' in {sweep_storage.uri} has already finished; nothing to resume")
+                return SweepResult(finished_report(sweep_storage), sweep_storage.uri, [])
+            return _connect_and_run(spec, sweep_storage, address, endpoint_env, echo, previous)
+    except lock.SweepLocked as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _connect_and_run(
+    spec: SweepSpec,
+    storage: SweepStorage,
+    address: str | None,
+    endpoint_env: dict[str, str],
+    echo: Callable[[str], None],
+    previous: dict | None,
+) -> SweepResult:
     started = connect(address, endpoint_env)
     try:
         capacity = slot_capacity(spec.resources, ray.cluster_resources())
@@ -177,7 +246,7 @@ def run(
                 f"{spec.resources.cpus_per_worker} CPU / {spec.resources.gpus_per_worker} GPU, but the cluster has "
                 f"{ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU"
             )
-        return _run_dag(spec, sweep_storage, capacity, echo, previous)
+        return _run_dag(spec, storage, capacity, echo, previous)
     finally:
         if started:
             ray.shutdown()
@@ -258,8 +327,8 @@ def _run_dag(
     if track.artifact_location is None:  # a tracking server: reach it before writing anything
         tracking.ensure_experiment(track)
     if previous is None:
-        storage.clear()
-        storage.create()
+        storage.clear()  # an earlier sweep of this user's, checked by check_folder under the lock
+        storage.create(spec.name)
         storage.write_text("spec.yaml", spec_text)
     state = SweepState.restore(spec, storage, previous)
     interrupted = dict(state.running)  # groups the interrupted driver was running

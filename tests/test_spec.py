@@ -122,6 +122,7 @@ def test_cli_rejects_bad_spec_with_exit_2_and_writes_nothing(tmp_path):
 
 def test_cli_sweep_refuses_to_overwrite_an_earlier_sweep(tmp_path):
     (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / ".banray-sweep").write_text('{"banray_sweep": "tiny"}')  # an earlier sweep's mark
     (tmp_path / "tiny" / "report.json").write_text("{}")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(tiny_spec(storage=str(tmp_path))))
