@@ -22,7 +22,7 @@ from banray import checkpoint, tracking
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import SweepSpec
-from banray.storage import ray_storage, with_retries
+from banray.storage import keep_credentials_out_of_tune, ray_storage, with_retries
 from banray.tasks import make_task
 from banray.trial import TRIAL_RESOURCES, TrialFailed, TrialRuntime, group_name, run_trial
 
@@ -263,6 +263,7 @@ def run_group(
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
     runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
     trainable = tune.with_resources(run_trial, TRIAL_RESOURCES)
+    keep_credentials_out_of_tune()
     tune_root, tune_fs = ray_storage(ctx.tune_storage)
     if restore and tune.Tuner.can_restore(f"{tune_root}/{name}", storage_filesystem=tune_fs):
         # Finished trials stay finished; unfinished ones continue, their Train runs from the last checkpoint.

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from banray.spec import SpecError, SweepSpec, load_spec
+from banray.spec import SpecError, SweepSpec, load_spec, with_storage
 
 SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 
@@ -61,14 +61,26 @@ def validate(spec_path: str) -> None:
     help="Ray cluster to run on (e.g. 'auto' or 'ray://head:10001'); default: $RAY_ADDRESS, else a new local cluster.",
 )
 @click.option("--storage", metavar="PATH", default=None, help="Override the spec's `storage` folder.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier sweep of the same name in the storage folder.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an earlier sweep of the same name in the storage folder (only a banray sweep folder of yours).",
+)
 @click.option(
     "--resume",
     is_flag=True,
     help="Continue an interrupted sweep from the state in its storage folder (same spec): finished "
     "generations are kept, an interrupted one continues from its trials' last checkpoints.",
 )
-def sweep(spec_path: str, address: str | None, storage: str | None, overwrite: bool, resume: bool) -> None:
+@click.option(
+    "--start-or-resume",
+    is_flag=True,
+    help="Resume the sweep if its folder holds one started with this spec, else start it: for job "
+    "entrypoints that a scheduler may run again (a RayJob's retry).",
+)
+def sweep(
+    spec_path: str, address: str | None, storage: str | None, overwrite: bool, resume: bool, start_or_resume: bool
+) -> None:
     """Run the sweep described by SPEC on Ray, then print and write its report.
 
     Each (chain, generation) runs as a Ray Tune run of `search.trials` trials, each trial a Ray
@@ -79,10 +91,15 @@ def sweep(spec_path: str, address: str | None, storage: str | None, overwrite: b
     spec = _load(spec_path)  # before importing Ray and MLflow: a bad spec fails at once
     from banray import sweep as sweep_module
 
-    if resume and overwrite:
+    if (resume or start_or_resume) and overwrite:
         _fail(SpecError("--resume and --overwrite: pick one (--overwrite deletes what --resume would continue)"))
+    if resume and start_or_resume:
+        _fail(SpecError("--resume and --start-or-resume: pick one (--start-or-resume resumes when it can)"))
     try:
-        sweep_module.run(spec, address=address, storage=storage, overwrite=overwrite, resume=resume, echo=click.echo)
+        sweep_module.run(
+            spec, address=address, storage=storage, overwrite=overwrite,
+            resume="if-started" if start_or_resume else resume, echo=click.echo,
+        )
     except SpecError as exc:
         _fail(exc)
 
@@ -117,26 +134,36 @@ def plan(spec_path: str, storage: str | None, calibrate: int, detect: float | No
 
     Prints the DAG (chains × generations × trials), what each generation searches, the worker slots
     needed and the amount of work; checks that the storage folder is writable (a marker is written,
-    read back and removed) and that the tracking URI answers. Exits 1 if a check fails, 2 if the spec
-    is invalid.
+    read back and removed) and that the tracking URI answers (a local store is only looked at: a
+    missing one is not created, plan says where the sweep would create it). Exits 1, with one line
+    on stderr, if a check fails; 2 if the spec or an option is invalid (an unreadable --from-report
+    included).
     """
     from banray import plan as plan_module
 
     spec = _load(spec_path)
     if storage is not None:
-        spec = spec.model_copy(update={"storage": storage})
+        try:
+            spec = with_storage(spec, storage)
+        except SpecError as exc:
+            _fail(exc)
     if from_report is not None and detect is None:
-        raise click.UsageError("--from-report needs --detect GAIN")
-    for line in plan_module.describe(spec, calibrate):
+        _fail(SpecError("--from-report needs --detect GAIN"))
+    try:
+        lines = plan_module.describe(spec, calibrate)
+        if detect is not None:
+            lines += plan_module.chains_for_gain(spec, detect, from_report)
+    except SpecError as exc:  # --calibrate: a model that cannot be built or take the input
+        _fail(exc)
+    except plan_module.PlanCheckFailed as exc:  # --from-report cannot be read: bad input, not a failed check
+        _fail(SpecError(" ".join(str(exc).split())))
+    for line in lines:
         click.echo(line)
     try:
-        if detect is not None:
-            for line in plan_module.chains_for_gain(spec, detect, from_report):
-                click.echo(line)
         click.echo(f"Storage: {plan_module.check_storage(spec)}")
         click.echo(f"Tracking: {plan_module.check_tracking(spec)}")
     except plan_module.PlanCheckFailed as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the backend said
         sys.exit(1)
 
 
@@ -151,25 +178,55 @@ def promote(sweep_name: str, generation: int, chain: int | None, tracking_uri: s
 
     The chosen model version gets the tags banray.promoted_by (your user name) and banray.promoted_at.
     For a sweep tracked in its folder's local store, pass --tracking-uri sqlite:///<storage>/<name>/mlflow.db.
+    Nothing is created at a URI that holds no MLflow store. Exits 2, with one line on stderr, if the
+    URI holds no store or does not answer, or SWEEP has no such generation; 1 if the tracking server
+    fails otherwise.
     """
     import os
 
+    import requests
+    import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
     from banray import tracking
 
+    def fail(message: str, status: int = 2):
+        click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the server said
+        sys.exit(status)
+
+    def why(exc: Exception) -> str:
+        return exc.message if isinstance(exc, MlflowException) else f"{type(exc).__name__}: {exc}"
+
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        click.echo("error: --tracking-uri: no tracking URI given and MLFLOW_TRACKING_URI is not set", err=True)
-        sys.exit(2)
+        fail("--tracking-uri: no tracking URI given and MLFLOW_TRACKING_URI is not set")
+    if uri.startswith(("http://", "https://")):
+        problem = tracking.server_problem(uri)  # seconds, not MLflow's 4 minutes of retries
+        if problem:
+            fail(f"--tracking-uri: {problem}")
+    else:
+        store = tracking.local_store(uri)  # MLflow's client would create a missing local store
+        if store is not None and not store.exists:
+            at = f"{store.path} ({uri})" if store.path else uri
+            fail(f"--tracking-uri: no MLflow store at {at}" + (f": {store.problem}" if store.problem else ""))
+        if store is not None and store.problem:
+            fail(f"--tracking-uri: {uri}: {store.problem}")
     track = tracking.Tracking(uri, sweep_name, None)
     alias = f"gen-{generation}" if chain is None else f"chain{chain}-gen-{generation}"
-    try:
-        version = track.client().get_model_version_by_alias(sweep_name, alias)
-    except MlflowException as exc:
-        click.echo(f"error: registered model '{sweep_name}' has no alias @{alias} at {uri}: {exc.message}", err=True)
-        sys.exit(2)
-    tracking.promote(track, sweep_name, version.version)
+    failures = (MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError)
+    with tracking.impatient_http():
+        try:
+            version = track.client().get_model_version_by_alias(sweep_name, alias)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                fail(f"--tracking-uri: {uri} failed: {why(exc)}", 1)
+            fail(f"registered model '{sweep_name}' has no alias @{alias} at {uri}: {exc.message}")
+        except failures as exc:
+            fail(f"--tracking-uri: {uri} failed: {why(exc)}", 1)
+        try:
+            tracking.promote(track, sweep_name, version.version)
+        except failures as exc:
+            fail(f"moving {sweep_name}@best to version {version.version} at {uri} failed: {why(exc)}", 1)
     click.echo(f"{sweep_name}@best → version {version.version} (@{alias})")
 
 

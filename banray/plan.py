@@ -17,7 +17,7 @@ import torch
 from banray import stats, tracking
 from banray.data import DATASETS, dataset_kind
 from banray.models import build_model
-from banray.spec import Range, SweepSpec
+from banray.spec import Range, SpecError, SweepSpec
 from banray.storage import is_remote, use_endpoint
 
 # Ray's fixed cost of a trial (Tune trial → TorchTrainer start and stop), measured on a 2-core machine.
@@ -66,12 +66,18 @@ def time_steps(spec: SweepSpec, generation: int, steps: int) -> tuple[float, str
         (100 if spec.data.dataset == "cifar100" else 10),
         (3, 32, 32) if spec.data.dataset.startswith("cifar") else (1, 8, 8),
     )
-    model_spec = spec.model_of(generation)
-    model = build_model(model_spec.arch, num_classes=num_classes, input_shape=input_shape, **model_spec.kwargs).to(device)
+
+    def build(key: str, model_spec):
+        try:
+            return build_model(model_spec.arch, num_classes=num_classes, input_shape=input_shape, **model_spec.kwargs)
+        except (TypeError, ValueError) as exc:  # the same words as the sweep's preflight
+            raise SpecError(f"{key}.kwargs: {model_spec.arch} cannot be built with {model_spec.kwargs}: {exc}") from None
+
+    key = "model" if generation == 0 or spec.student is None else "student"
+    model = build(key, spec.model_of(generation)).to(device)
     teacher = None
     if generation > 0:
-        teacher = build_model(spec.model.arch, num_classes=num_classes, input_shape=input_shape, **spec.model.kwargs)
-        teacher = teacher.to(device).eval()
+        teacher = build("model", spec.model).to(device).eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     if language:
         x = torch.randint(0, num_classes, (spec.train.bptt, batch), device=device)
@@ -89,7 +95,15 @@ def time_steps(spec: SweepSpec, generation: int, steps: int) -> tuple[float, str
         loss.backward()
         optimizer.step()
 
-    step()  # warm-up: allocations, cuDNN autotuning
+    try:
+        step()  # warm-up: allocations, cuDNN autotuning
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:  # a model can build and still not take the input (e.g. too narrow for the image)
+        raise SpecError(
+            f"{key}: {spec.model_of(generation).arch} with {spec.model_of(generation).kwargs} cannot take "
+            f"{spec.data.dataset}'s input of shape {input_shape}: {str(exc).splitlines()[0]}"
+        ) from None
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -138,26 +152,40 @@ def check_storage(spec: SweepSpec) -> str:
 
 
 def check_tracking(spec: SweepSpec) -> str:
-    """Ask the tracking URI for an answer; the default local store lives in storage, checked above."""
+    """Ask a tracking server for an answer; look at a local store read-only, creating nothing (a mistyped
+    path must not leave an empty MLflow database behind); the default local store lives in storage,
+    checked above."""
     uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return "a SQLite store in the sweep folder (checked with storage)"
     if uri.startswith(("http://", "https://")):
-        import requests
-
-        health = uri.rstrip("/") + "/health"
-        try:
-            response = requests.get(health, timeout=5)
-        except requests.RequestException as exc:
-            raise PlanCheckFailed(f"tracking.uri: {uri} does not answer ({type(exc).__name__}: {exc})") from None
-        if response.status_code != 200:
-            raise PlanCheckFailed(f"tracking.uri: {health} answered HTTP {response.status_code}, not 200")
+        problem = tracking.server_problem(uri)
+        if problem:
+            raise PlanCheckFailed(f"tracking.uri: {problem}")
         return f"{uri} answers"
-    try:
-        tracking.Tracking(uri, spec.name, None).client().search_experiments(max_results=1)
-    except Exception as exc:  # any backend's failure means the sweep could not track
-        raise PlanCheckFailed(f"tracking.uri: {uri} cannot be used: {exc}") from None
-    return f"{uri} answers"
+    store = tracking.local_store(uri)
+    if store is None:  # a database server (postgresql://, mysql://, …) or a plugin's scheme
+        try:
+            tracking.Tracking(uri, spec.name, None).client().search_experiments(max_results=1)
+        except Exception as exc:  # any backend's failure means the sweep could not track
+            raise PlanCheckFailed(f"tracking.uri: {uri} cannot be used: {exc}") from None
+        return f"{uri} answers"
+    if store.problem:
+        raise PlanCheckFailed(f"tracking.uri: {uri}: {store.problem}")
+    if store.exists:
+        return f"{uri}: an MLflow store at {store.path} (looked at read-only)"
+    if store.path.exists():
+        return f"{uri}: {store.path} is empty; the sweep will set up an MLflow store in it"
+    folder = store.path.parent
+    if not folder.is_dir():
+        raise PlanCheckFailed(
+            f"tracking.uri: {uri}: there is no MLflow store at {store.path}, and its folder {folder} does not "
+            "exist (a typo? create the folder if a new store is meant to go there)"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PlanCheckFailed(f"tracking.uri: {uri}: there is no MLflow store at {store.path}, and its folder "
+                              f"{folder} is not writable, so the sweep could not create one")
+    return f"{uri}: no MLflow store at {store.path} yet; the sweep will create it there"
 
 
 def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:

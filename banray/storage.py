@@ -167,6 +167,19 @@ class _RetryingHandler(pafs.FileSystemHandler):
         raise NotImplementedError("appending to object storage is not supported")
 
 
+# The credentials Ray Tune copies from the process that runs a Tuner into every trial's runtime env.
+TUNE_PROPAGATED_SECRETS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def keep_credentials_out_of_tune() -> None:
+    """Stop Ray Tune from copying AWS credentials into every trial's runtime env: Ray writes runtime envs in
+    plain text into its session logs (runtime_env_agent.log) and task specs. A trial reads the credentials of
+    the node it runs on, as every other Ray process of the sweep does (ray/tune/execution/class_cache.py)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE - TUNE_PROPAGATED_SECRETS)
+
+
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig: object storage through a
     filesystem that retries through outages; local paths as they are."""

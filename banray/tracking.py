@@ -33,6 +33,149 @@ class Tracking:
         return MlflowClient(tracking_uri=self.uri)
 
 
+HEALTH_TIMEOUT_S = 5.0
+
+
+def server_problem(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+    """Why the tracking server at `uri` (http or https) cannot be used, or None if its /health answers 200.
+    One GET with `timeout`, no retries: a command a person waits on learns in seconds that nothing answers."""
+    import requests
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        response = requests.get(health, timeout=timeout)
+    except requests.RequestException as exc:
+        return f"{uri} does not answer ({type(exc).__name__}: {exc})"
+    if response.status_code != 200:
+        return f"{health} answered HTTP {response.status_code}, not 200"
+    return None
+
+
+@contextmanager
+def impatient_http(retries: int = 2, timeout_s: int = 10):
+    """MLflow's HTTP client retries a request 7 times with exponential backoff and waits up to 120 s for
+    each answer (about 4 minutes before a dead server is given up on). For a command a person waits on:
+    `retries` retries, 1 s backoff, `timeout_s` per request, each unless the environment sets its own;
+    the environment is put back afterwards."""
+    settings = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+    }
+    added = [name for name in settings if name not in os.environ]
+    os.environ.update({name: settings[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@dataclass(frozen=True)
+class LocalStore:
+    """What a tracking URI naming a store on this machine points at, found without creating anything."""
+
+    kind: str  # "sqlite", or "file" (MLflow's file store: a folder path or a file:// URI)
+    path: Path | None  # absolute; None for an in-memory SQLite database
+    exists: bool  # an MLflow store is there
+    problem: str | None = None  # why the URI cannot serve as a store, if it cannot
+
+
+# Tables every MLflow SQL store has; a SQLite database without them belongs to something else.
+_MLFLOW_TABLES = {"alembic_version", "experiments", "runs", "registered_models"}
+
+
+def local_store(uri: str) -> LocalStore | None:
+    """The local store `uri` names, looked at read-only (a SQLite file opened with mode=ro, a folder
+    listed), or None if `uri` is not local (a tracking server, a database server). MLflow's client
+    creates a missing local store, with its parent folders, so a command that only looks must ask
+    here and not open one through MLflow."""
+    from mlflow.utils.uri import get_uri_scheme
+
+    scheme = get_uri_scheme(uri)
+    if scheme == "sqlite":
+        return _sqlite_store(uri)
+    if scheme in ("", "file"):
+        return _file_store(uri)
+    return None
+
+
+def _sqlite_store(uri: str) -> LocalStore:
+    import sqlite3
+    from contextlib import closing
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(uri).database
+    except Exception as exc:  # SQLAlchemy's ArgumentError, ValueError: the URI cannot be parsed
+        return LocalStore("sqlite", None, False, f"not a SQLite URI SQLAlchemy can read ({exc})")
+    if not database or database == ":memory:":
+        return LocalStore("sqlite", None, False, "an in-memory SQLite database keeps nothing once its process "
+                          "ends, and every Ray worker would get its own")
+    path = Path(os.path.abspath(database))
+    if not path.exists():
+        return LocalStore("sqlite", path, False)
+    if not path.is_file():
+        return LocalStore("sqlite", path, False, f"{path} is a folder, not a SQLite file")
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = None
+            if "alembic_version" in tables:
+                row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+                version = row[0] if row else None
+    except sqlite3.Error as exc:
+        return LocalStore("sqlite", path, False, f"{path} is not a readable SQLite database ({exc})")
+    if not tables:
+        return LocalStore("sqlite", path, False)  # an empty file: MLflow would set its tables up in it
+    if not _MLFLOW_TABLES <= tables:
+        return LocalStore("sqlite", path, False, f"{path} is a SQLite database but not an MLflow store "
+                          f"(no {', '.join(sorted(_MLFLOW_TABLES - tables))} table)")
+    expected = _schema_head()
+    if expected is not None and version != expected:
+        import mlflow
+
+        return LocalStore("sqlite", path, True, f"its MLflow schema is version {version}, MLflow {mlflow.__version__} "
+                          f"needs {expected} (`mlflow db upgrade {uri}` migrates an older store; back it up first)")
+    return LocalStore("sqlite", path, True)
+
+
+def _schema_head() -> str | None:
+    """The schema version this MLflow's SQL stores must have, from its migration scripts (no database)."""
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        return _get_latest_schema_revision()
+    except Exception:  # a private MLflow function: if it moves, skip the comparison rather than fail
+        return None
+
+
+def _file_store(uri: str) -> LocalStore:
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    path = Path(os.path.abspath(local_file_uri_to_path(uri)))
+    exists, problem = False, None
+    if path.is_dir():
+        entries = list(path.iterdir())
+        exists = (path / ".trash").is_dir() or any(
+            entry.name.isdigit() and (entry / "meta.yaml").is_file() for entry in entries
+        )
+        if entries and not exists:
+            problem = f"{path} is a folder that is not an MLflow file store (no .trash, no experiment folder with meta.yaml)"
+    elif path.exists():
+        problem = f"{path} is a file, not a folder (for a SQLite store write sqlite:///{path})"
+    try:
+        allowed = MLFLOW_ALLOW_FILE_STORE.get()
+    except ValueError:
+        allowed = False
+    if not allowed and problem is None:
+        problem = (f"a file store, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true; use a SQLite store, "
+                   f"e.g. sqlite:///{path}.db")
+    return LocalStore("file", path, exists, problem)
+
+
 def resolve(spec_uri: str | None, experiment: str, sweep_dir: Path | None) -> Tracking:
     """Spec URI, else $MLFLOW_TRACKING_URI, else a SQLite store inside the (local) sweep folder."""
     uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI")

@@ -44,7 +44,14 @@ def tiny_spec(**overrides) -> dict:
 
 # Fake S3 credentials that cannot occur by chance: tests/test_storage_s3.py looks for them in everything
 # a sweep leaves behind (MLflow, storage, output).
-S3_SECRETS = {"AWS_ACCESS_KEY_ID": "BANRAYTESTKEY4B1E2D", "AWS_SECRET_ACCESS_KEY": "banray-test-secret-7f3a9c"}
+S3_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "BANRAYTESTKEY4B1E2D",
+    "AWS_SECRET_ACCESS_KEY": "banray-test-secret-7f3a9c",
+    "AWS_SESSION_TOKEN": "banray-test-session-token-2c8e",
+}
+# An MLflow token in the environment, as a tracking server with authentication needs (the tests' server
+# ignores it); it must not leak either.
+TRACKING_SECRETS = {"MLFLOW_TRACKING_TOKEN": "banray-test-mlflow-token-5d21"}
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +62,10 @@ def s3_endpoint():
 
     with servers.moto_s3() as endpoint:
         os.environ.update(S3_SECRETS)  # moto takes any credentials; moto_s3 restores the old values on exit
+        os.environ.update(TRACKING_SECRETS)
         yield endpoint
+        for name in TRACKING_SECRETS:
+            os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")
@@ -68,13 +78,19 @@ def tracking_server(s3_endpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint):
+def ray_temp_dir() -> Path:
+    """The session cluster's temp dir: its session folder holds every log Ray writes."""
+    return Path(tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint, ray_temp_dir):
     """A real local Ray cluster for the whole session; yields its GCS address."""
     import ray
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(fakedata)  # workers cannot import the tests folder
-    temp_dir = tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp")
+    temp_dir = str(ray_temp_dir)
     ray.init(
         num_cpus=2,
         _temp_dir=temp_dir,

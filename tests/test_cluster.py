@@ -14,7 +14,7 @@ import pytest
 from ray.train import Checkpoint
 
 import servers
-from conftest import REPO
+from conftest import REPO, S3_SECRETS, TRACKING_SECRETS
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def two_nodes(s3_endpoint, tracking_server):
         node = servers.ray_start(temp_dir / "node", head_address=address, num_cpus=1, log=temp_dir / "node.log",
                                  **servers.node_ports())
         servers.wait_until(lambda: cluster_nodes(address) == 2, 90, "the second Ray node")
-        yield address, f"http://127.0.0.1:{dashboard}"
+        yield address, f"http://127.0.0.1:{dashboard}", temp_dir
     finally:
         for process in (node, head):
             if process is not None:
@@ -63,7 +63,7 @@ def two_nodes(s3_endpoint, tracking_server):
 
 
 def test_sweep_with_address_trains_on_both_nodes(two_nodes, tracking_server):
-    address, _ = two_nodes
+    address, _, temp_dir = two_nodes
     completed = subprocess.run(
         [sys.executable, "-m", "banray", "sweep", "sweeps/smoke.yaml", "--address", address,
          "--storage", "s3://banray/cluster"],
@@ -76,9 +76,19 @@ def test_sweep_with_address_trains_on_both_nodes(two_nodes, tracking_server):
     nodes = {Checkpoint(c).get_metadata()["node_id"] for c in checkpoints}
     assert len(checkpoints) == 4 and len(nodes) == 2  # the Train workers ran on both nodes
 
+    # The nodes have the credentials in their environment; none reached a file of either node's session
+    # folder (Tune would copy them into every trial's runtime env, which Ray logs) or the output.
+    places = {str(f): f.read_bytes() for f in temp_dir.rglob("*") if f.is_file() and not f.is_symlink()}
+    assert any("runtime_env_agent" in place for place in places)
+    places["output"] = (completed.stdout + completed.stderr).encode()
+    secrets = {**S3_SECRETS, **TRACKING_SECRETS}
+    assert all(os.environ[name] == value for name, value in secrets.items())
+    assert [f"{place}: {name}" for place, data in places.items() for name, value in secrets.items()
+            if value.encode() in data] == []
+
 
 def test_ray_job_submit_runs_a_sweep(two_nodes):
-    _, dashboard = two_nodes
+    _, dashboard, _ = two_nodes
     completed = subprocess.run(
         [str(servers.BIN / "ray"), "job", "submit", "--address", dashboard, "--runtime-env", "runtime_env.yaml",
          "--", "python", "-m", "banray", "sweep", "sweeps/smoke.yaml", "--storage", "s3://banray/laptop"],

@@ -52,3 +52,40 @@ def test_an_unreadable_report_fails_clearly(tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(plan.PlanCheckFailed, match="is not a banray report.json"):
         plan.chains_for_gain(parse_spec(tiny_spec()), 0.5, str(tmp_path / "other.json"))
+
+
+def one_error_line(stderr: str, *expected: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("spec, arguments, expected", [
+    (tiny_spec(), ["--from-report", "x"], "error: --from-report needs --detect GAIN"),
+    (tiny_spec(), ["--detect", "0.5", "--from-report", "{tmp}/nothing"],
+     "error: --from-report: cannot read {tmp}/nothing/report.json"),
+    (tiny_spec(model={"arch": "wrn", "kwargs": {"depth": 27, "widen_factor": 1}}), ["--calibrate", "1"],
+     "error: model.kwargs: wrn cannot be built with {'depth': 27, 'widen_factor': 1}: wrn depth must be 6n + 4"),
+    (tiny_spec(student={"arch": "preact_resnet", "kwargs": {"depth": 21}}), ["--calibrate", "1"],
+     "error: student.kwargs: preact_resnet cannot be built with {'depth': 21}"),
+    (tiny_spec(model={"arch": "cnn", "kwargs": {"width": 0}}), ["--calibrate", "1"],
+     "error: model: cnn with {'width': 0} cannot take synthetic's input of shape (1, 8, 8)"),
+], ids=["from-report-without-detect", "unreadable-report", "model-cannot-be-built", "student-cannot-be-built",
+        "model-cannot-take-the-input"])
+def test_bad_input_to_plan_exits_2_with_one_line(tmp_path, monkeypatch, spec, arguments, expected):
+    import yaml
+    from click.testing import CliRunner
+
+    from banray.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**spec, "storage": str(tmp_path / "runs")}))
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, ["plan", str(path), *(a.replace("{tmp}", str(tmp_path)) for a in arguments)])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""  # nothing planned from bad input
+    one_error_line(result.stderr, expected.replace("{tmp}", str(tmp_path)))
+    assert sorted(tmp_path.rglob("*")) == before

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import S3_SECRETS, tiny_spec
+from conftest import S3_SECRETS, TRACKING_SECRETS, tiny_spec
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from ray.train import Checkpoint
@@ -24,9 +24,9 @@ def keys(prefix, bucket="banray"):
 
 
 def secrets() -> dict[str, str]:
-    """What must never leave the environment: the S3 credentials and Ray's auth token, if any."""
-    found = {name: os.environ[name] for name in S3_SECRETS}
-    assert found == S3_SECRETS  # the session's own distinctive values, so a leak cannot go unseen
+    """What must never leave the environment: the S3 credentials, the MLflow token and Ray's auth token."""
+    found = {name: os.environ[name] for name in {**S3_SECRETS, **TRACKING_SECRETS}}
+    assert found == {**S3_SECRETS, **TRACKING_SECRETS}  # distinctive values, so a leak cannot go unseen
     token_file = Path("~/.ray/auth_token").expanduser()
     if token_file.is_file():
         found["ray auth token file"] = token_file.read_text().strip()
@@ -58,7 +58,12 @@ def mlflow_places(client: MlflowClient, experiment: str, folder: Path) -> dict[s
     return places
 
 
-def test_sweep_with_s3_storage(ray_cluster, s3_endpoint, tracking_server, tmp_path, capfd):
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (Ray's session folder: its logs, runtime envs and task specs)."""
+    return {str(f): f.read_bytes() for f in folder.rglob("*") if f.is_file() and not f.is_symlink()}
+
+
+def test_sweep_with_s3_storage(ray_cluster, ray_temp_dir, s3_endpoint, tracking_server, tmp_path, capfd):
     spec = parse_spec(tiny_spec(name="s3-sweep", storage="s3://banray/sweeps", tracking={"uri": tracking_server},
                                 search={"trials": 1}))
     lines = []
@@ -99,6 +104,9 @@ def test_sweep_with_s3_storage(ray_cluster, s3_endpoint, tracking_server, tmp_pa
                    for key in keys(f"artifacts/{experiment_id}/", bucket="mlflow")})
     places["echoed lines"] = "\n".join(lines).encode()
     places["stdout"], places["stderr"] = captured.out.encode(), captured.err.encode()
+    ray_files = files_under(ray_temp_dir)
+    assert any("runtime_env_agent" in f for f in ray_files)  # where Ray logs every runtime env it sets up
+    places.update(ray_files)
     assert any(place.startswith("s3://mlflow/") for place in places) and lines
     assert leaks(places) == []
     assert leaks({"a probe": S3_SECRETS["AWS_SECRET_ACCESS_KEY"].encode()}) == ["a probe: AWS_SECRET_ACCESS_KEY"]
