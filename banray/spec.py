@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import re
 import typing
 from pathlib import Path
@@ -30,7 +32,7 @@ from pydantic import (
 
 from banray.data import DATASETS, dataset_kind
 from banray.losses import OBJECTIVES, LossParams
-from banray.models import MODELS, model_arguments
+from banray.models import MODELS, model_defaults
 from banray.models.registry import model_task
 
 
@@ -132,20 +134,25 @@ class _SearchableSection(_Section):
     @model_validator(mode="after")
     def _range_values_fit(self):
         for name, value in self.ranges().items():
+            self._check_values(name, value)
             if value.kind in ("uniform", "loguniform") and _takes_whole_numbers(type(self), name):
                 low, high = value.values()
                 raise ValueError(
                     f"{name}: a {value.kind} range is not allowed: {name} takes whole numbers; "
                     f"use integer: [{int(low)}, {int(high)}] or choice: [...]"
                 )
-            for candidate in value.values():
-                try:
-                    type(self).model_validate({**self.model_dump(), name: candidate})
-                except ValidationError as exc:
-                    first = exc.errors()[0]
-                    msg = first["msg"].removeprefix("Value error, ")
-                    raise ValueError(f"{name}: the range's value {candidate!r} is not allowed: {msg[:1].lower() + msg[1:]}") from None
         return self
+
+    def _check_values(self, name: str, value: Range) -> None:
+        """Every value the range can give (its bounds, or each choice) must be valid for the field."""
+        for candidate in value.values():
+            try:
+                type(self).model_validate({**self.model_dump(), name: candidate})
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(
+                    f"{name}: the range's value {shorten(candidate)} is not allowed: {msg[:1].lower() + msg[1:]}"
+                ) from None
 
     def ranges(self) -> dict[str, Range]:
         return {name: value for name, value in self if isinstance(value, Range)}
@@ -190,6 +197,28 @@ class DataSpec(_Section):
         return _known(DATASETS, name)
 
 
+def _kind_of(value: Any) -> str | None:
+    """What a model argument's default says it takes; None where the builder does not say (no default, None)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "whole number"
+    if isinstance(value, float):
+        return "number"
+    return "string" if isinstance(value, str) else None
+
+
+def _check_model_argument(arch: str, name: str, value: Any, default: Any) -> None:
+    """A model argument must be of the kind its default is (a whole number may stand for a number)."""
+    expected, given = _kind_of(default), _kind_of(value)
+    if expected is not None and given != expected and (expected, given) != ("number", "whole number"):
+        raise ValueError(
+            f"{name}: {shorten(value, 40)} is not allowed for arch '{arch}': give a {expected} (default {default!r})"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}: {value!r} is not allowed for arch '{arch}': give a finite number")
+
+
 class ModelSpec(_Section):
     arch: str = Field(description="model name from the registry (cnn, mlp, densenet_bc, wrn, preact_resnet, lstm_lm)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
@@ -205,12 +234,14 @@ class ModelSpec(_Section):
         arch = info.data.get("arch")
         if arch is None:  # arch itself failed; that error is reported already
             return kwargs
-        allowed = model_arguments(arch)
-        unknown = sorted(set(kwargs) - set(allowed))
+        defaults = model_defaults(arch)
+        unknown = sorted(set(kwargs) - set(defaults))
         if unknown:
             raise ValueError(
-                f"unknown argument {', '.join(map(repr, unknown))} for arch '{arch}'; allowed: {', '.join(allowed)}"
+                f"unknown argument {', '.join(map(repr, unknown))} for arch '{arch}'; allowed: {', '.join(defaults)}"
             )
+        for name, value in kwargs.items():
+            _check_model_argument(arch, name, value, defaults[name])
         return kwargs
 
 
@@ -357,7 +388,7 @@ def check_storage_root(storage: str) -> str:
         if "//" in rest or any(part in (".", "..") for part in rest.split("/")):
             raise ValueError("an s3:// prefix cannot hold empty, '.' or '..' parts")
         return storage
-    if storage.startswith("~") and Path(storage).expanduser() == Path(storage):
+    if storage.startswith("~") and os.path.expanduser(storage) == storage:
         user = storage[1:].split("/", 1)[0]
         raise ValueError(f"there is no user '{user}' whose home folder ~{user} could stand for")
     return storage
@@ -485,7 +516,7 @@ def with_storage(spec: SweepSpec, storage: str) -> SweepSpec:
     try:
         check_storage_root(storage)
     except ValueError as exc:
-        raise SpecError(f"--storage: {shorten(storage)!r} is not allowed: {exc}") from None
+        raise SpecError(f"--storage: {shorten(storage)} is not allowed: {exc}") from None
     return spec.model_copy(update={"storage": storage})
 
 

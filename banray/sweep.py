@@ -101,11 +101,11 @@ def check_folder(storage: SweepStorage, overwrite: bool, resume: bool) -> None:
 
 def load_state(storage: SweepStorage, spec: SweepSpec) -> dict[str, Any]:
     """The state of the interrupted sweep to resume, checked against `spec`."""
-    text = storage.read_text(STATE_FILE)
-    if text is None:
+    data = storage.read_bytes(STATE_FILE)
+    if data is None:
         raise SpecError(f"--resume: {storage.uri} holds no sweep state ({STATE_FILE}); run without --resume")
     try:
-        state = json.loads(text)
+        state = json.loads(data.decode())
         SweepState.restore(spec, storage, state)
         hash_of_state = state["spec_hash"]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -123,9 +123,9 @@ def load_state(storage: SweepStorage, spec: SweepSpec) -> dict[str, Any]:
 
 def finished_report(storage: SweepStorage) -> dict[str, Any]:
     """The report of a sweep whose state says it finished."""
-    text = storage.read_text("report.json")
+    data = storage.read_bytes("report.json")
     try:
-        report_data = json.loads(text) if text is not None else {}
+        report_data = json.loads(data.decode()) if data is not None else {}
         if not isinstance(report_data, dict):
             raise ValueError("not a JSON object")
     except ValueError as exc:
@@ -165,7 +165,8 @@ def _check_model(key: str, model, dataset: str, task) -> None:
         try:
             built = build_model(model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **model.kwargs)
         except BUILD_ERRORS as exc:
-            reason = cut(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            text = str(getattr(exc, "reason", exc)).strip()  # models' own errors carry the reason alone
+            reason = cut(text.splitlines()[0] if text else type(exc).__name__)
             raise SpecError(f"{key}.kwargs: {model.arch} cannot be built with {kwargs}: {reason}") from None
         example = task.input_example()
         if example is None:  # language models take (tokens, state); their shapes are checked by the spec
@@ -222,8 +223,9 @@ def run(
             check_folder(sweep_storage, overwrite, resume)
             previous = load_state(sweep_storage, spec) if resume else None
             if previous is not None and previous["finished"]:
+                found = finished_report(sweep_storage)
                 echo(f"banray: sweep '{spec.name}' in {sweep_storage.uri} has already finished; nothing to resume")
-                return SweepResult(finished_report(sweep_storage), sweep_storage.uri, [])
+                return SweepResult(found, sweep_storage.uri, [])
             return _connect_and_run(spec, sweep_storage, address, endpoint_env, echo, previous)
     except lock.SweepLocked as exc:
         raise SpecError(str(exc)) from None

@@ -122,7 +122,12 @@ def non_finite_terms(term_means: dict[str, float]) -> str | None:
 
 
 def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device) -> tuple[nn.Module, dict]:
-    """The previous generation's best model, checked by its metadata and frozen."""
+    """The previous generation's best model, checked by its metadata and frozen. A broken checkpoint
+    (checkpoint.BadCheckpoint) or another model than planned (TeacherMismatch) fails at once; only storage
+    errors while fetching it are retried."""
+    if settings.teacher_model is None:
+        raise ValueError(f"trial settings of generation {settings.generation} name a teacher checkpoint "
+                         "but not the teacher's model (teacher_model)")
     expected = {
         "sweep": settings.sweep,
         "spec_hash": settings.spec_hash,
@@ -130,6 +135,8 @@ def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device
         "generation": settings.generation - 1,
         "arm": "main",  # never the control arm's teacher′
         "num_classes": num_classes,
+        "arch": settings.teacher_model.arch,  # the spec's model of generation - 1
+        "kwargs": settings.teacher_model.kwargs,  # compared as JSON: the metadata went through it
     }
     teacher, metadata = with_retries(
         f"loading teacher {settings.teacher_checkpoint}",

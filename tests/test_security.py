@@ -116,7 +116,10 @@ def test_a_teacher_whose_metadata_differs_is_refused(tmp_path, key, value):
     with pytest.raises(TeacherMismatch) as mismatch:
         checkpoint.load(directory, expected={**expected, key: value})
     actual = metadata()[key]
-    assert f"checkpoint {directory} has {key}={actual!r}, expected {value!r}" in str(mismatch.value)
+    assert str(mismatch.value) == (
+        f"checkpoint {directory}: its metadata has {key}={actual!r}, expected {value!r}: "
+        "it is not the teacher this generation was planned with"
+    )
 
 
 def test_the_teacher_path_checks_the_spec_hash(tmp_path):
@@ -139,6 +142,14 @@ def test_a_checkpoint_without_banray_metadata_is_reported_clearly(tmp_path):
     directory = tmp_path / "foreign"
     directory.mkdir()
     torch.save(build_model("cnn", num_classes=4, input_shape=(1, 8, 8)).state_dict(), directory / "model.pt")
+    with pytest.raises(BadCheckpoint) as no_metadata:
+        checkpoint.load(str(directory))
+    assert str(no_metadata.value) == (
+        f"checkpoint {directory}: it has no metadata (.metadata.json); not a banray checkpoint"
+    )
+
+    # Ray metadata, but not banray's.
+    (directory / checkpoint.METADATA_FILE).write_text('{"epoch": 3}')
     with pytest.raises(BadCheckpoint, match="its metadata lacks arch, kwargs, num_classes, input_shape; not a banray"):
         checkpoint.load(str(directory))
 

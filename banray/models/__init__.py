@@ -8,6 +8,18 @@ from banray.models import lstm  # noqa: F401  (registers lstm_lm)
 from banray.models import preact_resnet  # noqa: F401  (registers preact_resnet)
 from banray.models import small  # noqa: F401  (registers cnn, mlp)
 from banray.models import wrn  # noqa: F401  (registers wrn)
-from banray.models.registry import MODELS, build_model, model_arguments
+from banray.models.registry import (
+    MAX_PARAMETERS,
+    MODELS,
+    ModelBuildError,
+    ModelTooLarge,
+    build_model,
+    count_parameters,
+    model_arguments,
+    model_defaults,
+)
 
-__all__ = ["MODELS", "build_model", "model_arguments"]
+__all__ = [
+    "MAX_PARAMETERS", "MODELS", "ModelBuildError", "ModelTooLarge", "build_model", "count_parameters",
+    "model_arguments", "model_defaults",
+]

@@ -2,13 +2,20 @@
 
 Every builder takes `num_classes` and `input_shape` (C, H, W) from the dataset plus its own keyword
 arguments from the spec; a checkpoint stores exactly these to rebuild the model.
+
+Kwargs come from specs and from checkpoints' metadata, so `build_model` first builds the model on torch's
+meta device (shapes only, no memory) and refuses one with more than MAX_PARAMETERS parameters before
+allocating anything (ModelTooLarge). Builders create their tensors without naming a device and never read
+a tensor's values (the meta device has none), which is what lets the meta device hold them.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+import threading
+from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from banray.registry import Registry
@@ -19,9 +26,96 @@ MODELS: Registry[ModelBuilder] = Registry("model")
 # Filled in from the dataset, never by the spec.
 DATASET_ARGS = ("num_classes", "input_shape")
 
+# The most parameters build_model allocates: far above every paper model (WRN-28-10 has 36.5 M), far below
+# what would exhaust a node's memory before the first batch.
+MAX_PARAMETERS = 2_000_000_000
+# The most parameter tensors a build may create. The meta build costs no memory per element but Python
+# time and objects per tensor, so absurd depths (wrn depth 10**9) stop here instead of running for hours;
+# the deepest paper model (PreAct-ResNet-1001) has about 3,000; hitting the cap costs about two seconds.
+MAX_PARAMETER_TENSORS = 20_000
+
+
+class _ModelError(ValueError):
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message  # the message without the model and kwargs it names
+
+
+class ModelTooLarge(_ModelError):
+    """A model whose kwargs ask for more than MAX_PARAMETERS parameters (or MAX_PARAMETER_TENSORS tensors)."""
+
+
+class ModelBuildError(_ModelError):
+    """A builder failed with something other than TypeError or ValueError (RuntimeError from torch, an
+    IndexError on a short input_shape, ...): the kwargs cannot build the model."""
+
+
+def _describe(name: str, kwargs: dict[str, Any]) -> str:
+    text = f"model {name!r} with kwargs {kwargs!r}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+_counting = threading.local()  # the tensor count of the meta build running on this thread, if any
+
+
+def _count_registration(module: nn.Module, name: str, param) -> None:
+    limit = getattr(_counting, "limit", None)
+    if limit is None or param is None:
+        return
+    _counting.tensors += 1
+    if _counting.tensors > limit:
+        raise ModelTooLarge(f"more than {limit:,} parameter tensors")
+
+
+# Global (every nn.Module in the process), but a no-op outside a meta build on the calling thread.
+nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+
+
+def _call(name: str, builder: ModelBuilder, num_classes: int, input_shape: tuple[int, ...], kwargs: dict) -> nn.Module:
+    try:
+        return builder(num_classes=num_classes, input_shape=input_shape, **kwargs)
+    except (TypeError, ValueError):
+        raise
+    except Exception as exc:
+        reason = _first_line(exc)
+        raise ModelBuildError(f"{_describe(name, kwargs)} cannot be built: {reason}", reason) from exc
+
+
+def count_parameters(name: str, *, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> int:
+    """The number of parameters of model `name` with these arguments, from a build on the meta device that
+    allocates nothing; ModelTooLarge above MAX_PARAMETERS, and the builder's errors as build_model raises them."""
+    builder = MODELS[name]
+    input_shape = tuple(input_shape)
+    outer = getattr(_counting, "limit", None), getattr(_counting, "tensors", 0)  # a builder may build others
+    _counting.limit, _counting.tensors = MAX_PARAMETER_TENSORS, 0
+    try:
+        with torch.device("meta"):
+            model = _call(name, builder, num_classes, input_shape, kwargs)
+    except ModelTooLarge as exc:
+        reason = f"too large: it creates {exc}, over the cap of {MAX_PARAMETER_TENSORS:,} (MAX_PARAMETER_TENSORS)"
+        raise ModelTooLarge(f"{_describe(name, kwargs)} is {reason}", reason) from None
+    finally:
+        _counting.limit, _counting.tensors = outer
+    count = sum(p.numel() for p in model.parameters())  # each shared (tied) parameter once
+    if count > MAX_PARAMETERS:
+        reason = f"too large: {count:,} parameters, over the cap of {MAX_PARAMETERS:,} (MAX_PARAMETERS)"
+        raise ModelTooLarge(f"{_describe(name, kwargs)} is {reason}", reason)
+    return count
+
 
 def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
-    return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    """The model `name` built from the dataset's arguments and its kwargs. Raises KeyError for an unknown
+    name; TypeError or ValueError as the builder raises them (unknown or ill-typed kwargs, invalid values);
+    ModelTooLarge (a ValueError) above the parameter cap, checked on the meta device before allocating;
+    ModelBuildError (a ValueError) for any other error of the builder."""
+    builder = MODELS[name]
+    count_parameters(name, num_classes=num_classes, input_shape=input_shape, **kwargs)
+    return _call(name, builder, num_classes, tuple(input_shape), kwargs)
 
 
 def model_task(name: str) -> str:
@@ -31,5 +125,11 @@ def model_task(name: str) -> str:
 
 def model_arguments(name: str) -> list[str]:
     """The keyword arguments a spec may set for model `name`."""
+    return list(model_defaults(name))
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The spec-settable keyword arguments of model `name` with their defaults (None where it has none)."""
     params = inspect.signature(MODELS[name]).parameters
-    return [p for p in params if p not in DATASET_ARGS]
+    return {p: (v.default if v.default is not inspect.Parameter.empty else None) for p, v in params.items()
+            if p not in DATASET_ARGS}
