@@ -171,10 +171,10 @@ def _read_metadata(files: _Files) -> dict[str, Any]:
     return metadata
 
 
-def _decode_weights(checkpoint_uri: str, data: bytes) -> Any:
-    """torch.load of the weights file's bytes, as data only; any problem with them is a BadCheckpoint."""
+def decode_tensors(checkpoint_uri: str, data: bytes, file: str = WEIGHTS_FILE) -> Any:
+    """torch.load of a checkpoint file's bytes, as data only; any problem with them is a BadCheckpoint."""
     if not data:
-        raise _bad(checkpoint_uri, f"{WEIGHTS_FILE} is empty")
+        raise _bad(checkpoint_uri, f"{file} is empty")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -183,7 +183,7 @@ def _decode_weights(checkpoint_uri: str, data: bytes) -> Any:
         reason = (str(exc.__context__ or exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
         raise _bad(
             checkpoint_uri,
-            f"{WEIGHTS_FILE} holds something other than tensors ({_one_line(reason, 200)}); "
+            f"{file} holds something other than tensors ({_one_line(reason, 200)}); "
             "refused: checkpoints are loaded as data only",
         ) from None
     except Exception as exc:
@@ -191,7 +191,7 @@ def _decode_weights(checkpoint_uri: str, data: bytes) -> Any:
         # ValueError from bytes); other damage surfaces as RuntimeError, EOFError, KeyError, ...
         raise _bad(
             checkpoint_uri,
-            f"{WEIGHTS_FILE} ({len(data):,} bytes) is not a readable torch.save file, truncated or damaged "
+            f"{file} ({len(data):,} bytes) is not a readable torch.save file, truncated or damaged "
             f"({_reason(exc)})",
         ) from None
 
@@ -235,7 +235,7 @@ def load(checkpoint_uri: str, expected: dict[str, Any] | None = None) -> tuple[n
     data = files.read(WEIGHTS_FILE)  # fetching: storage errors propagate (OSError) and are retried
     if data is None:
         raise _bad(checkpoint_uri, f"it has no {WEIGHTS_FILE}")
-    state = _decode_weights(checkpoint_uri, data)  # decoding: every problem is a BadCheckpoint
+    state = decode_tensors(checkpoint_uri, data)  # decoding: every problem is a BadCheckpoint
     try:
         model.load_state_dict(state)
     except Exception as exc:  # RuntimeError for wrong keys or shapes, TypeError or AttributeError for a non-dict

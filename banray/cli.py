@@ -231,4 +231,15 @@ def promote(sweep_name: str, generation: int, chain: int | None, tracking_uri: s
 
 
 def main() -> None:
-    cli()
+    """The `banray` command: click's usage errors, like banray's own, are one line on stderr."""
+    try:
+        status = cli.main(prog_name="banray", standalone_mode=False)
+    except click.ClickException as exc:
+        context = getattr(exc, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(status if isinstance(status, int) else 0)

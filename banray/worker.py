@@ -110,9 +110,9 @@ def load_latest(resumed: ray.train.Checkpoint) -> tuple[dict[str, torch.Tensor],
     storage filesystem)."""
     with resumed.as_directory() as directory:
         folder = Path(directory)
-        return (
-            torch.load(folder / checkpoint.WEIGHTS_FILE, map_location="cpu", weights_only=True),
-            torch.load(folder / TRAINING_STATE_FILE, map_location="cpu", weights_only=True),
+        return tuple(  # a damaged file is a BadCheckpoint at once, not a failure the trial retries
+            checkpoint.decode_tensors(resumed.path, (folder / name).read_bytes(), name)
+            for name in (checkpoint.WEIGHTS_FILE, TRAINING_STATE_FILE)
         )
 
 

@@ -386,3 +386,22 @@ def test_checkpoints_in_object_storage_fail_fast_when_broken_and_retry_when_unre
     settings = student_settings(good)
     with pytest.raises(StorageUnavailable, match=f"storage: loading teacher {good} kept failing for 1 s"):
         worker.load_teacher(settings, num_classes=4, device=CPU)
+
+
+def test_a_damaged_resume_checkpoint_is_refused_at_once(tmp_path):
+    """A trial restarting from its own latest checkpoint gets a BadCheckpoint for a truncated state file."""
+    from ray.train import Checkpoint as RayCheckpoint
+
+    from banray import worker
+
+    folder = tmp_path / "latest"
+    folder.mkdir()
+    torch.save({"w": torch.zeros(2)}, folder / checkpoint.WEIGHTS_FILE)
+    torch.save({"epoch": 3}, folder / worker.TRAINING_STATE_FILE)
+    weights, state = worker.load_latest(RayCheckpoint.from_directory(str(folder)))
+    assert state == {"epoch": 3} and torch.equal(weights["w"], torch.zeros(2))
+
+    data = (folder / worker.TRAINING_STATE_FILE).read_bytes()
+    (folder / worker.TRAINING_STATE_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadCheckpoint, match=r"training_state\.pt \(\d+ bytes\) is not a readable torch.save file"):
+        worker.load_latest(RayCheckpoint.from_directory(str(folder)))

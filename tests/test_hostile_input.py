@@ -391,3 +391,37 @@ def test_hostile_input_exits_2_with_one_line_and_changes_nothing(workdir, spec, 
         validated = CliRunner().invoke(cli, ["validate", str(path)])
         assert (validated.exit_code, validated.stderr) == (2, result.stderr)
         assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["promote", "x", "-g", "abc"], "error: Invalid value for '--generation' / '-g': 'abc' is not a valid integer"),
+        (["sweep"], "error: Missing argument 'SPEC'. (see banray sweep --help)"),
+        (["frobnicate"], "error: No such command 'frobnicate'. (see banray --help)"),
+        (["sweep", "{spec}", "--bogus"], "error: No such option '--bogus'. (see banray sweep --help)"),
+        (["plan", "{spec}", "--calibrate", "-3"], "error: Invalid value for '--calibrate'"),
+        (["plan", "{spec}", "--detect", "0"], "error: Invalid value for '--detect'"),
+        # A model torch warns about as it builds it (zero-width layers): the warning is not printed before the error.
+        (["sweep", "{zero_width}"], "error: model: cnn with {'width': 0} cannot take synthetic's input of shape"),
+    ],
+    ids=["bad-option-value", "missing-argument", "unknown-command", "unknown-option", "negative-calibrate",
+         "zero-detect", "torch-warning-before-the-error"],
+)
+def test_the_real_command_says_one_line(tmp_path, args, expected):
+    """The installed entry point in its own process: click's usage errors and torch's warnings included."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tiny_spec(), tmp_path)
+    zero_width = tmp_path / "zero.yaml"
+    zero_width.write_text(yaml.safe_dump({**tiny_spec(), "storage": str(tmp_path / "runs"),
+                                          "model": {"arch": "cnn", "kwargs": {"width": 0}}}))
+    before = snapshot(tmp_path)
+    args = [a.format(spec=spec, zero_width=zero_width) for a in args]
+    done = subprocess.run([sys.executable, "-m", "banray", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (2, "")
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(expected), line
+    assert snapshot(tmp_path) == before
