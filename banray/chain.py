@@ -24,7 +24,7 @@ from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import SweepSpec
 from banray.storage import keep_credentials_out_of_tune, ray_storage, with_retries
 from banray.tasks import make_task
-from banray.trial import TRIAL_RESOURCES, TrialFailed, TrialRuntime, group_name, run_trial
+from banray.trial import TrialFailed, TrialRuntime, group_name, run_trial, trial_resources
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,8 @@ def run_group(
     start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
     runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
-    trainable = tune.with_resources(run_trial, TRIAL_RESOURCES)
+    trainable = tune.with_resources(run_trial, trial_resources(spec.resources))
+    in_trial = spec.resources.engine() == "trial"
     keep_credentials_out_of_tune()
     tune_root, tune_fs = ray_storage(ctx.tune_storage)
     if restore and tune.Tuner.can_restore(f"{tune_root}/{name}", storage_filesystem=tune_fs):
@@ -283,6 +284,9 @@ def run_group(
                 num_samples=spec.search.trials if search_alg else 1,
                 max_concurrent_trials=ctx.max_concurrent_trials,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                # A trial that trains in its own process hands that process to the group's next trial:
+                # torch and the data are loaded once per group, not once per trial.
+                reuse_actors=in_trial,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -290,6 +294,11 @@ def run_group(
                 storage_filesystem=tune_fs,
                 verbose=ctx.tune_verbose,
                 callbacks=[TrialProgress(label, spec.search.metric)],
+                # Ray Train restarts its own workers; a trial that trains in its process is restarted by Tune.
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures if in_trial else 0),
+                checkpoint_config=tune.CheckpointConfig(  # the best epoch's checkpoint, and the latest
+                    num_to_keep=1, checkpoint_score_attribute=spec.search.metric, checkpoint_score_order="min"
+                ),
             ),
         )
     grid = tuner.fit()

@@ -38,6 +38,7 @@ class DagRun:
     controls: dict[int, Any]  # chain → its control arm's result
     spans: list[GroupSpan]
     makespan_s: float
+    started_at: float  # wall-clock time (time.time()) of the spans' zero
 
 
 def run_dag(
@@ -60,7 +61,7 @@ def run_dag(
     control arm (not yet in `controls_done`) at once. `evaluate(result)`, if given, starts the follow-up
     work of a finished group (or returns None if there is none) beside its successor; the result it
     returns replaces the group's."""
-    origin = time.monotonic()
+    origin, started_at = time.monotonic(), time.time()
     pending: dict[ray.ObjectRef, tuple[int, int | str, float]] = {}
     evaluating: dict[ray.ObjectRef, tuple[int, int | str]] = {}  # → (chain, index in results or CONTROL)
     results: dict[int, list[Any]] = {chain: list((done or {}).get(chain, [])) for chain in range(chains)}
@@ -118,4 +119,4 @@ def run_dag(
                 follow_up(chain, len(results[chain]) - 1, result)
         if on_done is not None:
             on_done(results, stopped, controls)
-    return DagRun(results, stopped, controls, spans, time.monotonic() - origin)
+    return DagRun(results, stopped, controls, spans, time.monotonic() - origin, started_at)

@@ -109,6 +109,7 @@ def _paired(entries: list[dict[str, Entry]], column: str, baseline: str, metric:
 def build(
     spec: SweepSpec, chains: list[ChainResult], *, sweep_dir: str, tracking_uri: str, experiment_id: str,
     elapsed_s: float, utilisation: float | None = None, spans: list | None = None, registry: dict | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     kind = dataset_kind(spec.data.dataset)
     headline, unit, headline_metric = _headline(kind)
@@ -145,6 +146,7 @@ def build(
         "sweep_dir": sweep_dir,
         "elapsed_s": round(elapsed_s, 1),
         "utilisation": utilisation,
+        "started_at": started_at,  # wall-clock seconds at which the groups' start_s and end_s count from 0
         "groups": [dataclasses.asdict(span) for span in spans or []],
         "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "registered_model": registry},
         "columns": columns,

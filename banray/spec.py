@@ -274,6 +274,11 @@ class TrainSpec(_SearchableSection):
         "auto", description="channels-last memory format for image models; 'auto': on with CUDA"
     )
     compile: bool = Field(False, description="torch.compile the student (pays off on GPUs for long runs)")
+    checkpoint_every_s: Float = Field(
+        60.0, ge=0, le=10**6,
+        description="checkpoint an epoch whose validation metric is no better than the best so far only if this "
+        "many seconds passed since the last checkpoint (the best epoch is always checkpointed; 0: every epoch)",
+    )
 
     @model_validator(mode="after")
     def _milestones_fit(self) -> TrainSpec:
@@ -353,6 +358,26 @@ class ResourcesSpec(_Section):
     max_failures: Int = Field(
         3, ge=0, le=MAX_FAILURES, description="worker failures a trial recovers from (restarting from its last checkpoint)"
     )
+    trainer: Literal["auto", "train", "trial"] = Field(
+        "auto",
+        description="what trains a trial: 'train', a Ray Train TorchTrainer (data-parallel workers, GPUs; it costs "
+        "9-16 s to start per trial); 'trial', the Tune trial's own process (one worker, no start cost); 'auto': "
+        "train with a GPU or more than one worker, else trial",
+    )
+
+    def engine(self) -> Literal["train", "trial"]:
+        if self.trainer != "auto":
+            return self.trainer
+        return "train" if self.gpus_per_worker > 0 or self.workers_per_trial > 1 else "trial"
+
+    @model_validator(mode="after")
+    def _one_worker_in_a_trial(self) -> ResourcesSpec:
+        if self.trainer == "trial" and self.workers_per_trial > 1:
+            raise ValueError(
+                f"trainer 'trial' trains in the Tune trial's own process, one worker, but workers_per_trial is "
+                f"{self.workers_per_trial}; allowed: trainer 'train' or 'auto', or workers_per_trial: 1"
+            )
+        return self
 
 
 class TrackingSpec(_Section):
@@ -364,7 +389,7 @@ class TrackingSpec(_Section):
 
 # Sections and fields that do not change what is trained; they stay out of the spec hash.
 _RUNTIME_SECTIONS = {"control", "ensembles", "resources", "storage", "storage_endpoint", "tracking"}
-_RUNTIME_FIELDS = {"data": {"loader_workers", "pin_memory"}}
+_RUNTIME_FIELDS = {"data": {"loader_workers", "pin_memory"}, "train": {"checkpoint_every_s"}}
 
 Arm = Literal["main", "control"]
 
@@ -508,6 +533,8 @@ class SweepSpec(_Section):
     def spec_hash(self) -> str:
         """Hash of everything that shapes training: a teacher is only valid for the spec it came from."""
         science = self.model_dump(mode="json", exclude={**dict.fromkeys(_RUNTIME_SECTIONS, True), **_RUNTIME_FIELDS})
+        # Which engine trains a trial shapes its data order on more than one worker: part of what was trained.
+        science["trainer"] = self.resources.engine()
         return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
 
 

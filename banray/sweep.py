@@ -409,7 +409,7 @@ def _run_dag(
     )
     result = report.build(
         spec, chains, sweep_dir=storage.uri, tracking_uri=track.uri, experiment_id=experiment_id,
-        elapsed_s=dag.makespan_s, utilisation=utilisation, spans=dag.spans,
+        elapsed_s=dag.makespan_s, utilisation=utilisation, spans=dag.spans, started_at=dag.started_at,
         registry={"name": spec.name, "aliases": aliases},
     )
     with tempfile.TemporaryDirectory() as folder:

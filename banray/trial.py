@@ -1,14 +1,16 @@
-"""A trial: one Tune function trainable that builds and fits a TorchTrainer (the Train V2 pattern).
+"""A trial: one Tune function trainable that runs the worker loop, either in its own process (one
+worker; `resources.trainer` 'trial') or on a TorchTrainer it builds and fits (the Train V2 pattern).
 
-Trials hold almost no resources themselves (a little memory, no CPU) and take a worker slot from
-the sweep's `WorkerSlots` pool before starting their trainer, so waiting trials never hold the
-CPUs their trainers need. The last row a trial reports is its summary: best validation metrics,
-the best checkpoint's URI and its MLflow run id.
+A trial that drives a TorchTrainer holds almost no resources itself (a little memory, no CPU); one that
+trains in its own process holds its worker's CPUs. Either takes a worker slot from the sweep's
+`WorkerSlots` pool before training, so waiting trials never hold the CPUs a trainer needs. The last row
+a trial reports is its summary: best validation metrics, the best checkpoint's URI and its MLflow run id.
 
 A trial is restartable: its Train run's name and its MLflow run are found again from its Tune trial
-id, so a trial restored by a resumed sweep continues both instead of starting new ones. Lost workers
-are replaced by Ray Train (`resources.max_failures`) from the last checkpoint. A diverged trial
-raises TrialFailed with the reason, which Tune records as the trial's error.
+id, so a trial restored by a resumed sweep continues both instead of starting new ones. After a crash,
+Ray Train replaces lost workers, or Tune restarts a trial that trains in its own process, from the last
+checkpoint (`resources.max_failures` times). A diverged trial raises TrialFailed with the reason, which
+Tune records as the trial's error.
 """
 
 from __future__ import annotations
@@ -27,39 +29,44 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from banray import checkpoint, tracking
 from banray.spec import ResourcesSpec, TrialSettings, derive_seed
+from banray.session import TuneSession
 from banray.storage import ray_storage
-from banray.worker import train_loop_per_worker
-
-# What a trial process itself reserves: a Tune trial needs a non-empty resource bundle, and
-# reserving CPU would starve the trainers on small machines. Memory is what the trial really uses.
-TRIAL_RESOURCES = {"cpu": 0, "memory": 256 * 2**20}
-
+from banray.worker import train_loop, train_loop_per_worker
 
 @ray.remote(num_cpus=0)
 class WorkerSlots:
     """A counting semaphore over the cluster's worker slots, shared by every group of a sweep.
 
     Holders are trial actors. ASHA stops a trial by killing its actor, so a holder may never release:
-    while trials wait, slots of dead holders are reclaimed. It also adds up busy slot-seconds.
+    while trials wait, slots of dead holders (and dead waiters) are reclaimed. A free slot goes to the
+    waiting trial of the best priority, then the longest waiting: trials on a chain's critical path
+    (earlier generations) before later ones, the control arm last. It also adds up busy slot-seconds.
     """
 
     RECLAIM_EVERY_S = 2.0
+    POLL_S = 0.05
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.holders: dict[str, float] = {}  # actor id → when it took its slot
+        self.waiting: set[tuple[tuple, float, str]] = set()  # (priority, since, actor id)
         self.busy_s = 0.0
         self.last_reclaim = 0.0
         # Explicit, since the State API would otherwise refuse to guess between several Ray instances.
         self.cluster = ray.get_runtime_context().gcs_address
 
-    async def acquire(self, holder: str) -> None:
-        while len(self.holders) >= self.capacity:
-            if time.monotonic() - self.last_reclaim > self.RECLAIM_EVERY_S:
-                self._reclaim_dead()
-            if len(self.holders) < self.capacity:
-                break
-            await asyncio.sleep(0.2)
+    async def acquire(self, holder: str, priority: tuple = ()) -> None:
+        ticket = (tuple(priority), time.monotonic(), holder)
+        self.waiting.add(ticket)
+        try:
+            while len(self.holders) >= self.capacity or min(self.waiting) != ticket:
+                if time.monotonic() - self.last_reclaim > self.RECLAIM_EVERY_S:
+                    self._reclaim_dead()
+                if ticket not in self.waiting:  # its trial died while it waited
+                    return
+                await asyncio.sleep(self.POLL_S)
+        finally:
+            self.waiting.discard(ticket)
         self.holders[holder] = time.monotonic()
 
     async def release(self, holder: str) -> None:
@@ -71,10 +78,13 @@ class WorkerSlots:
         from ray.util.state import get_actor
 
         self.last_reclaim = time.monotonic()
-        for holder in list(self.holders):
-            state = get_actor(holder, address=self.cluster)
-            if state is None or state.state == "DEAD":
-                self.busy_s += time.monotonic() - self.holders.pop(holder)
+        def dead(actor_id: str) -> bool:
+            state = get_actor(actor_id, address=self.cluster)
+            return state is None or state.state == "DEAD"
+
+        for holder in [h for h in self.holders if dead(h)]:
+            self.busy_s += time.monotonic() - self.holders.pop(holder)
+        self.waiting -= {ticket for ticket in self.waiting if dead(ticket[2])}
 
     async def busy_seconds(self) -> float:
         now = time.monotonic()
@@ -127,6 +137,15 @@ class TrialFailed(RuntimeError):
     """The trial cannot produce a model (e.g. its loss diverged); the message says why."""
 
 
+def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
+    """What a trial's Tune actor reserves. A trial that trains in its own process holds its worker's CPUs
+    and GPUs; one that drives a TorchTrainer holds almost nothing (a Tune trial needs a non-empty bundle,
+    and reserving CPU would starve its trainer's workers on small machines)."""
+    if resources.engine() == "train":
+        return {"cpu": 0, "memory": 256 * 2**20}
+    return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+
+
 def run_trial(config: dict[str, Any]) -> None:
     settings_fields = dict(config)
     runtime = TrialRuntime.from_config(settings_fields.pop("runtime"))
@@ -151,16 +170,64 @@ def run_trial(config: dict[str, Any]) -> None:
         params=settings.model_dump(mode="json"),
         parent_run_id=runtime.generation_run_id,
     )
+    loop_config = {
+        "settings": settings.model_dump(mode="json"),
+        "tracking": dataclasses.asdict(runtime.tracking),
+        "mlflow_run_id": run_id,
+        "cpus_per_worker": runtime.resources.cpus_per_worker,
+    }
+    slots = ray.get_actor(runtime.slots_actor)
+    holder = ray.get_runtime_context().get_actor_id()
+    ray.get(slots.acquire.remote(holder, (settings.arm == "control", settings.generation)))
+    try:
+        if runtime.resources.engine() == "train":
+            outcome = _fit_trainer(loop_config, settings, runtime)
+        else:
+            outcome = _train_here(loop_config, runtime, run_id)
+    except BaseException:
+        tracking.end_run(runtime.tracking, run_id, "FAILED")
+        raise
+    finally:
+        ray.get(slots.release.remote(holder))
+
+    failure = outcome.get("failure")
+    if failure is not None:
+        tracking.end_run(runtime.tracking, run_id, "FAILED")
+        raise TrialFailed(f"trial {settings.trial} {failure}")
+    best = outcome["best"]
+    tracking.end_run(runtime.tracking, run_id)
+    tune.report(
+        {
+            settings.metric: best["value"],
+            "val_error": best["val_error"],
+            "val_nll": best["val_nll"],
+            "best_epoch": best["epoch"],
+            "checkpoint": best["checkpoint"],
+            "mlflow_run_id": run_id,
+            "trial": settings.trial,
+            "seed": seed,
+        }
+    )
+
+
+def _train_here(loop_config: dict[str, Any], runtime: TrialRuntime, run_id: str) -> dict[str, Any]:
+    """The worker loop in this Tune trial's process; Tune restarts the trial from its last checkpoint after
+    a crash (FailureConfig). A trial that diverged fails again at once on a restart instead of retraining."""
+    if tune.get_checkpoint() is not None:
+        reason = runtime.tracking.client().get_run(run_id).data.tags.get("banray.failure")
+        if reason is not None:
+            return {"failure": reason}
+    return train_loop(loop_config, TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0))
+
+
+def _fit_trainer(loop_config: dict[str, Any], settings: TrialSettings, runtime: TrialRuntime) -> dict[str, Any]:
+    """The worker loop on a TorchTrainer's worker group, which Ray Train restarts from the last checkpoint."""
     resources = runtime.resources
+    context = tune.get_context()
     storage_path, storage_filesystem = ray_storage(runtime.train_storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "settings": settings.model_dump(mode="json"),
-            "tracking": dataclasses.asdict(runtime.tracking),
-            "mlflow_run_id": run_id,
-            "cpus_per_worker": resources.cpus_per_worker,
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.gpus_per_worker > 0,
@@ -180,32 +247,10 @@ def run_trial(config: dict[str, Any]) -> None:
             logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
     )
-    slots = ray.get_actor(runtime.slots_actor)
-    holder = ray.get_runtime_context().get_actor_id()
-    ray.get(slots.acquire.remote(holder))
-    try:
-        result = trainer.fit()
-    except BaseException:
-        tracking.end_run(runtime.tracking, run_id, "FAILED")
-        raise
-    finally:
-        ray.get(slots.release.remote(holder))
-
-    failure = (result.return_value or {}).get("failure")
-    if failure is not None:
-        tracking.end_run(runtime.tracking, run_id, "FAILED")
-        raise TrialFailed(f"trial {settings.trial} {failure}")
+    result = trainer.fit()
+    outcome = result.return_value or {}
+    if "failure" in outcome:
+        return outcome
     best_checkpoint, best = min(result.best_checkpoints, key=lambda pair: pair[1][settings.metric])
-    tracking.end_run(runtime.tracking, run_id)
-    tune.report(
-        {
-            settings.metric: best[settings.metric],
-            "val_error": best["val_error"],
-            "val_nll": best["val_nll"],
-            "best_epoch": best["epoch"],
-            "checkpoint": checkpoint.uri(best_checkpoint),
-            "mlflow_run_id": run_id,
-            "trial": settings.trial,
-            "seed": seed,
-        }
-    )
+    return {"best": {"value": best[settings.metric], "epoch": best["epoch"], "val_error": best["val_error"],
+                     "val_nll": best["val_nll"], "checkpoint": checkpoint.uri(best_checkpoint)}}

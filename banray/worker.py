@@ -1,13 +1,16 @@
-"""The worker loop: the Ray Train (TorchTrainer, Train V2) function every training worker runs.
+"""The worker loop: one trial's training, on a Ray Train worker (TorchTrainer, Train V2) or in the Tune
+trial's own process (banray.session hides which).
 
 It trains one trial's student for the spec's epochs, with a frozen teacher from generation ≥ 1
-(eval mode, no grad, not in the optimizer), evaluates on the validation split every epoch, and
-reports metrics together with a checkpoint each epoch. Rank 0 writes checkpoints and MLflow metrics.
+(eval mode, no grad, not in the optimizer), evaluates on the validation split every epoch, and reports
+metrics every epoch; a checkpoint goes with them when the validation metric is at least as good as the
+best so far, at the last epoch, and otherwise every `train.checkpoint_every_s` seconds. Rank 0 writes
+checkpoints and MLflow metrics (one batch per epoch, in the background).
 
-Each checkpoint also holds the training state (epoch, optimizer, lr schedule, RNG states): when Ray
-Train restarts a lost worker group, or a resumed sweep restarts an interrupted trial, the loop goes on
-from the last checkpoint as if nothing had happened. A non-finite training loss ends the trial: the
-loop returns the reason instead of reporting, and the trial marks itself failed.
+Each checkpoint also holds the training state (epoch, optimizer, lr schedule, RNG states, the best epoch
+so far): when Ray Train restarts a lost worker group, Tune a crashed trial, or a resumed sweep an
+interrupted trial, the loop goes on from the last checkpoint as if nothing had happened. A non-finite
+training loss ends the trial: the loop returns the reason, and the trial marks itself failed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from banray import checkpoint, teacher_cache, tracking
 from banray.losses import get_objective
 from banray.storage import with_retries
 from banray.models import build_model
+from banray.session import Session, TrainSession, checkpoint_folder
 from banray.spec import TrainSpec, TrialSettings
 from banray.tasks import make_task, use_channels_last
 
@@ -158,42 +162,68 @@ def _quiet_train_reports() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Returns None when training ran to its end, or {"failure": reason} when it diverged."""
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """The TorchTrainer's function: the worker loop on a Ray Train worker."""
     _quiet_train_reports()
+    return train_loop(config, TrainSession())
+
+
+class CheckpointPolicy:
+    """When an epoch is checkpointed: whenever the validation metric is at least as good as the best so far
+    (the best epoch's weights are never lost), at the last epoch, and otherwise once `every_s` seconds have passed
+    since the last one (a restart loses at most that much training). It keeps the best epoch's record, which each checkpoint's
+    training state carries too, so a restarted trial still knows it."""
+
+    def __init__(self, every_s: float, best: dict[str, Any] | None, restored_uri: str | None = None):
+        self.every_s = every_s
+        self.last = time.monotonic()
+        if best is not None and best["checkpoint"] is None:  # the restored checkpoint was itself the best
+            best = {**best, "checkpoint": restored_uri}
+        self.best = best  # metric value, epoch, val_error, val_nll, checkpoint URI (None where not known)
+
+    def improves(self, value: float) -> bool:
+        # A tie goes to the later epoch, as in Ray's checkpoint managers, which keep that one.
+        return self.best is None or value <= self.best["value"]
+
+    def wants(self, value: float, last_epoch: bool) -> bool:
+        return self.improves(value) or last_epoch or time.monotonic() - self.last >= self.every_s
+
+    def best_with(self, value: float, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The best epoch once this one is checkpointed (this one's URI is known only once it is stored)."""
+        if not self.improves(value):
+            return self.best
+        return {"value": value, "epoch": epoch, "val_error": metrics["val_error"], "val_nll": metrics["val_nll"],
+                "checkpoint": None}
+
+    def saved(self, best: dict[str, Any], uri: str | None) -> None:
+        self.last = time.monotonic()
+        self.best = best if best is self.best else {**best, "checkpoint": uri}
+
+
+def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
+    """One trial's training on one worker of `session`. Returns {"failure": reason} when the loss diverged,
+    else {"best": the best epoch's metrics and checkpoint URI (None where the engine keeps its own record)}."""
     settings = TrialSettings.model_validate(config["settings"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
     seed_everything(settings.seed)
-    device = ray.train.torch.get_device()
-
-    task = make_task(
-        settings.data, settings.train, seed=settings.seed, rank=rank, world_size=world_size,
-        prepare_loader=ray.train.torch.prepare_data_loader,
-    )
+    device = session.device()
+    task = make_task(settings.data, settings.train, seed=settings.seed, rank=session.rank,
+                     world_size=session.world_size, prepare_loader=session.prepare_loader)
     student = build_model(
         settings.model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **settings.model.kwargs
     )
-    teacher, teacher_metadata = None, None
-    if settings.teacher_checkpoint is not None:
-        teacher, teacher_metadata = load_teacher(settings, task.num_classes, device)
-    teacher_source = teacher  # what train_epoch distils from: the module itself, or its cached logits
-    if teacher is not None and settings.distill.teacher == "cached":
-        # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
-        teacher_source = teacher_cache.CachedTeacher(
-            teacher, settings.data, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
-            settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k,
-        )
-    resumed = ray.train.get_checkpoint()  # set when Ray Train restarts this run after a failure
+    teacher, teacher_metadata, teacher_source = _teacher(settings, task, device)
+    resumed = session.restored()  # set when the engine restarts this trial after a failure
     resumed_state = None
     if resumed is not None:
         weights, resumed_state = load_latest(resumed)
         student.load_state_dict(weights)
-    model = ray.train.torch.prepare_model(fast_path_student(student, settings.train, device, task.input_shape))
+    model = session.prepare_model(fast_path_student(student, settings.train, device, task.input_shape))
     optimizer = make_optimizer(model.parameters(), settings.train)
     scheduler = make_scheduler(optimizer, settings.train)
     done_epochs = restore_training_state(resumed_state, optimizer, scheduler) if resumed_state else 0
+    policy = CheckpointPolicy(settings.train.checkpoint_every_s, (resumed_state or {}).get("best"),
+                              checkpoint.uri(resumed) if resumed is not None else None)
     objective = get_objective(settings.distill.objective)
     loss_params = settings.distill.loss_params()
 
@@ -204,17 +234,71 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             nn.utils.clip_grad_norm_(model.parameters(), settings.train.grad_clip)
         optimizer.step()
 
-    mlflow_client = tracking.Tracking(**config["tracking"]).client() if rank == 0 else None
-    run_id = config["mlflow_run_id"]
-    if done_epochs and mlflow_client is not None:
-        tracking.log_metrics(mlflow_client, run_id, {"resumed_after_epoch": done_epochs}, step=done_epochs)
-    if teacher is not None and mlflow_client is not None:
+    log = MetricLog(config, settings, session.rank)
+    if done_epochs:
+        log.resumed(done_epochs)
+    if teacher is not None and log.active and not done_epochs:
         # Teacher hygiene: its validation error, measured here, must match what it was selected with.
         teacher_scores = task.score(teacher, "val", device)
-        tracking.log_metrics(mlflow_client, run_id, {"teacher_val_error": teacher_scores.error,
-                                                     "teacher_val_nll": teacher_scores.nll})
+        log.epoch({"teacher_val_error": teacher_scores.error, "teacher_val_nll": teacher_scores.nll}, 0)
+    metadata_base = _metadata_base(settings, task, teacher_metadata)
+    try:
+        for epoch in range(done_epochs + 1, settings.train.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            term_means = task.train_epoch(model, teacher_source, objective, loss_params, step, device, epoch)
+            diverged = non_finite_terms(term_means)
+            if diverged is not None:
+                reason = f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"
+                log.failed(reason)
+                return {"failure": reason}
+            val = task.score(_unwrap(model), "val", device)
+            metrics = {
+                "epoch": epoch, "lr": lr, "train_loss": sum(term_means.values()),
+                **{f"loss/{name}": value for name, value in term_means.items()},
+                "val_error": val.error, "val_nll": val.nll,
+            }
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(metrics[settings.metric])
+            else:
+                scheduler.step()
+            value = metrics[settings.metric]
+            log.epoch(metrics, epoch)
+            wanted = policy.wants(value, last_epoch=epoch == settings.train.epochs)
+            with checkpoint_folder(session.rank == 0 and wanted) as directory:
+                best = policy.best_with(value, epoch, metrics)
+                if directory is not None:
+                    metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
+                    checkpoint.save(directory, _unwrap(model), metadata)
+                    state = {**training_state(epoch, optimizer, scheduler), "best": best}
+                    torch.save(state, Path(directory) / TRAINING_STATE_FILE)
+                    log.flush()  # a restart goes on after this checkpoint: every epoch up to it must be logged
+                uri = session.report(metrics, directory)
+                if directory is not None:
+                    policy.saved(best, uri)
+    finally:
+        log.flush()
+    return {"best": policy.best}
 
-    metadata_base = {
+
+def _teacher(settings: TrialSettings, task, device: torch.device):
+    """(teacher module, its metadata, what train_epoch distils from: the module itself or its cached logits);
+    all None for objectives without a teacher."""
+    if settings.teacher_checkpoint is None:
+        return None, None, None
+    teacher, metadata = load_teacher(settings, task.num_classes, device)
+    if settings.distill.teacher != "cached":
+        return teacher, metadata, teacher
+    # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
+    cached = teacher_cache.CachedTeacher(
+        teacher, settings.data, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
+        settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k,
+    )
+    return teacher, metadata, cached
+
+
+def _metadata_base(settings: TrialSettings, task, teacher_metadata: dict | None) -> dict[str, Any]:
+    """What every checkpoint of the trial says about itself (the epoch and its metrics are added per epoch)."""
+    return {
         "arch": settings.model.arch,
         "kwargs": settings.model.kwargs,
         "num_classes": task.num_classes,
@@ -230,36 +314,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "teacher": checkpoint.identity(teacher_metadata) if teacher_metadata else None,
         "node_id": ray.get_runtime_context().get_node_id(),  # provenance: which node trained it
     }
-    for epoch in range(done_epochs + 1, settings.train.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        term_means = task.train_epoch(model, teacher_source, objective, loss_params, step, device, epoch)
-        diverged = non_finite_terms(term_means)
-        if diverged is not None:
-            reason = f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"
-            if mlflow_client is not None:
-                mlflow_client.set_tag(run_id, "banray.failure", reason)
-            return {"failure": reason}
-        val = task.score(_unwrap(model), "val", device)
-        metrics = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": sum(term_means.values()),
-            **{f"loss/{name}": value for name, value in term_means.items()},
-            "val_error": val.error,
-            "val_nll": val.nll,
-        }
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(metrics[settings.metric])
-        else:
-            scheduler.step()
-        with tempfile.TemporaryDirectory() as directory:
-            saved = None
-            if rank == 0:
-                metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
-                saved = checkpoint.save(directory, _unwrap(model), metadata)
-                torch.save(training_state(epoch, optimizer, scheduler), Path(directory) / TRAINING_STATE_FILE)
-            # Uploaded through the trial's retrying storage filesystem (banray.storage.ray_storage).
-            ray.train.report(metrics, checkpoint=saved)
-        if mlflow_client is not None:
-            tracking.log_metrics(mlflow_client, run_id, metrics, step=epoch)
-    return None
+
+
+class MetricLog:
+    """Rank 0's per-epoch MLflow metrics: one batch per epoch, sent in the background so the training thread
+    never waits on the tracking server; `flush` waits for what is still in flight."""
+
+    def __init__(self, config: dict[str, Any], settings: TrialSettings, rank: int):
+        self.client = tracking.Tracking(**config["tracking"]).client() if rank == 0 else None
+        self.run_id = config["mlflow_run_id"]
+        self.pending: list = []
+        self.logged_through = 0  # epochs already in the run from before a restart: not logged twice
+
+    def resumed(self, done_epochs: int) -> None:
+        """After a restart from the checkpoint of `done_epochs`: note it, and which epochs the run already
+        holds (a checkpoint is registered after its epoch is logged, so those re-run epochs were)."""
+        if self.client is None:
+            return
+        history = self.client.get_metric_history(self.run_id, "val_error")
+        self.logged_through = max((m.step for m in history), default=0)
+        self.epoch({"resumed_after_epoch": done_epochs}, done_epochs)
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def epoch(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is not None and ("epoch" not in metrics or step > self.logged_through):
+            self.pending.append(tracking.log_metrics(self.client, self.run_id, metrics, step=step, wait=False))
+
+    def failed(self, reason: str) -> None:
+        if self.client is not None:
+            self.client.set_tag(self.run_id, "banray.failure", reason)
+
+    def flush(self) -> None:
+        for operation in self.pending:
+            operation.wait()
+        self.pending.clear()

@@ -143,3 +143,23 @@ def test_cli_help_explains_commands():
     assert result.exit_code == 0
     for text in ("SPEC", "--address", "--storage", "--overwrite", "report"):
         assert text in result.output
+
+
+@pytest.mark.parametrize(
+    "resources, engine",
+    [({}, "trial"), ({"gpus_per_worker": 1}, "train"), ({"workers_per_trial": 2}, "train"),
+     ({"trainer": "train"}, "train"), ({"trainer": "trial", "gpus_per_worker": 0.5}, "trial")],
+)
+def test_auto_picks_ray_train_for_gpu_and_data_parallel_trials(resources, engine):
+    assert parse_spec(tiny_spec(resources=resources)).resources.engine() == engine
+
+
+def test_the_engine_is_in_the_spec_hash_and_one_trial_process_has_one_worker():
+    hashes = {trainer: parse_spec(tiny_spec(resources={"trainer": trainer})).spec_hash()
+              for trainer in ("auto", "train", "trial")}
+    assert hashes["auto"] == hashes["trial"] != hashes["train"]
+    # How often a trial checkpoints changes nothing that is trained.
+    assert parse_spec(tiny_spec(**{"train.checkpoint_every_s": 0})).spec_hash() == hashes["auto"]
+    with pytest.raises(SpecError, match="resources: trainer 'trial' trains in the Tune trial's own process, one "
+                                        "worker, but workers_per_trial is 2"):
+        parse_spec(tiny_spec(resources={"trainer": "trial", "workers_per_trial": 2}))

@@ -171,3 +171,27 @@ def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
     assert "| Chain | Teacher | BAN-1 |" in completed.stdout
     report = json.loads((tmp_path / "runs" / "cli" / "report.json").read_text())
     assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished", "finished"]
+
+
+@pytest.mark.parametrize(
+    "resources, engine",
+    [({"workers_per_trial": 2}, "train"), ({"trainer": "train"}, "train"), ({}, "trial")],
+    ids=["two-workers-on-TorchTrainer", "one-worker-on-TorchTrainer", "one-worker-in-its-trial"],
+)
+def test_both_engines_train_a_chain(ray_cluster, tmp_path, resources, engine):
+    """Data-parallel trials (and trainer: train) keep Ray Train's TorchTrainer, whose runs live under train/;
+    one-worker trials train in their Tune trial, whose checkpoints Tune keeps under tune/."""
+    spec = parse_spec(tiny_spec(storage=str(tmp_path), search={"trials": 1}, resources=resources))
+    assert spec.resources.engine() == engine
+    result = sweep.run(spec, echo=lambda line: None)
+    teacher, student = generations(result)
+    assert [teacher["status"], student["status"]] == ["finished", "finished"]
+    assert student["teacher_checkpoint"] == teacher["checkpoint"]
+    folder = Path(result.sweep_dir)
+    for record in (teacher, student):
+        where = Path(record["checkpoint"]).relative_to(folder).parts[0]
+        assert where == ("train" if engine == "train" else "tune"), record["checkpoint"]
+        metadata = Checkpoint(record["checkpoint"]).get_metadata()
+        assert metadata["epoch"] == record["best_epoch"] and metadata["val_error"] == record["val_error"]
+    train_runs = list((folder / "train").glob("*")) if (folder / "train").exists() else []
+    assert (len(train_runs) == 2) == (engine == "train")  # one Train run per trial, or none

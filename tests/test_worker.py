@@ -127,3 +127,34 @@ def test_a_top_k_cached_teacher_reaches_the_worker(tmp_path, store):
     (stored_file,) = cache_root.glob("*/epoch-all.pt")
     assert torch.load(stored_file, weights_only=True)["values"].shape[1] == 2  # 2 of the 4 classes' logits
     assert math.isfinite(result.metrics["train_loss"]) and 0 <= result.metrics["val_error"] <= 1
+
+
+def test_checkpoints_are_kept_for_the_best_epoch_the_last_and_every_interval(monkeypatch):
+    from banray import worker
+
+    clock = [0.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: clock[0])
+    policy = worker.CheckpointPolicy(every_s=10, best=None)
+    chosen = []
+    # (validation metric, seconds the epoch took); epochs 1-6
+    for epoch, (value, seconds) in enumerate([(0.5, 1), (0.4, 1), (0.45, 1), (0.4, 1), (0.6, 10), (0.7, 1)], 1):
+        clock[0] += seconds
+        if policy.wants(value, last_epoch=epoch == 6):
+            best = policy.best_with(value, epoch, {"val_error": value, "val_nll": 1.0})
+            policy.saved(best, f"ckpt-{epoch}")
+            chosen.append(epoch)
+    # 1 and 2 improve, 3 is worse, 4 ties (the later epoch of a tie is the best, as Ray keeps it), 5 is due
+    # after 10 s without a checkpoint, 6 is the last.
+    assert chosen == [1, 2, 4, 5, 6]
+    assert policy.best == {"value": 0.4, "epoch": 4, "val_error": 0.4, "val_nll": 1.0, "checkpoint": "ckpt-4"}
+
+
+def test_a_restarted_trial_knows_its_best_epoch_from_the_checkpoint():
+    from banray import worker
+
+    saved_best = {"value": 0.3, "epoch": 7, "val_error": 0.3, "val_nll": 0.9, "checkpoint": None}
+    # The restored checkpoint was the best itself (its own URI was not known when it was written).
+    assert worker.CheckpointPolicy(60, saved_best, "s3://b/ckpt-7").best["checkpoint"] == "s3://b/ckpt-7"
+    earlier = {**saved_best, "checkpoint": "s3://b/ckpt-5", "epoch": 5}
+    assert worker.CheckpointPolicy(60, earlier, "s3://b/ckpt-9").best["checkpoint"] == "s3://b/ckpt-5"
+    assert not worker.CheckpointPolicy(60, earlier).wants(0.31, last_epoch=False)

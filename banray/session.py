@@ -1,0 +1,102 @@
+"""Where the worker loop runs, behind one small interface: a Ray Train worker, or the Tune trial's own process.
+
+`resources.trainer` picks the engine per trial. Ray Train (`TorchTrainer`) starts a controller, a
+worker group, a placement group and a process group for every trial: 9-16 s on a 2-core machine,
+noise next to a GPU trial of hours, and the only way to run data-parallel workers. A trial of one CPU
+worker needs none of it, so it trains in its Tune trial's process (`TuneSession`), which Tune reuses
+across a group's trials. Both report metrics every epoch and a checkpoint when the loop asks for one,
+and both hand back the last checkpoint after a restart.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from typing import Callable, Iterator, Protocol
+
+import ray.train
+import ray.train.torch
+import ray.tune as tune
+import torch
+from torch import nn
+
+from banray import checkpoint
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    prepare_loader: Callable | None  # wraps a DataLoader for data-parallel workers; None: use it as it is
+
+    def device(self) -> torch.device: ...
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+    def restored(self) -> ray.train.Checkpoint | None:
+        """The last checkpoint of this trial, if it is being restarted."""
+
+    def report(self, metrics: dict, directory: str | None) -> str | None:
+        """Report one epoch's metrics, with the checkpoint in `directory` if given; returns the URI the
+        checkpoint was stored at, where the engine says (None otherwise)."""
+
+
+class TrainSession:
+    """A worker of a Ray Train worker group (one or more data-parallel ranks)."""
+
+    prepare_loader = staticmethod(ray.train.torch.prepare_data_loader)
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def restored(self) -> ray.train.Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, directory: str | None) -> str | None:
+        # Uploaded through the trial's retrying storage filesystem (banray.storage.ray_storage).
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None)
+        return None  # Train picks the best checkpoint from its own records (TorchTrainer's Result)
+
+
+class TuneSession:
+    """The Tune trial's own process, one worker: its reports are the trial's results."""
+
+    rank, world_size, prepare_loader = 0, 1, None
+
+    def __init__(self, use_gpu: bool) -> None:
+        self.use_gpu = use_gpu
+
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0) if self.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device())
+
+    def restored(self) -> ray.train.Checkpoint | None:
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, directory: str | None) -> str | None:
+        if directory is None:
+            tune.report(metrics)
+            return None
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        # Where Tune has just stored it, through the run's (retrying) storage filesystem.
+        storage = tune.get_context().get_storage()
+        stored = ray.train.Checkpoint(storage.checkpoint_fs_path, filesystem=storage.storage_filesystem)
+        return checkpoint.uri(stored)
+
+
+@contextmanager
+def checkpoint_folder(wanted: bool) -> Iterator[str | None]:
+    """A temporary folder to write a checkpoint into, or None when this epoch reports none."""
+    if not wanted:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        yield directory
