@@ -58,7 +58,8 @@ def run_dag(
     `on_done(results, stopped, controls)` runs after every finished group (e.g. to save the sweep state).
     A resumed sweep passes the groups already `done` per chain and the chains already `stopped`:
     each chain goes on after its last done group. `launch_control(chain)`, if given, starts each chain's
-    control arm (not yet in `controls_done`) at once. `evaluate(result)`, if given, starts the follow-up
+    control arm (not yet in `controls_done`) once the chain's generation 0 is done, after its successor:
+    off the critical path, it must not take the worker slots the chains' first generations need. `evaluate(result)`, if given, starts the follow-up
     work of a finished group (or returns None if there is none) beside its successor; the result it
     returns replaces the group's."""
     origin, started_at = time.monotonic(), time.time()
@@ -73,6 +74,11 @@ def run_dag(
         echo(f"[banray] chain {chain} generation {generation}: started")
         pending[launch(chain, generation, previous)] = (chain, generation, time.monotonic() - origin)
 
+    def start_control(chain: int) -> None:
+        if launch_control is not None and chain not in controls:
+            echo(f"[banray] chain {chain} control (teacher′): started")
+            pending[launch_control(chain)] = (chain, CONTROL, time.monotonic() - origin)
+
     def follow_up(chain: int, where: int | str, result: Any) -> None:
         ref = evaluate(result) if evaluate is not None else None
         if ref is not None:
@@ -85,9 +91,8 @@ def run_dag(
             follow_up(chain, CONTROL, controls[chain])
         if chain not in stopped and len(records) <= generations:
             start(chain, len(records), records[-1] if records else None)
-        if launch_control is not None and chain not in controls:
-            echo(f"[banray] chain {chain} control (teacher′): started")
-            pending[launch_control(chain)] = (chain, CONTROL, time.monotonic() - origin)
+        if records:  # else it starts once generation 0 is done, after the chain's next generation
+            start_control(chain)
     while pending or evaluating:
         (ready,), _ = ray.wait([*pending, *evaluating], num_returns=1)
         result = ray.get(ready)
@@ -115,6 +120,8 @@ def run_dag(
                         echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
                 elif generation < generations:
                     start(chain, generation + 1, result)
+                if generation == 0:
+                    start_control(chain)
                 # After the successor: the critical path gets the first pick of the warm group processes.
                 follow_up(chain, len(results[chain]) - 1, result)
         if on_done is not None:

@@ -254,15 +254,11 @@ def reopen_run(tracking: Tracking, run_id: str) -> str:
     return run_id
 
 
-def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int | None = None, wait: bool = True):
-    """One batch of metrics; with wait=False it is sent in the background and the returned operation's
-    `wait()` blocks until it has been stored."""
+def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return client.log_batch(
-        run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()], synchronous=wait
-    )
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
 
 def end_run(tracking: Tracking, run_id: str, status: str = "FINISHED") -> None:

@@ -15,6 +15,7 @@ training loss ends the trial: the loop returns the reason, and the trial marks i
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import random
@@ -276,7 +277,7 @@ def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
                 if directory is not None:
                     policy.saved(best, uri)
     finally:
-        log.flush()
+        log.close()
     return {"best": policy.best}
 
 
@@ -318,12 +319,15 @@ def _metadata_base(settings: TrialSettings, task, teacher_metadata: dict | None)
 
 class MetricLog:
     """Rank 0's per-epoch MLflow metrics: one batch per epoch, sent in the background so the training thread
-    never waits on the tracking server; `flush` waits for what is still in flight."""
+    never waits on the tracking server; `flush` waits for what is still in flight, `close` also ends the thread."""
 
     def __init__(self, config: dict[str, Any], settings: TrialSettings, rank: int):
         self.client = tracking.Tracking(**config["tracking"]).client() if rank == 0 else None
         self.run_id = config["mlflow_run_id"]
-        self.pending: list = []
+        # One thread of our own rather than MLflow's async logging, whose shutdown at the end of every run
+        # waits out a 1 s poll.
+        self.sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="banray-metrics")
+        self.pending: list[concurrent.futures.Future] = []
         self.logged_through = 0  # epochs already in the run from before a restart: not logged twice
 
     def resumed(self, done_epochs: int) -> None:
@@ -341,13 +345,19 @@ class MetricLog:
 
     def epoch(self, metrics: dict[str, float], step: int) -> None:
         if self.client is not None and ("epoch" not in metrics or step > self.logged_through):
-            self.pending.append(tracking.log_metrics(self.client, self.run_id, metrics, step=step, wait=False))
+            self.pending.append(self.sender.submit(tracking.log_metrics, self.client, self.run_id, metrics, step))
 
     def failed(self, reason: str) -> None:
         if self.client is not None:
             self.client.set_tag(self.run_id, "banray.failure", reason)
 
     def flush(self) -> None:
-        for operation in self.pending:
-            operation.wait()
+        for sent in self.pending:
+            sent.result()  # raises what the tracking store raised
         self.pending.clear()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.sender.shutdown()
