@@ -20,8 +20,10 @@ from banray.models import build_model
 from banray.spec import Range, SpecError, SweepSpec
 from banray.storage import is_remote, use_endpoint
 
-# Ray's fixed cost of a trial (Tune trial → TorchTrainer start and stop), measured on a 2-core machine.
-TRIAL_OVERHEAD_S = 12.0
+# The fixed cost of a trial by what trains it (resources.trainer), measured on a 2-core machine: a Tune trial
+# that starts and stops a TorchTrainer; one that trains in its own process, its share of its group's
+# overhead included (bench/results/quickstart.json).
+TRIAL_OVERHEAD_S = {"train": 12.0, "trial": 6.0}
 # Without a finished sweep, chains are tabulated for these spreads of paired differences, in multiples of
 # the gain to detect.
 SD_MULTIPLES = (0.5, 1, 2, 3, 4)
@@ -226,10 +228,11 @@ def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:
     ]
     if calibrate_steps:
         seconds, device = time_steps(spec, min(1, spec.generations), calibrate_steps)
-        worker_hours = (work.steps * seconds + work.trials * TRIAL_OVERHEAD_S) * resources.workers_per_trial / 3600
+        overhead = TRIAL_OVERHEAD_S[resources.engine()]
+        worker_hours = (work.steps * seconds + work.trials * overhead) * resources.workers_per_trial / 3600
         lines.append(
             f"Estimate: {seconds * 1000:.1f} ms per step (timed over {calibrate_steps} steps on this machine's {device}) "
-            f"→ about {worker_hours:,.1f} worker-hours, {TRIAL_OVERHEAD_S:.0f} s of Ray overhead per trial included"
+            f"→ about {worker_hours:,.1f} worker-hours, {overhead:.0f} s of Ray overhead per trial included"
         )
     else:
         lines.append("Estimate: pass --calibrate N to time N training steps here and convert the work to worker-hours")

@@ -213,10 +213,9 @@ def run_trial(config: dict[str, Any]) -> None:
 def _train_here(loop_config: dict[str, Any], runtime: TrialRuntime, run_id: str) -> dict[str, Any]:
     """The worker loop in this Tune trial's process; Tune restarts the trial from its last checkpoint after
     a crash (FailureConfig). A trial that diverged fails again at once on a restart instead of retraining."""
-    if tune.get_checkpoint() is not None:
-        reason = runtime.tracking.client().get_run(run_id).data.tags.get("banray.failure")
-        if reason is not None:
-            return {"failure": reason}
+    reason = runtime.tracking.client().get_run(run_id).data.tags.get("banray.failure")
+    if reason is not None:
+        return {"failure": reason}
     return train_loop(loop_config, TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0))
 
 

@@ -105,7 +105,14 @@ NOTES = [
     "inside the trials, on their devices. Inside each trial, Ray Train's start of its worker group costs "
     "about 10 s more. Against trials of about 20 s (10 epochs of digits) that fixed cost misses the target; "
     "against trials of about 100 s it meets it; trials of the paper's size (minutes to hours) leave it "
-    "nowhere to be seen. `group_overhead_s` in `sweep_makespan.json` has it per group.",
+    "nowhere to be seen. `group_overhead_s` in `sweep_makespan.json` has it per group. (c) was measured on "
+    "2026-11-22, when every trial started a TorchTrainer; it has not been re-run since trials of one CPU worker "
+    "train in their Tune trial's process.",
+    "- (e): the quickstart as a user runs it. What is left beyond the plain script is Ray's: about 5 s to start "
+    "the local cluster, and per generation about 10 s for its Tune run and the start of its trial processes, "
+    "each of which imports torch, Ray Train and MLflow (3–4 s of CPU on 2 cores, paid once per group: a group's "
+    "trials share one process). On 2 cores these starts compete with training, so the makespan is bound by "
+    "them, not by the DAG. The targets (≤ 3×, ≤ 1 s per trial, ≤ 2 s per group) are not met.",
 ]
 
 if __name__ == "__main__":
