@@ -36,8 +36,19 @@ class SweepContext:
     tracking: tracking.Tracking
     experiment_id: str
     slots_actor: str  # name of the WorkerSlots actor
-    max_concurrent_trials: int
+    capacity: int  # worker slots: trials that can train at once
     tune_verbose: int  # Tune's live table only when the driver's output is a terminal
+
+    def trials_at_once(self, generation: int, arm: str) -> int:
+        """How many of a group's trials run at once: its share of the worker slots among the groups that
+        run beside it (the chains' first generations; later, each chain's next generation and its control
+        arm). A trial that trains in its own process hands that process to its group's next trial, so while
+        other groups keep the slots busy, fewer trials at a time start fewer processes."""
+        spec = self.spec
+        if spec.resources.engine() == "train":
+            return min(self.capacity, spec.search.trials)
+        beside = spec.chains if generation == 0 and arm == "main" else spec.chains * (1 + int(spec.control))
+        return max(1, min(spec.search.trials, self.capacity // beside))
 
     @property
     def train_storage(self) -> str:
@@ -282,7 +293,7 @@ def run_group(
                 search_alg=search_alg,
                 scheduler=scheduler,
                 num_samples=spec.search.trials if search_alg else 1,
-                max_concurrent_trials=ctx.max_concurrent_trials,
+                max_concurrent_trials=ctx.trials_at_once(generation, arm),
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                 # A trial that trains in its own process hands that process to the group's next trial:
                 # torch and the data are loaded once per group, not once per trial.

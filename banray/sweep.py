@@ -321,15 +321,6 @@ class SweepState:
         )
 
 
-def concurrent_trials(spec: SweepSpec, capacity: int) -> int:
-    """How many of a group's trials run at once: its share of the worker slots when every chain (and its
-    control arm) runs a group. A trial that trains in its own process hands that process to the group's
-    next trial, so while other groups keep the slots busy, fewer trials at a time start fewer processes."""
-    groups_at_once = spec.chains * (1 + int(spec.control))
-    share = capacity // groups_at_once if spec.resources.engine() == "trial" else capacity
-    return max(1, min(spec.search.trials, share))
-
-
 def _run_dag(
     spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
@@ -354,7 +345,7 @@ def _run_dag(
         tracking=track,
         experiment_id=experiment_id,
         slots_actor=slots_actor,
-        max_concurrent_trials=concurrent_trials(spec, capacity),
+        capacity=capacity,
         tune_verbose=tune_verbosity(),
     )
 

@@ -237,8 +237,8 @@ def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
 
     log = MetricLog(config, settings, session.rank)
     if done_epochs:
-        log.resumed(done_epochs)
-    if teacher is not None and log.active and not done_epochs:
+        log.epoch({"resumed_after_epoch": done_epochs}, done_epochs)
+    if teacher is not None and log.active and not log.history("teacher_val_error"):
         # Teacher hygiene: its validation error, measured here, must match what it was selected with.
         teacher_scores = task.score(teacher, "val", device)
         log.epoch({"teacher_val_error": teacher_scores.error, "teacher_val_nll": teacher_scores.nll}, 0)
@@ -328,16 +328,12 @@ class MetricLog:
         # waits out a 1 s poll.
         self.sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="banray-metrics")
         self.pending: list[concurrent.futures.Future] = []
-        self.logged_through = 0  # epochs already in the run from before a restart: not logged twice
+        # Epochs the run already holds from before a restart (from a checkpoint or from scratch): an epoch
+        # that runs again is not logged twice.
+        self.logged_through = max((m.step for m in self.history("val_error")), default=0)
 
-    def resumed(self, done_epochs: int) -> None:
-        """After a restart from the checkpoint of `done_epochs`: note it, and which epochs the run already
-        holds (a checkpoint is registered after its epoch is logged, so those re-run epochs were)."""
-        if self.client is None:
-            return
-        history = self.client.get_metric_history(self.run_id, "val_error")
-        self.logged_through = max((m.step for m in history), default=0)
-        self.epoch({"resumed_after_epoch": done_epochs}, done_epochs)
+    def history(self, metric: str) -> list:
+        return self.client.get_metric_history(self.run_id, metric) if self.client is not None else []
 
     @property
     def active(self) -> bool:

@@ -73,10 +73,13 @@ def train_runs(sweep_dir: Path, chain: int, generation: int, engine: str = "trai
 
 
 def has_checkpoint(run_dirs: list[Path], engine: str = "train") -> bool:
-    """Whether one of these trials has a checkpoint recorded (Ray Train's snapshot names it) or stored."""
+    """Whether one of these trials has a checkpoint recorded: Ray Train's snapshot names it, or Tune has
+    saved its experiment state since the trial stored it (a restore starts from what that state names)."""
     if engine == "train":
         return any((run / "checkpoint_manager_snapshot.json").exists() for run in run_dirs)
-    return any(any(run.glob("checkpoint_*/model.pt")) for run in run_dirs)
+    stored = [c.stat().st_mtime for run in run_dirs for c in run.glob("checkpoint_*/model.pt")]
+    states = [s.stat().st_mtime for run in run_dirs[:1] for s in run.parent.glob("experiment_state*.json")]
+    return bool(stored) and any(saved > min(stored) for saved in states)
 
 
 @pytest.fixture

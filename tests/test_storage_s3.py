@@ -73,12 +73,13 @@ def test_sweep_with_s3_storage(ray_cluster, ray_temp_dir, s3_endpoint, tracking_
     stored = keys("sweeps/s3-sweep/")
     for name in ("spec.yaml", "state.json", "report.json", "report.md", "report.png"):
         assert f"sweeps/s3-sweep/{name}" in stored
-    assert any(k.startswith("sweeps/s3-sweep/train/") and k.endswith("/model.pt") for k in stored)
+    # One-worker trials train in their Tune trial, which keeps its checkpoints in the trial's folder.
+    assert any(k.startswith("sweeps/s3-sweep/tune/") and k.endswith("/model.pt") for k in stored)
     assert any(k.startswith("sweeps/s3-sweep/tune/chain0-gen1/") for k in stored)
 
     body = boto3.client("s3").get_object(Bucket="banray", Key="sweeps/s3-sweep/report.json")["Body"].read()
     teacher, student = json.loads(body)["chains"][0]["generations"]
-    assert teacher["checkpoint"].startswith("s3://banray/sweeps/s3-sweep/train/")
+    assert teacher["checkpoint"].startswith("s3://banray/sweeps/s3-sweep/tune/chain0-gen0/")
     assert student["teacher_checkpoint"] == teacher["checkpoint"]  # generation 1 was taught from S3
     teacher_meta = Checkpoint(teacher["checkpoint"]).get_metadata()
     student_meta = Checkpoint(student["checkpoint"]).get_metadata()
