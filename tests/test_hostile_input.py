@@ -19,12 +19,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import tiny_spec
+from test_bad_input import TMP, substitute  # the same placeholder for the test's folder
 
 from banray import sweep
 from banray.cli import cli
 from banray.spec import MAX_SPEC_BYTES, SEED_MAX, parse_spec
 
-TMP = "{tmp}"
 
 
 def case(spec, *expected: str, args=(), stage="spec", setup=None, id: str):
@@ -320,16 +320,6 @@ def kwargs_cases():
 
 CASES = [*number_cases(), *absurd_cases(), *range_cases(), *reader_cases(), *storage_cases(), *folder_cases(),
          *value_cases(), *kwargs_cases()]
-
-
-def substitute(value, tmp: Path):
-    if isinstance(value, str):
-        return value.replace(TMP, str(tmp))
-    if isinstance(value, dict):
-        return {k: substitute(v, tmp) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, tmp) for v in value]
-    return value
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:
