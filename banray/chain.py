@@ -3,7 +3,7 @@
 `run_group` searches the generation's settings (Optuna, ASHA) and selects its best trial on validation;
 `evaluate_group` then evaluates that model once on the test split and logs it to MLflow, beside the next
 generation. At the end of a chain, `run_ensembles` evaluates the BANE ensembles of its generations. All
-three run in the driver's warm `GroupRunner` processes; the driver (banray.dag) decides when each starts.
+three run in the driver's two warm `GroupRunner` processes; the driver (banray.dag) decides when each starts.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,7 +22,7 @@ import ray.tune as tune
 from banray import checkpoint, tracking
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.search import make_search, searched_values, warm_start_point
-from banray.spec import SweepSpec
+from banray.spec import ResourcesSpec, SweepSpec
 from banray.storage import keep_credentials_out_of_tune, ray_storage, with_retries
 from banray.tasks import make_task
 from banray.trial import TrialFailed, TrialRuntime, group_name, run_trial, trial_resources
@@ -112,11 +113,11 @@ class ChainResult:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class GroupRunner:
-    """A process kept for a sweep's group-level work: Tune runs, evaluations, ensembles. A fresh Ray task
-    process would import torch, Ray Tune and MLflow anew for each group: seconds on a small node, paid on
-    the chain's critical path. It holds no CPU: the work it starts (trials) takes worker slots. Work off the
-    critical path (evaluations) runs in runners with a higher `niceness`, so that on a busy node the
-    operating system gives the CPU to trials first."""
+    """One process for a sweep's group-level work (Tune runs, evaluations, ensembles), each call in a thread
+    of its own. A process per group would import torch, Ray Tune and MLflow anew: seconds of CPU each, which
+    on a small node the trials pay for. It holds no CPU: the work it starts (trials) takes worker slots.
+    Work off the critical path (evaluations) runs in a second runner with a higher `niceness`, so that on a
+    busy node the operating system gives the CPU to trials first."""
 
     def __init__(self, niceness: int = 0):
         os.nice(niceness)
@@ -125,27 +126,23 @@ class GroupRunner:
         return function(*args)
 
 
-class RunnerPool:
-    """The driver's GroupRunners: a call goes to an idle one (whose work has finished), or to a new one."""
+def start_runner(calls_at_once: int, niceness: int = 0) -> ray.actor.ActorHandle:
+    """A GroupRunner that runs up to `calls_at_once` calls side by side."""
+    return GroupRunner.options(max_concurrency=max(1, calls_at_once)).remote(niceness)
 
-    def __init__(self, niceness: int = 0):
-        self.niceness = niceness
-        self.idle: list[ray.actor.ActorHandle] = []
-        self.busy: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
 
-    def submit(self, function: Callable[..., Any], *args: Any) -> ray.ObjectRef:
-        if self.busy:
-            finished, _ = ray.wait(list(self.busy), num_returns=len(self.busy), timeout=0)
-            self.idle += [self.busy.pop(ref) for ref in finished]
-        runner = self.idle.pop() if self.idle else GroupRunner.remote(self.niceness)
-        ref = runner.call.remote(function, *args)
-        self.busy[ref] = runner
-        return ref
+_registering = threading.Lock()
 
-    def shutdown(self) -> None:
-        for runner in [*self.idle, *self.busy.values()]:
-            ray.kill(runner)
-        self.idle, self.busy = [], {}
+
+def registered_trainable(resources: ResourcesSpec) -> str:
+    """The name of the trial trainable with its resources in Tune's registry. The registry is one per
+    process and not thread-safe, and a GroupRunner's Tune runs start side by side in its threads: they
+    register here, one at a time, and hand Tune the name."""
+    wanted = trial_resources(resources)
+    name = "banray-trial-" + "-".join(f"{key}{value:g}" for key, value in sorted(wanted.items()))
+    with _registering:
+        tune.register_trainable(name, tune.with_resources(run_trial, wanted))
+    return name
 
 
 def group_label(chain: int, generation: int, arm: str = "main") -> str:
@@ -273,7 +270,7 @@ def run_group(
     start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
     runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
-    trainable = tune.with_resources(run_trial, trial_resources(spec.resources))
+    trainable = registered_trainable(spec.resources)
     in_trial = spec.resources.engine() == "trial"
     keep_credentials_out_of_tune()
     tune_root, tune_fs = ray_storage(ctx.tune_storage)

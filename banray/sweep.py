@@ -27,13 +27,13 @@ from banray import lock, report, tracking
 from banray.chain import (
     ChainResult,
     GenerationRecord,
-    RunnerPool,
     SweepContext,
     evaluate_group,
     needs_evaluation,
     run_ensembles,
     run_group,
     start_generation_run,
+    start_runner,
     stop_reason,
     tune_verbosity,
 )
@@ -349,8 +349,10 @@ def _run_dag(
         tune_verbose=tune_verbosity(),
     )
 
-    runners = RunnerPool()
-    evaluators = RunnerPool(niceness=10)  # evaluations run beside the next generations, which come first
+    groups_at_once = spec.chains * (1 + int(spec.control))
+    runners = start_runner(groups_at_once)
+    # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
+    evaluators = start_runner(groups_at_once * (spec.generations + 1), niceness=10)
 
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
         group = interrupted.pop(chain, None)
@@ -360,14 +362,14 @@ def _run_dag(
         else:
             run_id = start_generation_run(ctx, chain, generation, teacher)
         state.started(chain, generation, run_id)
-        return runners.submit(run_group, ctx, chain, generation, teacher, run_id, restore)
+        return runners.call.remote(run_group, ctx, chain, generation, teacher, run_id, restore)
 
     def launch_control(chain: int):
         run_id = interrupted_controls.pop(chain, None)
         restore = run_id is not None
         run_id = tracking.reopen_run(track, run_id) if restore else start_generation_run(ctx, chain, 0, None, "control")
         state.control_started(chain, run_id)
-        return runners.submit(run_group, ctx, chain, 0, None, run_id, restore, "control")
+        return runners.call.remote(run_group, ctx, chain, 0, None, run_id, restore, "control")
 
     for chain, records in [(c, r) for c, r in state.results.items() if r]:
         echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
@@ -388,16 +390,16 @@ def _run_dag(
             stopped=state.stopped,
             launch_control=launch_control if spec.control else None,
             controls_done=state.controls,
-            evaluate=lambda r: evaluators.submit(evaluate_group, ctx, r) if needs_evaluation(r) else None,
+            evaluate=lambda r: evaluators.call.remote(evaluate_group, ctx, r) if needs_evaluation(r) else None,
         )
         busy_s = ray.get(slots.busy_seconds.remote())
         ray.kill(slots)
         ensembles = ray.get(
-            [runners.submit(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
+            [runners.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
         )
     finally:  # on a long-lived cluster, the runners would otherwise live as long as the driver
-        runners.shutdown()
-        evaluators.shutdown()
+        ray.kill(runners)
+        ray.kill(evaluators)
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
                     control=dag.controls.get(c), control_ensemble=found.control_ensemble)

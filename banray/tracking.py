@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -265,18 +266,23 @@ def end_run(tracking: Tracking, run_id: str, status: str = "FINISHED") -> None:
     tracking.client().set_terminated(run_id, status=status)
 
 
+_fluent_turn = threading.RLock()
+
+
 @contextmanager
 def _fluent(tracking: Tracking):
     """Point MLflow's fluent API at `tracking` for a moment. MLflow also exports the global tracking URI
-    to os.environ (and so to every later subprocess): put back what was there."""
+    to os.environ (and so to every later subprocess): put back what was there. The fluent state is one per
+    process, so threads of a GroupRunner take turns."""
     import mlflow
 
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking.uri)
-    try:
-        yield mlflow
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with _fluent_turn:
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(tracking.uri)
+        try:
+            yield mlflow
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 def log_model(tracking: Tracking, run_id: str, model, input_example) -> str:

@@ -15,7 +15,7 @@ import yaml
 from ray.train import Checkpoint
 
 from banray import sweep
-from banray.chain import RunnerPool
+from banray.chain import start_runner
 from banray.spec import parse_spec
 from conftest import REPO, tiny_spec
 
@@ -74,18 +74,16 @@ def test_the_students_built_one_teacher_cache_in_the_sweep_folder(finished):
     assert len(caches) == 1 and [p.name for p in caches[0].iterdir()] == ["epoch-all.pt"]
 
 
-def test_group_runners_reuse_an_idle_process_and_run_busy_ones_side_by_side(ray_cluster):
-    pool = RunnerPool()
-    first = ray.get(pool.submit(os.getpid))
-    assert ray.get(pool.submit(os.getpid)) == first  # the finished call's process is reused
-    slow, fast = pool.submit(time.sleep, 2), pool.submit(os.getpid)
-    assert ray.get(fast) != first  # the busy one is not waited for
+def test_a_group_runner_runs_its_calls_side_by_side_in_one_process(ray_cluster):
+    runner = start_runner(calls_at_once=2)
+    slow = runner.call.remote(time.sleep, 3)
+    pid = ray.get(runner.call.remote(os.getpid))  # answered while the slow call still runs
+    still_running = ray.wait([slow], timeout=0)[1]
+    assert still_running and ray.get(runner.call.remote(os.getpid)) == pid
     ray.get(slow)
-    runners = [*pool.idle, *pool.busy.values()]
-    pool.shutdown()
-    for runner in runners:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(runner.call.remote(os.getpid))
+    ray.kill(runner)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(runner.call.remote(os.getpid))
 
 
 def test_best_trial_is_selected_on_validation(finished):
