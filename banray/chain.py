@@ -40,16 +40,20 @@ class SweepContext:
     capacity: int  # worker slots: trials that can train at once
     tune_verbose: int  # Tune's live table only when the driver's output is a terminal
 
-    def trials_at_once(self, generation: int, arm: str) -> int:
-        """How many of a group's trials run at once: its share of the worker slots among the groups that
-        run beside it (the chains' first generations; later, each chain's next generation and its control
-        arm). A trial that trains in its own process hands that process to its group's next trial, so while
-        other groups keep the slots busy, fewer trials at a time start fewer processes."""
+    def trials_at_once(self) -> int:
+        """How many of a group's trials run at once: all the slots can take (the slots pool queues the rest)
+        or, for trials that train in their own process, the group's share of the slots among the chains. A
+        trial's process serves its group's next trial, so while the chains keep the slots busy, fewer
+        trials at a time start fewer processes."""
         spec = self.spec
         if spec.resources.engine() == "train":
             return min(self.capacity, spec.search.trials)
-        beside = spec.chains if generation == 0 and arm == "main" else spec.chains * (1 + int(spec.control))
-        return max(1, min(spec.search.trials, self.capacity // beside))
+        return max(1, min(spec.search.trials, self.capacity // spec.chains))
+
+    @property
+    def groups_at_once(self) -> int:
+        """How many groups keep the worker slots busy: the chains' own, and control arms in the slots they leave."""
+        return max(self.spec.chains, self.capacity // self.trials_at_once())
 
     @property
     def train_storage(self) -> str:
@@ -290,7 +294,7 @@ def run_group(
                 search_alg=search_alg,
                 scheduler=scheduler,
                 num_samples=spec.search.trials if search_alg else 1,
-                max_concurrent_trials=ctx.trials_at_once(generation, arm),
+                max_concurrent_trials=ctx.trials_at_once(),
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                 # A trial that trains in its own process hands that process to the group's next trial:
                 # torch and the data are loaded once per group, not once per trial.

@@ -53,13 +53,15 @@ def run_dag(
     launch_control: Callable[[int], "ray.ObjectRef"] | None = None,
     controls_done: dict[int, Any] | None = None,
     evaluate: Callable[[Any], "ray.ObjectRef | None"] | None = None,
+    groups_at_once: int | None = None,
 ) -> DagRun:
     """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done.
     `on_done(results, stopped, controls)` runs after every finished group (e.g. to save the sweep state).
     A resumed sweep passes the groups already `done` per chain and the chains already `stopped`:
     each chain goes on after its last done group. `launch_control(chain)`, if given, starts each chain's
-    control arm (not yet in `controls_done`) once the chain's generation 0 is done, after its successor:
-    off the critical path, it must not take the worker slots the chains' first generations need. `evaluate(result)`, if given, starts the follow-up
+    control arm (not yet in `controls_done`) once the chain's generation 0 is done, after its successor, and
+    only while fewer than `groups_at_once` groups run (None: no bound): off the critical path, it takes worker
+    slots the chains leave idle, never ones their next generations wait for. `evaluate(result)`, if given, starts the follow-up
     work of a finished group (or returns None if there is none) beside its successor; the result it
     returns replaces the group's."""
     origin, started_at = time.monotonic(), time.time()
@@ -69,6 +71,11 @@ def run_dag(
     stopped = dict(stopped or {})
     controls = dict(controls_done or {})
     spans: list[GroupSpan] = []
+    controls_due: list[int] = []  # chains whose control arm may start once there is room
+
+    def start_due_controls() -> None:
+        while controls_due and (groups_at_once is None or len(pending) < groups_at_once):
+            start_control(controls_due.pop(0))
 
     def start(chain: int, generation: int, previous: Any) -> None:
         echo(f"[banray] chain {chain} generation {generation}: started")
@@ -91,8 +98,9 @@ def run_dag(
             follow_up(chain, CONTROL, controls[chain])
         if chain not in stopped and len(records) <= generations:
             start(chain, len(records), records[-1] if records else None)
-        if records:  # else it starts once generation 0 is done, after the chain's next generation
-            start_control(chain)
+        if records and launch_control is not None and chain not in controls:  # else due after generation 0
+            controls_due.append(chain)
+    start_due_controls()
     while pending or evaluating:
         (ready,), _ = ray.wait([*pending, *evaluating], num_returns=1)
         result = ray.get(ready)
@@ -120,10 +128,11 @@ def run_dag(
                         echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
                 elif generation < generations:
                     start(chain, generation + 1, result)
-                if generation == 0:
-                    start_control(chain)
+                if generation == 0 and launch_control is not None and chain not in controls:
+                    controls_due.append(chain)
                 # After the successor: the critical path gets the first pick of the warm group processes.
                 follow_up(chain, len(results[chain]) - 1, result)
+        start_due_controls()
         if on_done is not None:
             on_done(results, stopped, controls)
     return DagRun(results, stopped, controls, spans, time.monotonic() - origin, started_at)

@@ -349,10 +349,10 @@ def _run_dag(
         tune_verbose=tune_verbosity(),
     )
 
-    groups_at_once = spec.chains * (1 + int(spec.control))
-    runners = start_runner(groups_at_once)
+    groups = spec.chains * (1 + int(spec.control))
+    runners = start_runner(groups)
     # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
-    evaluators = start_runner(groups_at_once * (spec.generations + 1), niceness=10)
+    evaluators = start_runner(groups * (spec.generations + 1), niceness=10)
 
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
         group = interrupted.pop(chain, None)
@@ -390,6 +390,7 @@ def _run_dag(
             stopped=state.stopped,
             launch_control=launch_control if spec.control else None,
             controls_done=state.controls,
+            groups_at_once=ctx.groups_at_once,
             evaluate=lambda r: evaluators.call.remote(evaluate_group, ctx, r) if needs_evaluation(r) else None,
         )
         busy_s = ray.get(slots.busy_seconds.remote())

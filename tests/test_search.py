@@ -136,6 +136,28 @@ def test_dag_stop_rule_ends_a_chain_early(ray_cluster):
     assert "[banray] chain 1 stopped after generation 1: no gain" in lines
 
 
+@pytest.mark.slow
+def test_control_arms_take_only_the_room_the_chains_leave(ray_cluster):
+    @ray.remote(num_cpus=0)
+    def group(chain, generation):
+        time.sleep(0.3)
+        return generation
+
+    def runs(groups_at_once):
+        run = run_dag(2, 2, launch=lambda c, g, previous: group.remote(c, g), stop_rule=lambda c, results: None,
+                      echo=lambda line: None, launch_control=lambda c: group.remote(c, "control"),
+                      groups_at_once=groups_at_once)
+        return {(s.chain, s.generation): s for s in run.spans}
+
+    # Two chains fill two group places: each control arm waits until a chain has finished.
+    span = runs(groups_at_once=2)
+    chains_end = sorted(span[c, 2].end_s for c in (0, 1))
+    assert all(span[c, "control"].start_s >= chains_end[0] for c in (0, 1))
+    # With room to spare, a control arm starts beside its chain's generation 1.
+    span = runs(groups_at_once=4)
+    assert all(span[c, "control"].start_s < span[c, 1].end_s for c in (0, 1))
+
+
 def test_plan_prints_the_dag_without_data_or_training(tmp_path):
     result = CliRunner().invoke(cli, ["plan", str(REPO / "sweeps" / "cifar100.yaml"), "--storage", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
