@@ -25,7 +25,8 @@ from banray.search import make_search, searched_values, warm_start_point
 from banray.spec import ResourcesSpec, SweepSpec
 from banray.storage import keep_credentials_out_of_tune, ray_storage, with_retries
 from banray.tasks import make_task
-from banray.trial import TrialFailed, TrialRuntime, group_name, run_trial, trial_resources
+from banray.trial import TrialRuntime, group_name, run_trial, trial_resources
+from banray.trial_runs import TrialRuns, trial_run_ids
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,9 @@ class TrialProgress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
+        if "failure" in result:
+            say(self.label, f"trial {trial.config.get('trial')} failed: {result['failure']}")
+            return
         value = result.get(self.metric)
         if value is None:
             return
@@ -189,19 +193,6 @@ class TrialProgress(tune.Callback):
 
 def _objective_label(objective: Any) -> str:
     return objective if isinstance(objective, str) else "search over " + "|".join(map(str, objective["choice"]))
-
-
-def _close_stopped_trial_runs(ctx: SweepContext, tune_trial_ids: list[str]) -> None:
-    """ASHA ends a trial by killing its process, so its MLflow run is closed from here."""
-    if not tune_trial_ids:  # the common case costs no tracking client (a first one takes seconds to open)
-        return
-    client = ctx.tracking.client()
-    for trial_id in tune_trial_ids:
-        for run in client.search_runs(
-            [ctx.experiment_id], filter_string=f"tags.`banray.tune_trial_id` = '{trial_id}'"
-        ):
-            client.set_tag(run.info.run_id, "banray.stopped_early", "ASHA")
-            client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _role(generation: int, arm: str) -> str:
@@ -230,11 +221,9 @@ def start_generation_run(
 
 
 def _failure_reason(error: BaseException) -> str:
-    """One line saying why a trial failed: a TrialFailed message as it is, else the error's first line."""
+    """One line saying why a trial failed: the error's first line."""
     cause = getattr(error, "cause", None) or error
     text = str(cause).strip()
-    if isinstance(cause, TrialFailed):
-        return text
     return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
@@ -273,7 +262,7 @@ def run_group(
         del settings[section][name]
     start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
-    runtime = TrialRuntime(ctx.tracking, ctx.experiment_id, run_id, ctx.train_storage, spec.resources, ctx.slots_actor)
+    runtime = TrialRuntime(ctx.train_storage, spec.resources, ctx.slots_actor)
     trainable = registered_trainable(spec.resources)
     in_trial = spec.resources.engine() == "trial"
     keep_credentials_out_of_tune()
@@ -305,7 +294,7 @@ def run_group(
                 storage_path=tune_root,
                 storage_filesystem=tune_fs,
                 verbose=ctx.tune_verbose,
-                callbacks=[TrialProgress(label, spec.search.metric)],
+                callbacks=[TrialProgress(label, spec.search.metric), TrialRuns(ctx.tracking, ctx.experiment_id, run_id)],
                 # Ray Train restarts its own workers; a trial that trains in its process is restarted by Tune.
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures if in_trial else 0),
                 checkpoint_config=tune.CheckpointConfig(  # the best epoch's checkpoint, and the latest
@@ -318,15 +307,16 @@ def run_group(
     metric = spec.search.metric
     results = [r for r in grid if r.error is None and r.metrics]
     finished = [r for r in results if "checkpoint" in r.metrics]
-    stopped = [r for r in results if "checkpoint" not in r.metrics]
-    failed = [r for r in grid if r.error is not None]
-    _close_stopped_trial_runs(ctx, [r.metrics["trial_id"] for r in stopped])
+    stopped = [r for r in results if "checkpoint" not in r.metrics and "failure" not in r.metrics]
+    failed = [r for r in grid if r.error is not None or "failure" in (r.metrics or {})]
+    run_ids = trial_run_ids(ctx.tracking, ctx.experiment_id, run_id)
     record.trials = sorted(
         [
             {
                 "trial": r.config["trial"],
                 "status": "finished",
-                **{k: r.metrics[k] for k in ("seed", "val_error", "val_nll", "best_epoch", "checkpoint", "mlflow_run_id")},
+                **{k: r.metrics[k] for k in ("seed", "val_error", "val_nll", "best_epoch", "checkpoint")},
+                "mlflow_run_id": run_ids.get(r.metrics["trial_id"]),
                 "settings": searched_values(spec, generation, r.config),
             }
             for r in finished
@@ -338,7 +328,8 @@ def run_group(
             for r in stopped
         ]
         + [
-            {"trial": r.config.get("trial"), "status": "failed", "reason": _failure_reason(r.error),
+            {"trial": r.config.get("trial"), "status": "failed",
+             "reason": r.metrics["failure"] if r.error is None else _failure_reason(r.error),
              "settings": searched_values(spec, generation, r.config)}
             for r in failed
         ],
@@ -356,7 +347,7 @@ def run_group(
     best = min(finished, key=lambda r: (r.metrics[metric], r.config["trial"]))
     summary = best.metrics
     record.status = "finished"
-    record.best_trial, record.best_trial_run_id = best.config["trial"], summary["mlflow_run_id"]
+    record.best_trial, record.best_trial_run_id = best.config["trial"], run_ids.get(summary["trial_id"])
     record.best_epoch, record.seed, record.checkpoint = summary["best_epoch"], summary["seed"], summary["checkpoint"]
     record.val_error, record.val_nll = summary["val_error"], summary["val_nll"]
     record.best_settings = searched_values(spec, generation, best.config)

@@ -6,17 +6,19 @@ trains in its own process holds its worker's CPUs. Either takes a worker slot fr
 `WorkerSlots` pool before training, so waiting trials never hold the CPUs a trainer needs. The last row
 a trial reports is its summary: best validation metrics, the best checkpoint's URI and its MLflow run id.
 
-A trial is restartable: its Train run's name and its MLflow run are found again from its Tune trial
-id, so a trial restored by a resumed sweep continues both instead of starting new ones. After a crash,
-Ray Train replaces lost workers, or Tune restarts a trial that trains in its own process, from the last
-checkpoint (`resources.max_failures` times). A diverged trial raises TrialFailed with the reason, which
-Tune records as the trial's error.
+A trial is restartable: its Train run's name is found again from its Tune trial id, so a trial restored
+by a resumed sweep continues it instead of starting a new one. After a crash, Ray Train replaces lost
+workers, or Tune restarts a trial that trains in its own process, from the last checkpoint
+(`resources.max_failures` times). A diverged trial ends with a `failure` summary, not an error: a restart
+would only diverge again. A trial never talks to MLflow: its group's process logs its reports
+(banray.trial_runs), so a trial process imports and opens no tracking store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,7 @@ import ray.tune as tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from banray import checkpoint, tracking
+from banray import checkpoint
 from banray.spec import ResourcesSpec, TrialSettings, derive_seed
 from banray.session import TuneSession
 from banray.storage import ray_storage
@@ -107,9 +109,6 @@ class TrialRuntime:
     trainable under a cluster-wide name, so concurrent chains would overwrite each other's objects.
     """
 
-    tracking: tracking.Tracking
-    experiment_id: str
-    generation_run_id: str
     train_storage: str
     resources: ResourcesSpec
     slots_actor: str  # name of the sweep's WorkerSlots actor
@@ -119,22 +118,12 @@ class TrialRuntime:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrialRuntime:
-        return cls(
-            **{
-                **config,
-                "tracking": tracking.Tracking(**config["tracking"]),
-                "resources": ResourcesSpec.model_validate(config["resources"]),
-            }
-        )
+        return cls(**{**config, "resources": ResourcesSpec.model_validate(config["resources"])})
 
 
 def group_name(chain: int, generation: int, arm: str = "main") -> str:
     """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train and MLflow."""
     return f"chain{chain}-control" if arm == "control" else f"chain{chain}-gen{generation}"
-
-
-class TrialFailed(RuntimeError):
-    """The trial cannot produce a model (e.g. its loss diverged); the message says why."""
 
 
 def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
@@ -146,36 +135,23 @@ def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
     return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
 
 
-def run_trial(config: dict[str, Any]) -> None:
+def trial_settings(config: dict[str, Any]) -> tuple[TrialSettings, TrialRuntime]:
+    """A trial's settings (its seed drawn from the seed tree) and its group's runtime, from its Tune config:
+    the same in the trial's process and in its group's (which tracks it)."""
     settings_fields = dict(config)
     runtime = TrialRuntime.from_config(settings_fields.pop("runtime"))
     seed_root = settings_fields.pop("seed_root")
     # The control arm's trials draw from their own branch of the seed tree: same recipe, fresh seeds.
     arm_path = (1,) if config["arm"] == "control" else ()
     seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"], *arm_path)
-    settings = TrialSettings.model_validate({**settings_fields, "seed": seed})
-    context = tune.get_context()
-    run_id = tracking.start_or_resume_run(
-        runtime.tracking,
-        runtime.experiment_id,
-        run_name=f"{group_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",
-        tags=tracking.banray_tags(
-            sweep=settings.sweep,
-            chain=settings.chain,
-            generation=settings.generation,
-            trial=settings.trial,
-            role=settings.role,
-            tune_trial_id=context.get_trial_id(),
-        ),
-        params=settings.model_dump(mode="json"),
-        parent_run_id=runtime.generation_run_id,
-    )
-    loop_config = {
-        "settings": settings.model_dump(mode="json"),
-        "tracking": dataclasses.asdict(runtime.tracking),
-        "mlflow_run_id": run_id,
-        "cpus_per_worker": runtime.resources.cpus_per_worker,
-    }
+    return TrialSettings.model_validate({**settings_fields, "seed": seed}), runtime
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable. Its last report is a summary: the best epoch and its checkpoint, or the reason
+    the trial cannot produce a model (`failure`: a diverged loss, which a restart would only repeat)."""
+    settings, runtime = trial_settings(config)
+    loop_config = {"settings": settings.model_dump(mode="json"), "cpus_per_worker": runtime.resources.cpus_per_worker}
     slots = ray.get_actor(runtime.slots_actor)
     holder = ray.get_runtime_context().get_actor_id()
     ray.get(slots.acquire.remote(holder, (settings.arm == "control", settings.generation)))
@@ -183,40 +159,25 @@ def run_trial(config: dict[str, Any]) -> None:
         if runtime.resources.engine() == "train":
             outcome = _fit_trainer(loop_config, settings, runtime)
         else:
-            outcome = _train_here(loop_config, runtime, run_id)
-    except BaseException:
-        tracking.end_run(runtime.tracking, run_id, "FAILED")
-        raise
+            outcome = train_loop(loop_config, TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0))
     finally:
         ray.get(slots.release.remote(holder))
-
-    failure = outcome.get("failure")
-    if failure is not None:
-        tracking.end_run(runtime.tracking, run_id, "FAILED")
-        raise TrialFailed(f"trial {settings.trial} {failure}")
+    summary = {"trial": settings.trial, "seed": settings.seed}
+    if "failure" in outcome:
+        # Tune requires the metric in every result: the worst value tells the searcher to stay away.
+        tune.report({**summary, "failure": outcome["failure"], settings.metric: math.inf})
+        return
     best = outcome["best"]
-    tracking.end_run(runtime.tracking, run_id)
     tune.report(
         {
+            **summary,
             settings.metric: best["value"],
             "val_error": best["val_error"],
             "val_nll": best["val_nll"],
             "best_epoch": best["epoch"],
             "checkpoint": best["checkpoint"],
-            "mlflow_run_id": run_id,
-            "trial": settings.trial,
-            "seed": seed,
         }
     )
-
-
-def _train_here(loop_config: dict[str, Any], runtime: TrialRuntime, run_id: str) -> dict[str, Any]:
-    """The worker loop in this Tune trial's process; Tune restarts the trial from its last checkpoint after
-    a crash (FailureConfig). A trial that diverged fails again at once on a restart instead of retraining."""
-    reason = runtime.tracking.client().get_run(run_id).data.tags.get("banray.failure")
-    if reason is not None:
-        return {"failure": reason}
-    return train_loop(loop_config, TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0))
 
 
 def _fit_trainer(loop_config: dict[str, Any], settings: TrialSettings, runtime: TrialRuntime) -> dict[str, Any]:

@@ -5,17 +5,16 @@ It trains one trial's student for the spec's epochs, with a frozen teacher from 
 (eval mode, no grad, not in the optimizer), evaluates on the validation split every epoch, and reports
 metrics every epoch; a checkpoint goes with them when the validation metric is at least as good as the
 best so far, at the last epoch, and otherwise every `train.checkpoint_every_s` seconds. Rank 0 writes
-checkpoints and MLflow metrics (one batch per epoch, in the background).
+checkpoints; the reports reach MLflow from the group's process (banray.trial_runs), never from here.
 
 Each checkpoint also holds the training state (epoch, optimizer, lr schedule, RNG states, the best epoch
 so far): when Ray Train restarts a lost worker group, Tune a crashed trial, or a resumed sweep an
 interrupted trial, the loop goes on from the last checkpoint as if nothing had happened. A non-finite
-training loss ends the trial: the loop returns the reason, and the trial marks itself failed.
+training loss ends the trial: the loop returns the reason, which the trial reports as its failure.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import random
@@ -30,7 +29,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from banray import checkpoint, teacher_cache, tracking
+from banray import checkpoint, teacher_cache
 from banray.losses import get_objective
 from banray.storage import with_retries
 from banray.models import build_model
@@ -235,50 +234,48 @@ def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
             nn.utils.clip_grad_norm_(model.parameters(), settings.train.grad_clip)
         optimizer.step()
 
-    log = MetricLog(config, settings, session.rank)
-    if done_epochs:
-        log.epoch({"resumed_after_epoch": done_epochs}, done_epochs)
-    if teacher is not None and log.active and not log.history("teacher_val_error"):
-        # Teacher hygiene: its validation error, measured here, must match what it was selected with.
-        teacher_scores = task.score(teacher, "val", device)
-        log.epoch({"teacher_val_error": teacher_scores.error, "teacher_val_nll": teacher_scores.nll}, 0)
+    first_report = _first_report_extras(settings, task, teacher, device, session.rank, done_epochs)
     metadata_base = _metadata_base(settings, task, teacher_metadata)
-    try:
-        for epoch in range(done_epochs + 1, settings.train.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            term_means = task.train_epoch(model, teacher_source, objective, loss_params, step, device, epoch)
-            diverged = non_finite_terms(term_means)
-            if diverged is not None:
-                reason = f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"
-                log.failed(reason)
-                return {"failure": reason}
-            val = task.score(_unwrap(model), "val", device)
-            metrics = {
-                "epoch": epoch, "lr": lr, "train_loss": sum(term_means.values()),
-                **{f"loss/{name}": value for name, value in term_means.items()},
-                "val_error": val.error, "val_nll": val.nll,
-            }
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics[settings.metric])
-            else:
-                scheduler.step()
-            value = metrics[settings.metric]
-            log.epoch(metrics, epoch)
-            wanted = policy.wants(value, last_epoch=epoch == settings.train.epochs)
-            with checkpoint_folder(session.rank == 0 and wanted) as directory:
-                best = policy.best_with(value, epoch, metrics)
-                if directory is not None:
-                    metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
-                    checkpoint.save(directory, _unwrap(model), metadata)
-                    state = {**training_state(epoch, optimizer, scheduler), "best": best}
-                    torch.save(state, Path(directory) / TRAINING_STATE_FILE)
-                    log.flush()  # a restart goes on after this checkpoint: every epoch up to it must be logged
-                uri = session.report(metrics, directory)
-                if directory is not None:
-                    policy.saved(best, uri)
-    finally:
-        log.close()
+    for epoch in range(done_epochs + 1, settings.train.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        term_means = task.train_epoch(model, teacher_source, objective, loss_params, step, device, epoch)
+        diverged = non_finite_terms(term_means)
+        if diverged is not None:
+            return {"failure": f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"}
+        val = task.score(_unwrap(model), "val", device)
+        metrics = {
+            "epoch": epoch, "lr": lr, "train_loss": sum(term_means.values()),
+            **{f"loss/{name}": value for name, value in term_means.items()},
+            "val_error": val.error, "val_nll": val.nll, **first_report,
+        }
+        first_report = {}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(metrics[settings.metric])
+        else:
+            scheduler.step()
+        value = metrics[settings.metric]
+        wanted = policy.wants(value, last_epoch=epoch == settings.train.epochs)
+        with checkpoint_folder(session.rank == 0 and wanted) as directory:
+            best = policy.best_with(value, epoch, metrics)
+            if directory is not None:
+                metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
+                checkpoint.save(directory, _unwrap(model), metadata)
+                state = {**training_state(epoch, optimizer, scheduler), "best": best}
+                torch.save(state, Path(directory) / TRAINING_STATE_FILE)
+            uri = session.report(metrics, directory)
+            if directory is not None:
+                policy.saved(best, uri)
     return {"best": policy.best}
+
+
+def _first_report_extras(settings: TrialSettings, task, teacher, device, rank: int, done_epochs: int) -> dict:
+    """What the first epoch's report of a (re)started trial also carries: the epoch it resumed after, and
+    for teacher hygiene the frozen teacher's validation scores, which must match what it was selected with."""
+    extras: dict[str, float] = {"resumed_after_epoch": done_epochs} if done_epochs else {}
+    if teacher is not None and rank == 0:
+        scores = task.score(teacher, "val", device)
+        extras.update(teacher_val_error=scores.error, teacher_val_nll=scores.nll)
+    return extras
 
 
 def _teacher(settings: TrialSettings, task, device: torch.device):
@@ -315,45 +312,3 @@ def _metadata_base(settings: TrialSettings, task, teacher_metadata: dict | None)
         "teacher": checkpoint.identity(teacher_metadata) if teacher_metadata else None,
         "node_id": ray.get_runtime_context().get_node_id(),  # provenance: which node trained it
     }
-
-
-class MetricLog:
-    """Rank 0's per-epoch MLflow metrics: one batch per epoch, sent in the background so the training thread
-    never waits on the tracking server; `flush` waits for what is still in flight, `close` also ends the thread."""
-
-    def __init__(self, config: dict[str, Any], settings: TrialSettings, rank: int):
-        self.client = tracking.Tracking(**config["tracking"]).client() if rank == 0 else None
-        self.run_id = config["mlflow_run_id"]
-        # One thread of our own rather than MLflow's async logging, whose shutdown at the end of every run
-        # waits out a 1 s poll.
-        self.sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="banray-metrics")
-        self.pending: list[concurrent.futures.Future] = []
-        # Epochs the run already holds from before a restart (from a checkpoint or from scratch): an epoch
-        # that runs again is not logged twice.
-        self.logged_through = max((m.step for m in self.history("val_error")), default=0)
-
-    def history(self, metric: str) -> list:
-        return self.client.get_metric_history(self.run_id, metric) if self.client is not None else []
-
-    @property
-    def active(self) -> bool:
-        return self.client is not None
-
-    def epoch(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is not None and ("epoch" not in metrics or step > self.logged_through):
-            self.pending.append(self.sender.submit(tracking.log_metrics, self.client, self.run_id, metrics, step))
-
-    def failed(self, reason: str) -> None:
-        if self.client is not None:
-            self.client.set_tag(self.run_id, "banray.failure", reason)
-
-    def flush(self) -> None:
-        for sent in self.pending:
-            sent.result()  # raises what the tracking store raised
-        self.pending.clear()
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self.sender.shutdown()

@@ -1,6 +1,5 @@
 """The worker loop on synthetic data, through a real TorchTrainer in Ray Train's local mode."""
 
-import dataclasses
 import math
 
 import pytest
@@ -9,19 +8,13 @@ import torch
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
-from banray import checkpoint, tracking
+from banray import checkpoint
 from banray.data import load_splits
 from banray.models import build_model
 from banray.spec import parse_spec
 from banray.tasks import make_task
-from banray.worker import train_loop_per_worker
+from banray.worker import train_loop, train_loop_per_worker
 from conftest import tiny_spec
-
-
-@pytest.fixture
-def store(tmp_path):
-    track = tracking.resolve(None, "worker-test", tmp_path)
-    return track, tracking.ensure_experiment(track)
 
 
 @pytest.fixture(autouse=True)
@@ -34,19 +27,46 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def fit(spec, store, tmp_path, generation=0, teacher_checkpoint=None, teacher_cache=None):
-    track, experiment_id = store
-    run_id = tracking.start_run(track, experiment_id, f"gen{generation}", tags={})
+def fit(spec, tmp_path, generation=0, teacher_checkpoint=None, teacher_cache=None):
     settings = {**spec.generation_settings(0, generation, teacher_checkpoint), "trial": 0, "seed": 7,
                 "teacher_cache": teacher_cache}
     del settings["seed_root"]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": settings, "tracking": dataclasses.asdict(track), "mlflow_run_id": run_id},
+        train_loop_config={"settings": settings},
         scaling_config=ray.train.ScalingConfig(num_workers=0),  # local mode: runs in this process
         run_config=ray.train.RunConfig(name=f"worker-gen{generation}", storage_path=str(tmp_path / "ray")),
     )
-    return trainer.fit(), track.client(), run_id
+    return trainer.fit()
+
+
+class RecordingSession:
+    """The worker loop's session in this process, keeping every report (Train's local mode keeps only the last)."""
+
+    rank, world_size, prepare_loader = 0, 1, None
+
+    def __init__(self):
+        self.reports = []
+
+    def device(self):
+        return torch.device("cpu")
+
+    def prepare_model(self, model):
+        return model
+
+    def restored(self):
+        return None
+
+    def report(self, metrics, directory):
+        self.reports.append(metrics)
+
+
+def reports(spec, generation=0, teacher_checkpoint=None):
+    settings = {**spec.generation_settings(0, generation, teacher_checkpoint), "trial": 0, "seed": 7}
+    del settings["seed_root"]
+    session = RecordingSession()
+    train_loop({"settings": settings}, session)
+    return session.reports
 
 
 def save_teacher(spec, directory, trained: bool, **metadata_overrides):
@@ -69,61 +89,62 @@ def save_teacher(spec, directory, trained: bool, **metadata_overrides):
     return str(directory), metadata
 
 
-def test_generation_zero_learns_the_labels_and_logs_every_epoch(tmp_path, store):
+def test_generation_zero_learns_the_labels_and_reports_every_epoch(tmp_path):
     spec = parse_spec(tiny_spec(**{"train.epochs": 3}))
-    result, client, run_id = fit(spec, store, tmp_path)
+    result = fit(spec, tmp_path)
     assert result.metrics["epoch"] == 3
     assert result.metrics["val_error"] < 0.1
     assert set(result.metrics) >= {"lr", "train_loss", "loss/ce", "val_error", "val_nll"}
-    history = client.get_metric_history(run_id, "val_error")
-    assert [m.step for m in history] == [1, 2, 3]
-    assert len(client.get_metric_history(run_id, "loss/ce")) == 3
+    rows = reports(spec)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert not any("teacher_val_error" in row for row in rows)  # no teacher in generation 0
 
 
-def test_student_learns_from_the_teacher_not_the_labels(tmp_path, store):
+def test_student_learns_from_the_teacher_not_the_labels(tmp_path):
     spec = parse_spec(tiny_spec(**{"train.epochs": 2}))
     good, good_meta = save_teacher(spec, tmp_path / "good", trained=True)
-    result, client, run_id = fit(spec, store, tmp_path, generation=1, teacher_checkpoint=good)
+    result = fit(spec, tmp_path, generation=1, teacher_checkpoint=good)
     assert "loss/teacher_ce" in result.metrics and "loss/ce" not in result.metrics  # BAN: no label term
     assert result.metrics["val_error"] < 0.1
-    (logged,) = client.get_metric_history(run_id, "teacher_val_error")
-    assert logged.value == pytest.approx(good_meta["val_error"])  # frozen teacher, eval mode, as selected
+    first, second = reports(spec, generation=1, teacher_checkpoint=good)
+    # The first epoch's report carries it: the frozen teacher, in eval mode, scores as it was selected.
+    assert first["teacher_val_error"] == pytest.approx(good_meta["val_error"]) and "teacher_val_error" not in second
 
     # A teacher that knows nothing (untrained) teaches nothing: the labels never reach a BAN student.
     bad, bad_meta = save_teacher(spec, tmp_path / "untrained", trained=False)
-    result, _, _ = fit(spec, store, tmp_path, generation=1, teacher_checkpoint=bad)
+    result = fit(spec, tmp_path, generation=1, teacher_checkpoint=bad)
     assert result.metrics["val_error"] > 0.4
 
 
-def test_teacher_with_foreign_metadata_is_refused(tmp_path, store):
+def test_teacher_with_foreign_metadata_is_refused(tmp_path):
     spec = parse_spec(tiny_spec())
     foreign, _ = save_teacher(spec, tmp_path / "foreign", trained=False, spec_hash="0123456789abcdef")
     with pytest.raises(Exception, match="has spec_hash='0123456789abcdef', expected"):
-        fit(spec, store, tmp_path, generation=1, teacher_checkpoint=foreign)
+        fit(spec, tmp_path, generation=1, teacher_checkpoint=foreign)
 
 
-def test_cached_teacher_trains_the_same_student_as_the_online_one(tmp_path, store):
+def test_cached_teacher_trains_the_same_student_as_the_online_one(tmp_path):
     online_spec = parse_spec(tiny_spec(**{"train.epochs": 2}))
     good, _ = save_teacher(online_spec, tmp_path / "good", trained=True)
-    online, _, _ = fit(online_spec, store, tmp_path, generation=1, teacher_checkpoint=good)
+    online = fit(online_spec, tmp_path, generation=1, teacher_checkpoint=good)
     cached_spec = parse_spec(tiny_spec(**{"train.epochs": 2}, distill={"objective": "ban", "teacher": "cached",
                                                                       "cache_dtype": "float32"}))
     # The spec hash differs (the teacher source is part of it), so the teacher is saved for that spec.
     good, _ = save_teacher(cached_spec, tmp_path / "good-cached", trained=True)
     cache_root = tmp_path / "teacher-cache"
-    cached, _, _ = fit(cached_spec, store, tmp_path, generation=1, teacher_checkpoint=good,
+    cached = fit(cached_spec, tmp_path, generation=1, teacher_checkpoint=good,
                        teacher_cache=str(cache_root))
     assert [p.name for p in cache_root.glob("*/*.pt")] == ["epoch-all.pt"]  # no augmentation: one pass
     for key in ("train_loss", "val_error", "val_nll"):
         assert cached.metrics[key] == online.metrics[key]
 
 
-def test_a_top_k_cached_teacher_reaches_the_worker(tmp_path, store):
+def test_a_top_k_cached_teacher_reaches_the_worker(tmp_path):
     spec = parse_spec(tiny_spec(**{"train.epochs": 2}, distill={"objective": "ban", "teacher": "cached",
                                                                 "cache_top_k": 2}))
     good, _ = save_teacher(spec, tmp_path / "good", trained=True)
     cache_root = tmp_path / "teacher-cache"
-    result, _, _ = fit(spec, store, tmp_path, generation=1, teacher_checkpoint=good, teacher_cache=str(cache_root))
+    result = fit(spec, tmp_path, generation=1, teacher_checkpoint=good, teacher_cache=str(cache_root))
     (stored_file,) = cache_root.glob("*/epoch-all.pt")
     assert torch.load(stored_file, weights_only=True)["values"].shape[1] == 2  # 2 of the 4 classes' logits
     assert math.isfinite(result.metrics["train_loss"]) and 0 <= result.metrics["val_error"] <= 1

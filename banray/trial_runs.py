@@ -1,0 +1,105 @@
+"""A group's trials in MLflow: one run per trial, under the generation's run, written from the group's
+process by a Tune callback, never by the trial.
+
+Every report a trial makes reaches Tune's controller in the group's process anyway. Logging them there
+keeps MLflow (its import, its store, its connections) out of every trial process, which on a small node
+costs seconds of CPU per trial, and gives one place that knows each trial's run: created when the trial
+first starts, found again by its Tune trial id when a resumed sweep restores it. An epoch's metrics are
+logged once, even when a restarted trial reports that epoch again.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import ray.tune as tune
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from banray import tracking
+from banray.trial import group_name, trial_settings
+
+# Reported by the first epoch after a (re)start: the teacher's scores, logged at step 0 once per run, and
+# the epoch a restarted trial went on after, logged at that step whether or not its epoch is logged again.
+TEACHER_METRICS = ("teacher_val_error", "teacher_val_nll")
+RESUMED = "resumed_after_epoch"
+# Tune's own keys in every result, beside what the worker reported.
+TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The worker's metrics of one epoch's result, without Tune's bookkeeping and the teacher's scores."""
+    return {
+        key: value for key, value in result.items()
+        if key not in TUNE_KEYS and key not in (*TEACHER_METRICS, RESUMED) and isinstance(value, numbers.Real)
+    }
+
+
+class TrialRuns(tune.Callback):
+    """The MLflow runs of one group's trials (children of the generation's run `generation_run_id`)."""
+
+    def __init__(self, track: tracking.Tracking, experiment_id: str, generation_run_id: str):
+        self.track, self.experiment_id, self.generation_run_id = track, experiment_id, generation_run_id
+        self.client = track.client()
+        self.runs: dict[str, str] = {}  # Tune trial id → MLflow run id
+        self.logged_through: dict[str, int] = {}  # Tune trial id → the last epoch its run holds
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        settings, _ = trial_settings(trial.config)
+        run_id = tracking.start_or_resume_run(
+            self.track,
+            self.experiment_id,
+            run_name=f"{group_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",
+            tags=tracking.banray_tags(
+                sweep=settings.sweep, chain=settings.chain, generation=settings.generation, trial=settings.trial,
+                role=settings.role, tune_trial_id=trial.trial_id,
+            ),
+            params=settings.model_dump(mode="json"),
+            parent_run_id=self.generation_run_id,
+        )
+        self.runs[trial.trial_id] = run_id
+        # Epochs the run holds from before a restart (from a checkpoint or from scratch) are not logged again.
+        history = self.client.get_metric_history(run_id, "val_error")
+        self.logged_through[trial.trial_id] = max((m.step for m in history), default=0)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None or "epoch" not in result:
+            return
+        epoch = int(result["epoch"])
+        teacher = {key: result[key] for key in TEACHER_METRICS if key in result}
+        if teacher and not self.client.get_metric_history(run_id, TEACHER_METRICS[0]):
+            tracking.log_metrics(self.client, run_id, teacher, step=0)
+        if RESUMED in result:
+            tracking.log_metrics(self.client, run_id, {RESUMED: result[RESUMED]}, step=int(result[RESUMED]))
+        if epoch > self.logged_through[trial.trial_id]:
+            tracking.log_metrics(self.client, run_id, epoch_metrics(result), step=epoch)
+            self.logged_through[trial.trial_id] = epoch
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        last = trial.last_result or {}
+        if "failure" in last:
+            self.client.set_tag(run_id, f"{tracking.TAG_PREFIX}failure", last["failure"])
+            self.client.set_terminated(run_id, status="FAILED")
+        elif "checkpoint" in last and "epoch" not in last:  # its summary: it trained to the end
+            self.client.set_terminated(run_id, status="FINISHED")
+        else:  # ASHA stopped it early
+            self.client.set_tag(run_id, f"{tracking.TAG_PREFIX}stopped_early", "ASHA")
+            self.client.set_terminated(run_id, status="KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            self.client.set_terminated(run_id, status="FAILED")
+
+
+def trial_run_ids(track: tracking.Tracking, experiment_id: str, generation_run_id: str) -> dict[str, str]:
+    """Tune trial id → MLflow run id of every trial run of a generation, including runs made before a
+    resumed sweep restored the group."""
+    found = track.client().search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{generation_run_id}'", max_results=10_000
+    )
+    return {run.data.tags.get(f"{tracking.TAG_PREFIX}tune_trial_id"): run.info.run_id for run in found}

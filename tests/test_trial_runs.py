@@ -1,0 +1,71 @@
+"""The trials' MLflow runs, written from the group's process by the TrialRuns callback (a real SQLite store)."""
+
+from types import SimpleNamespace
+
+from banray import tracking
+from banray.spec import ResourcesSpec, parse_spec
+from banray.trial import TrialRuntime
+from banray.trial_runs import TrialRuns, trial_run_ids
+from conftest import tiny_spec
+
+
+def epoch(n, **extra):
+    """One epoch's result as Tune hands it to callbacks: the worker's metrics and Tune's own keys."""
+    return {"epoch": n, "lr": 0.1, "val_error": 0.5 / n, "val_nll": 1.0 / n, "loss/ce": 0.3, "train_loss": 0.3,
+            "training_iteration": n, "time_this_iter_s": 0.1, "timestamp": 1, "trial_id": "t1", "done": False,
+            "pid": 7, "hostname": "h", "date": "today", **extra}
+
+
+def setup(tmp_path):
+    spec = parse_spec(tiny_spec())
+    track = tracking.resolve(None, "trial-runs", tmp_path)
+    experiment_id = tracking.ensure_experiment(track)
+    parent = tracking.start_run(track, experiment_id, "chain0-gen1", tags={})
+    runtime = TrialRuntime(str(tmp_path / "train"), ResourcesSpec(), "slots")
+    config = {**spec.generation_settings(0, 1, "/teacher"), "trial": 0, "runtime": runtime.to_config()}
+    trial = SimpleNamespace(trial_id="t1", config=config, last_result=None)
+    return track, experiment_id, parent, trial
+
+
+def test_each_epoch_is_logged_once_across_a_restart_and_the_run_ends_finished(tmp_path):
+    track, experiment_id, parent, trial = setup(tmp_path)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    for n in (1, 2):
+        runs.on_trial_result(0, [], trial, epoch(n, **({"teacher_val_error": 0.1, "teacher_val_nll": 0.2} if n == 1 else {})))
+    # Restarted from its epoch-1 checkpoint, in a new callback (a resumed sweep): epoch 2 comes again.
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    for n in (2, 3):
+        runs.on_trial_result(0, [], trial, epoch(n, **({"resumed_after_epoch": 1, "teacher_val_error": 0.1} if n == 2 else {})))
+    trial.last_result = {"val_error": 0.1, "checkpoint": "/c", "trial": 0, "seed": 1}
+    runs.on_trial_complete(0, [], trial)
+
+    (run_id,) = trial_run_ids(track, experiment_id, parent).values()
+    client = track.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["banray.tune_trial_id"] == "t1"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params["trial"] == "0"
+    assert [m.step for m in client.get_metric_history(run_id, "val_error")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "teacher_val_error")] == [0]
+    assert [m.step for m in client.get_metric_history(run_id, "resumed_after_epoch")] == [1]
+    assert not {"training_iteration", "time_this_iter_s", "timestamp", "pid"} & set(run.data.metrics)
+
+
+def test_a_failed_trial_and_one_asha_stopped_are_closed_with_their_reason(tmp_path):
+    track, experiment_id, parent, trial = setup(tmp_path)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    trial.last_result = {"failure": "diverged: training loss not finite in epoch 1", "val_error": float("inf")}
+    runs.on_trial_complete(0, [], trial)
+    stopped = SimpleNamespace(trial_id="t2", config={**trial.config, "trial": 1}, last_result=None)
+    runs.on_trial_start(0, [], stopped)
+    runs.on_trial_result(0, [], stopped, epoch(1))
+    stopped.last_result = epoch(1)
+    runs.on_trial_complete(0, [], stopped)
+
+    client = track.client()
+    ids = trial_run_ids(track, experiment_id, parent)
+    failed, asha = client.get_run(ids["t1"]), client.get_run(ids["t2"])
+    assert failed.info.status == "FAILED" and failed.data.tags["banray.failure"].startswith("diverged:")
+    assert asha.info.status == "KILLED" and asha.data.tags["banray.stopped_early"] == "ASHA"
