@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Callable
 
 import ray
@@ -124,16 +125,19 @@ class GroupRunner:
     Work off the critical path (evaluations) runs in a second runner with a higher `niceness`, so that on a
     busy node the operating system gives the CPU to trials first."""
 
-    def __init__(self, niceness: int = 0):
+    def __init__(self, niceness: int = 0, tune_state_every_s: float | None = None):
         os.nice(niceness)
+        if tune_state_every_s is not None:
+            # How often Tune saves a run's experiment state, which a resumed sweep restores trials from.
+            os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(tune_state_every_s)
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
 
 
-def start_runner(calls_at_once: int, niceness: int = 0) -> ray.actor.ActorHandle:
+def start_runner(calls_at_once: int, niceness: int = 0, tune_state_every_s: float | None = None) -> ray.actor.ActorHandle:
     """A GroupRunner that runs up to `calls_at_once` calls side by side."""
-    return GroupRunner.options(max_concurrency=max(1, calls_at_once)).remote(niceness)
+    return GroupRunner.options(max_concurrency=max(1, calls_at_once)).remote(niceness, tune_state_every_s)
 
 
 _registering = threading.Lock()
@@ -297,12 +301,14 @@ def run_group(
                 callbacks=[TrialProgress(label, spec.search.metric), TrialRuns(ctx.tracking, ctx.experiment_id, run_id)],
                 # Ray Train restarts its own workers; a trial that trains in its process is restarted by Tune.
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures if in_trial else 0),
-                checkpoint_config=tune.CheckpointConfig(  # the best epoch's checkpoint, and the latest
-                    num_to_keep=1, checkpoint_score_attribute=spec.search.metric, checkpoint_score_order="min"
-                ),
+                # Tune keeps every checkpoint while the group runs: with num_to_keep it deletes the one its
+                # last saved experiment state may still name, which a restore after a killed driver needs.
+                # The group prunes them once it is over (_prune_checkpoints); the state is saved every
+                # train.checkpoint_every_s (the runner's TUNE_GLOBAL_CHECKPOINT_S).
             ),
         )
     grid = tuner.fit()
+    _prune_checkpoints(grid)
 
     metric = spec.search.metric
     results = [r for r in grid if r.error is None and r.metrics]
@@ -355,6 +361,16 @@ def run_group(
     say(label, f"best trial {record.best_trial} (epoch {record.best_epoch}){settings_text}: val_error "
                f"{100 * record.val_error:.2f}%")
     return record
+
+
+def _prune_checkpoints(grid: tune.ResultGrid) -> None:
+    """Delete every checkpoint of a finished Tune run but each finished trial's best (its summary names it):
+    the trials are over, so no restart or restore can want the others."""
+    for result in grid:
+        keep = (result.metrics or {}).get("checkpoint")  # None for a failed or stopped trial
+        for stored, _ in result.best_checkpoints or []:
+            if keep is None or PurePosixPath(stored.path).name != PurePosixPath(keep).name:
+                with_retries(f"deleting {stored.path}", lambda: stored.filesystem.delete_dir(stored.path))
 
 
 def needs_evaluation(record: GenerationRecord) -> bool:

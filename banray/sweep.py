@@ -350,7 +350,7 @@ def _run_dag(
     )
 
     groups = spec.chains * (1 + int(spec.control))
-    runners = start_runner(groups)
+    runners = start_runner(groups, tune_state_every_s=spec.train.checkpoint_every_s)
     # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
     evaluators = start_runner(groups * (spec.generations + 1), niceness=10)
 

@@ -23,6 +23,9 @@ from banray.trial import group_name, trial_settings
 # the epoch a restarted trial went on after, logged at that step whether or not its epoch is logged again.
 TEACHER_METRICS = ("teacher_val_error", "teacher_val_nll")
 RESUMED = "resumed_after_epoch"
+# A restarted trial's first report also carries the epochs before its checkpoint: those whose reports were
+# lost with a killed driver (Ray Train keeps its checkpoints apart from Tune's controller) are logged then.
+REPLAYED = "replayed_epochs"
 # Tune's own keys in every result, beside what the worker reported.
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
 
@@ -66,15 +69,15 @@ class TrialRuns(tune.Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None or "epoch" not in result:
             return
-        epoch = int(result["epoch"])
         teacher = {key: result[key] for key in TEACHER_METRICS if key in result}
         if teacher and not self.client.get_metric_history(run_id, TEACHER_METRICS[0]):
             tracking.log_metrics(self.client, run_id, teacher, step=0)
         if RESUMED in result:
             tracking.log_metrics(self.client, run_id, {RESUMED: result[RESUMED]}, step=int(result[RESUMED]))
-        if epoch > self.logged_through[trial.trial_id]:
-            tracking.log_metrics(self.client, run_id, epoch_metrics(result), step=epoch)
-            self.logged_through[trial.trial_id] = epoch
+        for row in [*result.get(REPLAYED, []), result]:
+            if row["epoch"] > self.logged_through[trial.trial_id]:
+                tracking.log_metrics(self.client, run_id, epoch_metrics(row), step=int(row["epoch"]))
+                self.logged_through[trial.trial_id] = int(row["epoch"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)

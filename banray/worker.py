@@ -234,7 +234,10 @@ def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
             nn.utils.clip_grad_norm_(model.parameters(), settings.train.grad_clip)
         optimizer.step()
 
-    first_report = _first_report_extras(settings, task, teacher, device, session.rank, done_epochs)
+    # Every epoch's metrics so far: a checkpoint carries them, and a restarted trial reports them again, so
+    # that an epoch whose report was lost with a killed driver still reaches MLflow.
+    history: list[dict[str, Any]] = list((resumed_state or {}).get("history", []))
+    first_report = _first_report_extras(settings, task, teacher, device, session.rank, done_epochs, history)
     metadata_base = _metadata_base(settings, task, teacher_metadata)
     for epoch in range(done_epochs + 1, settings.train.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -246,8 +249,10 @@ def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
         metrics = {
             "epoch": epoch, "lr": lr, "train_loss": sum(term_means.values()),
             **{f"loss/{name}": value for name, value in term_means.items()},
-            "val_error": val.error, "val_nll": val.nll, **first_report,
+            "val_error": val.error, "val_nll": val.nll,
         }
+        history.append(metrics)
+        metrics = {**metrics, **first_report}
         first_report = {}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(metrics[settings.metric])
@@ -260,7 +265,7 @@ def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
             if directory is not None:
                 metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
                 checkpoint.save(directory, _unwrap(model), metadata)
-                state = {**training_state(epoch, optimizer, scheduler), "best": best}
+                state = {**training_state(epoch, optimizer, scheduler), "best": best, "history": history}
                 torch.save(state, Path(directory) / TRAINING_STATE_FILE)
             uri = session.report(metrics, directory)
             if directory is not None:
@@ -268,10 +273,12 @@ def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
     return {"best": policy.best}
 
 
-def _first_report_extras(settings: TrialSettings, task, teacher, device, rank: int, done_epochs: int) -> dict:
-    """What the first epoch's report of a (re)started trial also carries: the epoch it resumed after, and
-    for teacher hygiene the frozen teacher's validation scores, which must match what it was selected with."""
-    extras: dict[str, float] = {"resumed_after_epoch": done_epochs} if done_epochs else {}
+def _first_report_extras(settings: TrialSettings, task, teacher, device, rank: int, done_epochs: int,
+                         history: list[dict]) -> dict:
+    """What the first epoch's report of a (re)started trial also carries: the epoch it resumed after and
+    the metrics of the epochs before, and for teacher hygiene the frozen teacher's validation scores, which
+    must match what it was selected with."""
+    extras: dict[str, Any] = {"resumed_after_epoch": done_epochs, "replayed_epochs": history} if done_epochs else {}
     if teacher is not None and rank == 0:
         scores = task.score(teacher, "val", device)
         extras.update(teacher_val_error=scores.error, teacher_val_nll=scores.nll)

@@ -9,7 +9,7 @@ import json
 
 from bench.common import RESULTS, machine
 
-TARGETS = {"worker_loop": 0.97, "distill_step": 1.10, "sweep_makespan": 1.10, "gpu_throughput": 0.97,
+TARGETS = {"whole_epoch": 0.90, "distill_step": 1.10, "sweep_makespan": 1.10, "gpu_throughput": 0.97,
            "quickstart": 3.0}
 
 
@@ -28,11 +28,12 @@ def main() -> None:
         "| Bench | Measured | Target | Met |",
         "|---|---|---|---|",
     ]
-    if "worker_loop" in results:
-        r = results["worker_loop"]
-        detail = ", ".join(f"{c['case']} {c['ratio']:.3f}" for c in r["results"])
-        lines.append(f"| (a) worker loop ÷ plain PyTorch loop, steps/s (worst case; {detail}) | "
-                     f"{r['ratio']:.3f} | ≥ 0.97 | {'yes' if r['ratio'] >= 0.97 else 'no'} |")
+    if "whole_epoch" in results:
+        for c in results["whole_epoch"]["results"]:
+            target = 0.97 if "wrn" in c["case"] else 0.90
+            lines.append(f"| (a) {c['case']}: plain loop's epoch ÷ the epoch a trial runs ({c['plain_epoch_s']:.3f} s "
+                         f"÷ {c['banray_epoch_s']:.3f} s) | {c['ratio']:.3f} | ≥ {target} | "
+                         f"{'yes' if c['ratio'] >= target else 'no'} |")
     if "distill_step" in results:
         r = results["distill_step"]
         lines.append(f"| (b) cached BAN epoch ÷ CE epoch, cache build shared by {r['trials_sharing_the_cache']} trials | "

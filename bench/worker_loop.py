@@ -1,20 +1,18 @@
-"""(a) The worker loop's training steps/s against a plain PyTorch loop: same model, data, batch size, optimizer.
+"""The worker loop's training steps/s against a plain PyTorch loop: same model, data, batch size, optimizer.
+bench.gpu_throughput measures with it on a GPU; on CPU, (a) is bench.whole_epoch, which times the epoch a
+trial runs (validation, checkpoint, report and logging included), not only its training steps.
 
 The banray side is what train_loop_per_worker runs per epoch: ClassificationTask.train_epoch with the
 objective, the worker's step function and its loader (indices, deterministic per-sample augmentation).
 The plain side is a hand-written loop: DataLoader, forward, cross-entropy, backward, step — with
 torchvision's own random crop and flip where the data is augmented. No Ray, no MLflow. The two alternate,
 repeated, in one process on one thread; the ratio is the median of the paired ratios.
-
-Run: .venv/bin/python -m bench.worker_loop   (about 2 minutes on 2 cores)
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +25,6 @@ from banray.models import build_model
 from banray.spec import DataSpec, TrainSpec
 from banray.tasks import make_task
 from banray.worker import fast_path_student, make_optimizer
-from bench.common import write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import fakedata
@@ -130,25 +127,3 @@ def measure(case: dict, repeats: int, device: torch.device, train: TrainSpec) ->
         "ratio": statistics.median(ratios),
         "ratios": [round(r, 4) for r in ratios],
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1 by default
-    device = torch.device("cpu")
-    with tempfile.TemporaryDirectory() as root:
-        train = TrainSpec(epochs=100, batch_size=args.batch_size, lr=0.05)
-        results = [measure(case, args.repeats, device, train) for case in cases(Path(root))]
-    write("worker_loop", {
-        "what": "banray ClassificationTask.train_epoch (the worker loop's epoch) vs a plain PyTorch loop, "
-                "steps/s, 1 thread, CPU; ratio = banray / plain (median of paired repeats)",
-        "results": results,
-        "ratio": min(r["ratio"] for r in results),
-    })
-
-
-if __name__ == "__main__":
-    main()

@@ -72,14 +72,15 @@ def train_runs(sweep_dir: Path, chain: int, generation: int, engine: str = "trai
     return sorted((sweep_dir / "tune" / f"chain{chain}-gen{generation}").glob("trial_*"))
 
 
-def has_checkpoint(run_dirs: list[Path], engine: str = "train") -> bool:
-    """Whether one of these trials has a checkpoint recorded: Ray Train's snapshot names it, or Tune has
-    saved its experiment state since the trial stored it (a restore starts from what that state names)."""
+def has_checkpoint(run_dirs: list[Path], engine: str = "train", saved_state: bool = False) -> bool:
+    """Whether one of these trials has a checkpoint recorded: Ray Train's snapshot names it; in Tune, a
+    second one is stored (so the trial has reported the first) and, with `saved_state`, Tune has saved its
+    experiment state since (a restore after a killed driver starts from what that state names)."""
     if engine == "train":
         return any((run / "checkpoint_manager_snapshot.json").exists() for run in run_dirs)
-    stored = [c.stat().st_mtime for run in run_dirs for c in run.glob("checkpoint_*/model.pt")]
+    stored = sorted(c.stat().st_mtime for run in run_dirs for c in run.glob("checkpoint_*/model.pt"))
     states = [s.stat().st_mtime for run in run_dirs[:1] for s in run.parent.glob("experiment_state*.json")]
-    return bool(stored) and any(saved > min(stored) for saved in states)
+    return len(stored) >= 2 and (not saved_state or any(saved > stored[0] for saved in states))
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, e
         state = json.loads((sweep_dir / "state.json").read_text())
         running = state["chains"]["0"]["running"]
         return running is not None and running["generation"] == 1 and has_checkpoint(
-            train_runs(sweep_dir, 0, 1, engine), engine)
+            train_runs(sweep_dir, 0, 1, engine), engine, saved_state=True)
 
     wait_until(generation_one_is_training, 300, "generation 1's first checkpoint")
     driver.send_signal(signal.SIGKILL)

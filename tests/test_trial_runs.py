@@ -36,8 +36,9 @@ def test_each_epoch_is_logged_once_across_a_restart_and_the_run_ends_finished(tm
     # Restarted from its epoch-1 checkpoint, in a new callback (a resumed sweep): epoch 2 comes again.
     runs = TrialRuns(track, experiment_id, parent)
     runs.on_trial_start(0, [], trial)
+    resumed = {"resumed_after_epoch": 1, "replayed_epochs": [epoch(1)], "teacher_val_error": 0.1}
     for n in (2, 3):
-        runs.on_trial_result(0, [], trial, epoch(n, **({"resumed_after_epoch": 1, "teacher_val_error": 0.1} if n == 2 else {})))
+        runs.on_trial_result(0, [], trial, epoch(n, **(resumed if n == 2 else {})))
     trial.last_result = {"val_error": 0.1, "checkpoint": "/c", "trial": 0, "seed": 1}
     runs.on_trial_complete(0, [], trial)
 
@@ -50,6 +51,21 @@ def test_each_epoch_is_logged_once_across_a_restart_and_the_run_ends_finished(tm
     assert [m.step for m in client.get_metric_history(run_id, "teacher_val_error")] == [0]
     assert [m.step for m in client.get_metric_history(run_id, "resumed_after_epoch")] == [1]
     assert not {"training_iteration", "time_this_iter_s", "timestamp", "pid"} & set(run.data.metrics)
+
+
+def test_epochs_whose_reports_were_lost_are_logged_from_the_restarted_trials_replay(tmp_path):
+    track, experiment_id, parent, trial = setup(tmp_path)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    runs.on_trial_result(0, [], trial, epoch(1))
+    # Epochs 2 and 3 were checkpointed but their reports died with the driver; the trial resumes after 3.
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    runs.on_trial_result(0, [], trial, epoch(4, resumed_after_epoch=3, replayed_epochs=[epoch(1), epoch(2), epoch(3)]))
+    (run_id,) = trial_run_ids(track, experiment_id, parent).values()
+    history = track.client().get_metric_history(run_id, "val_error")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert {m.step: m.value for m in history}[3] == 0.5 / 3
 
 
 def test_a_failed_trial_and_one_asha_stopped_are_closed_with_their_reason(tmp_path):

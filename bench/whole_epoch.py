@@ -1,0 +1,128 @@
+"""(a) A whole epoch as a trial runs it, against a plain PyTorch loop doing the same epoch.
+
+The banray side is one generation group of one trial, run by `banray.chain.run_group` on a local Ray
+cluster exactly as a sweep runs it: a Tune run, the trial's process, the worker loop's epoch (training,
+validation, a checkpoint when the validation error is at least as good as the best so far and at the
+last epoch, the report to Tune) and the group's MLflow logging of every epoch. Its epoch time is the median
+gap between consecutive epochs' reports (MLflow's per-epoch timestamps, logged as each report arrives).
+The plain side, in this process on one thread as the trial's worker is: the same split, model, optimizer
+and schedule; per epoch a DataLoader pass with forward, loss, backward and step, a validation pass, and
+the best epoch's weights kept (a deep copy of the state dict). Ratio = plain epoch time / banray's.
+
+Run: .venv/bin/python -m bench.whole_epoch   (about 3 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from banray import tracking
+from banray.chain import SweepContext, run_group, start_generation_run
+from banray.models import build_model
+from banray.spec import parse_spec
+from banray.tasks import make_task
+from banray.trial import WorkerSlots
+from banray.worker import make_optimizer, make_scheduler, seed_everything
+from bench.common import write
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import fakedata  # noqa: E402
+
+fakedata.allow_unverified_cifar()
+
+
+def cases(root: Path) -> list[dict]:
+    fakedata.write_cifar10(root, per_batch=100, test=100)
+    common = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine"}
+    return [
+        {"name": "digits-cnn16", "data": {"dataset": "digits"}, "model": {"arch": "cnn", "kwargs": {"width": 16}},
+         "train": {**common, "epochs": 20, "batch_size": 32}},
+        {"name": "cifar10-shaped-wrn16-4", "data": {"dataset": "cifar10", "root": str(root)},
+         "model": {"arch": "wrn", "kwargs": {"depth": 16, "widen_factor": 4}},
+         "train": {**common, "epochs": 4, "batch_size": 64}},
+    ]
+
+
+def banray_epoch_s(case: dict, storage: Path) -> float:
+    """The median epoch of a one-trial group run as a sweep runs it."""
+    spec = parse_spec({"name": case["name"], "data": case["data"], "model": case["model"], "train": case["train"],
+                       "generations": 0, "search": {"trials": 1}, "storage": str(storage)})
+    track = tracking.resolve(None, spec.name, storage)
+    experiment_id = tracking.ensure_experiment(track)
+    slots = f"bench-slots-{case['name']}"
+    WorkerSlots.options(name=slots).remote(1)
+    ctx = SweepContext(spec=spec, sweep_dir=str(storage / spec.name), tracking=track, experiment_id=experiment_id,
+                       slots_actor=slots, capacity=1, tune_verbose=0)
+    run_id = start_generation_run(ctx, 0, 0, None)
+    record = run_group(ctx, 0, 0, None, run_id, restore=False)
+    history = track.client().get_metric_history(record.best_trial_run_id, "val_error")
+    stamps = [m.timestamp / 1000 for m in sorted(history, key=lambda m: m.step)]
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+def plain_epoch_s(case: dict) -> float:
+    """The median epoch of a hand-written loop: train, validate, keep the best weights."""
+    spec = parse_spec({"name": case["name"], "data": case["data"], "model": case["model"], "train": case["train"]})
+    seed_everything(0)
+    task = make_task(spec.data, spec.train, seed=0)
+    model = build_model(spec.model.arch, num_classes=task.num_classes, input_shape=task.input_shape,
+                        **spec.model.kwargs)
+    optimizer = make_optimizer(model.parameters(), spec.train)
+    scheduler = make_scheduler(optimizer, spec.train)
+    train = DataLoader(task.splits.train, batch_size=spec.train.batch_size, shuffle=True)
+    val = DataLoader(task.splits.val, batch_size=256)
+    best, best_state, times = float("inf"), None, []
+    for _ in range(spec.train.epochs):
+        start = time.perf_counter()
+        model.train()
+        for x, y in train:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            wrong = sum((model(x).argmax(1) != y).sum().item() for x, y in val)
+        error = wrong / len(task.splits.val)
+        if error <= best:
+            best, best_state = error, copy.deepcopy(model.state_dict())
+        times.append(time.perf_counter() - start)
+    assert best_state is not None
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for case in cases(Path(folder) / "data"):
+            banray_s = banray_epoch_s(case, Path(folder) / "runs")
+            plain_s = plain_epoch_s(case)
+            results.append({"case": case["name"], "epochs": case["train"]["epochs"], "banray_epoch_s": banray_s,
+                            "plain_epoch_s": plain_s, "ratio": plain_s / banray_s})
+    ray.shutdown()
+    write("whole_epoch", {
+        "what": "an epoch as a banray trial runs it (train + validation + checkpoint when at least as good + report "
+                "+ MLflow, in a one-trial group run by chain.run_group) vs a plain loop (train + validation + "
+                "best weights kept), 1 thread, CPU; ratio = plain epoch time / banray's",
+        "results": results,
+        "ratio": min(r["ratio"] for r in results),
+    })
+
+
+if __name__ == "__main__":
+    main()
