@@ -3,21 +3,25 @@
 
 Every ready group runs at once (the worker-slot pool, not this scheduler, bounds how many trials train);
 a finished group unblocks its successor immediately, with no barrier between generations of
-different chains. The scheduler is generic over what a group is, so it can be tested on its own.
+different chains. The scheduler is generic over what a group is and over how it waits for one (Ray by
+default), so it can be tested on its own, without Ray.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import ray
-
-# (chain, generation, predecessor's result or None) -> the group's ObjectRef
-Launch = Callable[[int, int, Any], "ray.ObjectRef"]
+# What `launch`, `launch_control` and `evaluate` return and `wait` waits for: a Ray ObjectRef by default
+Handle = Any
+# (chain, generation, predecessor's result or None) -> the group's handle
+Launch = Callable[[int, int, Any], Handle]
 # (chain, results so far) -> why the chain stops here, or None to go on
 StopRule = Callable[[int, list[Any]], "str | None"]
+# (handles still running) -> one of them that has finished, and its result
+Wait = Callable[[list[Handle]], "tuple[Handle, Any]"]
+OnDone = Callable[[dict[int, list[Any]], dict[int, str], dict[int, Any]], None]
 
 
 CONTROL = "control"
@@ -41,19 +45,29 @@ class DagRun:
     started_at: float  # wall-clock time (time.time()) of the spans' zero
 
 
+def ray_wait(handles: list[Handle]) -> tuple[Handle, Any]:
+    """The default wait step: the first of `handles` (Ray ObjectRefs) to finish, and its result."""
+    import ray  # here, so that the scheduler imports and runs without Ray when given another wait step
+
+    (ready,), _ = ray.wait(handles, num_returns=1)
+    return ready, ray.get(ready)
+
+
 def run_dag(
     chains: int,
     generations: int,
     launch: Launch,
     stop_rule: StopRule,
     echo: Callable[[str], None] = print,
-    on_done: Callable[[dict[int, list[Any]], dict[int, str], dict[int, Any]], None] | None = None,
+    on_done: OnDone | None = None,
     done: dict[int, list[Any]] | None = None,
     stopped: dict[int, str] | None = None,
-    launch_control: Callable[[int], "ray.ObjectRef"] | None = None,
+    launch_control: Callable[[int], Handle] | None = None,
     controls_done: dict[int, Any] | None = None,
-    evaluate: Callable[[Any], "ray.ObjectRef | None"] | None = None,
+    evaluate: Callable[[Any], Handle | None] | None = None,
     groups_at_once: int | None = None,
+    wait: Wait = ray_wait,
+    clock: Callable[[], float] = time.monotonic,
 ) -> DagRun:
     """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done.
     `on_done(results, stopped, controls)` runs after every finished group (e.g. to save the sweep state).
@@ -61,78 +75,121 @@ def run_dag(
     each chain goes on after its last done group. `launch_control(chain)`, if given, starts each chain's
     control arm (not yet in `controls_done`) once the chain's generation 0 is done, after its successor, and
     only while fewer than `groups_at_once` groups run (None: no bound): off the critical path, it takes worker
-    slots the chains leave idle, never ones their next generations wait for. `evaluate(result)`, if given, starts the follow-up
-    work of a finished group (or returns None if there is none) beside its successor; the result it
-    returns replaces the group's."""
-    origin, started_at = time.monotonic(), time.time()
-    pending: dict[ray.ObjectRef, tuple[int, int | str, float]] = {}
-    evaluating: dict[ray.ObjectRef, tuple[int, int | str]] = {}  # → (chain, index in results or CONTROL)
-    results: dict[int, list[Any]] = {chain: list((done or {}).get(chain, [])) for chain in range(chains)}
-    stopped = dict(stopped or {})
-    controls = dict(controls_done or {})
-    spans: list[GroupSpan] = []
-    controls_due: list[int] = []  # chains whose control arm may start once there is room
-
-    def start_due_controls() -> None:
-        while controls_due and (groups_at_once is None or len(pending) < groups_at_once):
-            start_control(controls_due.pop(0))
-
-    def start(chain: int, generation: int, previous: Any) -> None:
-        echo(f"[banray] chain {chain} generation {generation}: started")
-        pending[launch(chain, generation, previous)] = (chain, generation, time.monotonic() - origin)
-
-    def start_control(chain: int) -> None:
-        if launch_control is not None and chain not in controls:
-            echo(f"[banray] chain {chain} control (teacher′): started")
-            pending[launch_control(chain)] = (chain, CONTROL, time.monotonic() - origin)
-
-    def follow_up(chain: int, where: int | str, result: Any) -> None:
-        ref = evaluate(result) if evaluate is not None else None
-        if ref is not None:
-            evaluating[ref] = (chain, where)
-
-    for chain, records in results.items():
-        for index, record in enumerate(records):  # groups a resumed sweep found selected but not evaluated
-            follow_up(chain, index, record)
-        if chain in controls:
-            follow_up(chain, CONTROL, controls[chain])
-        if chain not in stopped and len(records) <= generations:
-            start(chain, len(records), records[-1] if records else None)
-        if records and launch_control is not None and chain not in controls:  # else due after generation 0
-            controls_due.append(chain)
-    start_due_controls()
-    while pending or evaluating:
-        (ready,), _ = ray.wait([*pending, *evaluating], num_returns=1)
-        result = ray.get(ready)
-        if ready in evaluating:
-            chain, where = evaluating.pop(ready)
-            if where == CONTROL:
-                controls[chain] = result
-            else:
-                results[chain][where] = result
-        else:
-            chain, generation, started = pending.pop(ready)
-            spans.append(GroupSpan(chain, generation, started, time.monotonic() - origin))
-            took = f"done after {spans[-1].end_s - started:.0f} s"
-            if generation == CONTROL:
-                controls[chain] = result
-                echo(f"[banray] chain {chain} control (teacher′): {took}")
-                follow_up(chain, CONTROL, result)
-            else:
-                results[chain].append(result)
-                echo(f"[banray] chain {chain} generation {generation}: {took}")
-                reason = stop_rule(chain, results[chain])
-                if reason is not None:
-                    if generation < generations:
-                        stopped[chain] = reason
-                        echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
-                elif generation < generations:
-                    start(chain, generation + 1, result)
-                if generation == 0 and launch_control is not None and chain not in controls:
-                    controls_due.append(chain)
-                # After the successor: the critical path gets the first pick of the warm group processes.
-                follow_up(chain, len(results[chain]) - 1, result)
-        start_due_controls()
+    slots the chains leave idle, never ones their next generations wait for. `evaluate(result)`, if given,
+    starts the follow-up work of a finished group (or returns None if there is none) beside its successor;
+    the result it returns replaces the group's. `wait(handles)` blocks until one of the handles that
+    `launch`, `launch_control` and `evaluate` returned is done and returns it with its result (default:
+    `ray.wait` and `ray.get` on ObjectRefs); `clock()` gives the spans' seconds."""
+    dag = _Dag(
+        chains, generations, launch, stop_rule, echo, launch_control, evaluate, groups_at_once, clock,
+        results={chain: list((done or {}).get(chain, [])) for chain in range(chains)},
+        stopped=dict(stopped or {}),
+        controls=dict(controls_done or {}),
+    )
+    dag.start_ready()
+    while dag.pending or dag.evaluating:
+        dag.finished(*wait([*dag.pending, *dag.evaluating]))
+        dag.start_due_controls()
         if on_done is not None:
-            on_done(results, stopped, controls)
-    return DagRun(results, stopped, controls, spans, time.monotonic() - origin, started_at)
+            on_done(dag.results, dag.stopped, dag.controls)
+    return DagRun(dag.results, dag.stopped, dag.controls, dag.spans, clock() - dag.origin, dag.started_at)
+
+
+@dataclass
+class _Dag:
+    """run_dag's state and its steps: what runs, what is done, and what each finished handle starts next."""
+
+    chains: int
+    generations: int
+    launch: Launch
+    stop_rule: StopRule
+    echo: Callable[[str], None]
+    launch_control: Callable[[int], Handle] | None
+    evaluate: Callable[[Any], Handle | None] | None
+    groups_at_once: int | None
+    clock: Callable[[], float]
+    results: dict[int, list[Any]]
+    stopped: dict[int, str]
+    controls: dict[int, Any]
+    pending: dict[Handle, tuple[int, int | str, float]] = field(default_factory=dict)  # → (chain, generation, start)
+    evaluating: dict[Handle, tuple[int, int | str]] = field(default_factory=dict)  # → (chain, index or CONTROL)
+    spans: list[GroupSpan] = field(default_factory=list)
+    controls_due: list[int] = field(default_factory=list)  # chains whose control arm may start once there is room
+    origin: float = field(init=False)
+    started_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.origin, self.started_at = self.clock(), time.time()
+
+    def start_ready(self) -> None:
+        """Start every chain after its last done group (from generation 0 unless the sweep is resumed)."""
+        for chain, records in self.results.items():
+            for index, record in enumerate(records):  # groups a resumed sweep found selected but not evaluated
+                self.follow_up(chain, index, record)
+            if chain in self.controls:
+                self.follow_up(chain, CONTROL, self.controls[chain])
+            if chain not in self.stopped and len(records) <= self.generations:
+                self.start(chain, len(records), records[-1] if records else None)
+            if records and self.control_missing(chain):  # else due after generation 0
+                self.controls_due.append(chain)
+        self.start_due_controls()
+
+    def control_missing(self, chain: int) -> bool:
+        return self.launch_control is not None and chain not in self.controls
+
+    def start_due_controls(self) -> None:
+        while self.controls_due and (self.groups_at_once is None or len(self.pending) < self.groups_at_once):
+            self.start_control(self.controls_due.pop(0))
+
+    def start(self, chain: int, generation: int, previous: Any) -> None:
+        self.echo(f"[banray] chain {chain} generation {generation}: started")
+        self.pending[self.launch(chain, generation, previous)] = (chain, generation, self.clock() - self.origin)
+
+    def start_control(self, chain: int) -> None:
+        if self.control_missing(chain):
+            self.echo(f"[banray] chain {chain} control (teacher′): started")
+            self.pending[self.launch_control(chain)] = (chain, CONTROL, self.clock() - self.origin)
+
+    def follow_up(self, chain: int, where: int | str, result: Any) -> None:
+        handle = self.evaluate(result) if self.evaluate is not None else None
+        if handle is not None:
+            self.evaluating[handle] = (chain, where)
+
+    def finished(self, handle: Handle, result: Any) -> None:
+        if handle in self.evaluating:
+            self.evaluated(handle, result)
+        else:
+            self.group_done(handle, result)
+
+    def evaluated(self, handle: Handle, result: Any) -> None:
+        chain, where = self.evaluating.pop(handle)
+        if where == CONTROL:
+            self.controls[chain] = result
+        else:
+            self.results[chain][where] = result
+
+    def group_done(self, handle: Handle, result: Any) -> None:
+        chain, generation, started = self.pending.pop(handle)
+        self.spans.append(GroupSpan(chain, generation, started, self.clock() - self.origin))
+        took = f"done after {self.spans[-1].end_s - started:.0f} s"
+        if generation == CONTROL:
+            self.controls[chain] = result
+            self.echo(f"[banray] chain {chain} control (teacher′): {took}")
+            self.follow_up(chain, CONTROL, result)
+        else:
+            self.generation_done(chain, generation, result, took)
+
+    def generation_done(self, chain: int, generation: int, result: Any, took: str) -> None:
+        self.results[chain].append(result)
+        self.echo(f"[banray] chain {chain} generation {generation}: {took}")
+        reason = self.stop_rule(chain, self.results[chain])
+        if reason is not None:
+            if generation < self.generations:
+                self.stopped[chain] = reason
+                self.echo(f"[banray] chain {chain} stopped after generation {generation}: {reason}")
+        elif generation < self.generations:
+            self.start(chain, generation + 1, result)
+        if generation == 0 and self.control_missing(chain):
+            self.controls_due.append(chain)
+        # After the successor: the critical path gets the first pick of the warm group processes.
+        self.follow_up(chain, len(self.results[chain]) - 1, result)

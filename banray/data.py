@@ -1,7 +1,7 @@
 """Dataset registry and the evaluation protocol's splits.
 
 Two kinds of dataset, each registered by name:
-- classification (`digits`, `synthetic`, `cifar10`, `cifar100`): a builder returns a training pool
+- classification (`digits`, `synthetic`, `mnist1d`, `cifar10`, `cifar100`): a builder returns a training pool
   and a fixed test set; `load_splits` carves the validation split out of the training pool with
   `data.seed`. The training split is seen through the dataset's augmentation, the validation split
   without it.
@@ -12,6 +12,7 @@ Model selection uses validation only; the test split is evaluated once per finis
 
 from __future__ import annotations
 
+import functools
 import math
 
 import os
@@ -79,25 +80,65 @@ class Corpus:
 
 
 @dataclass(frozen=True)
-class DatasetEntry:
+class Headline:
+    """The number a kind of dataset is reported and planned by."""
+
+    metric: str  # the report's headline metric
+    label: str  # what the table shows
+    unit: str  # the table's unit ("" for none)
+    gain_unit: str  # a difference of it, as a gain to detect is named
+
+
+# One headline per kind of dataset: the report's table and plot, and plan's gain to detect.
+_HEADLINES: dict[Kind, Headline] = {
+    "classification": Headline("test_error", "test error", "%", "points of test error"),
+    "language_model": Headline("test_perplexity", "test perplexity", "", "perplexity"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known of a dataset without its files: what specs, plans and reports ask of it."""
+
+    name: str
     kind: Kind
+    num_classes: int  # classes (a language model's vocabulary)
+    input_shape: tuple[int, ...]  # one sample's (C, H, W); () for a token stream, whose chunks are train.bptt long
+    train_size: int  # samples in the training pool (tokens in the training file)
+
+    @property
+    def headline(self) -> Headline:
+        return _HEADLINES[self.kind]
+
+    def model_input_shape(self, bptt: int) -> tuple[int, ...]:
+        """The input_shape a model of this dataset is built with: a language model's is its BPTT length."""
+        return (bptt, *self.input_shape) if self.kind == "language_model" else self.input_shape
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    info: DatasetInfo
     build: Callable[..., Any]  # (root, download) -> Pool | Corpus
-    train_size: int  # samples in the training pool (tokens in the training file): for plans, without the files
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
-def _register(name: str, kind: Kind, train_size: int):
+def _register(name: str, kind: Kind, *, num_classes: int, input_shape: tuple[int, ...], train_size: int):
     def add(build):
-        DATASETS.register(name)(DatasetEntry(kind, build, train_size))
+        DATASETS.register(name)(DatasetEntry(DatasetInfo(name, kind, num_classes, input_shape, train_size), build))
         return build
 
     return add
 
 
+def dataset_info(name: str) -> DatasetInfo:
+    """The registered facts of dataset `name` (KeyError naming the allowed ones for an unknown name)."""
+    return DATASETS[name].info
+
+
 def dataset_kind(name: str) -> Kind:
-    return DATASETS[name].kind
+    return dataset_info(name).kind
 
 
 # The test split of the embedded datasets never moves with data.seed.
@@ -116,7 +157,7 @@ def _tensor_pool(x: np.ndarray, y: np.ndarray, num_classes: int) -> Pool:
     return Pool(pool, pool, test, y_pool, num_classes, tuple(x.shape[1:]))
 
 
-@_register("digits", "classification", train_size=1437)
+@_register("digits", "classification", num_classes=10, input_shape=(1, 8, 8), train_size=1437)
 def digits(root: str, download: bool) -> Pool:
     """scikit-learn's 8×8 handwritten digits (1797 images, 10 classes), shipped inside scikit-learn."""
     from sklearn.datasets import load_digits
@@ -126,7 +167,7 @@ def digits(root: str, download: bool) -> Pool:
     return _tensor_pool(x, bunch.target.astype(np.int64), num_classes=10)
 
 
-@_register("synthetic", "classification", train_size=480)
+@_register("synthetic", "classification", num_classes=4, input_shape=(1, 8, 8), train_size=480)
 def synthetic(root: str, download: bool) -> Pool:
     """600 digits-shaped (1×8×8) samples from 4 Gaussian class prototypes with noise: learnable in an epoch."""
     rng = np.random.default_rng(0)
@@ -135,6 +176,40 @@ def synthetic(root: str, download: bool) -> Pool:
     y = np.repeat(np.arange(num_classes), per_class)
     x = prototypes[y] + rng.normal(scale=1.5, size=(len(y), 1, 8, 8)).astype(np.float32)
     return _tensor_pool(x, y.astype(np.int64), num_classes=num_classes)
+
+
+@functools.cache
+def _mnist1d_arrays() -> dict[str, np.ndarray]:
+    """The generated MNIST-1D arrays, once per process (generating takes about 2 s; a trial process is reused)."""
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset seeds Python's and NumPy's global generators; restore them so loading never moves a trial's draws.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        generated = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    arrays = {key: generated[key] for key in ("x", "y", "x_test", "y_test")}
+    for array in arrays.values():
+        array.setflags(write=False)  # shared by every caller in the process
+    return arrays
+
+
+@_register("mnist1d", "classification", num_classes=10, input_shape=(1, 40), train_size=4000)
+def mnist1d(root: str, download: bool) -> Pool:
+    """MNIST-1D (Greydanus & Kobak, *Scaling down deep learning*): 5000 signals of length 40, 10 classes, generated
+    by the `mnist1d` package from its default arguments (seed 42), never downloaded. Its own split is kept: the
+    4000 training signals are the pool, its 1000 test signals the fixed test split."""
+    arrays = _mnist1d_arrays()
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(x.astype(np.float32)[:, None, :]), torch.from_numpy(y.astype(np.int64)))
+
+    pool, test = tensors(arrays["x"], arrays["y"]), tensors(arrays["x_test"], arrays["y_test"])
+    return Pool(pool, pool, test, arrays["y"].astype(np.int64), num_classes=10, input_shape=(1, 40))
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -207,8 +282,8 @@ class Transformed(Dataset):
 
 # Per-channel statistics of the CIFAR training sets (the values the literature normalises with).
 _CIFAR = {
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ("CIFAR100", "cifar-100-python", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
 
@@ -219,7 +294,8 @@ def _cifar(name: str, root: str, download: bool) -> Pool:
     from torchvision import datasets
     from torchvision import transforms as T
 
-    class_name, folder, num_classes, mean, std = _CIFAR[name]
+    class_name, folder, mean, std = _CIFAR[name]
+    info = dataset_info(name)  # classes and shape, as registered
     dataset_class = getattr(datasets, class_name)
     root = os.path.expanduser(root)
     try:
@@ -246,17 +322,17 @@ def _cifar(name: str, root: str, download: bool) -> Pool:
         eval_view=eval_view,
         test=Transformed(test, eval_transform),
         labels=np.asarray(pool.targets),
-        num_classes=num_classes,
-        input_shape=(3, 32, 32),
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
     )
 
 
-@_register("cifar10", "classification", train_size=50_000)
+@_register("cifar10", "classification", num_classes=10, input_shape=(3, 32, 32), train_size=50_000)
 def cifar10(root: str, download: bool) -> Pool:
     return _cifar("cifar10", root, download)
 
 
-@_register("cifar100", "classification", train_size=50_000)
+@_register("cifar100", "classification", num_classes=100, input_shape=(3, 32, 32), train_size=50_000)
 def cifar100(root: str, download: bool) -> Pool:
     return _cifar("cifar100", root, download)
 
@@ -273,7 +349,8 @@ def read_tokens(path: Path) -> list[str]:
     return tokens
 
 
-@_register("ptb", "language_model", train_size=929_589)  # words + '<eos>' of ptb.train.txt
+# 10,000 words ('<unk>' and '<eos>' included); the training pool is ptb.train.txt's words + '<eos>'s.
+@_register("ptb", "language_model", num_classes=10_000, input_shape=(), train_size=929_589)
 def ptb(root: str, download: bool) -> Corpus:
     """Penn Treebank in Mikolov's preprocessed form: ptb.{train,valid,test}.txt under `data.root`
     (rare words already replaced by '<unk>'). Not downloadable here: the files must be in place."""
@@ -303,7 +380,7 @@ def ptb(root: str, download: bool) -> Corpus:
 
 def load_corpus(dataset: str, root: str, download: bool = False) -> Corpus:
     entry = DATASETS[dataset]
-    assert entry.kind == "language_model", f"{dataset} is a {entry.kind} dataset"
+    assert entry.info.kind == "language_model", f"{dataset} is a {entry.info.kind} dataset"
     return entry.build(root, download)
 
 
@@ -333,7 +410,7 @@ def load_splits(dataset: str, root: str, val_fraction: float, seed: int, downloa
     from sklearn.model_selection import train_test_split
 
     entry = DATASETS[dataset]
-    assert entry.kind == "classification", f"{dataset} is a {entry.kind} dataset"
+    assert entry.info.kind == "classification", f"{dataset} is a {entry.info.kind} dataset"
     pool = entry.build(root, download)
     _check_split_fits(dataset, pool.labels, val_fraction)
     indices = np.arange(len(pool.labels))

@@ -28,10 +28,13 @@ Terms = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class LossParams:
-    alpha: float = 0.5
-    temperature: float = 1.0
-    label_weight: float = 1.0
-    teacher_weight: float = 1.0
+    """What the objectives read, built once per trial from the spec (banray.spec.DistillSpec.loss_params),
+    the only place of their defaults."""
+
+    alpha: float
+    temperature: float
+    label_weight: float
+    teacher_weight: float
 
 
 TermsFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, LossParams], Terms]
@@ -43,12 +46,12 @@ class Objective:
     needs_teacher: bool
     terms_fn: TermsFn
 
-    def terms(self, student_logits, teacher_logits, labels, **params: float) -> Terms:
-        """The loss as named terms, each already weighted; `params` are the fields of LossParams."""
-        return self.terms_fn(student_logits, teacher_logits, labels, LossParams(**params))
+    def terms(self, student_logits, teacher_logits, labels, params: LossParams) -> Terms:
+        """The loss as named terms, each already weighted."""
+        return self.terms_fn(student_logits, teacher_logits, labels, params)
 
-    def __call__(self, student_logits, teacher_logits, labels, **params: float) -> torch.Tensor:
-        return sum(self.terms(student_logits, teacher_logits, labels, **params).values())
+    def __call__(self, student_logits, teacher_logits, labels, params: LossParams) -> torch.Tensor:
+        return sum(self.terms(student_logits, teacher_logits, labels, params).values())
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
@@ -127,10 +130,30 @@ def _kd(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     }
 
 
-def cwtm_weights(teacher_logits, temperature: float) -> torch.Tensor:
-    """w_s = max_j p_{j,s} / Σ_u max_j p_{j,u}: the teacher's confidence, normalised over the batch."""
+def _data_parallel_sum(local: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(Σ of `local` over the data-parallel ranks, their number); (local, 1) outside a process group.
+
+    The sum carries no gradient across ranks; CWTM's normaliser depends only on the frozen teacher."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return local, 1
+    ranks = torch.distributed.get_world_size()
+    if ranks == 1:
+        return local, 1
+    total = local.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total, ranks
+
+
+def _global_cwtm_weights(teacher_logits, temperature: float) -> tuple[torch.Tensor, int]:
     confidence = teacher_probs(teacher_logits, temperature).max(dim=1).values
-    return confidence / confidence.sum()
+    total, ranks = _data_parallel_sum(confidence.sum())
+    return confidence / total, ranks
+
+
+def cwtm_weights(teacher_logits, temperature: float) -> torch.Tensor:
+    """w_s = max_j p_{j,s} / Σ_u max_j p_{j,u}: the teacher's confidence, normalised over the mini-batch;
+    under data parallelism that is the global batch (every rank's shard), so they sum to 1 over all ranks."""
+    return _global_cwtm_weights(teacher_logits, temperature)[0]
 
 
 @_register("cwtm", needs_teacher=True)
@@ -139,10 +162,12 @@ def _cwtm(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
 
     Only the teacher's max probability is used, also when the teacher is wrong. Because the weights
     sum to 1 the loss is on the scale of a mean CE; at T = 1 its gradient for sample s is w_s·(q_s − y_s).
+    With R data-parallel ranks each returns R · Σ_{s in its shard} w_s·CE_s: DDP averages the ranks'
+    gradients (÷ R), so the step is Eq. 10's on the global batch, and the ranks' mean loss is its value.
     """
-    weights = cwtm_weights(teacher_logits, params.temperature)
-    per_sample = F.cross_entropy(student_logits, labels, reduction="none")
-    return {"weighted_ce": (weights * per_sample).sum()}
+    weights, ranks = _global_cwtm_weights(teacher_logits, params.temperature)
+    loss = (weights * F.cross_entropy(student_logits, labels, reduction="none")).sum()
+    return {"weighted_ce": loss if ranks == 1 else ranks * loss}
 
 
 def permute_non_argmax(probs: torch.Tensor) -> torch.Tensor:

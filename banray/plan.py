@@ -15,8 +15,9 @@ import pyarrow.fs as pafs
 import torch
 
 from banray import stats, tracking
-from banray.data import DATASETS, dataset_kind
+from banray.data import DatasetInfo, dataset_info
 from banray.models import build_model
+from banray.report import BASELINE, CONTROL, VARIATION, generation_column
 from banray.spec import Range, SpecError, SweepSpec
 from banray.storage import is_remote, use_endpoint
 
@@ -46,45 +47,48 @@ class Work:
 
     @classmethod
     def of(cls, spec: SweepSpec) -> Work:
-        pool = DATASETS[spec.data.dataset].train_size
+        dataset = dataset_info(spec.data.dataset)
         batch = int(_value(spec.train.batch_size))
-        if dataset_kind(spec.data.dataset) == "language_model":
-            per_epoch = max(1, pool // (batch * spec.train.bptt))
+        if dataset.kind == "language_model":
+            per_epoch = max(1, dataset.train_size // (batch * spec.train.bptt))
         else:
-            per_epoch = math.ceil(pool * (1 - spec.data.val_fraction) / batch)
+            per_epoch = math.ceil(dataset.train_size * (1 - spec.data.val_fraction) / batch)
         groups = spec.chains * (spec.generations + 1 + int(spec.control))  # the control arm: one group per chain
         trials = groups * spec.search.trials
         return cls(groups, trials, per_epoch, trials * spec.train.epochs * per_epoch)
+
+
+def _build(key: str, model_spec, dataset: DatasetInfo, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The spec's `key` model built for the dataset's classes and input shape, as the sweep's preflight words
+    a failure."""
+    try:
+        return build_model(model_spec.arch, num_classes=dataset.num_classes, input_shape=input_shape, **model_spec.kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{key}.kwargs: {model_spec.arch} cannot be built with {model_spec.kwargs}: {exc}") from None
+
+
+def _random_batch(dataset: DatasetInfo, input_shape: tuple[int, ...], batch: int, device) -> torch.Tensor:
+    """A batch of the dataset's shape: token ids (BPTT steps × batch) or (batch, *input_shape) samples."""
+    if dataset.kind == "language_model":
+        return torch.randint(0, dataset.num_classes, (*input_shape, batch), device=device)
+    return torch.randn(batch, *input_shape, device=device)
 
 
 def time_steps(spec: SweepSpec, generation: int, steps: int) -> tuple[float, str]:
     """Seconds per training step of `generation`'s model on random data of the dataset's shape, on this
     machine (its GPU if it has one); a teacher forward pass is included for students."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    entry = DATASETS[spec.data.dataset]
+    dataset = dataset_info(spec.data.dataset)
     batch = max(1, int(_value(spec.train.batch_size)) // spec.resources.workers_per_trial)
-    language = entry.kind == "language_model"
-    num_classes, input_shape = (10_000, (spec.train.bptt,)) if language else (
-        (100 if spec.data.dataset == "cifar100" else 10),
-        (3, 32, 32) if spec.data.dataset.startswith("cifar") else (1, 8, 8),
-    )
-
-    def build(key: str, model_spec):
-        try:
-            return build_model(model_spec.arch, num_classes=num_classes, input_shape=input_shape, **model_spec.kwargs)
-        except (TypeError, ValueError) as exc:  # the same words as the sweep's preflight
-            raise SpecError(f"{key}.kwargs: {model_spec.arch} cannot be built with {model_spec.kwargs}: {exc}") from None
-
+    language = dataset.kind == "language_model"
+    input_shape = dataset.model_input_shape(spec.train.bptt)
     key = "model" if generation == 0 or spec.student is None else "student"
-    model = build(key, spec.model_of(generation)).to(device)
+    model = _build(key, spec.model_of(generation), dataset, input_shape).to(device)
     teacher = None
     if generation > 0:
-        teacher = build("model", spec.model).to(device).eval()
+        teacher = _build("model", spec.model, dataset, input_shape).to(device).eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    if language:
-        x = torch.randint(0, num_classes, (spec.train.bptt, batch), device=device)
-    else:
-        x = torch.randn(batch, *input_shape, device=device)
+    x = _random_batch(dataset, input_shape, batch, device)
 
     def step() -> None:
         if teacher is not None:
@@ -279,7 +283,7 @@ def chains_for_gain(spec: SweepSpec, gain: float, from_report: str | None = None
     α = 0.05): from the spread of the paired differences in the report.json of a finished sweep at
     `from_report` (BAN-1 − Teacher and Teacher′ − Teacher, in the table's unit), or, without one,
     tabulated for a range of spreads. Raises PlanCheckFailed if the report cannot be read."""
-    unit = "perplexity" if dataset_kind(spec.data.dataset) == "language_model" else "points of test error"
+    unit = dataset_info(spec.data.dataset).headline.gain_unit
     lines = [(
         f"Chains to detect a gain of {gain:g} {unit} over the teacher with {stats.POWER:.0%} power "
         f"(two-sided paired t-test, α = {stats.ALPHA:g}; needed = fewest chains reaching that power):"
@@ -290,25 +294,15 @@ def chains_for_gain(spec: SweepSpec, gain: float, from_report: str | None = None
         lines.append(f"  from {from_report} ({report['dataset']}, {len(report['rows'])} chain(s)):")
         if report["dataset"] != spec.data.dataset:
             lines.append(f"  note: that sweep ran on {report['dataset']}, this one runs on {spec.data.dataset}")
-        for column in ("BAN-1", "Teacher′"):
-            if column not in report["columns"]:
-                lines.append(f"    {column} − Teacher: that sweep has no {column} column")
-                continue
-            pairs = [(row[column], row["Teacher"]) for row in report["rows"].values()
-                     if isinstance(row.get(column), float) and isinstance(row.get("Teacher"), float)]
-            if len(pairs) < 2:
-                lines.append(f"    {column} − Teacher: {len(pairs)} chain(s) with both, too few for a spread")
-                continue
-            sd = stats.paired(*zip(*pairs)).std
-            if sd == 0:
-                lines.append(f"    {column} − Teacher: the same in all {len(pairs)} chains, no spread to plan from")
-                continue
-            upper = stats.sd_upper_bound(sd, len(pairs))
-            needed.append((stats.chains_needed(gain, sd), stats.chains_needed(gain, upper)))
+        shared_then = report.get("variation") == VARIATION["shared"]
+        if "variation" in report and shared_then != spec.data.shared_split:
             lines.append(
-                f"    sd of {column} − Teacher {sd:.2f} over {len(pairs)} chains → {needed[-1][0]} chains; at the sd's "
-                f"{stats.POWER:.0%} upper bound {upper:.2f} (an sd from few chains is rough) → {needed[-1][1]}"
+                "  note: that sweep's chains " + ("shared one split and augmentation stream, this spec's chains draw "
+                "their own: expect a larger spread" if shared_then else "drew their own splits, this spec's share "
+                "one (data.shared_split): expect a smaller spread")
             )
+        measured, needed = _measured_spreads(report, gain)
+        lines += measured
     if not needed:
         lines.append(
             "  no measured spread to go by" + ("" if from_report else " (give a finished sweep with --from-report)")
@@ -326,6 +320,33 @@ def chains_for_gain(spec: SweepSpec, gain: float, from_report: str | None = None
             f"bound): {verdict}"
         )
     return lines
+
+
+def _measured_spreads(report: dict, gain: float) -> tuple[list[str], list[tuple[int, int]]]:
+    """A line per comparison planned from (BAN-1 − Teacher and Teacher′ − Teacher, named as the report names
+    its columns), and (chains by the measured sd, by its upper bound) for each comparison with a spread."""
+    lines: list[str] = []
+    needed: list[tuple[int, int]] = []
+    for column in (generation_column(1), CONTROL):
+        if column not in report["columns"]:
+            lines.append(f"    {column} − {BASELINE}: that sweep has no {column} column")
+            continue
+        pairs = [(row[column], row[BASELINE]) for row in report["rows"].values()
+                 if isinstance(row.get(column), float) and isinstance(row.get(BASELINE), float)]
+        if len(pairs) < 2:
+            lines.append(f"    {column} − {BASELINE}: {len(pairs)} chain(s) with both, too few for a spread")
+            continue
+        sd = stats.paired(*zip(*pairs)).std
+        if sd == 0:
+            lines.append(f"    {column} − {BASELINE}: the same in all {len(pairs)} chains, no spread to plan from")
+            continue
+        upper = stats.sd_upper_bound(sd, len(pairs))
+        needed.append((stats.chains_needed(gain, sd), stats.chains_needed(gain, upper)))
+        lines.append(
+            f"    sd of {column} − {BASELINE} {sd:.2f} over {len(pairs)} chains → {needed[-1][0]} chains; at the sd's "
+            f"{stats.POWER:.0%} upper bound {upper:.2f} (an sd from few chains is rough) → {needed[-1][1]}"
+        )
+    return lines, needed
 
 
 def _label(spec: SweepSpec) -> str:

@@ -18,10 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from banray import stats
-from banray.chain import ChainResult, EnsembleRecord, GenerationRecord
-from banray.data import dataset_kind
+from banray.data import dataset_info, dataset_kind
+from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.spec import SweepSpec
 
+# Which sources of variation the intervals over chains cover.
+VARIATION = {
+    "independent": "The intervals cover what differs between chains: initialisation, data order, and each chain's "
+                   "own train/validation split and augmentation (Teacher′ shares its chain's).",
+    "shared": "The intervals cover initialisation and data order only: every chain trains on one split and one "
+              "augmentation stream (data.shared_split).",
+}
 SELECTION = "best trial by {metric} on the validation split, at its best-validation epoch; test split evaluated once on it"
 PLOT_FILE = "report.png"
 BASELINE = "Teacher"
@@ -51,11 +58,17 @@ def metric_slug(column: str) -> str:
     return fixed.get(column) or column.lower().replace("-", "").replace("*", "")
 
 
-def _headline(kind: str) -> tuple[str, str, str]:
-    """(what the table shows, its unit, the metric behind it) for a dataset kind."""
-    if kind == "language_model":
-        return "test perplexity", "", "test_perplexity"
-    return "test error", "%", "test_error"
+def _headline(dataset: str):
+    """What the table shows, its unit and the metric behind it (a data.Headline), as the dataset registry has it."""
+    return dataset_info(dataset).headline
+
+
+def _columns(spec: SweepSpec, chains: list[ChainResult], present: set[str]) -> list[str]:
+    """The table's columns: Teacher, BAN-1 … BAN-G, Ens*k for each k any chain has, then the control arm's
+    columns where any chain has them."""
+    columns = [generation_column(g) for g in range(spec.generations + 1)]
+    columns += [ensemble_column(k) for k in sorted({e.k for result in chains for e in result.ensembles})]
+    return columns + [c for c in (CONTROL, CONTROL_ENSEMBLE) if c in present]
 
 
 Entry = GenerationRecord | EnsembleRecord
@@ -106,20 +119,38 @@ def _paired(entries: list[dict[str, Entry]], column: str, baseline: str, metric:
     return dataclasses.asdict(stats.paired([a for a, _ in pairs], [b for _, b in pairs]))
 
 
+def _paired_section(by_chain: list[dict[str, Entry]], columns: list[str], metrics: list[str]) -> dict[str, Any]:
+    """Each column − Teacher and each Ens*k − Teacher+Teacher′, per metric, with how they were computed;
+    metrics[0] is the headline metric."""
+    ensembles = [c for c in columns if c.startswith("Ens*")]
+    return {
+        "baseline": BASELINE,
+        "headline_metric": metrics[0],
+        "confidence": stats.CONFIDENCE,
+        "interval": "Student t on the mean paired difference",
+        "test": "Wilcoxon signed-rank, two-sided; exact (all sign flips) for small n, zeros dropped",
+        "minimum_chains_for_any_claim": stats.minimum_chains_for_any_claim(),
+        "units": "differences in the metric's own unit: test_error and test_ece as fractions (x100 = points)",
+        "vs_teacher": {
+            column: {m: _paired(by_chain, column, BASELINE, m) for m in metrics} for column in columns[1:]
+        },
+        "vs_control_ensemble": {
+            column: {m: _paired(by_chain, column, CONTROL_ENSEMBLE, m) for m in metrics} for column in ensembles
+        } if CONTROL_ENSEMBLE in columns else {},
+    }
+
+
 def build(
     spec: SweepSpec, chains: list[ChainResult], *, sweep_dir: str, tracking_uri: str, experiment_id: str,
     elapsed_s: float, utilisation: float | None = None, spans: list | None = None, registry: dict | None = None,
     started_at: float | None = None,
 ) -> dict[str, Any]:
     kind = dataset_kind(spec.data.dataset)
-    headline, unit, headline_metric = _headline(kind)
+    headline = _headline(spec.data.dataset)
+    headline_metric = headline.metric
     metrics = [headline_metric] + [m for m in ("test_error", "test_nll", "test_ece") if m != headline_metric]
     entries = {result.chain: _entries(result) for result in chains}
-    present = {column for chain_entries in entries.values() for column in chain_entries}
-    columns = [generation_column(g) for g in range(spec.generations + 1)]
-    ensemble_ks = sorted({e.k for result in chains for e in result.ensembles})
-    columns += [ensemble_column(k) for k in ensemble_ks]
-    columns += [c for c in (CONTROL, CONTROL_ENSEMBLE) if c in present]
+    columns = _columns(spec, chains, {column for chain_entries in entries.values() for column in chain_entries})
     rows = {chain: {c: _cell(e, headline_metric) for c, e in chain_entries.items()} for chain, chain_entries in entries.items()}
     summary = {
         column: _spread([row[column] for row in rows.values() if isinstance(row.get(column), float)])
@@ -132,16 +163,16 @@ def build(
         }
         for column in columns
     }
-    ensembles = [c for c in columns if c.startswith("Ens*")]
     return {
         "sweep": spec.name,
         "spec_hash": spec.spec_hash(),
         "dataset": spec.data.dataset,
         "task": kind,
-        "headline": headline,
-        "unit": unit,
+        "headline": headline.label,
+        "unit": headline.unit,
         "metric": spec.search.metric,
         "selection": SELECTION.format(metric=spec.search.metric),
+        "variation": VARIATION["shared" if spec.data.shared_split else "independent"],
         "ensembles": {"include_teacher": spec.ensembles.include_teacher},
         "sweep_dir": sweep_dir,
         "elapsed_s": round(elapsed_s, 1),
@@ -153,24 +184,11 @@ def build(
         "rows": {str(chain): row for chain, row in rows.items()},
         "summary": summary,
         "metrics": by_metric,
-        "paired": {
-            "baseline": BASELINE,
-            "headline_metric": headline_metric,
-            "confidence": stats.CONFIDENCE,
-            "interval": "Student t on the mean paired difference",
-            "test": "Wilcoxon signed-rank, two-sided; exact (all sign flips) for small n, zeros dropped",
-            "minimum_chains_for_any_claim": stats.minimum_chains_for_any_claim(),
-            "units": "differences in the metric's own unit: test_error and test_ece as fractions (x100 = points)",
-            "vs_teacher": {
-                column: {m: _paired(by_chain, column, BASELINE, m) for m in metrics} for column in columns[1:]
-            },
-            "vs_control_ensemble": {
-                column: {m: _paired(by_chain, column, CONTROL_ENSEMBLE, m) for m in metrics} for column in ensembles
-            } if CONTROL_ENSEMBLE in columns else {},
-        },
+        "paired": _paired_section(by_chain, columns, metrics),
         "chains": [
             {
                 "chain": result.chain,
+                "data_seed": spec.chain_data(result.chain).seed,  # its split and augmentation (the control arm's too)
                 "generations": [dataclasses.asdict(r) for r in result.generations],
                 "ensembles": [dataclasses.asdict(e) for e in result.ensembles],
                 "ensemble_run_id": result.mlflow_run_id,
@@ -307,6 +325,8 @@ def caption(report: dict[str, Any]) -> str:
             f" With {chains} chains the signed-rank test cannot reach p < 0.05 (it needs {needed}), so a verdict "
             "rests on the t interval, which assumes normal differences."
         )
+    if "variation" in report:
+        reading += f" {report['variation']}"
     lines.append(reading)
     if CONTROL in report["columns"]:
         noise = paired["vs_teacher"][CONTROL][headline]

@@ -14,6 +14,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from banray.selection import MODE
 from banray.spec import Range, SweepSpec, derive_seed
 
 
@@ -102,7 +103,7 @@ def make_search(spec: SweepSpec, chain: int, generation: int, start: dict[str, A
     optuna = OptunaSearch(
         space={optuna_name(key): optuna_distribution(r) for key, r in space.items()},
         metric=metric,
-        mode="min",
+        mode=MODE,
         seed=derive_seed(spec.seed, chain, generation),
         points_to_evaluate=[start] if start else None,
     )

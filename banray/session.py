@@ -43,7 +43,10 @@ class Session(Protocol):
 class TrainSession:
     """A worker of a Ray Train worker group (one or more data-parallel ranks)."""
 
-    prepare_loader = staticmethod(ray.train.torch.prepare_data_loader)
+    @staticmethod
+    def prepare_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        # banray.tasks shards the loader itself, seeded by the trial; Ray's sampler is seeded 0.
+        return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
 
     def __init__(self) -> None:
         context = ray.train.get_context()

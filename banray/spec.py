@@ -173,6 +173,11 @@ class DataSpec(_Section):
     dataset: str = Field(description="dataset name from the registry (digits, synthetic, cifar10, cifar100, ptb)")
     root: str = Field("~/.cache/banray/data", description="folder with the dataset files (file-based datasets)")
     download: bool = Field(False, description="download missing CIFAR files into root (needs internet access)")
+    shared_split: bool = Field(
+        False,
+        description="every chain trains on one train/validation split and augmentation stream, drawn from `seed`; "
+        "by default each chain draws its own from (seed, chain), and its control arm shares its chain's",
+    )
     val_fraction: Float = Field(
         0.2, gt=0, lt=1, description="share of the training pool held out for selection (ptb has its own valid file)"
     )
@@ -320,9 +325,9 @@ class DistillSpec(_SearchableSection):
     def _objective_known(cls, name: str | Range) -> str | Range:
         return name if isinstance(name, Range) else _known(OBJECTIVES, name)
 
-    def loss_params(self) -> dict[str, float]:
-        """The keyword arguments of every objective (see banray.losses.LossParams)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LossParams)}
+    def loss_params(self) -> LossParams:
+        """What every objective reads, once per trial (the search has filled in searched values by then)."""
+        return LossParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossParams)})
 
 
 class EnsembleSpec(_Section):
@@ -428,7 +433,8 @@ class SweepSpec(_Section):
     train: TrainSpec
     distill: DistillSpec = DistillSpec()
     generations: Int = Field(ge=1, le=MAX_GENERATIONS, description="student generations after the generation-0 teacher")
-    chains: Int = Field(1, ge=1, le=MAX_CHAINS, description="independent lineages, each with its own seeds")
+    chains: Int = Field(1, ge=1, le=MAX_CHAINS, description="independent lineages, each with its own seeds and (unless data.shared_split) its own "
+                        "train/validation split and augmentation")
     control: bool = Field(
         True,
         description="also train, per chain, teacher′: the teacher's recipe with a fresh seed (the seed-noise "
@@ -521,7 +527,7 @@ class SweepSpec(_Section):
             "chain": chain,
             "generation": generation,
             "arm": arm,
-            "data": self.data.model_dump(mode="json"),
+            "data": self.chain_data(chain).model_dump(mode="json"),
             "model": self.model_of(generation).model_dump(mode="json"),
             "teacher_model": self.model_of(generation - 1).model_dump(mode="json") if generation > 0 else None,
             "train": self.train.model_dump(mode="json", exclude_none=True),
@@ -529,6 +535,13 @@ class SweepSpec(_Section):
             "metric": self.search.metric,
             "teacher_checkpoint": teacher_checkpoint,
         }
+
+    def chain_data(self, chain: int) -> DataSpec:
+        """The data a chain trains on: its own train/validation split and augmentation stream, seeded by
+        (data.seed, chain), unless data.shared_split. The test split never moves."""
+        if self.data.shared_split:
+            return self.data
+        return self.data.model_copy(update={"seed": derive_seed(self.data.seed, chain)})
 
     def spec_hash(self) -> str:
         """Hash of everything that shapes training: a teacher is only valid for the spec it came from."""

@@ -24,22 +24,13 @@ import torch
 import yaml
 
 from banray import lock, report, tracking
-from banray.chain import (
-    ChainResult,
-    GenerationRecord,
-    SweepContext,
-    evaluate_group,
-    needs_evaluation,
-    run_ensembles,
-    run_group,
-    start_generation_run,
-    start_runner,
-    stop_reason,
-    tune_verbosity,
-)
 from banray.dag import run_dag
 from banray.data import DatasetMissing, SplitTooSmall
+from banray.evaluation import evaluate_group, needs_evaluation, run_ensembles
+from banray.group import SweepContext, run_group, start_generation_run, stop_reason, tune_verbosity
 from banray.models import build_model
+from banray.records import ChainResult, GenerationRecord
+from banray.runners import start_runner
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
 from banray.storage import SweepStorage, use_endpoint
 from banray.tasks import make_task
@@ -325,6 +316,39 @@ def _run_dag(
     spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
     spec_text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    ctx, state, slots = _prepare(spec, storage, capacity, previous, spec_text)
+    for chain, records in [(c, r) for c, r in state.results.items() if r]:
+        echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
+    control = " + control teacher′" if spec.control else ""
+    echo(
+        f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
+        f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
+    )
+    dag, chains, busy_s = _schedule(ctx, state, slots, echo)
+    utilisation = busy_s / (capacity * dag.makespan_s)
+    aliases = tracking.register_generations(
+        ctx.tracking, spec.name, [r for chain in chains for r in chain.generations], spec.search.metric
+    )
+    result = report.build(
+        spec, chains, sweep_dir=storage.uri, tracking_uri=ctx.tracking.uri, experiment_id=ctx.experiment_id,
+        elapsed_s=dag.makespan_s, utilisation=utilisation, spans=dag.spans, started_at=dag.started_at,
+        registry={"name": spec.name, "aliases": aliases},
+    )
+    files = _write_report(ctx, storage, result, spec_text)
+    state.save(finished=True)
+    echo("")
+    echo(
+        f"Makespan {dag.makespan_s:.0f} s; worker-slot utilisation {100 * utilisation:.0f}% "
+        f"({busy_s:.0f} busy slot-seconds of {capacity} slot(s) × {dag.makespan_s:.0f} s)"
+    )
+    _print_result(ctx, result, files, aliases, echo)
+    return SweepResult(result, storage.uri, files)
+
+
+def _prepare(spec: SweepSpec, storage: SweepStorage, capacity: int, previous: dict | None,
+             spec_text: str) -> tuple[SweepContext, SweepState, ray.actor.ActorHandle]:
+    """The sweep folder (a new sweep's, written only now that the checks have passed), its state, the MLflow
+    experiment and the worker-slot pool (the driver holds its handle: an actor nobody holds is gone)."""
     track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, storage.local_dir())
     if track.artifact_location is None:  # a tracking server: reach it before writing anything
         tracking.ensure_experiment(track)
@@ -333,22 +357,21 @@ def _run_dag(
         storage.create(spec.name)
         storage.write_text("spec.yaml", spec_text)
     state = SweepState.restore(spec, storage, previous)
-    interrupted = dict(state.running)  # groups the interrupted driver was running
-    interrupted_controls = dict(state.controls_running)
     experiment_id = tracking.ensure_experiment(track)
     # Named after the sweep folder: trials of an interrupted group, restored by a resumed sweep, find it again.
     slots_actor = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
     slots = WorkerSlots.options(name=slots_actor, get_if_exists=True).remote(capacity)
-    ctx = SweepContext(
-        spec=spec,
-        sweep_dir=storage.uri,
-        tracking=track,
-        experiment_id=experiment_id,
-        slots_actor=slots_actor,
-        capacity=capacity,
-        tune_verbose=tune_verbosity(),
-    )
+    ctx = SweepContext(spec=spec, sweep_dir=storage.uri, tracking=track, experiment_id=experiment_id,
+                       slots_actor=slots_actor, capacity=capacity, tune_verbose=tune_verbosity())
+    return ctx, state, slots
 
+
+def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle, echo: Callable[[str], None]):
+    """Run the DAG of groups in the warm runners, then each chain's ensembles: (the DAG's run, the chains'
+    results, busy slot-seconds)."""
+    spec, track = ctx.spec, ctx.tracking
+    interrupted = dict(state.running)  # groups the interrupted driver was running
+    interrupted_controls = dict(state.controls_running)
     groups = spec.chains * (1 + int(spec.control))
     runners = start_runner(groups, tune_state_every_s=spec.train.checkpoint_every_s)
     # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
@@ -357,10 +380,8 @@ def _run_dag(
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
         group = interrupted.pop(chain, None)
         restore = group is not None and group["generation"] == generation
-        if restore:
-            run_id = tracking.reopen_run(track, group["mlflow_run_id"])
-        else:
-            run_id = start_generation_run(ctx, chain, generation, teacher)
+        run_id = (tracking.reopen_run(track, group["mlflow_run_id"]) if restore
+                  else start_generation_run(ctx, chain, generation, teacher))
         state.started(chain, generation, run_id)
         return runners.call.remote(run_group, ctx, chain, generation, teacher, run_id, restore)
 
@@ -371,25 +392,11 @@ def _run_dag(
         state.control_started(chain, run_id)
         return runners.call.remote(run_group, ctx, chain, 0, None, run_id, restore, "control")
 
-    for chain, records in [(c, r) for c, r in state.results.items() if r]:
-        echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
-    control = " + control teacher′" if spec.control else ""
-    echo(
-        f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
-        f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
-    )
     try:
         dag = run_dag(
-            spec.chains,
-            spec.generations,
-            launch=launch,
-            stop_rule=lambda chain, records: stop_reason(spec, records),
-            echo=echo,
-            on_done=state.progressed,
-            done=state.results,
-            stopped=state.stopped,
-            launch_control=launch_control if spec.control else None,
-            controls_done=state.controls,
+            spec.chains, spec.generations, launch=launch, stop_rule=lambda chain, records: stop_reason(spec, records),
+            echo=echo, on_done=state.progressed, done=state.results, stopped=state.stopped,
+            launch_control=launch_control if spec.control else None, controls_done=state.controls,
             groups_at_once=ctx.groups_at_once,
             evaluate=lambda r: evaluators.call.remote(evaluate_group, ctx, r) if needs_evaluation(r) else None,
         )
@@ -406,31 +413,27 @@ def _run_dag(
                     control=dag.controls.get(c), control_ensemble=found.control_ensemble)
         for c, found in zip(dag.results, ensembles)
     ]
-    utilisation = busy_s / (capacity * dag.makespan_s)
-    aliases = tracking.register_generations(
-        track, spec.name, [r for chain in chains for r in chain.generations], spec.search.metric
-    )
-    result = report.build(
-        spec, chains, sweep_dir=storage.uri, tracking_uri=track.uri, experiment_id=experiment_id,
-        elapsed_s=dag.makespan_s, utilisation=utilisation, spans=dag.spans, started_at=dag.started_at,
-        registry={"name": spec.name, "aliases": aliases},
-    )
+    return dag, chains, busy_s
+
+
+def _write_report(ctx: SweepContext, storage: SweepStorage, result: dict, spec_text: str) -> list:
+    """report.json, .md and .png into the sweep folder, and with the spec into MLflow's summary run."""
+    track = ctx.tracking
     with tempfile.TemporaryDirectory() as folder:
         local_files = report.write(result, Path(folder))
         (Path(folder) / "spec.yaml").write_text(spec_text)
         files = [storage.write_bytes(f.name, f.read_bytes()) for f in local_files]
         summary_run = tracking.start_run(
-            track, experiment_id, "summary", tags=tracking.banray_tags(sweep=spec.name, role="summary")
+            track, ctx.experiment_id, "summary", tags=tracking.banray_tags(sweep=ctx.spec.name, role="summary")
         )
         tracking.log_artifacts(track, summary_run, [Path(folder) / "spec.yaml", *local_files])
         tracking.log_metrics(track.client(), summary_run, report.summary_metrics(result))
         tracking.end_run(track, summary_run)
-    state.save(finished=True)
-    echo("")
-    echo(
-        f"Makespan {dag.makespan_s:.0f} s; worker-slot utilisation {100 * utilisation:.0f}% "
-        f"({busy_s:.0f} busy slot-seconds of {capacity} slot(s) × {dag.makespan_s:.0f} s)"
-    )
+    return files
+
+
+def _print_result(ctx: SweepContext, result: dict, files: list, aliases: dict, echo: Callable[[str], None]) -> None:
+    track, experiment_id, name = ctx.tracking, ctx.experiment_id, ctx.spec.name
     echo(report.caption(result))
     echo(report.table(result))
     echo("")
@@ -438,9 +441,9 @@ def _run_dag(
     echo(f"MLflow: experiment '{track.experiment}' (id {experiment_id}) at {track.uri}")
     if aliases:
         echo(
-            f"Registered model '{spec.name}': @best = version {aliases['best']}; "
+            f"Registered model '{name}': @best = version {aliases['best']}; "
             + ", ".join(f"@{a} = {v}" for a, v in aliases.items() if a.startswith("gen-"))
-            + f"  (move @best with: banray promote {spec.name} --generation K)"
+            + f"  (move @best with: banray promote {name} --generation K)"
         )
     if track.uri.startswith(("http://", "https://")):
         echo(f"Open the MLflow UI: {track.uri.rstrip('/')}/#/experiments/{experiment_id}/runs")
@@ -449,4 +452,3 @@ def _run_dag(
             f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  "
             f"(then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs)"
         )
-    return SweepResult(result, storage.uri, files)

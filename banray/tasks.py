@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from banray.data import dataset_kind, load_corpus, load_splits
 from banray.evaluate import Scores, calibration_error, expected_calibration_error
-from banray.losses import Objective
+from banray.losses import LossParams, Objective
 from banray.spec import DataSpec, TrainSpec
 
 EVAL_BATCH_SIZE = 512
@@ -38,7 +38,7 @@ class Task(Protocol):
     input_shape: tuple[int, ...]
 
     def train_epoch(
-        self, model, teacher, objective: Objective, loss_params: dict, step: Step, device, epoch: int
+        self, model, teacher, objective: Objective, loss_params: LossParams, step: Step, device, epoch: int
     ) -> dict[str, float]:
         """One epoch (numbered from 1); returns each loss term's mean over the epoch's samples. The epoch's
         sample order depends only on the seed and the epoch, so a resumed run sees the same batches."""
@@ -57,13 +57,7 @@ def make_task(
     """The task of `data.dataset`. `prepare_loader` (Ray Train's, in workers) shards the training loader."""
     if dataset_kind(data.dataset) == "language_model":
         return LanguageModelTask(data, train, rank=rank, world_size=world_size)
-    return ClassificationTask(data, train, seed=seed, world_size=world_size, prepare_loader=prepare_loader)
-
-
-def _teacher_forward(teacher: nn.Module, *inputs):
-    with torch.inference_mode():
-        output = teacher(*inputs)
-    return output
+    return ClassificationTask(data, train, seed=seed, rank=rank, world_size=world_size, prepare_loader=prepare_loader)
 
 
 def bf16_autocast(train: TrainSpec, device) -> bool:
@@ -128,13 +122,30 @@ class _Indexed(Dataset):
         return [(x, y, i) for (x, y), i in zip(samples, indices)]
 
 
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's sample order: distinct for every (trial seed, epoch) a sweep uses."""
+    return seed * 100_003 + epoch
+
+
+def distributed_sampler(dataset: Dataset, seed: int, rank: int, world_size: int) -> DistributedSampler:
+    """Rank `rank`'s shard of the training set. DistributedSampler orders by `seed + epoch` after
+    set_epoch, so seed * 100_003 gives the single-worker seeds (`shuffle_seed`)."""
+    return DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=shuffle_seed(seed, 0)
+    )
+
+
 class ClassificationTask:
-    def __init__(self, data: DataSpec, train: TrainSpec, *, seed: int, world_size: int, prepare_loader):
+    def __init__(
+        self, data: DataSpec, train: TrainSpec, *, seed: int, world_size: int, prepare_loader, rank: int = 0
+    ):
         self.splits = load_splits(data.dataset, data.root, data.val_fraction, data.seed, data.download)
         self.num_classes, self.input_shape = self.splits.num_classes, self.splits.input_shape
         self._train_loader = None
         self._shuffle = torch.Generator()
+        self._sampler: DistributedSampler | None = None
         self._seed = seed
+        self._rank, self._world_size = rank, world_size
         self._train = train
         self._data = data
         self._loader_args = (max(1, train.batch_size // world_size), prepare_loader)
@@ -152,40 +163,45 @@ class ClassificationTask:
 
     def _loader(self, epoch: int, device="cpu") -> DataLoader:
         if self._train_loader is None:
-            batch_size, prepare = self._loader_args
-            loader = DataLoader(
-                _Indexed(self.splits.train), batch_size=batch_size, shuffle=True, generator=self._shuffle,
-                **self.loader_options(device),
-            )
-            self._train_loader = prepare(loader) if prepare else loader
+            self._train_loader = self._build_loader(device)
         self.splits.set_epoch(epoch)  # before iterating: DataLoader workers get the dataset as it is then
-        self._shuffle.manual_seed(self._seed * 100_003 + epoch)
-        sampler = getattr(self._train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler, with several workers
-            sampler.set_epoch(epoch)
+        self._shuffle.manual_seed(shuffle_seed(self._seed, epoch))
+        if self._sampler is not None:
+            self._sampler.set_epoch(epoch)
         return self._train_loader
 
+    def _build_loader(self, device) -> DataLoader:
+        batch_size, prepare = self._loader_args
+        dataset = _Indexed(self.splits.train)
+        if self._world_size > 1:
+            # Our own shards, seeded by the trial: Ray's prepare_data_loader would put in a
+            # DistributedSampler seeded 0, the same order for every trial (it keeps one that is there).
+            self._sampler = distributed_sampler(dataset, self._seed, self._rank, self._world_size)
+            loader = DataLoader(
+                dataset, batch_size=batch_size, sampler=self._sampler, generator=self._shuffle,
+                **self.loader_options(device),
+            )
+        else:
+            loader = DataLoader(
+                dataset, batch_size=batch_size, shuffle=True, generator=self._shuffle, **self.loader_options(device)
+            )
+        return prepare(loader) if prepare else loader
+
     def train_epoch(self, model, teacher, objective, loss_params, step, device, epoch) -> dict[str, float]:
-        """`teacher` is a frozen nn.Module (online), a banray.teacher_cache.CachedTeacher, or None."""
+        """`teacher` is a banray.teacher.Teacher (online or cached), or None."""
         terms = _TermMeans()
         model.train()
-        table = teacher.for_epoch(epoch) if teacher is not None and not isinstance(teacher, nn.Module) else None
+        if teacher is not None:
+            teacher.start_epoch(epoch)
         channels_last = use_channels_last(self._train, device)
         for x, y, index in self._loader(epoch, device):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if table is not None:
-                teacher_logits = table[index].to(device, non_blocking=True).float()
-            elif teacher is not None:
-                # The teacher sees what the cache's builder sees (fp32, default layout), so both agree.
-                # Inference tensors cannot enter autograd; the clone is a plain tensor with no history.
-                teacher_logits = _teacher_forward(teacher, x).clone()
-            else:
-                teacher_logits = None
+            teacher_logits = teacher.logits(x, index) if teacher is not None else None
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(self._train, device):
                 student_logits = model(x)
-            step(terms.add(objective.terms(student_logits.float(), teacher_logits, y, **loss_params), len(y)))
+            step(terms.add(objective.terms(student_logits.float(), teacher_logits, y, loss_params), len(y)))
         return terms.means()
 
     def _dataset(self, split: str):
@@ -259,10 +275,10 @@ class LanguageModelTask:
             logits = logits.float()
             teacher_logits = None
             if teacher is not None:
-                teacher_logits, teacher_state = _teacher_forward(teacher, x, teacher_state)
-                teacher_logits = teacher_logits.reshape(-1, self.num_classes).clone()
+                teacher_logits, teacher_state = teacher.logits_with_state(x, teacher_state)
+                teacher_logits = teacher_logits.reshape(-1, self.num_classes)
             student_logits = logits.reshape(-1, self.num_classes)
-            step(terms.add(objective.terms(student_logits, teacher_logits, y, **loss_params), len(y)))
+            step(terms.add(objective.terms(student_logits, teacher_logits, y, loss_params), len(y)))
         return terms.means()
 
     @torch.inference_mode()

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from banray.data import Splits
 from banray.spec import DataSpec
 from banray.storage import SweepStorage
+from banray.teacher import Frozen
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 BUILD_BATCH_SIZE = 128  # larger batches run slower on CPU (activations fall out of cache)
@@ -132,15 +133,16 @@ def _teacher_logits(teacher: nn.Module, splits: Splits, epoch: int | None, dtype
 class CachedTeacher:
     """A trial's view of the cache of `teacher`'s logits on the training split of `splits` (loaded from
     `data`) under `root`: the logits of one epoch by training-sample index, built first if no trial
-    built them yet. `teacher` is frozen (eval mode, no gradients) for good."""
+    built them yet; a banray.teacher.Teacher. `teacher` is held frozen (banray.teacher.Frozen)."""
 
     POLL_S = 0.2  # how often a trial waiting for another's build looks for the file
     MIN_STALE_S = 120.0  # a claim is taken over after max(this, 3 × this trial's slowest build)
 
     def __init__(self, teacher: nn.Module, data: DataSpec, splits: Splits, root: str, epochs: int,
                  dtype: str = "float16", device="cpu", top_k: int | None = None):
-        teacher.eval().requires_grad_(False)  # frozen: no autograd bookkeeping in its forward passes
-        self.teacher, self.splits, self.device, self.dtype = teacher, splits, device, DTYPES[dtype]
+        self.model = teacher if isinstance(teacher, Frozen) else Frozen(teacher)
+        self.teacher = self.model.module
+        self.splits, self.device, self.dtype = splits, device, DTYPES[dtype]
         self.top_k = top_k
         self.folder = _Folder(root, cache_key(teacher, data, splits.augmentation, dtype, top_k))
         self.uri = self.folder.uri
@@ -148,6 +150,12 @@ class CachedTeacher:
         self.built: list[int | None] = []  # the epochs this trial built, in order
         self._slowest_build_s = 0.0
         self._epoch, self._table = None, None
+
+    def start_epoch(self, epoch: int) -> None:
+        self.for_epoch(epoch)
+
+    def logits(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self._table[index].to(x.device, non_blocking=True).float()
 
     def for_epoch(self, epoch: int) -> torch.Tensor:
         """(train samples, classes) logits as stored; loaded once per epoch (once in all without augmentation)."""

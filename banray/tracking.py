@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from banray.selection import best_generation
+
 TAG_PREFIX = "banray."
 
 
@@ -343,9 +345,9 @@ def register_generations(tracking: Tracking, name: str, records: list, metric: s
     }
     aliases = {f"chain{c}-gen-{k}": v for (c, k), v in version.items()}
     for k in sorted({r.generation for r in finished}):
-        best_k = min((r for r in finished if r.generation == k), key=lambda r: (getattr(r, metric), r.chain))
+        best_k = best_generation((r for r in finished if r.generation == k), metric)
         aliases[f"gen-{k}"] = version[best_k.chain, k]
-    best = min(finished, key=lambda r: (getattr(r, metric), r.generation, r.chain))
+    best = best_generation(finished, metric)
     aliases["best"] = version[best.chain, best.generation]
     client = tracking.client()
     for alias, v in aliases.items():

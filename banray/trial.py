@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,8 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from banray import checkpoint
+from banray.records import TrialSummary
+from banray.selection import MODE, best_checkpoint
 from banray.spec import ResourcesSpec, TrialSettings, derive_seed
 from banray.session import TuneSession
 from banray.storage import ray_storage
@@ -151,43 +152,29 @@ def run_trial(config: dict[str, Any]) -> None:
     """The Tune trainable. Its last report is a summary: the best epoch and its checkpoint, or the reason
     the trial cannot produce a model (`failure`: a diverged loss, which a restart would only repeat)."""
     settings, runtime = trial_settings(config)
-    loop_config = {"settings": settings.model_dump(mode="json"), "cpus_per_worker": runtime.resources.cpus_per_worker}
     slots = ray.get_actor(runtime.slots_actor)
     holder = ray.get_runtime_context().get_actor_id()
     ray.get(slots.acquire.remote(holder, (settings.arm == "control", settings.generation)))
     try:
         if runtime.resources.engine() == "train":
-            outcome = _fit_trainer(loop_config, settings, runtime)
+            summary = _fit_trainer(settings, runtime)
         else:
-            outcome = train_loop(loop_config, TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0))
+            session = TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0)
+            summary = train_loop(settings, session, runtime.resources.cpus_per_worker)
     finally:
         ray.get(slots.release.remote(holder))
-    summary = {"trial": settings.trial, "seed": settings.seed}
-    if "failure" in outcome:
-        # Tune requires the metric in every result: the worst value tells the searcher to stay away.
-        tune.report({**summary, "failure": outcome["failure"], settings.metric: math.inf})
-        return
-    best = outcome["best"]
-    tune.report(
-        {
-            **summary,
-            settings.metric: best["value"],
-            "val_error": best["val_error"],
-            "val_nll": best["val_nll"],
-            "best_epoch": best["epoch"],
-            "checkpoint": best["checkpoint"],
-        }
-    )
+    tune.report(summary.to_report(settings.metric))
 
 
-def _fit_trainer(loop_config: dict[str, Any], settings: TrialSettings, runtime: TrialRuntime) -> dict[str, Any]:
+def _fit_trainer(settings: TrialSettings, runtime: TrialRuntime) -> TrialSummary:
     """The worker loop on a TorchTrainer's worker group, which Ray Train restarts from the last checkpoint."""
     resources = runtime.resources
     context = tune.get_context()
     storage_path, storage_filesystem = ray_storage(runtime.train_storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        # The settings cross to the workers in their one serialised form, read back there once.
+        train_loop_config={"settings": settings.model_dump(mode="json"), "cpus_per_worker": resources.cpus_per_worker},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.gpus_per_worker > 0,
@@ -199,7 +186,7 @@ def _fit_trainer(loop_config: dict[str, Any], settings: TrialSettings, runtime: 
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order="min"
+                num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order=MODE
             ),
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             callbacks=[TuneReportCallback()],
@@ -208,9 +195,9 @@ def _fit_trainer(loop_config: dict[str, Any], settings: TrialSettings, runtime: 
         ),
     )
     result = trainer.fit()
-    outcome = result.return_value or {}
-    if "failure" in outcome:
-        return outcome
-    best_checkpoint, best = min(result.best_checkpoints, key=lambda pair: pair[1][settings.metric])
-    return {"best": {"value": best[settings.metric], "epoch": best["epoch"], "val_error": best["val_error"],
-                     "val_nll": best["val_nll"], "checkpoint": checkpoint.uri(best_checkpoint)}}
+    summary: TrialSummary = result.return_value
+    if not summary.finished:
+        return summary
+    # Ray Train keeps the best checkpoint (and the latest): the worker never knew the best one's URI.
+    stored, _ = best_checkpoint(result.best_checkpoints, settings.metric)
+    return dataclasses.replace(summary, checkpoint=checkpoint.uri(stored))

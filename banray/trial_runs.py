@@ -17,6 +17,7 @@ import ray.tune as tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from banray import tracking
+from banray.records import SUMMARY, TrialSummary
 from banray.trial import group_name, trial_settings
 
 # Reported by the first epoch after a (re)start: the teacher's scores, logged at step 0 once per run, and
@@ -27,7 +28,7 @@ RESUMED = "resumed_after_epoch"
 # lost with a killed driver (Ray Train keeps its checkpoints apart from Tune's controller) are logged then.
 REPLAYED = "replayed_epochs"
 # Tune's own keys in every result, beside what the worker reported.
-TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", SUMMARY}
 
 
 def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -83,13 +84,13 @@ class TrialRuns(tune.Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
-        last = trial.last_result or {}
-        if "failure" in last:
-            self.client.set_tag(run_id, f"{tracking.TAG_PREFIX}failure", last["failure"])
+        summary = TrialSummary.from_report(trial.last_result)
+        if summary is not None and not summary.finished:
+            self.client.set_tag(run_id, f"{tracking.TAG_PREFIX}failure", summary.failure)
             self.client.set_terminated(run_id, status="FAILED")
-        elif "checkpoint" in last and "epoch" not in last:  # its summary: it trained to the end
+        elif summary is not None:
             self.client.set_terminated(run_id, status="FINISHED")
-        else:  # ASHA stopped it early
+        else:  # no summary: ASHA stopped it early
             self.client.set_tag(run_id, f"{tracking.TAG_PREFIX}stopped_early", "ASHA")
             self.client.set_terminated(run_id, status="KILLED")
 

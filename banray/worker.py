@@ -34,8 +34,11 @@ from banray.losses import get_objective
 from banray.storage import with_retries
 from banray.models import build_model
 from banray.session import Session, TrainSession, checkpoint_folder
+from banray.records import TrialSummary
+from banray.selection import MODE, epoch_improves
 from banray.spec import TrainSpec, TrialSettings
 from banray.tasks import make_task, use_channels_last
+from banray.teacher import Frozen, OnlineTeacher, Teacher
 
 
 def make_optimizer(parameters, train: TrainSpec) -> torch.optim.Optimizer:
@@ -55,7 +58,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec):
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train.lr_milestones, gamma=train.lr_gamma)
     if train.lr_schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=train.lr_gamma, patience=0,
+            optimizer, mode=MODE, factor=train.lr_gamma, patience=0,
             threshold=train.lr_plateau_threshold, threshold_mode="abs",
         )
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
@@ -125,7 +128,7 @@ def non_finite_terms(term_means: dict[str, float]) -> str | None:
     return ", ".join(f"{name} = {value}" for name, value in bad.items()) or None
 
 
-def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device) -> tuple[nn.Module, dict]:
+def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device) -> tuple[Frozen, dict]:
     """The previous generation's best model, checked by its metadata and frozen. A broken checkpoint
     (checkpoint.BadCheckpoint) or another model than planned (TeacherMismatch) fails at once; only storage
     errors while fetching it are retried."""
@@ -146,8 +149,7 @@ def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device
         f"loading teacher {settings.teacher_checkpoint}",
         lambda: checkpoint.load(settings.teacher_checkpoint, expected=expected),
     )
-    teacher.to(device).eval().requires_grad_(False)
-    return teacher, metadata
+    return Frozen(teacher.to(device)), metadata
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -162,10 +164,12 @@ def _quiet_train_reports() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """The TorchTrainer's function: the worker loop on a Ray Train worker."""
+def train_loop_per_worker(config: dict[str, Any]) -> TrialSummary:
+    """The TorchTrainer's function: the worker loop on a Ray Train worker. `config` holds the trial's
+    settings in their serialised form, read back here once."""
     _quiet_train_reports()
-    return train_loop(config, TrainSession())
+    settings = TrialSettings.model_validate(config["settings"])
+    return train_loop(settings, TrainSession(), config.get("cpus_per_worker", 1))
 
 
 class CheckpointPolicy:
@@ -182,8 +186,7 @@ class CheckpointPolicy:
         self.best = best  # metric value, epoch, val_error, val_nll, checkpoint URI (None where not known)
 
     def improves(self, value: float) -> bool:
-        # A tie goes to the later epoch, as in Ray's checkpoint managers, which keep that one.
-        return self.best is None or value <= self.best["value"]
+        return epoch_improves(value, None if self.best is None else self.best["value"])
 
     def wants(self, value: float, last_epoch: bool) -> bool:
         return self.improves(value) or last_epoch or time.monotonic() - self.last >= self.every_s
@@ -200,105 +203,127 @@ class CheckpointPolicy:
         self.best = best if best is self.best else {**best, "checkpoint": uri}
 
 
-def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
-    """One trial's training on one worker of `session`. Returns {"failure": reason} when the loss diverged,
-    else {"best": the best epoch's metrics and checkpoint URI (None where the engine keeps its own record)}."""
-    settings = TrialSettings.model_validate(config["settings"])
-    torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
+def train_loop(settings: TrialSettings, session: Session, cpus_per_worker: int = 1) -> TrialSummary:
+    """One trial's training on one worker of `session`: its summary, a failure when the loss diverged (the
+    best checkpoint's URI is None where the engine keeps its own record)."""
+    torch.set_num_threads(max(1, cpus_per_worker))
     seed_everything(settings.seed)
-    device = session.device()
-    task = make_task(settings.data, settings.train, seed=settings.seed, rank=session.rank,
-                     world_size=session.world_size, prepare_loader=session.prepare_loader)
-    student = build_model(
-        settings.model.arch, num_classes=task.num_classes, input_shape=task.input_shape, **settings.model.kwargs
-    )
-    teacher, teacher_metadata, teacher_source = _teacher(settings, task, device)
-    resumed = session.restored()  # set when the engine restarts this trial after a failure
-    resumed_state = None
-    if resumed is not None:
-        weights, resumed_state = load_latest(resumed)
-        student.load_state_dict(weights)
-    model = session.prepare_model(fast_path_student(student, settings.train, device, task.input_shape))
-    optimizer = make_optimizer(model.parameters(), settings.train)
-    scheduler = make_scheduler(optimizer, settings.train)
-    done_epochs = restore_training_state(resumed_state, optimizer, scheduler) if resumed_state else 0
-    policy = CheckpointPolicy(settings.train.checkpoint_every_s, (resumed_state or {}).get("best"),
-                              checkpoint.uri(resumed) if resumed is not None else None)
-    objective = get_objective(settings.distill.objective)
-    loss_params = settings.distill.loss_params()
+    training = _Training(settings, session)
+    for epoch in range(training.done_epochs + 1, settings.train.epochs + 1):
+        failure = training.epoch(epoch)
+        if failure is not None:
+            return TrialSummary(settings.trial, settings.seed, failure=failure)
+    best = training.policy.best
+    return TrialSummary(settings.trial, settings.seed, best_epoch=best["epoch"], value=best["value"],
+                        val_error=best["val_error"], val_nll=best["val_nll"], checkpoint=best["checkpoint"])
 
-    def step(loss: torch.Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
+
+class _Training:
+    """A trial's training state on one worker: task, student, teacher, optimizer and schedule, put back
+    from the last checkpoint when the engine restarts the trial."""
+
+    def __init__(self, settings: TrialSettings, session: Session):
+        self.settings, self.session = settings, session
+        self.device = device = session.device()
+        self.task = task = make_task(settings.data, settings.train, seed=settings.seed, rank=session.rank,
+                                     world_size=session.world_size, prepare_loader=session.prepare_loader)
+        student = build_model(settings.model.arch, num_classes=task.num_classes, input_shape=task.input_shape,
+                              **settings.model.kwargs)
+        self.objective = get_objective(settings.distill.objective)
+        self.loss_params = settings.distill.loss_params()
+        self.teacher, teacher_metadata = _teacher(settings, self.objective, task, device)
+        resumed = session.restored()  # set when the engine restarts this trial after a failure
+        state: dict[str, Any] = {}
+        if resumed is not None:
+            weights, state = load_latest(resumed)
+            student.load_state_dict(weights)
+        self.model = session.prepare_model(fast_path_student(student, settings.train, device, task.input_shape))
+        self.optimizer = make_optimizer(self.model.parameters(), settings.train)
+        self.scheduler = make_scheduler(self.optimizer, settings.train)
+        self.done_epochs = restore_training_state(state, self.optimizer, self.scheduler) if state else 0
+        self.policy = CheckpointPolicy(settings.train.checkpoint_every_s, state.get("best"),
+                                       checkpoint.uri(resumed) if resumed is not None else None)
+        # Every epoch's metrics so far: a checkpoint carries them, and a restarted trial reports them again,
+        # so that an epoch whose report was lost with a killed driver still reaches MLflow.
+        self.history: list[dict[str, Any]] = list(state.get("history", []))
+        self.first_report = _first_report_extras(self.teacher, task, device, session.rank, self.done_epochs,
+                                                 self.history)
+        self.metadata_base = _metadata_base(settings, task, teacher_metadata)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if settings.train.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.train.grad_clip)
-        optimizer.step()
+        if self.settings.train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.train.grad_clip)
+        self.optimizer.step()
 
-    # Every epoch's metrics so far: a checkpoint carries them, and a restarted trial reports them again, so
-    # that an epoch whose report was lost with a killed driver still reaches MLflow.
-    history: list[dict[str, Any]] = list((resumed_state or {}).get("history", []))
-    first_report = _first_report_extras(settings, task, teacher, device, session.rank, done_epochs, history)
-    metadata_base = _metadata_base(settings, task, teacher_metadata)
-    for epoch in range(done_epochs + 1, settings.train.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        term_means = task.train_epoch(model, teacher_source, objective, loss_params, step, device, epoch)
+    def epoch(self, epoch: int) -> str | None:
+        """Train and validate one epoch and report it; the reason, if the loss diverged."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        term_means = self.task.train_epoch(self.model, self.teacher, self.objective, self.loss_params, self.step,
+                                           self.device, epoch)
         diverged = non_finite_terms(term_means)
         if diverged is not None:
-            return {"failure": f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"}
-        val = task.score(_unwrap(model), "val", device)
+            return f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"
+        val = self.task.score(_unwrap(self.model), "val", self.device)
         metrics = {
             "epoch": epoch, "lr": lr, "train_loss": sum(term_means.values()),
             **{f"loss/{name}": value for name, value in term_means.items()},
             "val_error": val.error, "val_nll": val.nll,
         }
-        history.append(metrics)
-        metrics = {**metrics, **first_report}
-        first_report = {}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(metrics[settings.metric])
+        self.history.append(metrics)
+        value = metrics[self.settings.metric]
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
         else:
-            scheduler.step()
-        value = metrics[settings.metric]
-        wanted = policy.wants(value, last_epoch=epoch == settings.train.epochs)
-        with checkpoint_folder(session.rank == 0 and wanted) as directory:
-            best = policy.best_with(value, epoch, metrics)
+            self.scheduler.step()
+        self.report(epoch, {**metrics, **self.first_report}, value)
+        self.first_report = {}
+        return None
+
+    def report(self, epoch: int, metrics: dict[str, Any], value: float) -> None:
+        """Report the epoch, with a checkpoint when the policy wants one (rank 0 writes it)."""
+        wanted = self.policy.wants(value, last_epoch=epoch == self.settings.train.epochs)
+        with checkpoint_folder(self.session.rank == 0 and wanted) as directory:
+            best = self.policy.best_with(value, epoch, metrics)
             if directory is not None:
-                metadata = {**metadata_base, "epoch": epoch, "val_error": val.error, "val_nll": val.nll}
-                checkpoint.save(directory, _unwrap(model), metadata)
-                state = {**training_state(epoch, optimizer, scheduler), "best": best, "history": history}
+                metadata = {**self.metadata_base, "epoch": epoch, "val_error": metrics["val_error"],
+                            "val_nll": metrics["val_nll"]}
+                checkpoint.save(directory, _unwrap(self.model), metadata)
+                state = {**training_state(epoch, self.optimizer, self.scheduler), "best": best,
+                         "history": self.history}
                 torch.save(state, Path(directory) / TRAINING_STATE_FILE)
-            uri = session.report(metrics, directory)
+            uri = self.session.report(metrics, directory)
             if directory is not None:
-                policy.saved(best, uri)
-    return {"best": policy.best}
+                self.policy.saved(best, uri)
 
 
-def _first_report_extras(settings: TrialSettings, task, teacher, device, rank: int, done_epochs: int,
+def _first_report_extras(teacher: Teacher | None, task, device, rank: int, done_epochs: int,
                          history: list[dict]) -> dict:
     """What the first epoch's report of a (re)started trial also carries: the epoch it resumed after and
     the metrics of the epochs before, and for teacher hygiene the frozen teacher's validation scores, which
     must match what it was selected with."""
     extras: dict[str, Any] = {"resumed_after_epoch": done_epochs, "replayed_epochs": history} if done_epochs else {}
     if teacher is not None and rank == 0:
-        scores = task.score(teacher, "val", device)
+        scores = task.score(teacher.model, "val", device)
         extras.update(teacher_val_error=scores.error, teacher_val_nll=scores.nll)
     return extras
 
 
-def _teacher(settings: TrialSettings, task, device: torch.device):
-    """(teacher module, its metadata, what train_epoch distils from: the module itself or its cached logits);
-    all None for objectives without a teacher."""
-    if settings.teacher_checkpoint is None:
-        return None, None, None
-    teacher, metadata = load_teacher(settings, task.num_classes, device)
+def _teacher(settings: TrialSettings, objective, task, device: torch.device) -> tuple[Teacher | None, dict | None]:
+    """(the teacher the student learns from, its checkpoint's metadata); (None, None) for generation 0 and
+    for objectives that need no teacher."""
+    if settings.teacher_checkpoint is None or not objective.needs_teacher:
+        return None, None
+    model, metadata = load_teacher(settings, task.num_classes, device)
     if settings.distill.teacher != "cached":
-        return teacher, metadata, teacher
+        return OnlineTeacher(model), metadata
     # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
     cached = teacher_cache.CachedTeacher(
-        teacher, settings.data, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
+        model, settings.data, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
         settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k,
     )
-    return teacher, metadata, cached
+    return cached, metadata
 
 
 def _metadata_base(settings: TrialSettings, task, teacher_metadata: dict | None) -> dict[str, Any]:

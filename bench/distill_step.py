@@ -26,8 +26,9 @@ import torch
 from banray import teacher_cache
 from banray.losses import get_objective
 from banray.models import build_model
-from banray.spec import DataSpec, TrainSpec
+from banray.spec import DataSpec, DistillSpec, TrainSpec
 from banray.tasks import make_task
+from banray.teacher import OnlineTeacher
 from banray.worker import make_optimizer
 from bench.common import write
 
@@ -67,7 +68,7 @@ def main() -> None:
             cached.for_epoch(epoch)
         build_per_epoch = (time.perf_counter() - start) / epochs
 
-        variants = {"ce": (get_objective("ce"), None), "online": (get_objective("ban"), teacher),
+        variants = {"ce": (get_objective("ce"), None), "online": (get_objective("ban"), OnlineTeacher(teacher)),
                     "cached": (get_objective("ban"), cached)}
         students = {}
         for name in variants:
@@ -85,7 +86,7 @@ def main() -> None:
             objective, source = variants[name]
             model, step = students[name]
             started = time.perf_counter()
-            task.train_epoch(model, source, objective, {"temperature": 1.0}, step, device, number)
+            task.train_epoch(model, source, objective, DistillSpec(temperature=1.0).loss_params(), step, device, number)
             return time.perf_counter() - started
 
         for name in variants:

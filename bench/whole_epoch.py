@@ -1,6 +1,6 @@
 """(a) A whole epoch as a trial runs it, against a plain PyTorch loop doing the same epoch.
 
-The banray side is one generation group of one trial, run by `banray.chain.run_group` on a local Ray
+The banray side is one generation group of one trial, run by `banray.group.run_group` on a local Ray
 cluster exactly as a sweep runs it: a Tune run, the trial's process, the worker loop's epoch (training,
 validation, a checkpoint when the validation error is at least as good as the best so far and at the
 last epoch, the report to Tune) and the group's MLflow logging of every epoch. Its epoch time is the median
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from banray import tracking
-from banray.chain import SweepContext, run_group, start_generation_run
+from banray.group import SweepContext, run_group, start_generation_run
 from banray.models import build_model
 from banray.spec import parse_spec
 from banray.tasks import make_task
@@ -57,7 +57,7 @@ def cases(root: Path) -> list[dict]:
 def banray_epoch_s(case: dict, storage: Path) -> float:
     """The median epoch of a one-trial group run as a sweep runs it."""
     spec = parse_spec({"name": case["name"], "data": case["data"], "model": case["model"], "train": case["train"],
-                       "generations": 0, "search": {"trials": 1}, "storage": str(storage)})
+                       "generations": 1, "search": {"trials": 1}, "storage": str(storage)})
     track = tracking.resolve(None, spec.name, storage)
     experiment_id = tracking.ensure_experiment(track)
     slots = f"bench-slots-{case['name']}"
@@ -117,7 +117,7 @@ def main() -> None:
     ray.shutdown()
     write("whole_epoch", {
         "what": "an epoch as a banray trial runs it (train + validation + checkpoint when at least as good + report "
-                "+ MLflow, in a one-trial group run by chain.run_group) vs a plain loop (train + validation + "
+                "+ MLflow, in a one-trial group run by group.run_group) vs a plain loop (train + validation + "
                 "best weights kept), 1 thread, CPU; ratio = plain epoch time / banray's",
         "results": results,
         "ratio": min(r["ratio"] for r in results),

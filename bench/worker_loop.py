@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from banray.losses import get_objective
 from banray.models import build_model
-from banray.spec import DataSpec, TrainSpec
+from banray.spec import DataSpec, DistillSpec, TrainSpec
 from banray.tasks import make_task
 from banray.worker import fast_path_student, make_optimizer
 
@@ -90,7 +90,7 @@ def measure(case: dict, repeats: int, device: torch.device, train: TrainSpec) ->
 
     def banray_epochs(first):
         for epoch in range(first, first + case["epochs"]):
-            task.train_epoch(student, None, ce, {}, step, device, epoch)
+            task.train_epoch(student, None, ce, DistillSpec().loss_params(), step, device, epoch)
 
     def plain_epochs(first):
         plain_model.train()

@@ -89,7 +89,7 @@ CASES = [
          id="grace-period-beyond-epochs"),
     # Names from the registries and closed lists.
     case(tiny_spec(**{"model.arch": "resnet9000"}),
-         "model.arch: 'resnet9000' is not allowed: unknown model 'resnet9000'; allowed: cnn, densenet_bc, lstm_lm",
+         "model.arch: 'resnet9000' is not allowed: unknown model 'resnet9000'; allowed: cnn, cnn1d, densenet_bc, lstm_lm",
          id="unknown-arch"),
     case(tiny_spec(**{"data.dataset": "imagenet"}),
          "data.dataset: 'imagenet' is not allowed: unknown dataset 'imagenet'; allowed: cifar10, cifar100, digits",
@@ -129,7 +129,7 @@ CASES = [
     # Models that cannot take the dataset's input.
     case(tiny_spec(data={"dataset": "digits"}, model={"arch": "lstm_lm"}),
          "model.arch 'lstm_lm' is a language_model model but data.dataset 'digits' is a classification dataset; "
-         "allowed: cnn, densenet_bc, mlp, preact_resnet, wrn", id="language-model-on-digits"),
+         "allowed: cnn, cnn1d, densenet_bc, mlp, mlp1d, preact_resnet, resnet1d, wrn", id="language-model-on-digits"),
     case({**tiny_spec(), **LM, "student": {"arch": "cnn"}},
          "student.arch 'cnn' is a classification model but data.dataset 'ptb'", id="image-student-on-ptb"),
     case(tiny_spec(**{"model.kwargs": {"widht": 8}}),

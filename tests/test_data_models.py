@@ -35,9 +35,9 @@ def test_digits_values_are_scaled_to_unit_range():
 
 
 def test_registries_name_their_entries():
-    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "ptb", "synthetic"]
-    assert MODELS.names() == ["cnn", "densenet_bc", "lstm_lm", "mlp", "preact_resnet", "wrn"]
-    with pytest.raises(KeyError, match="unknown dataset 'mnist'; allowed: cifar10, cifar100, digits, ptb, synthetic"):
+    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "mnist1d", "ptb", "synthetic"]
+    assert MODELS.names() == ["cnn", "cnn1d", "densenet_bc", "lstm_lm", "mlp", "mlp1d", "preact_resnet", "resnet1d", "wrn"]
+    with pytest.raises(KeyError, match="unknown dataset 'mnist'; allowed: cifar10, cifar100, digits, mnist1d, ptb, synthetic"):
         load_splits("mnist", "", 0.2, 0)
 
 
@@ -50,7 +50,7 @@ def test_models_map_inputs_to_logits(arch, kwargs):
 def test_model_arguments_exclude_what_the_dataset_provides():
     assert model_arguments("cnn") == ["width", "dropout"]
     assert model_arguments("mlp") == ["hidden", "depth", "dropout"]
-    with pytest.raises(KeyError, match="unknown model 'vit'; allowed: cnn, densenet_bc, lstm_lm, mlp, preact_resnet, wrn"):
+    with pytest.raises(KeyError, match="unknown model 'vit'; allowed: cnn, cnn1d, densenet_bc, lstm_lm, mlp, mlp1d, preact_resnet, resnet1d, wrn"):
         build_model("vit", num_classes=2, input_shape=(1, 8, 8))
 
 

@@ -7,7 +7,7 @@ from conftest import tiny_spec
 
 from banray.losses import get_objective
 from banray.models import build_model
-from banray.spec import SpecError, parse_spec
+from banray.spec import DistillSpec, SpecError, parse_spec
 from banray.sweep import preflight
 from banray.tasks import bf16_autocast, make_task, use_channels_last
 
@@ -86,7 +86,7 @@ def train(spec, epochs=2):
         loss.backward()
         optimizer.step()
 
-    losses = [task.train_epoch(model, None, get_objective("ce"), {}, step, torch.device("cpu"), e)["ce"]
+    losses = [task.train_epoch(model, None, get_objective("ce"), DistillSpec().loss_params(), step, torch.device("cpu"), e)["ce"]
               for e in range(1, epochs + 1)]
     return model, losses
 

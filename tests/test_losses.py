@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from banray.losses import OBJECTIVES, cwtm_weights, get_objective, permute_non_argmax
+from banray.spec import DistillSpec
+
+
+def params(**values):
+    """The loss parameters a trial builds from its spec: the spec's defaults, with `values` set."""
+    return DistillSpec(**values).loss_params()
 
 # One sample, three classes: small enough to compute every term by hand.
 Z = torch.tensor([[1.0, 2.0, 0.5]])  # student logits
@@ -25,14 +33,14 @@ def test_registry_lists_objectives_and_rejects_unknown():
 
 def test_ce_is_label_cross_entropy():
     q = softmax([1.0, 2.0, 0.5])
-    loss = get_objective("ce")(Z, None, Y, alpha=0.5, temperature=1.0)
+    loss = get_objective("ce")(Z, None, Y, params(alpha=0.5, temperature=1.0))
     assert loss.item() == pytest.approx(-math.log(q[1]), rel=1e-6)
 
 
 def test_ban_is_teacher_cross_entropy_at_t1():
     p, q = softmax([2.0, 0.0, 1.0]), softmax([1.0, 2.0, 0.5])
     expected = -sum(pi * math.log(qi) for pi, qi in zip(p, q))
-    loss = get_objective("ban")(Z, T, Y, alpha=0.3, temperature=1.0)
+    loss = get_objective("ban")(Z, T, Y, params(alpha=0.3, temperature=1.0))
     assert loss.item() == pytest.approx(expected, rel=1e-6)  # ≈ 1.8349, labels and α play no part
 
 
@@ -40,7 +48,7 @@ def test_ban_at_temperature_scales_by_t_squared():
     temperature = 2.0
     p, q = softmax([1.0, 0.0, 0.5]), softmax([0.5, 1.0, 0.25])
     expected = -sum(pi * math.log(qi) for pi, qi in zip(p, q)) * temperature**2
-    loss = get_objective("ban")(Z, T, Y, alpha=0.5, temperature=temperature)
+    loss = get_objective("ban")(Z, T, Y, params(alpha=0.5, temperature=temperature))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -49,7 +57,7 @@ def test_ban_gradient_is_q_minus_p_over_batch():
     batch = 5
     student = torch.randn(batch, 7, requires_grad=True)
     teacher = torch.randn(batch, 7)
-    get_objective("ban")(student, teacher, torch.zeros(batch, dtype=torch.long), alpha=0.5, temperature=1.0).backward()
+    get_objective("ban")(student, teacher, torch.zeros(batch, dtype=torch.long), params(alpha=0.5, temperature=1.0)).backward()
     expected = (F.softmax(student.detach(), dim=1) - F.softmax(teacher, dim=1)) / batch
     torch.testing.assert_close(student.grad, expected)
 
@@ -61,29 +69,29 @@ def test_kd_matches_hand_computed_value_with_alpha_on_teacher_term():
     ce = -math.log(softmax([1.0, 2.0, 0.5])[1])
     expected = alpha * temperature**2 * kl + (1 - alpha) * ce
     objective = get_objective("kd")
-    assert objective(Z, T, Y, alpha=alpha, temperature=temperature).item() == pytest.approx(expected, rel=1e-6)
-    terms = objective.terms(Z, T, Y, alpha=alpha, temperature=temperature)
+    assert objective(Z, T, Y, params(alpha=alpha, temperature=temperature)).item() == pytest.approx(expected, rel=1e-6)
+    terms = objective.terms(Z, T, Y, params(alpha=alpha, temperature=temperature))
     assert terms["kd"].item() == pytest.approx(alpha * temperature**2 * kl, rel=1e-6)
     assert terms["ce"].item() == pytest.approx((1 - alpha) * ce, rel=1e-6)
 
 
 def test_kd_extremes_of_alpha():
     kd = get_objective("kd")
-    assert kd(Z, T, Y, alpha=0.0, temperature=3.0).item() == pytest.approx(
-        get_objective("ce")(Z, None, Y, alpha=0.0, temperature=1.0).item()
+    assert kd(Z, T, Y, params(alpha=0.0, temperature=3.0)).item() == pytest.approx(
+        get_objective("ce")(Z, None, Y, params(alpha=0.0, temperature=1.0)).item()
     )
     # α = 1 at T = 1: KL(p‖q) = CE(p, q) − H(p), i.e. BAN minus the teacher's entropy.
     p = F.softmax(T, dim=1)
     entropy = -(p * p.log()).sum().item()
-    assert kd(Z, T, Y, alpha=1.0, temperature=1.0).item() == pytest.approx(
-        get_objective("ban")(Z, T, Y, alpha=1.0, temperature=1.0).item() - entropy, rel=1e-6
+    assert kd(Z, T, Y, params(alpha=1.0, temperature=1.0)).item() == pytest.approx(
+        get_objective("ban")(Z, T, Y, params(alpha=1.0, temperature=1.0)).item() - entropy, rel=1e-6
     )
 
 
 def test_kl_is_averaged_over_the_batch_not_the_classes():
     batch = torch.cat([Z, Z, Z]), torch.cat([T, T, T]), torch.cat([Y, Y, Y])
-    single = get_objective("kd")(Z, T, Y, alpha=1.0, temperature=1.0)
-    assert get_objective("kd")(*batch, alpha=1.0, temperature=1.0).item() == pytest.approx(single.item(), rel=1e-6)
+    single = get_objective("kd")(Z, T, Y, params(alpha=1.0, temperature=1.0))
+    assert get_objective("kd")(*batch, params(alpha=1.0, temperature=1.0)).item() == pytest.approx(single.item(), rel=1e-6)
 
 
 def test_teacher_needs_are_declared():
@@ -105,8 +113,8 @@ def test_ban_l_is_a_weighted_sum_of_teacher_and_label_terms():
     teacher_term = mean_ce([softmax(r) for r in T2.tolist()], Z2.tolist())
     label_term = mean_ce([[0, 1, 0], [0, 0, 1]], Z2.tolist())
     ban_l = get_objective("ban+l")
-    assert ban_l(Z2, T2, Y2).item() == pytest.approx(teacher_term + label_term, rel=1e-6)  # default: plain sum
-    weighted = ban_l(Z2, T2, Y2, teacher_weight=0.25, label_weight=2.0)
+    assert ban_l(Z2, T2, Y2, params()).item() == pytest.approx(teacher_term + label_term, rel=1e-6)  # default: plain sum
+    weighted = ban_l(Z2, T2, Y2, params(teacher_weight=0.25, label_weight=2.0))
     assert weighted.item() == pytest.approx(0.25 * teacher_term + 2.0 * label_term, rel=1e-6)
     assert get_objective("ban_l").terms_fn is ban_l.terms_fn
 
@@ -116,16 +124,51 @@ def test_cwtm_weights_label_ce_by_normalised_teacher_max_even_when_wrong():
     weights = [c / sum(confidence) for c in confidence]
     ces = [-math.log(softmax(row)[label]) for row, label in zip(Z2.tolist(), Y2.tolist())]
     expected = sum(w * ce for w, ce in zip(weights, ces))
-    assert get_objective("cwtm")(Z2, T2, Y2).item() == pytest.approx(expected, rel=1e-6)
+    assert get_objective("cwtm")(Z2, T2, Y2, params()).item() == pytest.approx(expected, rel=1e-6)
     assert cwtm_weights(torch.randn(16, 10), 1.0).sum().item() == pytest.approx(1.0)
 
 
 def test_cwtm_gradient_is_weighted_label_gradient():
     z = Z2.clone().requires_grad_(True)
-    get_objective("cwtm")(z, T2, Y2).backward()
+    get_objective("cwtm")(z, T2, Y2, params()).backward()
     weights = cwtm_weights(T2, 1.0)
     expected = weights[:, None] * (F.softmax(Z2, dim=1) - F.one_hot(Y2, 3))  # paper Eq. 10
     torch.testing.assert_close(z.grad, expected)
+
+
+def _cwtm_case():
+    """A tiny student and a batch of 5 (split 3 + 2 over two ranks: uneven shards need no sample count)."""
+    torch.manual_seed(0)
+    return nn.Linear(4, 3), torch.randn(5, 4), 2 * torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+
+
+def _cwtm_on_a_shard(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        student, x, t, y = _cwtm_case()
+        model = DistributedDataParallel(student)  # averages the ranks' gradients, as in a Ray Train trial
+        rows = slice(0, 3) if rank == 0 else slice(3, 5)
+        loss = get_objective("cwtm")(model(x[rows]), t[rows], y[rows], params(temperature=2.0))
+        loss.backward()
+        result = {"loss": loss.detach(), "weights": cwtm_weights(t[rows], 2.0)}
+        torch.save({**result, "grads": [p.grad for p in student.parameters()]}, f"{out_dir}/{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_cwtm_over_data_parallel_ranks_is_the_full_batch_objective(tmp_path):
+    # Eq. 10 normalises over the whole mini-batch; with DDP each rank holds a shard of it.
+    torch.multiprocessing.spawn(_cwtm_on_a_shard, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
+    student, x, t, y = _cwtm_case()
+    loss = get_objective("cwtm")(student(x), t, y, params(temperature=2.0))
+    loss.backward()
+    torch.testing.assert_close(torch.cat([r["weights"] for r in ranks]), cwtm_weights(t, 2.0))
+    # DDP's step is the mean of the ranks' gradients; the mean of their losses is the logged value.
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
+    for rank in ranks:
+        for got, want in zip(rank["grads"], (p.grad for p in student.parameters())):
+            torch.testing.assert_close(got, want)
 
 
 def test_dkpp_keeps_the_argmax_and_permutes_the_rest():
@@ -147,7 +190,7 @@ def test_dkpp_value_and_gradient_use_the_permuted_target():
     z = torch.randn(4, 5, requires_grad=True)
     t = torch.randn(4, 5)
     torch.manual_seed(7)
-    loss = get_objective("dkpp")(z, t, torch.zeros(4, dtype=torch.long))
+    loss = get_objective("dkpp")(z, t, torch.zeros(4, dtype=torch.long), params())
     torch.manual_seed(7)
     target = permute_non_argmax(F.softmax(t, dim=1))
     assert loss.item() == pytest.approx(-(target * F.log_softmax(z.detach(), dim=1)).sum(dim=1).mean().item(), rel=1e-6)
@@ -159,18 +202,18 @@ def test_ban_gradient_splits_into_ground_truth_and_dark_knowledge_terms():
     """Paper Eq. 7: at the true class the gradient is (q_* − p_*)/b, elsewhere (q_i − p_i)/b; for
     the label loss the true-class entry is (q_* − 1)/b (Eq. 6)."""
     z = Z2.clone().requires_grad_(True)
-    get_objective("ban")(z, T2, Y2).backward()
+    get_objective("ban")(z, T2, Y2, params()).backward()
     q, p = F.softmax(Z2, dim=1), F.softmax(T2, dim=1)
     rows = torch.arange(2)
     torch.testing.assert_close(z.grad[rows, Y2], (q[rows, Y2] - p[rows, Y2]) / 2)
     torch.testing.assert_close(z.grad.sum(), torch.tensor(0.0), atol=1e-7, rtol=0)  # both distributions sum to 1
     z.grad = None
-    get_objective("ce")(z, None, Y2).backward()
+    get_objective("ce")(z, None, Y2, params()).backward()
     torch.testing.assert_close(z.grad[rows, Y2], (q[rows, Y2] - 1) / 2)
 
 
 def test_ban_l_gradient_at_t1():
     z = Z2.clone().requires_grad_(True)
-    get_objective("ban+l")(z, T2, Y2, teacher_weight=0.5, label_weight=2.0).backward()
+    get_objective("ban+l")(z, T2, Y2, params(teacher_weight=0.5, label_weight=2.0)).backward()
     q, p, y = F.softmax(Z2, dim=1), F.softmax(T2, dim=1), F.one_hot(Y2, 3)
     torch.testing.assert_close(z.grad, (0.5 * (q - p) + 2.0 * (q - y)) / 2)

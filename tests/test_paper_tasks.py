@@ -113,8 +113,9 @@ def test_language_model_task_trains_and_scores_perplexity(tmp_path):
         optimizer.step()
 
     from banray.losses import get_objective
+    from banray.spec import DistillSpec
     for _ in range(8):
-        terms = task.train_epoch(model, None, get_objective("ce"), {}, step, "cpu", 1)
+        terms = task.train_epoch(model, None, get_objective("ce"), DistillSpec().loss_params(), step, "cpu", 1)
     after = task.score(model, "val")
     assert set(terms) == {"ce"} and after.perplexity < 0.7 * before.perplexity
     assert after.perplexity == pytest.approx(math.exp(after.nll))

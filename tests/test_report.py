@@ -5,7 +5,7 @@ import re
 import pytest
 
 from banray import report
-from banray.chain import ChainResult, EnsembleRecord, GenerationRecord
+from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.spec import parse_spec
 from conftest import tiny_spec
 

@@ -1,14 +1,10 @@
-"""Search ranges in the spec, Optuna with warm start, the DAG scheduler and `banray plan`."""
-
-import time
+"""Search ranges in the spec, Optuna with warm start and `banray plan` (the DAG scheduler: test_dag.py)."""
 
 import pytest
-import ray
 import yaml
 from click.testing import CliRunner
 
 from banray.cli import cli
-from banray.dag import run_dag
 from banray.search import make_search, warm_start_point
 from banray.spec import SpecError, parse_spec
 from conftest import REPO, tiny_spec
@@ -102,60 +98,6 @@ def test_bad_search_ranges_are_reported(overrides, message):
     with pytest.raises(SpecError) as caught:
         parse_spec(tiny_spec(**overrides), "s.yaml")
     assert len(caught.value.lines) == 1 and message in caught.value.lines[0]
-
-
-@pytest.mark.slow
-def test_dag_starts_each_generation_when_its_own_predecessor_ends(ray_cluster):
-    @ray.remote(num_cpus=0)
-    def group(chain, generation):
-        time.sleep(0.2 if chain == 0 else 6.0)  # chain 0 is fast, chain 1 slow
-        return (chain, generation)
-
-    lines = []
-    run = run_dag(2, 2, launch=lambda c, g, previous: group.remote(c, g),
-                  stop_rule=lambda c, results: None, echo=lines.append)
-    span = {(s.chain, s.generation): s for s in run.spans}
-    assert run.results == {0: [(0, 0), (0, 1), (0, 2)], 1: [(1, 0), (1, 1), (1, 2)]}
-    assert span[0, 2].start_s < span[1, 1].end_s  # no barrier between the chains' generations
-    for c in (0, 1):
-        assert span[c, 1].start_s >= span[c, 0].end_s and span[c, 2].start_s >= span[c, 1].end_s
-    assert "[banray] chain 0 generation 2: started" in lines
-
-
-@pytest.mark.slow
-def test_dag_stop_rule_ends_a_chain_early(ray_cluster):
-    @ray.remote(num_cpus=0)
-    def group(chain, generation):
-        return generation
-
-    lines = []
-    run = run_dag(2, 3, launch=lambda c, g, previous: group.remote(c, g),
-                  stop_rule=lambda c, results: "no gain" if c == 1 and len(results) == 2 else None, echo=lines.append)
-    assert run.results == {0: [0, 1, 2, 3], 1: [0, 1]}
-    assert run.stopped == {1: "no gain"}
-    assert "[banray] chain 1 stopped after generation 1: no gain" in lines
-
-
-@pytest.mark.slow
-def test_control_arms_take_only_the_room_the_chains_leave(ray_cluster):
-    @ray.remote(num_cpus=0)
-    def group(chain, generation):
-        time.sleep(0.3)
-        return generation
-
-    def runs(groups_at_once):
-        run = run_dag(2, 2, launch=lambda c, g, previous: group.remote(c, g), stop_rule=lambda c, results: None,
-                      echo=lambda line: None, launch_control=lambda c: group.remote(c, "control"),
-                      groups_at_once=groups_at_once)
-        return {(s.chain, s.generation): s for s in run.spans}
-
-    # Two chains fill two group places: each control arm waits until a chain has finished.
-    span = runs(groups_at_once=2)
-    chains_end = sorted(span[c, 2].end_s for c in (0, 1))
-    assert all(span[c, "control"].start_s >= chains_end[0] for c in (0, 1))
-    # With room to spare, a control arm starts beside its chain's generation 1.
-    span = runs(groups_at_once=4)
-    assert all(span[c, "control"].start_s < span[c, 1].end_s for c in (0, 1))
 
 
 def test_plan_prints_the_dag_without_data_or_training(tmp_path):

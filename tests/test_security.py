@@ -134,7 +134,7 @@ def test_a_checkpoint_of_an_unregistered_arch_is_reported_clearly(tmp_path):
         checkpoint.load(directory)
     assert str(unknown.value) == (
         f"checkpoint {directory}: its metadata names arch 'resnet9000', which is not a registered model; "
-        "allowed: cnn, densenet_bc, lstm_lm, mlp, preact_resnet, wrn"
+        "allowed: cnn, cnn1d, densenet_bc, lstm_lm, mlp, mlp1d, preact_resnet, resnet1d, wrn"
     )
 
 

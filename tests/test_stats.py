@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import special
+from scipy import stats as scipy_stats
 
 import fakedata
 from banray import stats
@@ -130,6 +132,63 @@ def test_chains_needed_for_80_percent_power(effect, sd, expected):
     normal = ((1.959964 + 0.841621) * sd / effect) ** 2  # the normal approximation asks for fewer
     assert normal < expected < normal + 3
     assert stats.chains_needed(5 * effect, 5 * sd) == expected  # only the ratio matters
+
+
+def power_of_two_chains(effect, sd):
+    """Exact power with n = 2 (a Cauchy-like t with 1 df) by Owen's T: T = (Z + λ) / |W|, and the event
+    |T| > c splits into two bivariate-normal orthants, giving 1 − 4·T(λ / sqrt(1 + c²), c)."""
+    c, lam = scipy_stats.t.ppf(0.975, 1), effect * math.sqrt(2) / sd  # T_975[1] is rounded
+    return 1 - 4 * float(special.owens_t(lam / math.sqrt(1 + c * c), c))
+
+
+GRID_N = range(2, 7)
+GRID_EFFECT = np.geomspace(0.01, 50, 120)  # effect / sd
+
+
+def test_power_of_two_chains_matches_owens_closed_form_where_scipy_nct_fails():
+    assert power_of_two_chains(0.0, 1.0) == pytest.approx(0.05, abs=1e-12)  # the test's size
+    c = scipy_stats.t.ppf(0.975, 1)
+    assert math.isnan(scipy_stats.nct.cdf(-c, 1, 8 * math.sqrt(2)))  # why power has a fallback
+    assert stats.power(2, 8.0, 1.0) == pytest.approx(0.625278, abs=1e-6)
+    for effect in (0.3, 1.0, 4.0, 8.0, 16.0, 50.0):
+        assert stats.power(2, effect, 1.0) == pytest.approx(power_of_two_chains(effect, 1.0), abs=1e-9)
+
+
+def test_quadrature_tail_matches_scipy_nct_wherever_that_is_finite():
+    checked = 0
+    for df in (1, 2, 3, 5, 30):
+        c = scipy_stats.t.ppf(0.975, df)
+        for shift in (-3.0, 0.0, 0.5, 2.0, 6.0, 12.0, 40.0):
+            for x, upper in ((c, True), (-c, False)):
+                scipy_value = scipy_stats.nct.sf(x, df, shift) if upper else scipy_stats.nct.cdf(x, df, shift)
+                if np.isfinite(scipy_value):
+                    checked += 1
+                    assert stats.noncentral_t_tail(x, df, shift, upper) == pytest.approx(scipy_value, abs=1e-9)
+    assert checked > 60
+
+
+def test_power_is_finite_and_monotone_and_unchanged_where_scipy_was_finite():
+    table = np.array([[stats.power(n, e, 1.0) for e in GRID_EFFECT] for n in GRID_N])
+    assert np.all(np.isfinite(table)) and np.all((table >= 0.05 - 1e-12) & (table <= 1))
+    # nct and the quadrature agree to ~1e-12, so where they meet a step may go down by that much.
+    assert np.all(np.diff(table, axis=1) >= -1e-11) and np.all(np.diff(table, axis=0) >= -1e-11)
+    for i, n in enumerate(GRID_N):
+        c, shifts = scipy_stats.t.ppf(0.975, n - 1), GRID_EFFECT * math.sqrt(n)
+        old = scipy_stats.nct.sf(c, n - 1, shifts) + scipy_stats.nct.cdf(-c, n - 1, shifts)
+        finite = np.isfinite(old)
+        assert table[i][finite] == pytest.approx(old[finite], abs=1e-15)  # the plain formula, wherever it worked
+    assert stats.power(3, 8.0, 2.0) == stats.power(3, 4.0, 1.0) and stats.power(4, -2.0, 1.0) == pytest.approx(
+        stats.power(4, 2.0, 1.0), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 chains"):
+        stats.power(1, 1.0, 1.0)
+
+
+def test_chains_needed_is_three_where_two_chains_fall_short():
+    assert stats.power(2, 8.0, 1.0) < 0.8 <= stats.power(3, 8.0, 1.0)
+    assert stats.chains_needed(8.0, 1.0) == 3 and stats.chains_needed(16.0, 2.0) == 3
+    assert power_of_two_chains(50.0, 1.0) > 0.8 and stats.chains_needed(50.0, 1.0) == 2
+    needed = [stats.chains_needed(e, 1.0) for e in GRID_EFFECT[GRID_EFFECT > 0.3]]
+    assert needed == sorted(needed, reverse=True)  # more effect never needs more chains
 
 
 def test_sd_upper_bound_from_the_chi_square_quantile():

@@ -15,7 +15,7 @@ import yaml
 from ray.train import Checkpoint
 
 from banray import sweep
-from banray.chain import start_runner
+from banray.runners import start_runner
 from banray.spec import parse_spec
 from conftest import REPO, tiny_spec
 

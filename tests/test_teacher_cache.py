@@ -18,8 +18,9 @@ from banray import teacher_cache
 from banray.data import load_splits
 from banray.losses import get_objective
 from banray.models import build_model
-from banray.spec import parse_spec
+from banray.spec import DistillSpec, parse_spec
 from banray.tasks import make_task
+from banray.teacher import OnlineTeacher
 
 WRN = {"arch": "wrn", "kwargs": {"depth": 10, "widen_factor": 1}}
 
@@ -50,7 +51,7 @@ def train_student(task, teacher, epochs=2):
         optimizer.step()
 
     losses = [
-        task.train_epoch(student, teacher, get_objective("ban"), {"temperature": 2.0}, step, torch.device("cpu"), e)
+        task.train_epoch(student, teacher, get_objective("ban"), DistillSpec(temperature=2.0).loss_params(), step, torch.device("cpu"), e)
         for e in range(1, epochs + 1)
     ]
     return student.state_dict(), losses
@@ -62,7 +63,7 @@ def test_a_student_taught_from_the_cache_is_the_one_taught_online(cifar_root, tm
     assert task.splits.augmentation != "none"  # random crops and flips: views differ per epoch
     teacher = wrn(seed=0).eval()
     cache = teacher_cache.CachedTeacher(teacher, spec.data, task.splits, str(tmp_path), 2, dtype="float32")
-    online, online_losses = train_student(task, teacher)
+    online, online_losses = train_student(task, OnlineTeacher(teacher))
     cached, cached_losses = train_student(task, cache)
     assert cache.built == [1, 2]  # each epoch's views were built by this trial when it needed them
     assert cached_losses == online_losses

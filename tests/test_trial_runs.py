@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 from banray import tracking
+from banray.records import TrialSummary
 from banray.spec import ResourcesSpec, parse_spec
 from banray.trial import TrialRuntime
 from banray.trial_runs import TrialRuns, trial_run_ids
@@ -39,7 +40,7 @@ def test_each_epoch_is_logged_once_across_a_restart_and_the_run_ends_finished(tm
     resumed = {"resumed_after_epoch": 1, "replayed_epochs": [epoch(1)], "teacher_val_error": 0.1}
     for n in (2, 3):
         runs.on_trial_result(0, [], trial, epoch(n, **(resumed if n == 2 else {})))
-    trial.last_result = {"val_error": 0.1, "checkpoint": "/c", "trial": 0, "seed": 1}
+    trial.last_result = TrialSummary(0, 1, best_epoch=3, value=0.1, val_error=0.1, checkpoint="/c").to_report("val_error")
     runs.on_trial_complete(0, [], trial)
 
     (run_id,) = trial_run_ids(track, experiment_id, parent).values()
@@ -72,7 +73,7 @@ def test_a_failed_trial_and_one_asha_stopped_are_closed_with_their_reason(tmp_pa
     track, experiment_id, parent, trial = setup(tmp_path)
     runs = TrialRuns(track, experiment_id, parent)
     runs.on_trial_start(0, [], trial)
-    trial.last_result = {"failure": "diverged: training loss not finite in epoch 1", "val_error": float("inf")}
+    trial.last_result = TrialSummary(0, 1, failure="diverged: training loss not finite in epoch 1").to_report("val_error")
     runs.on_trial_complete(0, [], trial)
     stopped = SimpleNamespace(trial_id="t2", config={**trial.config, "trial": 1}, last_result=None)
     runs.on_trial_start(0, [], stopped)

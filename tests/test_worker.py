@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from banray import checkpoint
 from banray.data import load_splits
 from banray.models import build_model
-from banray.spec import parse_spec
+from banray.spec import TrialSettings, parse_spec
 from banray.tasks import make_task
 from banray.worker import train_loop, train_loop_per_worker
 from conftest import tiny_spec
@@ -65,7 +65,7 @@ def reports(spec, generation=0, teacher_checkpoint=None):
     settings = {**spec.generation_settings(0, generation, teacher_checkpoint), "trial": 0, "seed": 7}
     del settings["seed_root"]
     session = RecordingSession()
-    train_loop({"settings": settings}, session)
+    train_loop(TrialSettings.model_validate(settings), session)
     return session.reports
 
 
@@ -82,7 +82,8 @@ def save_teacher(spec, directory, trained: bool, **metadata_overrides):
     metadata = {
         "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8], "sweep": spec.name,
         "spec_hash": spec.spec_hash(), "chain": 0, "generation": 0, "arm": "main", "trial": 1, "seed": 3, "epoch": 1,
-        "val_error": make_task(spec.data, spec.train).score(model, "val").error, **metadata_overrides,
+        # Measured on its chain's own validation split, the one it was selected on.
+        "val_error": make_task(spec.chain_data(0), spec.train).score(model, "val").error, **metadata_overrides,
     }
     directory.mkdir()
     checkpoint.save(directory, model, metadata)

@@ -6,6 +6,7 @@ Importing this package registers every model module below.
 from banray.models import densenet  # noqa: F401  (registers densenet_bc)
 from banray.models import lstm  # noqa: F401  (registers lstm_lm)
 from banray.models import preact_resnet  # noqa: F401  (registers preact_resnet)
+from banray.models import signal1d  # noqa: F401  (registers mlp1d, cnn1d, resnet1d)
 from banray.models import small  # noqa: F401  (registers cnn, mlp)
 from banray.models import wrn  # noqa: F401  (registers wrn)
 from banray.models.registry import (

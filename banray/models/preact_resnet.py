@@ -23,17 +23,21 @@ def _basic(in_channels: int, planes: int, stride: int) -> PreActBlock:
 
 
 def _bottleneck(in_channels: int, planes: int, stride: int) -> PreActBlock:
-    """1×1 conv to `planes`, BN-ReLU-3×3 conv, BN-ReLU-1×1 conv to 4·`planes` channels."""
+    """1×1 conv to `planes`, BN-ReLU-3×3 conv, BN-ReLU-1×1 conv to 4·`planes` channels.
+
+    The stride sits on the first 1×1 conv, as the reference `bottleneck` (KaimingHe/resnet-1k-layers,
+    resnet-pre-act.lua), not on the 3×3.
+    """
     out_channels = 4 * planes  # the expansion of He et al.
     return PreActBlock(
         in_channels,
         out_channels,
         stride,
         [
-            nn.Conv2d(in_channels, planes, 1, bias=False),
+            nn.Conv2d(in_channels, planes, 1, stride=stride, bias=False),
             nn.BatchNorm2d(planes),
             nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False),
+            nn.Conv2d(planes, planes, 3, padding=1, bias=False),
             nn.BatchNorm2d(planes),
             nn.ReLU(inplace=True),
             nn.Conv2d(planes, out_channels, 1, bias=False),

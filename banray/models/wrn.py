@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
 
 from banray.models.layers import PreActBlock, with_preact_head
@@ -9,19 +11,25 @@ from banray.models.registry import MODELS
 
 
 def _wide_block(in_channels: int, out_channels: int, stride: int, dropout: float) -> PreActBlock:
-    """Pre-activation basic block: BN-ReLU-3×3 conv, dropout, BN-ReLU-3×3 conv, plus the shortcut."""
-    return PreActBlock(
-        in_channels,
-        out_channels,
-        stride,
-        [
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.Dropout(dropout),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        ],
+    """Pre-activation basic block: BN-ReLU-3×3 conv, BN-ReLU-dropout-3×3 conv, plus the shortcut.
+
+    Dropout order as the reference `wide_basic` (szagoruyko/wide-residual-networks, models/wide-resnet.lua).
+    """
+    block = PreActBlock(in_channels, out_channels, stride, [])
+    # Names keep the keys of the earlier conv-dropout-BN-ReLU-conv order (body.0, body.2, body.4): dropout
+    # has no parameters, so saved state dicts load unchanged, and eval-mode outputs are the same.
+    block.body = nn.Sequential(
+        OrderedDict(
+            [
+                ("0", nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)),
+                ("2", nn.BatchNorm2d(out_channels)),
+                ("3", nn.ReLU(inplace=True)),
+                ("1", nn.Dropout(dropout)),
+                ("4", nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)),
+            ]
+        )
     )
+    return block
 
 
 @MODELS.register("wrn")
@@ -32,8 +40,9 @@ def wrn(
 
     A 3×3 conv to 16 channels, then three groups of n = (depth − 4) / 6 pre-activation basic blocks of widths
     16k, 32k, 64k (k = `widen_factor`) with strides 1, 2, 2 and a 1×1 conv shortcut where the shape changes,
-    then BN-ReLU, global average pooling and a linear classifier. `dropout` sits between the two convs of
-    each block. Reference: Zagoruyko & Komodakis, BMVC 2016 (github.com/szagoruyko/wide-residual-networks).
+    then BN-ReLU, global average pooling and a linear classifier. `dropout` sits between the second BN-ReLU
+    and the second conv of each block. Reference: Zagoruyko & Komodakis, BMVC 2016
+    (github.com/szagoruyko/wide-residual-networks).
     """
     blocks, remainder = divmod(depth - 4, 6)
     if remainder or blocks < 1:

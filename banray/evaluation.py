@@ -1,0 +1,103 @@
+"""A finished generation's follow-up work: its selected model evaluated once on the test split and
+logged to MLflow (beside the next generation, off the chain's critical path), and at a chain's end the
+BANE ensembles of its generations (paper Eq. 4) and Teacher + Teacher′."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from banray import checkpoint, tracking
+from banray.evaluate import ensemble_members, ensemble_scores
+from banray.group import SweepContext, group_label, say
+from banray.records import ChainEnsembles, EnsembleRecord, GenerationRecord
+from banray.storage import with_retries
+from banray.tasks import make_task
+
+
+def needs_evaluation(record: GenerationRecord) -> bool:
+    return record.status == "finished" and record.model_uri is None
+
+
+def evaluate_group(ctx: SweepContext, record: GenerationRecord) -> GenerationRecord:
+    """A selected generation's test evaluation and MLflow model. It runs beside the next generation (which
+    needs only the checkpoint), so it adds nothing to the chain's critical path."""
+    model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint))
+    # Eval mode for good: MLflow runs the model on its input example, which in train mode would move
+    # BatchNorm's running statistics away from the checkpoint's.
+    model.eval()
+    task = make_task(ctx.spec.data, ctx.spec.train)
+    # The test split is touched once per finished generation, for the selected model only.
+    test = task.score(model, "test")
+    record = dataclasses.replace(record, test_error=test.error, test_nll=test.nll, test_ece=test.ece)
+    client = ctx.tracking.client()
+    run_id = record.mlflow_run_id
+    tracking.log_metrics(
+        client,
+        run_id,
+        {"best_val_error": record.val_error, "best_val_nll": record.val_nll, "test_error": record.test_error,
+         "test_nll": record.test_nll, **({"test_ece": record.test_ece} if record.test_ece is not None else {})},
+    )
+    client.set_tag(run_id, "banray.best_trial_run_id", record.best_trial_run_id)
+    client.set_tag(run_id, "banray.checkpoint", record.checkpoint)
+    for key, value in record.best_settings.items():
+        client.log_param(run_id, f"best.{key}", value)
+    record.model_uri = tracking.log_model(ctx.tracking, run_id, model, task.input_example())
+    label = group_label(record.chain, record.generation, "control" if record.role == "control" else "main")
+    say(
+        label,
+        f"test_error {100 * record.test_error:.2f}%, test NLL {record.test_nll:.3f}"
+        + (f", test ECE {100 * record.test_ece:.2f}%" if record.test_ece is not None else "")
+        + " (the selected model, evaluated once on the test split)",
+    )
+    return record
+
+
+def run_ensembles(
+    ctx: SweepContext, chain: int, records: list[GenerationRecord], control: GenerationRecord | None
+) -> ChainEnsembles:
+    """Ens*k of the chain's finished generations, and Teacher + Teacher′, on the test set, logged to a run
+    of their own."""
+    finished = {r.generation: r for r in records if r.status == "finished"}
+    members_of = ensemble_members(sorted(finished), ctx.spec.ensembles.include_teacher)
+    with_control = control is not None and control.status == "finished" and 0 in finished
+    if not members_of and not with_control:
+        return ChainEnsembles([], None, None)
+    task = make_task(ctx.spec.data, ctx.spec.train)
+
+    def test_predictions(record: GenerationRecord):
+        model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint))
+        return task.predict(model, "test")
+
+    predictions = {g: test_predictions(r) for g, r in finished.items()}
+    if any(p is None for p in predictions.values()):  # language models: no ensembles
+        return ChainEnsembles([], None, None)
+    labels = next(iter(predictions.values()))[1]
+    ensembles = []
+    for k, members in members_of.items():
+        scores = ensemble_scores([predictions[g][0] for g in members], labels)
+        ensembles.append(EnsembleRecord(k, members, scores.error, scores.nll, scores.ece))
+        say(group_label(chain, members[-1]), f"Ens*{k} of generations {members}: test_error {100 * scores.error:.2f}%")
+    control_ensemble = None
+    if with_control:
+        scores = ensemble_scores([predictions[0][0], test_predictions(control)[0]], labels)
+        control_ensemble = EnsembleRecord(2, [0, 0], scores.error, scores.nll, scores.ece)
+        say(group_label(chain, 0, "control"), f"Teacher + Teacher′: test_error {100 * scores.error:.2f}%")
+    run_id = tracking.start_run(
+        ctx.tracking,
+        ctx.experiment_id,
+        run_name=f"chain{chain}-ensembles",
+        tags=tracking.banray_tags(sweep=ctx.spec.name, chain=chain, role="ensemble"),
+        params={f"ens{e.k}.members": e.members for e in ensembles},
+    )
+    client = ctx.tracking.client()
+    for e in ensembles:
+        metrics = {f"ens{e.k}_test_error": e.test_error, f"ens{e.k}_test_nll": e.test_nll,
+                   f"ens{e.k}_test_ece": e.test_ece}
+        tracking.log_metrics(client, run_id, metrics)
+        tracking.log_metrics(client, finished[e.members[-1]].mlflow_run_id, metrics)  # next to its last member
+    if control_ensemble is not None:
+        tracking.log_metrics(client, run_id, {"control_ensemble_test_error": control_ensemble.test_error,
+                                              "control_ensemble_test_nll": control_ensemble.test_nll,
+                                              "control_ensemble_test_ece": control_ensemble.test_ece})
+    tracking.end_run(ctx.tracking, run_id)
+    return ChainEnsembles(ensembles, control_ensemble, run_id)

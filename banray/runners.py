@@ -1,0 +1,32 @@
+"""The driver's warm processes for group-level work: the DAG's groups (banray.dag) run in one GroupRunner,
+their evaluations in another."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import ray
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class GroupRunner:
+    """One process for a sweep's group-level work (Tune runs, evaluations, ensembles), each call in a thread
+    of its own. A process per group would import torch, Ray Tune and MLflow anew: seconds of CPU each, which
+    on a small node the trials pay for. It holds no CPU: the work it starts (trials) takes worker slots.
+    Work off the critical path (evaluations) runs in a second runner with a higher `niceness`, so that on a
+    busy node the operating system gives the CPU to trials first."""
+
+    def __init__(self, niceness: int = 0, tune_state_every_s: float | None = None):
+        os.nice(niceness)
+        if tune_state_every_s is not None:
+            # How often Tune saves a run's experiment state, which a resumed sweep restores trials from.
+            os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(tune_state_every_s)
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return function(*args)
+
+
+def start_runner(calls_at_once: int, niceness: int = 0, tune_state_every_s: float | None = None) -> ray.actor.ActorHandle:
+    """A GroupRunner that runs up to `calls_at_once` calls side by side."""
+    return GroupRunner.options(max_concurrency=max(1, calls_at_once)).remote(niceness, tune_state_every_s)

@@ -1,0 +1,66 @@
+"""MNIST-1D's paper accuracy against banray's dataset and models, with the paper's own recipe.
+
+The recipe is the reference code's train.py (github.com/greydanus/mnist1d): Adam, lr 1e-2, no weight decay,
+batch 100 taken in order from all 4000 training signals, 6000 steps (+1), the last model scored on the 1000
+test signals; no validation split, no selection. The loop is tests/test_mnist1d.py's `paper_recipe_accuracy`.
+Per model: the test accuracy of each seed, its mean and sd, and the difference from the paper's figure.
+
+Run: .venv/bin/python -m bench.mnist1d_reference [--seeds 5] [--steps 6000] [--resnet]   (3–5 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.common import write
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_mnist1d import PAPER_ACCURACY, paper_recipe_accuracy  # noqa: E402
+
+# (label, arch, kwargs, paper figure it is compared with, why it may differ)
+CASES = [
+    ("cnn1d (the reference ConvBase, 25 channels)", "cnn1d", {}, PAPER_ACCURACY["cnn"], ""),
+    ("mlp1d hidden 256 (the reference get_model_args)", "mlp1d", {"hidden": 256}, PAPER_ACCURACY["mlp"], ""),
+    ("mlp1d hidden 100 (40-100-100-10, mlp1d's default)", "mlp1d", {}, PAPER_ACCURACY["mlp"],
+     "narrower than the reference code's MLP (hidden_size 256): about 4 points lower"),
+]
+# Not in the paper; with --resnet (about 50 s a seed on 2 cores).
+RESNET = ("resnet1d (width 16, depth 8; not in the paper)", "resnet1d", {}, None, "")
+
+
+def measure(seeds: int, steps: int, cases: list[tuple]) -> list[dict]:
+    rows = []
+    for label, arch, kwargs, paper, note in cases:
+        started = time.perf_counter()
+        accuracies = [round(paper_recipe_accuracy(arch, seed, steps=steps, **kwargs), 2) for seed in range(seeds)]
+        mean = statistics.mean(accuracies)
+        rows.append({
+            "model": label, "arch": arch, "kwargs": kwargs, "accuracy": accuracies, "mean": round(mean, 2),
+            "sd": round(statistics.stdev(accuracies), 2) if seeds > 1 else None, "paper": paper,
+            "difference": None if paper is None else round(mean - paper, 2),
+            "within_2_points": None if paper is None else abs(mean - paper) <= 2, "note": note,
+            "seconds_per_run": round((time.perf_counter() - started) / seeds, 1),
+        })
+        print(f"{label}: {mean:.1f}% (paper {paper}%) from {accuracies}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--resnet", action="store_true", help="also resnet1d, which the paper does not have")
+    args = parser.parse_args()
+    write("mnist1d_reference", {
+        "what": f"paper recipe (Adam 1e-2, batch 100 in order, {args.steps} steps, all 4000 training signals, last "
+                "step) on banray's mnist1d dataset and models; test accuracy %, seeds 0..{}".format(args.seeds - 1),
+        "rows": measure(args.seeds, args.steps, CASES + [RESNET] * args.resnet),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The trial hand-off: from the YAML to the loss, one typed object (TrialSettings), one serialised form."""
+
+import pickle
+
+import yaml
+
+from banray import losses
+from banray.spec import ResourcesSpec, TrialSettings, parse_spec
+from banray.trial import TrialRuntime, trial_settings
+from banray.worker import train_loop
+from conftest import tiny_spec
+from test_worker import RecordingSession
+
+SPEC = """
+name: handoff
+data: {dataset: synthetic}
+model: {arch: cnn, kwargs: {width: 8}}
+train: {epochs: 2, lr: 0.05}
+distill: {objective: kd, temperature: 3.5, alpha: 0.25}
+generations: 1
+"""
+
+
+def trial_config(spec, generation=1, **searched):
+    """A trial's Tune config as its group builds it: the generation's settings, the runtime, the trial number."""
+    settings = spec.generation_settings(0, generation, "/teacher" if generation else None)
+    for key, value in searched.items():
+        section, name = key.split(".")
+        settings[section][name] = value
+    runtime = TrialRuntime("/train", ResourcesSpec(), "slots")
+    return {**settings, "runtime": runtime.to_config(), "trial": 1}
+
+
+def test_the_temperature_reaches_the_loss_as_written_in_the_yaml():
+    spec = parse_spec(yaml.safe_load(SPEC))
+    settings, _ = trial_settings(trial_config(spec))
+    params = settings.distill.loss_params()
+    assert isinstance(params, losses.LossParams)
+    assert (params.temperature, params.alpha) == (3.5, 0.25) == (spec.distill.temperature, spec.distill.alpha)
+
+
+def test_a_trials_settings_round_trip_unchanged_through_every_hand_off():
+    spec = parse_spec(yaml.safe_load(SPEC))
+    settings, _ = trial_settings(trial_config(spec, **{"distill.temperature": 6.0}))
+    assert settings.distill.temperature == 6.0 and settings.generation == 1 and settings.trial == 1
+    # To Ray Train's workers (its one serialised form) and through Ray's pickling, nothing changes.
+    assert TrialSettings.model_validate(settings.model_dump(mode="json")) == settings
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    # The group's process reads the same config back to the same object (it names the trial's MLflow run).
+    assert trial_settings(trial_config(spec, **{"distill.temperature": 6.0}))[0] == settings
+
+
+def test_loss_parameters_are_built_once_per_trial(monkeypatch):
+    built = []
+    real = losses.LossParams.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(kwargs)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(losses.LossParams, "__init__", counting)
+    spec = parse_spec(tiny_spec(**{"train.epochs": 2}))
+    settings, _ = trial_settings(trial_config(spec, generation=0))
+    train_loop(settings, RecordingSession())
+    assert len(built) == 1  # not once per step
