@@ -61,11 +61,12 @@ def banray_epoch_s(case: dict, storage: Path) -> float:
     track = tracking.resolve(None, spec.name, storage)
     experiment_id = tracking.ensure_experiment(track)
     slots = f"bench-slots-{case['name']}"
-    WorkerSlots.options(name=slots).remote(1)
+    pool = WorkerSlots.options(name=slots).remote(1)  # held until the group is over: an unheld actor is collected
     ctx = SweepContext(spec=spec, sweep_dir=str(storage / spec.name), tracking=track, experiment_id=experiment_id,
                        slots_actor=slots, capacity=1, tune_verbose=0)
     run_id = start_generation_run(ctx, 0, 0, None)
     record = run_group(ctx, 0, 0, None, run_id, restore=False)
+    ray.kill(pool)
     history = track.client().get_metric_history(record.best_trial_run_id, "val_error")
     stamps = [m.timestamp / 1000 for m in sorted(history, key=lambda m: m.step)]
     return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
