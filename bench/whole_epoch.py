@@ -74,9 +74,10 @@ def banray_epoch_s(case: dict, storage: Path) -> float:
 
 def plain_epoch_s(case: dict) -> float:
     """The median epoch of a hand-written loop: train, validate, keep the best weights."""
-    spec = parse_spec({"name": case["name"], "data": case["data"], "model": case["model"], "train": case["train"]})
+    spec = parse_spec({"name": case["name"], "data": case["data"], "model": case["model"], "train": case["train"],
+                       "generations": 1})
     seed_everything(0)
-    task = make_task(spec.data, spec.train, seed=0)
+    task = make_task(spec.chain_data(0), spec.train, seed=0)  # the split the trial trains on
     model = build_model(spec.model.arch, num_classes=task.num_classes, input_shape=task.input_shape,
                         **spec.model.kwargs)
     optimizer = make_optimizer(model.parameters(), spec.train)
