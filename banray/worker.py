@@ -203,10 +203,10 @@ class CheckpointPolicy:
         self.best = best if best is self.best else {**best, "checkpoint": uri}
 
 
-def train_loop(settings: TrialSettings, session: Session, cpus_per_worker: int = 1) -> TrialSummary:
+def train_loop(settings: TrialSettings, session: Session, cpus_per_worker: float = 1) -> TrialSummary:
     """One trial's training on one worker of `session`: its summary, a failure when the loss diverged (the
     best checkpoint's URI is None where the engine keeps its own record)."""
-    torch.set_num_threads(max(1, cpus_per_worker))
+    torch.set_num_threads(max(1, int(cpus_per_worker)))  # a trial may reserve fractional CPUs
     seed_everything(settings.seed)
     training = _Training(settings, session)
     for epoch in range(training.done_epochs + 1, settings.train.epochs + 1):

@@ -148,6 +148,8 @@ def test_sweep_searches_stops_a_bad_trial_and_warm_starts(ray_cluster, tmp_path)
             train={"epochs": 3, "batch_size": 32, "lr": {"choice": [0.05, 0.00001]}},
             search={"trials": 3, "grace_period": 1, "reduction_factor": 2},
             resources={"cpus_per_worker": 2},
+            # The seed below is picked for the data this test was written on (one split for every chain).
+            **{"data.shared_split": True},
         ))
 
     # Pick the root seed whose generation-0 search tries the good lr first and the hopeless one second,

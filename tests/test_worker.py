@@ -180,3 +180,11 @@ def test_a_restarted_trial_knows_its_best_epoch_from_the_checkpoint():
     earlier = {**saved_best, "checkpoint": "s3://b/ckpt-5", "epoch": 5}
     assert worker.CheckpointPolicy(60, earlier, "s3://b/ckpt-9").best["checkpoint"] == "s3://b/ckpt-5"
     assert not worker.CheckpointPolicy(60, earlier).wants(0.31, last_epoch=False)
+
+
+def test_a_worker_of_several_cpus_given_as_a_float_trains_on_that_many_threads():
+    spec = parse_spec(tiny_spec(**{"train.epochs": 1}))
+    settings = {**spec.generation_settings(0, 0, None), "trial": 0, "seed": 7}
+    del settings["seed_root"]
+    train_loop(TrialSettings.model_validate(settings), RecordingSession(), cpus_per_worker=2.0)  # as the spec holds it
+    assert torch.get_num_threads() == 2
