@@ -34,15 +34,17 @@ def with_preact_head(body: list[nn.Module], channels: int, num_classes: int) -> 
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv layers on the residual branch; the shortcut is the identity or a 1×1 conv projection."""
+    """BN-ReLU-conv layers on the residual branch; the shortcut is the identity or a 1×1 conv projection.
+    `dims` 2 for images, 1 for signals."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, body: list[nn.Module]):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, body: list[nn.Module], dims: int = 2):
         super().__init__()
+        norm, conv = (nn.BatchNorm1d, nn.Conv1d) if dims == 1 else (nn.BatchNorm2d, nn.Conv2d)
         self.out_channels = out_channels
-        self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
+        self.preact = nn.Sequential(norm(in_channels), nn.ReLU(inplace=True))
         self.body = nn.Sequential(*body)
         changes_shape = stride != 1 or in_channels != out_channels
-        self.projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
+        self.projection = conv(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         activated = self.preact(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from banray.models.layers import PreActBlock
 from banray.models.registry import MODELS
 
 
@@ -75,26 +76,15 @@ def cnn1d(*, num_classes: int, input_shape: tuple[int, ...], channels: int = 25)
     )
 
 
-class _PreActBlock1d(nn.Module):
-    """BN-ReLU-conv3, BN-ReLU-conv3 on the residual branch; a 1×1 projection of the pre-activated input where
-    the shape changes (as banray's 2-D PreActBlock), else the identity."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
-        super().__init__()
-        self.preact = nn.Sequential(nn.BatchNorm1d(in_channels), nn.ReLU())
-        self.body = nn.Sequential(
-            nn.Conv1d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm1d(out_channels),
-            nn.ReLU(),
-            nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False),
-        )
-        changes_shape = stride != 1 or in_channels != out_channels
-        self.projection = nn.Conv1d(in_channels, out_channels, 1, stride=stride, bias=False) if changes_shape else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activated = self.preact(x)
-        shortcut = x if self.projection is None else self.projection(activated)
-        return shortcut + self.body(activated)
+def _preact_block_1d(in_channels: int, out_channels: int, stride: int) -> PreActBlock:
+    """BN-ReLU-conv3, BN-ReLU-conv3 on the residual branch, as banray's 2-D PreActBlock, in one dimension."""
+    body = [
+        nn.Conv1d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm1d(out_channels),
+        nn.ReLU(),
+        nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False),
+    ]
+    return PreActBlock(in_channels, out_channels, stride, body, dims=1)
 
 
 @MODELS.register("resnet1d")
@@ -110,7 +100,7 @@ def resnet1d(*, num_classes: int, input_shape: tuple[int, ...], width: int = 16,
     layers: list[nn.Module] = [nn.Conv1d(input_shape[0], channels, 3, padding=1, bias=False)]
     for planes, stride in ((width, 1), (2 * width, 2), (4 * width, 2)):
         for index in range(blocks):
-            layers.append(_PreActBlock1d(channels, planes, stride if index == 0 else 1))
+            layers.append(_preact_block_1d(channels, planes, stride if index == 0 else 1))
             channels = planes
     layers += [nn.BatchNorm1d(channels), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     model = nn.Sequential(*layers)
