@@ -52,11 +52,9 @@ def save(directory: str | Path, model: nn.Module, metadata: dict[str, Any]) -> C
 
 def uri(checkpoint: Checkpoint) -> str:
     """A URI that any node can open; Ray strips the scheme from `Checkpoint.path` for remote filesystems."""
-    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        return checkpoint.path
     # banray's retrying filesystem is a Python one named "py::<the filesystem it wraps>".
     scheme = checkpoint.filesystem.type_name.removeprefix("py::")
-    return f"{scheme}://{checkpoint.path}"
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
 
 
 def _one_line(text: str, limit: int = 300) -> str:

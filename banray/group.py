@@ -6,6 +6,7 @@ trial on validation (banray.selection); the driver (banray.sweep) runs it in a w
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import sys
 import threading
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.tune as tune
 
 from banray import tracking
@@ -192,7 +194,7 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
     keep_credentials_out_of_tune()
     tune_root, tune_fs = ray_storage(ctx.tune_storage)
     trainable = registered_trainable(ctx.spec.resources)
-    if restore and tune.Tuner.can_restore(f"{tune_root}/{name}", storage_filesystem=tune_fs):
+    if restore and _saved_state(f"{tune_root}/{name}", tune_fs):
         # Finished trials stay finished; unfinished ones continue, their Train runs from the last checkpoint.
         say(label, f"continuing its interrupted Tune run from {ctx.tune_storage}/{name}")
         return tune.Tuner.restore(
@@ -238,6 +240,15 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
             # train.checkpoint_every_s (the runner's TUNE_GLOBAL_CHECKPOINT_S).
         ),
     )
+
+
+def _saved_state(run_path: str, fs: pafs.FileSystem) -> bool:
+    """Whether an interrupted Tune run can be continued: Tune saved its experiment state at least once. A
+    driver killed before that leaves only tuner.pkl, from which Tune would start trials without settings."""
+    if not tune.Tuner.can_restore(run_path, storage_filesystem=fs):
+        return False
+    files = with_retries(f"listing {run_path}", lambda: fs.get_file_info(pafs.FileSelector(run_path)))
+    return any(fnmatch.fnmatch(PurePosixPath(f.path).name, "experiment_state-*.json") for f in files)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,10 @@ def use_endpoint(endpoint: str | None) -> dict[str, str]:
 
 
 class _Upload(io.BytesIO):
-    """A write stream that sends the whole object on close, retried as one unit."""
+    """A write stream that sends the whole object on close, retried as one unit. An object store replaces
+    an object whole; a local file is written under a temporary name and renamed, so a process killed while
+    writing never leaves half a file (Tune restoring from half an experiment state starts its run afresh,
+    with trials that lack their settings)."""
 
     def __init__(self, fs: pafs.FileSystem, path: str):
         super().__init__()
@@ -91,10 +94,14 @@ class _Upload(io.BytesIO):
     def close(self) -> None:
         if not self.closed:
             data = self.getvalue()
+            local = isinstance(self.fs, pafs.LocalFileSystem)
 
             def upload() -> None:
-                with self.fs.open_output_stream(self.path) as stream:
+                target = f"{self.path}.partial-{uuid.uuid4().hex}" if local else self.path
+                with self.fs.open_output_stream(target) as stream:
                     stream.write(data)
+                if local:
+                    self.fs.move(target, self.path)
 
             with_retries(f"writing {self.path}", upload)
         super().close()
@@ -102,8 +109,9 @@ class _Upload(io.BytesIO):
 
 class _RetryingHandler(pafs.FileSystemHandler):
     """A pyarrow filesystem whose every call is retried through storage outages. Ray Train and Tune write
-    checkpoints, their snapshots and experiment state through it, which they do not retry themselves.
-    Reads fetch whole objects and writes upload whole objects on close, so each transfer retries as a unit."""
+    checkpoints, their snapshots and experiment state through it, which they do not retry themselves, and
+    on a local disk not atomically. Reads fetch whole objects and writes upload whole objects on close, so
+    each transfer retries as a unit and no reader sees half a file."""
 
     def __init__(self, fs: pafs.FileSystem):
         self.fs = fs
@@ -180,12 +188,11 @@ def keep_credentials_out_of_tune() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE - TUNE_PROPAGATED_SECRETS)
 
 
-def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
-    """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig: object storage through a
-    filesystem that retries through outages; local paths as they are."""
-    if not is_remote(uri):
-        return uri, None
-    fs, path = pafs.FileSystem.from_uri(uri)
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem]:
+    """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig: through a filesystem that
+    retries through outages and writes whole files (see _RetryingHandler), for object storage and local
+    folders alike."""
+    fs, path = pafs.FileSystem.from_uri(uri if is_remote(uri) else str(Path(uri).expanduser().resolve()))
     if isinstance(fs, pafs.S3FileSystem):
         # The handler's uploads run on pyarrow's IO threads (copy_files); S3's background writes would queue
         # nested tasks on that same pool and deadlock it once every IO thread waits in an upload.

@@ -10,8 +10,10 @@ logged once, even when a restarted trial reports that epoch again.
 
 from __future__ import annotations
 
+import logging
 import numbers
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import ray.tune as tune
 from ray.tune.result import AUTO_RESULT_KEYS
@@ -19,6 +21,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from banray import tracking
 from banray.records import SUMMARY, TrialSummary
 from banray.trial import group_name, trial_settings
+
+logger = logging.getLogger(__name__)
 
 # Reported by the first epoch after a (re)start: the teacher's scores, logged at step 0 once per run, and
 # the epoch a restarted trial went on after, logged at that step whether or not its epoch is logged again.
@@ -47,6 +51,25 @@ class TrialRuns(tune.Callback):
         self.client = track.client()
         self.runs: dict[str, str] = {}  # Tune trial id → MLflow run id
         self.logged_through: dict[str, int] = {}  # Tune trial id → the last epoch its run holds
+        self._writer: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Tuner pickles its callbacks into tuner.pkl: the writer thread stays behind.
+        return {**self.__dict__, "_writer": None}
+
+    def _write(self, call: Callable[..., Any], *args: Any) -> None:
+        """Run an MLflow write on the group's writer thread, in order. A trial waits for Tune's controller
+        after every report (Tune's function trainables report synchronously), so a write made here would
+        hold up its next epoch; a lost write is replayed from the trial's checkpointed history."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banray-trial-runs")
+        self._writer.submit(_logged, call, *args)
+
+    def on_experiment_end(self, trials, **info):
+        """Every write is made before the group reads its trials' runs."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def on_trial_start(self, iteration, trials, trial, **info):
         settings, _ = trial_settings(trial.config)
@@ -71,13 +94,13 @@ class TrialRuns(tune.Callback):
         if run_id is None or "epoch" not in result:
             return
         teacher = {key: result[key] for key in TEACHER_METRICS if key in result}
-        if teacher and not self.client.get_metric_history(run_id, TEACHER_METRICS[0]):
-            tracking.log_metrics(self.client, run_id, teacher, step=0)
+        if teacher:
+            self._write(_log_teacher_once, self.client, run_id, teacher)
         if RESUMED in result:
-            tracking.log_metrics(self.client, run_id, {RESUMED: result[RESUMED]}, step=int(result[RESUMED]))
+            self._write(tracking.log_metrics, self.client, run_id, {RESUMED: result[RESUMED]}, int(result[RESUMED]))
         for row in [*result.get(REPLAYED, []), result]:
             if row["epoch"] > self.logged_through[trial.trial_id]:
-                tracking.log_metrics(self.client, run_id, epoch_metrics(row), step=int(row["epoch"]))
+                self._write(tracking.log_metrics, self.client, run_id, epoch_metrics(row), int(row["epoch"]))
                 self.logged_through[trial.trial_id] = int(row["epoch"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -86,18 +109,31 @@ class TrialRuns(tune.Callback):
             return
         summary = TrialSummary.from_report(trial.last_result)
         if summary is not None and not summary.finished:
-            self.client.set_tag(run_id, f"{tracking.TAG_PREFIX}failure", summary.failure)
-            self.client.set_terminated(run_id, status="FAILED")
+            self._write(self.client.set_tag, run_id, f"{tracking.TAG_PREFIX}failure", summary.failure)
+            self._write(self.client.set_terminated, run_id, "FAILED")
         elif summary is not None:
-            self.client.set_terminated(run_id, status="FINISHED")
+            self._write(self.client.set_terminated, run_id, "FINISHED")
         else:  # no summary: ASHA stopped it early
-            self.client.set_tag(run_id, f"{tracking.TAG_PREFIX}stopped_early", "ASHA")
-            self.client.set_terminated(run_id, status="KILLED")
+            self._write(self.client.set_tag, run_id, f"{tracking.TAG_PREFIX}stopped_early", "ASHA")
+            self._write(self.client.set_terminated, run_id, "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
-            self.client.set_terminated(run_id, status="FAILED")
+            self._write(self.client.set_terminated, run_id, "FAILED")
+
+
+def _log_teacher_once(client, run_id: str, teacher: dict[str, float]) -> None:
+    """The teacher's scores at step 0, unless a run restarted after them holds them already."""
+    if not client.get_metric_history(run_id, TEACHER_METRICS[0]):
+        tracking.log_metrics(client, run_id, teacher, step=0)
+
+
+def _logged(call: Callable[..., Any], *args: Any) -> None:
+    try:
+        call(*args)
+    except Exception:  # the tracking server may be away for a moment; training goes on without this write
+        logger.warning("banray: an MLflow write for a trial run failed", exc_info=True)
 
 
 def trial_run_ids(track: tracking.Tracking, experiment_id: str, generation_run_id: str) -> dict[str, str]:

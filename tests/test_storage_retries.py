@@ -50,3 +50,29 @@ def test_a_missing_file_is_an_answer_not_an_outage(s3_endpoint):
     assert storage.read_text("state.json") is None
     storage.write_text("state.json", "{}")
     assert storage.read_text("state.json") == "{}"
+
+
+def test_local_files_ray_writes_appear_whole_or_not_at_all(tmp_path):
+    """Tune saves its experiment state by copying a staging file into storage; a driver killed during a
+    plain copy left an empty state, from which a resumed Tune run started trials without their settings."""
+    path, fs = ray_storage(str(tmp_path / "tune"))
+    fs.create_dir(f"{path}/run", recursive=True)
+    target = tmp_path / "tune" / "run" / "experiment_state-x.json"
+    stream = fs.open_output_stream(f"{path}/run/experiment_state-x.json")
+    stream.write(b'{"trial_data": []}')
+    assert not target.exists() and not list(target.parent.iterdir())  # nothing is on disk before the close
+    stream.close()
+    assert target.read_bytes() == b'{"trial_data": []}'
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary left behind
+
+
+def test_a_tune_run_that_never_saved_its_state_is_not_continued(tmp_path):
+    from banray.group import _saved_state
+
+    path, fs = ray_storage(str(tmp_path / "tune"))
+    run = tmp_path / "tune" / "chain0-gen1"
+    run.mkdir(parents=True)
+    (run / "tuner.pkl").write_bytes(b"")  # what a Tuner writes before its first experiment state
+    assert not _saved_state(f"{path}/chain0-gen1", fs)
+    (run / "experiment_state-2026-12-01_15-16-10.json").write_text("{}")
+    assert _saved_state(f"{path}/chain0-gen1", fs)

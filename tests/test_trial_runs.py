@@ -1,5 +1,7 @@
 """The trials' MLflow runs, written from the group's process by the TrialRuns callback (a real SQLite store)."""
 
+import pickle
+import threading
 from types import SimpleNamespace
 
 from banray import tracking
@@ -34,6 +36,7 @@ def test_each_epoch_is_logged_once_across_a_restart_and_the_run_ends_finished(tm
     runs.on_trial_start(0, [], trial)
     for n in (1, 2):
         runs.on_trial_result(0, [], trial, epoch(n, **({"teacher_val_error": 0.1, "teacher_val_nll": 0.2} if n == 1 else {})))
+    runs.on_experiment_end([])
     # Restarted from its epoch-1 checkpoint, in a new callback (a resumed sweep): epoch 2 comes again.
     runs = TrialRuns(track, experiment_id, parent)
     runs.on_trial_start(0, [], trial)
@@ -42,6 +45,7 @@ def test_each_epoch_is_logged_once_across_a_restart_and_the_run_ends_finished(tm
         runs.on_trial_result(0, [], trial, epoch(n, **(resumed if n == 2 else {})))
     trial.last_result = TrialSummary(0, 1, best_epoch=3, value=0.1, val_error=0.1, checkpoint="/c").to_report("val_error")
     runs.on_trial_complete(0, [], trial)
+    runs.on_experiment_end([])
 
     (run_id,) = trial_run_ids(track, experiment_id, parent).values()
     client = track.client()
@@ -59,10 +63,12 @@ def test_epochs_whose_reports_were_lost_are_logged_from_the_restarted_trials_rep
     runs = TrialRuns(track, experiment_id, parent)
     runs.on_trial_start(0, [], trial)
     runs.on_trial_result(0, [], trial, epoch(1))
+    runs.on_experiment_end([])
     # Epochs 2 and 3 were checkpointed but their reports died with the driver; the trial resumes after 3.
     runs = TrialRuns(track, experiment_id, parent)
     runs.on_trial_start(0, [], trial)
     runs.on_trial_result(0, [], trial, epoch(4, resumed_after_epoch=3, replayed_epochs=[epoch(1), epoch(2), epoch(3)]))
+    runs.on_experiment_end([])
     (run_id,) = trial_run_ids(track, experiment_id, parent).values()
     history = track.client().get_metric_history(run_id, "val_error")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
@@ -80,9 +86,34 @@ def test_a_failed_trial_and_one_asha_stopped_are_closed_with_their_reason(tmp_pa
     runs.on_trial_result(0, [], stopped, epoch(1))
     stopped.last_result = epoch(1)
     runs.on_trial_complete(0, [], stopped)
+    runs.on_experiment_end([])
 
     client = track.client()
     ids = trial_run_ids(track, experiment_id, parent)
     failed, asha = client.get_run(ids["t1"]), client.get_run(ids["t2"])
     assert failed.info.status == "FAILED" and failed.data.tags["banray.failure"].startswith("diverged:")
     assert asha.info.status == "KILLED" and asha.data.tags["banray.stopped_early"] == "ASHA"
+
+
+def test_a_trials_report_never_waits_for_mlflow(tmp_path):
+    """Tune's function trainables wait for the controller after every report: a write made in the callback
+    would hold up the trial's next epoch. Here the store hangs until the trial has reported three epochs."""
+    track, experiment_id, parent, trial = setup(tmp_path)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    store_answers = threading.Event()
+    real_log_batch = runs.client.log_batch
+
+    def slow_log_batch(*args, **kwargs):
+        assert store_answers.wait(30), "the reports did not return while the store hung"
+        return real_log_batch(*args, **kwargs)
+
+    runs.client.log_batch = slow_log_batch
+    for n in (1, 2, 3):
+        runs.on_trial_result(0, [], trial, epoch(n))
+    store_answers.set()
+    runs.on_experiment_end([])
+    runs.client.log_batch = real_log_batch
+    (run_id,) = trial_run_ids(track, experiment_id, parent).values()
+    assert [m.step for m in track.client().get_metric_history(run_id, "val_error")] == [1, 2, 3]
+    assert pickle.loads(pickle.dumps(runs)).runs == runs.runs  # the Tuner pickles its callbacks
