@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -25,6 +30,35 @@ def _fail(exc: SpecError):
     sys.exit(2)
 
 
+def _error(message: str, status: int = 2):
+    click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever a backend said
+    sys.exit(status)
+
+
+@contextlib.contextmanager
+def _looking(endpoint: str | None = None) -> Iterator[None]:
+    """For the commands that read a sweep folder: a location that is not what it should be exits 2, storage or
+    MLflow that fails exits 1, each with one line."""
+    from banray import inspection
+    from banray.storage import use_endpoint
+
+    use_endpoint(endpoint)
+    try:
+        with inspection.impatient_storage():
+            yield
+    except inspection.NotASweep as exc:
+        _error(str(exc))
+    except inspection.Unavailable as exc:
+        _error(str(exc), 1)
+
+
+ENDPOINT_OPTION = click.option(
+    "--endpoint", metavar="URL", default=None,
+    help="S3-compatible endpoint for s3:// locations (MinIO, ...); default $AWS_ENDPOINT_URL_S3.",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="banray")
 def cli() -> None:
@@ -37,19 +71,30 @@ def cli() -> None:
 
 
 @cli.command()
-@SPEC_ARGUMENT
-def validate(spec_path: str) -> None:
-    """Check SPEC (a sweep YAML file) without running anything.
+@click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(spec_paths: tuple[str, ...]) -> None:
+    """Check each SPEC (sweep YAML files) without running anything.
 
-    Prints a summary if the spec is valid; otherwise one line per problem, naming the key path,
-    the bad value and what is allowed, and exits with status 2.
+    Prints a one-line summary on stdout for each valid spec; for each invalid one, one line per problem on
+    stderr, naming the file, the key path, the bad value and what is allowed. Every file is checked; exits
+    with status 2 if any is invalid.
     """
-    spec = _load(spec_path)
-    click.echo(
-        f"{spec_path}: valid. Sweep '{spec.name}' on {spec.data.dataset}: {spec.chains} chain(s) × "
-        f"(teacher + {spec.generations} generation(s)) × {spec.search.trials} trial(s) of "
-        f"{spec.train.epochs} epoch(s); spec hash {spec.spec_hash()}"
-    )
+    bad = False
+    for spec_path in spec_paths:
+        try:
+            spec = load_spec(spec_path)
+        except SpecError as exc:
+            bad = True
+            for line in exc.lines:
+                click.echo(f"error: {line}", err=True)
+            continue
+        click.echo(
+            f"{spec_path}: valid. Sweep '{spec.name}' on {spec.data.dataset}: {spec.chains} chain(s) × "
+            f"(teacher + {spec.generations} generation(s)) × {spec.search.trials} trial(s) of "
+            f"{spec.train.epochs} epoch(s); spec hash {spec.spec_hash()}"
+        )
+    if bad:
+        sys.exit(2)
 
 
 @cli.command()
@@ -129,14 +174,25 @@ def sweep(
     help="A finished sweep's report.json, or its folder (local or s3://), whose spread of paired differences "
     "--detect plans from.",
 )
-def plan(spec_path: str, storage: str | None, calibrate: int, detect: float | None, from_report: str | None) -> None:
+@click.option(
+    "--address",
+    metavar="ADDR",
+    default=None,
+    help="Also connect to this Ray cluster (e.g. 'auto' or 'head:6379') and check that one trial's CPUs and "
+    "GPUs fit it.",
+)
+def plan(spec_path: str, storage: str | None, calibrate: int, detect: float | None, from_report: str | None,
+         address: str | None) -> None:
     """Show what SPEC would run, and check it can run, without training anything.
 
     Prints the DAG (chains × generations × trials), what each generation searches, the worker slots
-    needed and the amount of work; checks that the storage folder is writable (a marker is written,
-    read back and removed) and that the tracking URI answers (a local store is only looked at: a
-    missing one is not created, plan says where the sweep would create it). Exits 1, with one line
-    on stderr, if a check fails; 2 if the spec or an option is invalid (an unreadable --from-report
+    needed and the amount of work; checks that the dataset's files are under data.root in the form its
+    loader reads (with data.download, that root is writable; a download URL that does not answer from
+    here is only a warning), that the storage folder is
+    writable (a marker is written, read back and removed), that the tracking URI answers (a local store
+    is only looked at: a missing one is not created, plan says where the sweep would create it) and,
+    with --address, that the cluster has the CPUs and GPUs of one trial. Exits 1, with one line on
+    stderr, if a check fails; 2 if the spec or an option is invalid (an unreadable --from-report
     included).
     """
     from banray import plan as plan_module
@@ -160,11 +216,13 @@ def plan(spec_path: str, storage: str | None, calibrate: int, detect: float | No
     for line in lines:
         click.echo(line)
     try:
+        click.echo(f"Data: {plan_module.check_data(spec)}")
         click.echo(f"Storage: {plan_module.check_storage(spec)}")
         click.echo(f"Tracking: {plan_module.check_tracking(spec)}")
+        if address is not None:
+            click.echo(f"Cluster: {plan_module.check_cluster(spec, address)}")
     except plan_module.PlanCheckFailed as exc:
-        click.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the backend said
-        sys.exit(1)
+        _error(str(exc), 1)
 
 
 @cli.command()
@@ -173,44 +231,36 @@ def plan(spec_path: str, storage: str | None, calibrate: int, detect: float | No
 @click.option("--chain", "-c", type=click.IntRange(min=0), default=None,
               help="Chain of that generation; default: the chain that alias gen-<K> points at.")
 @click.option("--tracking-uri", metavar="URI", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI.")
-def promote(sweep_name: str, generation: int, chain: int | None, tracking_uri: str | None) -> None:
+@click.option(
+    "--sweep-dir", metavar="PATH", default=None,
+    help="The sweep's folder (local or s3://): promote in the store it tracked to, its own SQLite store for a "
+    "local sweep. Default, without --tracking-uri and $MLFLOW_TRACKING_URI: ./runs/SWEEP.",
+)
+@ENDPOINT_OPTION
+def promote(sweep_name: str, generation: int, chain: int | None, tracking_uri: str | None, sweep_dir: str | None,
+            endpoint: str | None) -> None:
     """Move the registered model SWEEP's alias @best to generation K by hand.
 
     The chosen model version gets the tags banray.promoted_by (your user name) and banray.promoted_at.
-    For a sweep tracked in its folder's local store, pass --tracking-uri sqlite:///<storage>/<name>/mlflow.db.
-    Nothing is created at a URI that holds no MLflow store. Exits 2, with one line on stderr, if the
-    URI holds no store or does not answer, or SWEEP has no such generation; 1 if the tracking server
-    fails otherwise.
+    The MLflow store is --tracking-uri, else the one the sweep folder --sweep-dir records (or holds),
+    else $MLFLOW_TRACKING_URI, else that of ./runs/SWEEP (the spec's default storage). Nothing is created
+    at a URI that holds no MLflow store. Exits 2, with one line on stderr, if the URI holds no store or
+    does not answer, the folder is no sweep's, or SWEEP has no such generation; 1 if the tracking server
+    fails otherwise. `banray report <sweep folder>` then renders the report with the new @best.
     """
-    import os
-
     import requests
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
-    from banray import tracking
-
-    def fail(message: str, status: int = 2):
-        click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the server said
-        sys.exit(status)
+    from banray import inspection, tracking
 
     def why(exc: Exception) -> str:
         return exc.message if isinstance(exc, MlflowException) else f"{type(exc).__name__}: {exc}"
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        fail("--tracking-uri: no tracking URI given and MLFLOW_TRACKING_URI is not set")
-    if uri.startswith(("http://", "https://")):
-        problem = tracking.server_problem(uri)  # seconds, not MLflow's 4 minutes of retries
-        if problem:
-            fail(f"--tracking-uri: {problem}")
-    else:
-        store = tracking.local_store(uri)  # MLflow's client would create a missing local store
-        if store is not None and not store.exists:
-            at = f"{store.path} ({uri})" if store.path else uri
-            fail(f"--tracking-uri: no MLflow store at {at}" + (f": {store.problem}" if store.problem else ""))
-        if store is not None and store.problem:
-            fail(f"--tracking-uri: {uri}: {store.problem}")
+    uri = _promote_store(sweep_name, tracking_uri, sweep_dir, endpoint)
+    problem = inspection.store_problem(uri)  # in seconds, not MLflow's 4 minutes of retries; creating nothing
+    if problem:
+        _error(f"--tracking-uri: {problem}")
     track = tracking.Tracking(uri, sweep_name, None)
     alias = f"gen-{generation}" if chain is None else f"chain{chain}-gen-{generation}"
     failures = (MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError)
@@ -219,15 +269,158 @@ def promote(sweep_name: str, generation: int, chain: int | None, tracking_uri: s
             version = track.client().get_model_version_by_alias(sweep_name, alias)
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                fail(f"--tracking-uri: {uri} failed: {why(exc)}", 1)
-            fail(f"registered model '{sweep_name}' has no alias @{alias} at {uri}: {exc.message}")
+                _error(f"--tracking-uri: {uri} failed: {why(exc)}", 1)
+            _error(f"registered model '{sweep_name}' has no alias @{alias} at {uri}: {exc.message}")
         except failures as exc:
-            fail(f"--tracking-uri: {uri} failed: {why(exc)}", 1)
+            _error(f"--tracking-uri: {uri} failed: {why(exc)}", 1)
         try:
             tracking.promote(track, sweep_name, version.version)
         except failures as exc:
-            fail(f"moving {sweep_name}@best to version {version.version} at {uri} failed: {why(exc)}", 1)
+            _error(f"moving {sweep_name}@best to version {version.version} at {uri} failed: {why(exc)}", 1)
     click.echo(f"{sweep_name}@best → version {version.version} (@{alias})")
+
+
+def _promote_store(sweep_name: str, tracking_uri: str | None, sweep_dir: str | None, endpoint: str | None) -> str:
+    """The MLflow store `promote` works on (see its help)."""
+    from banray import inspection
+
+    if tracking_uri and sweep_dir:
+        _error("--tracking-uri and --sweep-dir: pick one (--sweep-dir finds the tracking URI the sweep used)")
+    if tracking_uri:
+        return tracking_uri
+    if sweep_dir is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if sweep_dir is None:
+        sweep_dir = str(Path("runs") / sweep_name)
+        if not Path(sweep_dir).is_dir():
+            _error(f"--tracking-uri: no tracking URI given, MLFLOW_TRACKING_URI is not set and there is no sweep "
+                   f"folder {Path(sweep_dir).absolute()}; pass --sweep-dir or --tracking-uri")
+    with _looking(endpoint):
+        sweep = inspection.open_sweep(sweep_dir)
+        uri = inspection.tracking_uri(sweep) or os.environ.get("MLFLOW_TRACKING_URI")
+    if sweep.spec.name != sweep_name:
+        _error(f"--sweep-dir: {sweep.storage.uri} holds sweep '{sweep.spec.name}', not '{sweep_name}'")
+    if not uri:
+        _error(f"--sweep-dir: {sweep.storage.uri} records no tracking URI (it tracked through $MLFLOW_TRACKING_URI "
+               "and has not finished); pass --tracking-uri")
+    return uri
+
+
+@cli.command()
+@click.argument("location", metavar="SWEEP_OR_STORAGE")
+@JSON_OPTION
+@ENDPOINT_OPTION
+def status(location: str, as_json: bool, endpoint: str | None) -> None:
+    """Show how far a sweep is, from any machine that reaches its storage (no Ray needed).
+
+    SWEEP_OR_STORAGE is a sweep folder (a local path or s3://bucket/prefix/name): per chain, the
+    generations done with their validation and test error, the group running and since when, the best
+    generation so far (lowest validation metric, never chosen on test), whether it finished, and an ETA
+    from the finished groups' mean duration (unknown until one has finished). Given a storage root
+    instead, lists the sweeps under it, one line each (as `banray ls`). Reads spec.yaml, state.json and
+    report.json only. Exits 2, with one line on stderr, if the location is missing, not a sweep folder or
+    storage root, or its files are unreadable; 1 if the storage fails.
+    """
+    from banray import inspection
+
+    with _looking(endpoint):
+        storage = inspection.as_sweep(location)
+        if storage is None:
+            rows = [inspection.summary(found) for found in inspection.sweeps_under(location)]
+            if not rows:
+                raise inspection.NotASweep(f"{location}: not a sweep folder, and no sweep folder is in it")
+        else:
+            found = inspection.status(inspection.read_sweep(storage))
+    if storage is None:
+        lines = [json.dumps(rows, indent=2)] if as_json else inspection.listing_lines(rows)
+    else:
+        lines = [json.dumps(found, indent=2)] if as_json else inspection.status_lines(found)
+    for line in lines:
+        click.echo(line)
+
+
+@cli.command(name="ls")
+@click.argument("location", metavar="STORAGE")
+@JSON_OPTION
+@ENDPOINT_OPTION
+def list_sweeps(location: str, as_json: bool, endpoint: str | None) -> None:
+    """List the sweeps under STORAGE, a storage root (a local folder or s3://bucket/prefix).
+
+    One line per sweep: its name, status (finished, running: its driver holds the folder's lock, or
+    interrupted), chains, generations done of those planned, and when it started. Exits 2, with one line
+    on stderr, if STORAGE is missing or is a sweep folder itself; 1 if the storage fails.
+    """
+    from banray import inspection
+
+    with _looking(endpoint):
+        if inspection.as_sweep(location) is not None:
+            raise inspection.NotASweep(f"{location}: a sweep folder, not a storage root (`banray status {location}` shows it)")
+        rows = [inspection.summary(found) for found in inspection.sweeps_under(location)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo(f"No sweeps in {location}")
+    else:
+        for line in inspection.listing_lines(rows):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("location", metavar="SWEEP")
+@ENDPOINT_OPTION
+def report(location: str, endpoint: str | None) -> None:
+    """Render a finished sweep's report.json, report.md and report.png again, into its folder.
+
+    SWEEP is the sweep folder (local or s3://) of a sweep whose state.json says it finished. The report is
+    rebuilt from its report.json, with the registered model's aliases as MLflow holds them now (e.g. after
+    `banray promote`), by the report code of this banray version. Each file
+    is replaced whole, and only once all three are rendered. Exits 2, with one line on stderr, if SWEEP
+    is no finished sweep's folder or its report is unreadable; 1 if storage or MLflow fails.
+    """
+    from banray import inspection
+
+    with _looking(endpoint):
+        files = inspection.rerender(inspection.open_sweep(location))
+    click.echo(f"Report: {', '.join(files)}")
+
+
+@cli.command()
+@click.argument("location", metavar="SWEEP")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
+              help="Port on 127.0.0.1 for the MLflow UI.")
+@click.option("--tracking-uri", metavar="URI", default=None,
+              help="The sweep's MLflow store, if its folder does not record it (it ran with $MLFLOW_TRACKING_URI).")
+@ENDPOINT_OPTION
+def ui(location: str, port: int, tracking_uri: str | None, endpoint: str | None) -> None:
+    """Open the MLflow UI on SWEEP's runs; blocks until Ctrl-C.
+
+    SWEEP is the sweep folder (local or s3://). Starts `mlflow server` on the sweep's store (the SQLite
+    store in its folder, or the tracking URI its report or spec records), bound to 127.0.0.1:PORT, and
+    prints the link to the experiment's training runs. Ctrl-C (or SIGTERM) stops the server. A sweep
+    tracked on a tracking server needs no new one: its link is printed at once. Exits 2, with one line on
+    stderr, if SWEEP is no sweep folder, its store is missing or the port is taken; 1 if the server fails.
+    """
+    from banray import inspection, tracking
+
+    with _looking(endpoint):
+        sweep = inspection.open_sweep(location)
+        uri = tracking_uri or inspection.tracking_uri(sweep) or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise inspection.NotASweep(f"{sweep.storage.uri} records no tracking URI (it tracked through "
+                                    "$MLFLOW_TRACKING_URI and has not finished); pass --tracking-uri")
+        problem = inspection.store_problem(uri)
+        if problem:
+            raise inspection.NotASweep(f"tracking URI: {problem}")
+        mlflow_info = (sweep.report or {}).get("mlflow") or {}
+        known = mlflow_info.get("experiment_id") if mlflow_info.get("tracking_uri") == uri else None
+        name = inspection.experiment_name(sweep)
+        if uri.startswith(("http://", "https://")):
+            click.echo(f"The sweep tracks to the MLflow server at {uri}; its training runs:")
+            click.echo(tracking.runs_link(uri, known or inspection.experiment_id(uri, name)))
+            return
+        if inspection.port_taken(port):
+            raise inspection.NotASweep(f"--port: 127.0.0.1:{port} is in use; pass another --port")
+        inspection.serve(uri, name, known, port, click.echo)
 
 
 def main() -> None:

@@ -106,19 +106,23 @@ def _flock(storage: SweepStorage, path: Path) -> Iterator[None]:
                 folder.rmdir()
 
 
+def _read_lease(fs, path: str) -> dict | None:
+    def fetch() -> bytes | None:
+        try:
+            with fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    return _parse(with_retries(f"reading {path}", fetch))
+
+
 @contextlib.contextmanager
 def _lease(storage: SweepStorage, path: str) -> Iterator[None]:
     fs = storage.fs
 
     def read() -> dict | None:
-        def fetch() -> bytes | None:
-            try:
-                with fs.open_input_stream(path) as stream:
-                    return stream.read()
-            except FileNotFoundError:
-                return None
-
-        return _parse(with_retries(f"reading {path}", fetch))
+        return _read_lease(fs, path)
 
     def write(owner: dict) -> None:
         def put() -> None:
@@ -155,3 +159,26 @@ def _lease(storage: SweepStorage, path: str) -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 with_retries(f"deleting {path}", lambda: fs.delete_file(path))
 
+
+def held_by(storage: SweepStorage) -> dict | None:
+    """The owner of the live lock on the sweep folder (its pid, user, host, since; {} if it has not written them
+    yet), or None if no driver holds it. Only looks: a local lock is tried shared and let go at once, and a
+    missing one is not created; a lease counts while its heartbeat is fresh."""
+    parent, name = storage.path.rsplit("/", 1)
+    if storage.remote:
+        lease = _read_lease(storage.fs, f"{parent}/.{name}.lease")
+        try:
+            return lease if lease is not None and time.time() - float(lease.get("heartbeat", 0)) < STALE_S else None
+        except (TypeError, ValueError):  # a heartbeat that is no number is no live holder's
+            return None
+    try:
+        fd = os.open(Path(parent) / f".{name}.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _parse(os.pread(fd, 4096, 0)) or {}
+    finally:
+        os.close(fd)  # closing lets go of a shared lock taken above
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pyarrow.fs as pafs
 import torch
 
 from banray import stats, tracking
-from banray.data import DatasetInfo, dataset_info
+from banray.data import _CIFAR, DATASETS, PTB_FILES, DatasetInfo, DatasetMissing, dataset_info
 from banray.models import build_model
 from banray.report import BASELINE, CONTROL, VARIATION, generation_column
 from banray.spec import Range, SpecError, SweepSpec
@@ -192,6 +193,121 @@ def check_tracking(spec: SweepSpec) -> str:
         raise PlanCheckFailed(f"tracking.uri: {uri}: there is no MLflow store at {store.path}, and its folder "
                               f"{folder} is not writable, so the sweep could not create one")
     return f"{uri}: no MLflow store at {store.path} yet; the sweep will create it there"
+
+
+def check_data(spec: SweepSpec) -> str:
+    """Whether the dataset's files are under data.root in the on-disk form its loader reads (banray.data), or,
+    with data.download, can be downloaded there; PlanCheckFailed says what is missing and where it looked."""
+    name = spec.data.dataset
+    root = Path(os.path.expanduser(spec.data.root)).absolute()
+    if name in _CIFAR:
+        return _check_cifar(name, root, spec.data.download)
+    if name == "ptb":
+        return _check_ptb(root)
+    try:  # the other datasets ship with a dependency or are generated: building one is quick
+        DATASETS[name].build(spec.data.root, False)
+    except (DatasetMissing, ImportError) as exc:
+        raise PlanCheckFailed(f"data.dataset: {name} cannot be loaded: {exc}") from None
+    return f"{name} needs no files (it ships with a dependency or is generated)"
+
+
+def _check_cifar(name: str, root: Path, download: bool) -> str:
+    """torchvision's extracted folder with every batch file, each matching its MD5 sum as torchvision checks it."""
+    from torchvision import datasets
+    from torchvision.datasets import cifar
+
+    dataset_class = getattr(datasets, _CIFAR[name][0])
+    base, url = dataset_class.base_folder, dataset_class.url
+    folder = root / base
+    files = [*dataset_class.train_list, *dataset_class.test_list, [dataset_class.meta["filename"], dataset_class.meta["md5"]]]
+    missing = [file for file, _ in files if not (folder / file).is_file()]
+    if not missing:
+        corrupt = [file for file, md5 in files if not cifar.check_integrity(str(folder / file), md5)]
+        if corrupt:
+            raise PlanCheckFailed(f"data.root: {', '.join(corrupt)} in {folder} do not match torchvision's MD5 sums "
+                                  f"(corrupted, or another release): put the extracted '{base}' folder from {url} there again")
+        return f"{name}: the {len(files)} files of '{base}' are in {root} (MD5 sums checked)"
+    if download:
+        return _check_download(name, root, url)
+    found = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"there is no folder {folder}"
+    archive = f"; the archive {dataset_class.filename} is there: extract it" if (root / dataset_class.filename).is_file() else ""
+    raise PlanCheckFailed(
+        f"data.root: {name} is not in {root}: {found}{archive}; set data.download: true on a machine with internet "
+        f"access, or put the extracted '{base}' folder (from {url}) inside {root}"
+    )
+
+
+def _check_download(name: str, root: Path, url: str) -> str:
+    """A download into `root` must be able to write there; that `url` answers from here is only a warning, as
+    the driver that downloads may run elsewhere."""
+    import requests
+
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PlanCheckFailed(f"data.root: {name} would be downloaded into {root}, but {existing} is not writable")
+    try:
+        answer = requests.head(url, timeout=10, allow_redirects=True)
+        problem = f"answered HTTP {answer.status_code}" if answer.status_code >= 400 else None
+    except requests.RequestException as exc:
+        problem = f"does not answer from here ({type(exc).__name__})"
+    if problem is None:
+        return f"{name} is not in {root} yet; the sweep will download it there from {url} (it answers from here)"
+    return (f"warning: {name} is not in {root} and {url} {problem}: the sweep's driver downloads it, so it needs "
+            "internet access; or put the extracted files there by hand")
+
+
+def _check_ptb(root: Path) -> str:
+    missing = [file for file in PTB_FILES.values() if not (root / file).is_file()]
+    empty = [file for file in PTB_FILES.values() if file not in missing and (root / file).stat().st_size == 0]
+    if missing or empty:
+        found = ", ".join([f"{file} not found" for file in missing] + [f"{file} is empty" for file in empty])
+        raise PlanCheckFailed(f"data.root: ptb reads {', '.join(PTB_FILES.values())} in {root}: {found}; put the Penn "
+                              "Treebank files (Mikolov's 'simple-examples/data' folder) there (they cannot be downloaded)")
+    return f"ptb: {', '.join(PTB_FILES.values())} are in {root}"
+
+
+def check_cluster(spec: SweepSpec, address: str) -> str:
+    """Connect to the Ray cluster at `address` and check that one trial fits it, as the sweep checks once it
+    has connected; a host:port that does not accept connections fails in seconds (ray.init waits minutes)."""
+    import ray
+
+    from banray.trial import slot_capacity
+
+    _reachable(address)
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise PlanCheckFailed(f"--address: cannot connect to Ray at {address}: {exc}") from None
+    try:
+        cluster = ray.cluster_resources()
+    finally:
+        if started:
+            ray.shutdown()
+    resources = spec.resources
+    has = f"{cluster.get('CPU', 0):g} CPU / {cluster.get('GPU', 0):g} GPU"
+    capacity = slot_capacity(resources, cluster)
+    if capacity < 1:
+        raise PlanCheckFailed(
+            f"resources: a trial needs {resources.workers_per_trial} worker(s) × {resources.cpus_per_worker:g} CPU / "
+            f"{resources.gpus_per_worker:g} GPU, but the cluster at {address} has {has}"
+        )
+    wanted = spec.chains * spec.search.trials
+    return f"{address} has {has}: {capacity} trial(s) at a time ({wanted} for all chains' trials at once)"
+
+
+def _reachable(address: str) -> None:
+    host_port = address.removeprefix("ray://")
+    host, _, port = host_port.rpartition(":")
+    if "://" in host_port or not host or not port.isdigit():
+        return  # 'auto', or a form ray.init resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise PlanCheckFailed(f"--address: nothing accepts connections at {address} ({exc.strerror or exc})") from None
 
 
 def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:

@@ -1,7 +1,8 @@
 """The sweep report: the paper's table (Teacher | BAN-1 … BAN-G | Ens*2 … Ens*G, then the control arm
 Teacher′ and Teacher+Teacher′; a row per chain and mean ± std over chains), the paired differences to
-each chain's teacher with their intervals and verdicts, calibration, report.json, report.md and an
-error-vs-generation plot.
+each chain's teacher with their intervals and verdicts, calibration, report.json, report.md (three
+tables: the paper's, is it real, calibration) and a plot of the lineage by generation over the paired
+differences.
 
 Numbers are each generation's best trial, selected on the validation split at its best-validation
 epoch, evaluated once on the test split: test error in % for classification, test perplexity for
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,6 @@ DISPLAY = {
     "test_nll": (1, "nats", 3),
     "test_perplexity": (1, "perplexity", 2),
 }
-PAIRED_STATS = ("n", "mean", "std", "ci_low", "ci_high", "better", "tied", "worse", "wilcoxon_p")
 
 
 def generation_column(generation: int) -> str:
@@ -201,25 +202,40 @@ def build(
     }
 
 
-def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """Flat MLflow metric names for the sweep's summary run, in the metrics' own units (test_error and
-    test_ece as fractions, like the generation runs' metrics):
-    `<column>.<metric>.mean|std` over chains, `paired.<column>.<metric>.<stat>` for column − Teacher and
-    `paired_vs_control_ensemble.ens<k>.<metric>.<stat>` for Ens*k − (Teacher+Teacher′), with <column>
-    one of teacher, ban<k>, ens<k>, control, control_ensemble."""
-    metrics: dict[str, float] = {}
-    for column, by_metric in report["metrics"].items():
-        for metric, spread in by_metric.items():
-            for stat in ("mean", "std"):
-                if spread[stat] is not None:
-                    metrics[f"{metric_slug(column)}.{metric}.{stat}"] = float(spread[stat])
-    for section, prefix in (("vs_teacher", "paired"), ("vs_control_ensemble", "paired_vs_control_ensemble")):
-        for column, by_metric in report["paired"][section].items():
-            for metric, paired in by_metric.items():
-                for stat in PAIRED_STATS:
-                    if paired[stat] is not None:
-                        metrics[f"{prefix}.{metric_slug(column)}.{metric}.{stat}"] = float(paired[stat])
-    return metrics
+def summary_metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """The sweep's summary run in MLflow, as (key, value, step), in the report's units (errors and ECE in %,
+    `_pct` in the key; differences in points). At step k, the mean over chains of generation k's scores under
+    the keys the chain runs log (val_error_pct, test_error_pct, test_nll, test_ece_pct), so each of MLflow's
+    charts draws the mean beside the chains (and test_perplexity, language models' headline). `vs_teacher.<column>.
+    <headline>.<stat>`, minus the same chain's Teacher: the last BAN (mean, ci_low, ci_high, n, wilcoxon_p), the
+    largest ensemble (mean, ci_low, ci_high) and Teacher′ (mean, std: the seed noise); their `vs_` sorts after
+    the scores in MLflow's chart view, which orders charts by key. The other paired statistics are not here."""
+    def key(metric: str) -> str:
+        return f"{metric}_pct" if DISPLAY[metric][0] == 100 else metric
+
+    metrics: list[tuple[str, float, int]] = []
+    generations = [c for c in report["columns"] if c == BASELINE or c.startswith("BAN-")]
+    for step, column in enumerate(generations):
+        val = [g["val_error"] for c in report["chains"] for g in c["generations"]
+               if g["generation"] == step and g["status"] == "finished"]
+        metrics += [("val_error_pct", 100 * statistics.fmean(val), step)] if val else []
+        metrics += [(key(m), DISPLAY[m][0] * spread["mean"], step)
+                    for m, spread in report["metrics"][column].items() if spread["mean"] is not None]
+    headline = report["paired"]["headline_metric"]
+    versus = {c: by_metric[headline] for c, by_metric in report["paired"]["vs_teacher"].items()
+              if by_metric[headline]["n"]}
+    bans = [c for c in generations if c in versus]
+    ensembles = [c for c in report["columns"] if c.startswith("Ens*") and c in versus]
+    wanted = {**({bans[-1]: ("mean", "ci_low", "ci_high", "n", "wilcoxon_p")} if bans else {}),
+              **({ensembles[-1]: ("mean", "ci_low", "ci_high")} if ensembles else {}),
+              **({CONTROL: ("mean", "std")} if CONTROL in versus else {})}
+    for column, stats_wanted in wanted.items():
+        for stat in stats_wanted:
+            value = versus[column][stat]
+            scale = DISPLAY[headline][0] if stat in ("mean", "std", "ci_low", "ci_high") else 1
+            if value is not None:
+                metrics.append((f"vs_teacher.{metric_slug(column)}.{key(headline)}.{stat}", scale * value, 0))
+    return [(name, round(float(value), 9), step) for name, value, step in metrics]  # no float noise in the UI
 
 
 def _format(value: float | str | None) -> str:
@@ -344,69 +360,272 @@ def caption(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown(report: dict[str, Any]) -> str:
+# Characters that start markup in GitHub markdown: emphasis, code, links, HTML, headings, table cells,
+# strike-through, entities, math, and the backslash itself.
+_MARKUP = re.compile(r"([\\`*_\[\]<>#|~&$])")
+
+
+def escape_markdown(text: object) -> str:
+    """`text` as literal markdown on one line: every markup character backslash-escaped and line breaks made
+    spaces, so a value can neither end a table cell or row nor start emphasis, a link or HTML."""
+    return _MARKUP.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def _escape_prose(line: str) -> str:
+    """One line of our own text: its `code` spans (registry names, hashes, paths) stay code, the rest is
+    escaped, so Ens*k or a p < 0.05 read literally."""
+    parts = re.split(r"(`[^`]*`)", line)
+    return "".join(part if i % 2 else escape_markdown(part) for i, part in enumerate(parts))
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(escape_markdown(cell) for cell in cells) + " |"
+
+    return [line(header), "|---" * len(header) + "|", *(line(row) for row in rows)]
+
+
+def _paper_table(report: dict[str, Any]) -> list[str]:
+    """The paper's layout: a row per chain and mean ± std over chains, a column per generation, ensemble and
+    control-arm model."""
+    columns = report["columns"]
+    headline = report["paired"]["headline_metric"]
+    rows = [[chain, *(_format(values.get(c)) for c in columns)] for chain, values in report["rows"].items()]
+    rows.append(["mean ± std", *(_spread_cell(report["metrics"][c][headline], headline) for c in columns)])
+    return _md_table(["Chain", *columns], rows)
+
+
+def _evidence(paired: dict[str, Any], metric: str) -> list[str]:
+    """Mean difference, 95% interval, better/tied/worse, Wilcoxon p and verdict, in the display unit."""
+    if paired["n"] == 0:
+        return ["—"] * 6 + [paired["verdict"]]
+    scale, _, digits = DISPLAY[metric]
+    interval = "— (one chain)" if paired["ci_low"] is None else (
+        f"[{scale * paired['ci_low']:+.{digits}f}, {scale * paired['ci_high']:+.{digits}f}]")
+    p = "—" if paired["wilcoxon_p"] is None else f"{paired['wilcoxon_p']:.2f}"
+    counts = [str(paired[key]) for key in ("better", "tied", "worse")]
+    return [f"{scale * paired['mean']:+.{digits}f}", interval, *counts, p, paired["verdict"]]
+
+
+def _evidence_table(report: dict[str, Any]) -> list[str]:
+    """Is it real: each column minus the same chain's Teacher, and each Ens*k minus Teacher+Teacher′."""
+    paired = report["paired"]
+    headline = paired["headline_metric"]
+    unit = DISPLAY[headline][1]
+    header = ["Column", "minus (same chain)", f"Δ {report['headline']} ({unit})", f"95% interval ({unit})",
+              "better", "tied", "worse", "Wilcoxon p", "verdict"]
+    rows = [[c, BASELINE, *_evidence(by_metric[headline], headline)] for c, by_metric in paired["vs_teacher"].items()]
+    rows += [[c, CONTROL_ENSEMBLE, *_evidence(by_metric[headline], headline)]
+             for c, by_metric in paired["vs_control_ensemble"].items()]
+    return _md_table(header, rows)
+
+
+CALIBRATION = (("test_nll", "test NLL"), ("test_ece", "ECE"))
+
+
+def _calibration_table(report: dict[str, Any]) -> list[str]:
+    """Test NLL and ECE per column, mean ± std over chains and the paired difference to the Teacher."""
+    header = ["Column"]
+    for metric, label in CALIBRATION:
+        scale, unit, _ = DISPLAY[metric]
+        header += [f"{label} ({'%' if scale == 100 else unit}), mean ± std", f"Δ {label} ({unit}), 95% CI"]
+    vs_teacher = report["paired"]["vs_teacher"]
+    rows = [
+        [column, *(cell for metric, _ in CALIBRATION for cell in (
+            _spread_cell(report["metrics"][column][metric], metric),
+            "—" if column == BASELINE else _interval(vs_teacher[column][metric], metric)))]
+        for column in report["columns"]
+    ]
+    return _md_table(header, rows)
+
+
+def _early_ends(report: dict[str, Any]) -> list[str]:
+    """Chains that stopped and generations that failed, their messages escaped (they quote errors)."""
     stops = [
-        f"- chain {c['chain']} stopped after generation {c['generations'][-1]['generation']}: {c['stopped']}"
+        f"- chain {c['chain']} stopped after generation {c['generations'][-1]['generation']}: "
+        f"{escape_markdown(c['stopped'])}"
         for c in report["chains"]
         if c["stopped"]
     ] + [
-        f"- chain {c['chain']} generation {g['generation']} failed: {g['message']}"
+        f"- chain {c['chain']} generation {g['generation']} failed: {escape_markdown(g['message'])}"
         for c in report["chains"]
         for g in c["generations"]
         if g["status"] != "finished"
     ]
+    return ["Chains that ended early:", *stops, ""] if stops else []
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """report.md: the caption, then three tables (the paper's, is it real, calibration), the plot and notes."""
     chains = len(report["chains"])
+    unit = f" ({report['unit']})" if report["unit"] else ""
+    diff_unit = DISPLAY[report["paired"]["headline_metric"]][1]
+    arches = list(dict.fromkeys(g["arch"] for c in report["chains"] for g in c["generations"]))
     return "\n".join(
         [
-            f"# banray report: {report['sweep']}",
+            f"# banray report: {escape_markdown(report['sweep'])}",
             "",
-            caption(report),
+            *([f"Architecture: {', '.join(escape_markdown(a) for a in arches)}", ""] if arches else []),
+            *(f"{_escape_prose(line)}\n" for line in caption(report).splitlines()),
             f"{chains} chain(s); std is over chains (sample std)."
             + (" With one chain there is no spread to compare against." if chains == 1 else ""),
             "",
-            table(report),
+            "## " + _escape_prose(f"{report['headline'].capitalize()}{unit} per chain (lower is better)"),
             "",
-            f"![{report['headline']} by generation]({PLOT_FILE})",
+            *_paper_table(report),
             "",
-            *(["Chains that ended early:", *stops, ""] if stops else []),
-            f"Spec hash `{report['spec_hash']}`; MLflow experiment {report['mlflow']['experiment_id']} at "
-            f"`{report['mlflow']['tracking_uri']}`; makespan {report['elapsed_s']} s"
-            + (f", worker-slot utilisation {100 * report['utilisation']:.0f}%." if report["utilisation"] else "."),
+            "## " + _escape_prose(
+                f"Is it real? Each column minus the same chain's baseline, Δ {report['headline']} in {diff_unit}"),
+            "",
+            *_evidence_table(report),
+            "",
+            "## Calibration",
+            "",
+            *_calibration_table(report),
+            "",
+            f"![{escape_markdown(report['headline'])} by generation]({PLOT_FILE})",
+            "",
+            *_early_ends(report),
+            _escape_prose(
+                f"Spec hash `{report['spec_hash']}`; MLflow experiment {report['mlflow']['experiment_id']} at "
+                f"`{report['mlflow']['tracking_uri']}`; makespan {report['elapsed_s']} s"
+                + (f", worker-slot utilisation {100 * report['utilisation']:.0f}%." if report["utilisation"] else ".")
+            ),
             "",
         ]
     )
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Each chain's headline number per column (thin lines) and the mean ± std over chains."""
-    import matplotlib
+def _number(value: Any) -> float:
+    """A table value as a float, NaN for a failed or missing one (a line breaks there)."""
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
-    matplotlib.use("Agg")  # files only; no display on cluster nodes
-    import matplotlib.pyplot as plt
 
-    columns = report["columns"]
-    positions = range(len(columns))
-    figure, axis = plt.subplots(figsize=(1.2 * len(columns) + 3, 4))
+def _positions(columns: list[str]) -> dict[str, int]:
+    """x in the lineage panel: generation k and Ens*k at k, the control arm in its own slots at the right."""
+    generations = [c for c in columns if c == BASELINE or c.startswith("BAN-")]
+    x = {c: g for g, c in enumerate(generations)}
+    x.update({c: int(c.removeprefix("Ens*")) for c in columns if c.startswith("Ens*")})
+    x.update({c: len(generations) + i for i, c in enumerate(c for c in columns if c in (CONTROL, CONTROL_ENSEMBLE))})
+    return x
+
+
+def _lineage(axis, report: dict[str, Any], x: dict[str, int]) -> None:
+    """Teacher → BAN-1 → … → BAN-G, a thin line per chain and the mean over chains in bold."""
+    generations = [c for c in report["columns"] if c == BASELINE or c.startswith("BAN-")]
+    xs = [x[c] for c in generations]
     for chain, row in report["rows"].items():
-        points = [(i, row.get(c)) for i, c in enumerate(columns) if isinstance(row.get(c), float)]
-        if points:
-            axis.plot(*zip(*points), marker="o", linewidth=0.8, alpha=0.5, label=f"chain {chain}")
-    means = [(i, report["summary"][c]) for i, c in enumerate(columns) if report["summary"][c]["mean"] is not None]
-    if means:
-        axis.errorbar(
-            [i for i, _ in means], [s["mean"] for _, s in means], yerr=[s["std"] or 0 for _, s in means],
-            color="black", marker="s", linewidth=2, capsize=4, label="mean ± std",
-        )
-    axis.set_xticks(list(positions), columns)
+        axis.plot(xs, [_number(row.get(c)) for c in generations], marker="o", linewidth=0.8, alpha=0.6,
+                  label=f"chain {chain}", gid=f"lineage:{chain}")
+    axis.plot(xs, [_number(report["summary"][c]["mean"]) for c in generations], color="black", marker="s",
+              linewidth=2.5, label="mean over chains (black)", gid="lineage:mean")
+
+
+def _side_markers(axis, report: dict[str, Any], x: dict[str, int]) -> None:
+    """Ens*k and the control arm as unconnected markers (each chain, and the mean in black): they are not
+    generations, so no line runs through them."""
+    styles = {CONTROL: ("v", "tab:red"), CONTROL_ENSEMBLE: ("^", "tab:purple")}
+    for column in report["columns"]:
+        if column not in styles and not column.startswith("Ens*"):
+            continue
+        marker, color = styles.get(column, ("D", "tab:green"))
+        values = [_number(row.get(column)) for row in report["rows"].values()]
+        values = [v for v in values if not math.isnan(v)]
+        if values:
+            # hollow, so they do not read as a chain's generation of the same colour
+            axis.scatter([x[column]] * len(values), values, marker=marker, facecolors="none", edgecolors=color,
+                         label=column, gid=f"markers:{column}")
+        if report["summary"][column]["mean"] is not None:
+            axis.scatter([x[column]], [report["summary"][column]["mean"]], marker=marker, color="black", s=70,
+                         zorder=3, gid=f"mean:{column}")
+
+
+def _noise_band(axis, report: dict[str, Any]) -> None:
+    """Shades the Teacher mean ± one run's seed noise. Teacher′ − Teacher is two seeds of one recipe on the
+    same chain's split, so its sd / √2 is seed noise alone; the teacher's std over chains, the fallback
+    without a control arm, also holds what else differs between chains (their splits)."""
+    headline = report["paired"]["headline_metric"]
+    teacher = report["summary"][BASELINE]
+    control = report["paired"]["vs_teacher"].get(CONTROL, {}).get(headline)
+    if control and control["std"] is not None:
+        half = DISPLAY[headline][0] * control["std"] / math.sqrt(2)
+        label = "seed noise: Teacher mean ± sd(Teacher′ − Teacher)/√2"
+    elif teacher["std"] is not None:
+        half, label = teacher["std"], "Teacher mean ± std over chains"
+    else:
+        return  # one chain and no control arm: nothing measures the noise
+    axis.axhspan(teacher["mean"] - half, teacher["mean"] + half, color="grey", alpha=0.2, label=label,
+                 gid="seed-noise")
+
+
+def _differences(axis, report: dict[str, Any]) -> None:
+    """Each column minus the same chain's Teacher: the mean over chains with its 95% interval, a bare point
+    where one chain gives no interval, and the zero line."""
+    headline = report["paired"]["headline_metric"]
+    scale, unit, _ = DISPLAY[headline]
+    columns = report["columns"][1:]
+    kinds = (("BAN-k − Teacher", "o", "tab:blue"), ("Ens*k − Teacher", "D", "tab:green"),
+             ("control arm − Teacher", "v", "tab:red"))
+    shown = 0
+    for kind, (label, marker, color) in enumerate(kinds):
+        points = [(i, report["paired"]["vs_teacher"][c][headline]) for i, c in enumerate(columns)
+                  if _kind(c) == kind and report["paired"]["vs_teacher"][c][headline]["n"]]
+        spread = [(i, p) for i, p in points if p["ci_low"] is not None]
+        bare = [(i, p) for i, p in points if p["ci_low"] is None]
+        shown += len(points)
+        if spread:
+            means = [scale * p["mean"] for _, p in spread]
+            below = [m - scale * p["ci_low"] for m, (_, p) in zip(means, spread)]
+            above = [scale * p["ci_high"] - m for m, (_, p) in zip(means, spread)]
+            axis.errorbar([i for i, _ in spread], means, yerr=[below, above], fmt=marker, color=color, capsize=4,
+                          label=f"{label}, 95% interval")
+        if bare:
+            axis.scatter([i for i, _ in bare], [scale * p["mean"] for _, p in bare], marker=marker, color=color,
+                         label=f"{label} (one chain, no interval)")
+    axis.axhline(0, color="black", linewidth=0.8, gid="zero")
+    if not shown:
+        axis.text(0.5, 0.5, "no paired differences: no column has a finished chain beside its Teacher",
+                  transform=axis.transAxes, ha="center")
+    axis.set_xticks(range(len(columns)), columns)
+    axis.set_xlim(-0.5, max(len(columns), 1) - 0.5)
+    axis.set_ylabel(f"Δ {report['headline']} vs Teacher ({unit})")
+    axis.set_title("Minus the same chain's Teacher, mean over chains (lower is better)")
+
+
+def _kind(column: str) -> int:
+    """0 a student generation, 1 an ensemble, 2 the control arm (the order of _differences' kinds)."""
+    return 2 if column in (CONTROL, CONTROL_ENSEMBLE) else 1 if column.startswith("Ens*") else 0
+
+
+def figure(report: dict[str, Any]):
+    """The report's matplotlib Figure: the lineage panel over the paired-differences panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = _positions(report["columns"])
+    result = Figure(figsize=(max(11.0, 1.2 * len(x) + 6), 8), layout="constrained")
+    FigureCanvasAgg(result)  # files only, no display on cluster nodes; no pyplot, so no global state
+    lineage, differences = result.subplots(2, 1, height_ratios=[3, 2])
+    _noise_band(lineage, report)
+    _lineage(lineage, report, x)
+    _side_markers(lineage, report, x)
+    ticks = sorted(set(x.values()))
+    lineage.set_xticks(ticks, ["\n".join(c for c in x if x[c] == tick) for tick in ticks])
+    lineage.set_xlim(-0.5, ticks[-1] + 0.5)
     unit = f" ({report['unit']})" if report["unit"] else ""
-    axis.set_ylabel(f"{report['headline']}{unit}")
-    axis.set_title(f"{report['sweep']}: {report['headline']} by generation")
-    axis.grid(alpha=0.3)
-    if axis.get_legend_handles_labels()[0]:  # a sweep whose every generation failed has nothing to plot
-        axis.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    lineage.set_xlabel("generation (Ens*k at k; the control arm at the right)")
+    lineage.set_ylabel(f"{report['headline']}{unit}")
+    lineage.set_title(f"{report['sweep']}: {report['headline']} by generation", parse_math=False)
+    _differences(differences, report)
+    for axis in (lineage, differences):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:  # a sweep whose every generation failed has nothing to show
+            axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return result
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    figure(report).savefig(path, dpi=100)
 
 
 def write(report: dict[str, Any], directory: Path) -> list[Path]:

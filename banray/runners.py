@@ -3,6 +3,7 @@ their evaluations in another."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Callable
 
@@ -15,13 +16,18 @@ class GroupRunner:
     of its own. A process per group would import torch, Ray Tune and MLflow anew: seconds of CPU each, which
     on a small node the trials pay for. It holds no CPU: the work it starts (trials) takes worker slots.
     Work off the critical path (evaluations) runs in a second runner with a higher `niceness`, so that on a
-    busy node the operating system gives the CPU to trials first."""
+    busy node the operating system gives the CPU to trials first. A runner imports what its calls use as
+    it starts, while the driver still opens the MLflow store: not when the first group is waiting for it."""
+
+    WARM_MODULES = ("banray.group", "banray.evaluation")
 
     def __init__(self, niceness: int = 0, tune_state_every_s: float | None = None):
         os.nice(niceness)
         if tune_state_every_s is not None:
             # How often Tune saves a run's experiment state, which a resumed sweep restores trials from.
             os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(tune_state_every_s)
+        for module in self.WARM_MODULES:
+            importlib.import_module(module)
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +45,20 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # Tune's new console output prints a banner per Tune run even when silent; the legacy one obeys verbose=0.
     "RAY_AIR_NEW_OUTPUT": "0",
+    # MLflow's INFO lines (database migrations, a link per ended run) would bury banray's progress lines.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
+
+
+class _TokenAuthNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on, printed by every driver of a local cluster; its
+    warnings that authentication is off or a token is wrong still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenAuthNotice())
 
 
 @dataclass
@@ -183,6 +199,8 @@ def connect(address: str | None, env_vars: dict[str, str]) -> bool:
         # Ray's own State API calls in workers (Train's placement-group cleaner) need to know the cluster
         # when a machine runs more than one Ray instance.
         env["RAY_ADDRESS"] = cluster
+    if not sys.stdout.isatty() and "RAY_COLOR_PREFIX" not in os.environ:
+        env["RAY_COLOR_PREFIX"] = "0"  # Ray colours the prefix of the lines it forwards, even into a file
     os.environ.update(env)
     # Under `ray job submit` the job's runtime_env may set the same variables: merge rather than fail.
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
@@ -258,10 +276,16 @@ class SweepState:
     running: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     controls: dict[int, GenerationRecord] = dataclasses.field(default_factory=dict)
     controls_running: dict[int, str] = dataclasses.field(default_factory=dict)  # chain → MLflow run id
+    # For `banray status`: when each running control arm started, the finished groups' wall-clock spans
+    # (chain, generation or "control", started_at, ended_at) and how many groups run at once.
+    control_since: dict[int, float] = dataclasses.field(default_factory=dict)
+    spans: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    groups_at_once: int | None = None
 
     @classmethod
     def restore(cls, spec: SweepSpec, storage: SweepStorage, saved: dict[str, Any] | None) -> SweepState:
         state = cls(spec, storage, results={chain: [] for chain in range(spec.chains)})
+        state.spans = list((saved or {}).get("groups") or [])  # absent from states written before it was kept
         for key, value in (saved or {"chains": {}})["chains"].items():
             chain = int(key)
             state.results[chain] = [GenerationRecord(**r) for r in value["generations"]]
@@ -276,19 +300,28 @@ class SweepState:
         return state
 
     def started(self, chain: int, generation: int, run_id: str) -> None:
-        self.running[chain] = {"generation": generation, "mlflow_run_id": run_id}
+        previous = self.running.get(chain)
+        if previous is not None and previous["generation"] != generation:  # it ended: its successor starts
+            self._ended(chain, previous["generation"], previous.get("started_at"))
+        self.running[chain] = {"generation": generation, "mlflow_run_id": run_id, "started_at": time.time()}
         self.save()
+
+    def _ended(self, chain: int, generation: int | str, started_at: float | None) -> None:
+        self.spans.append({"chain": chain, "generation": generation, "started_at": started_at, "ended_at": time.time()})
 
     def control_started(self, chain: int, run_id: str) -> None:
         self.controls_running[chain] = run_id
+        self.control_since[chain] = time.time()
         self.save()
 
     def progressed(self, results: dict[int, list], stopped: dict[int, str], controls: dict[int, Any]) -> None:
         self.results, self.stopped, self.controls = results, stopped, controls
         for chain in [c for c, group in self.running.items() if len(results.get(c, [])) > group["generation"]]:
-            del self.running[chain]
+            group = self.running.pop(chain)
+            self._ended(chain, group["generation"], group.get("started_at"))
         for chain in [c for c in self.controls_running if c in controls]:
             del self.controls_running[chain]
+            self._ended(chain, "control", self.control_since.pop(chain, None))
         self.save()
 
     def save(self, finished: bool = False) -> None:
@@ -298,6 +331,8 @@ class SweepState:
                 "sweep": self.spec.name,
                 "spec_hash": self.spec.spec_hash(),
                 "finished": finished,
+                "groups_at_once": self.groups_at_once,
+                "groups": self.spans,
                 "chains": {
                     str(chain): {
                         "stopped": self.stopped.get(chain),
@@ -305,6 +340,7 @@ class SweepState:
                         "generations": [dataclasses.asdict(r) for r in records],
                         "control": dataclasses.asdict(self.controls[chain]) if chain in self.controls else None,
                         "control_running": self.controls_running.get(chain),
+                        "control_started_at": self.control_since.get(chain),
                     }
                     for chain, records in self.results.items()
                 },
@@ -316,6 +352,24 @@ def _run_dag(
     spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
     spec_text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    runners = _start_runners(spec)  # they start while the driver prepares the folder and the MLflow store
+    try:
+        return _prepare_and_run(spec, storage, capacity, echo, previous, spec_text, runners)
+    finally:  # on a long-lived cluster, the runners would otherwise live as long as the driver
+        for runner in runners:
+            ray.kill(runner)
+
+
+def _start_runners(spec: SweepSpec) -> tuple[ray.actor.ActorHandle, ray.actor.ActorHandle]:
+    """The runner of the groups (all of them at once) and the runner of evaluations, niced."""
+    groups = spec.chains * (1 + int(spec.control))
+    groups_runner = start_runner(groups, tune_state_every_s=spec.train.checkpoint_every_s)
+    # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
+    return groups_runner, start_runner(groups * (spec.generations + 1), niceness=10)
+
+
+def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None],
+                     previous: dict | None, spec_text: str, runners: tuple) -> SweepResult:
     ctx, state, slots = _prepare(spec, storage, capacity, previous, spec_text)
     for chain, records in [(c, r) for c, r in state.results.items() if r]:
         echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
@@ -324,10 +378,14 @@ def _run_dag(
         f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
     )
-    dag, chains, busy_s = _schedule(ctx, state, slots, echo)
+    dag, chains, busy_s = _schedule(ctx, state, slots, runners, echo)
     utilisation = busy_s / (capacity * dag.makespan_s)
+    for chain in chains:  # each chain's run, and its control arm's, ends with the table of its generations
+        for records, stopped in ((chain.generations, chain.stopped), ([chain.control] if chain.control else [], None)):
+            tracking.finish_chain_run(ctx.tracking, ctx.experiment_id, spec.name, records, stopped)
     aliases = tracking.register_generations(
-        ctx.tracking, spec.name, [r for chain in chains for r in chain.generations], spec.search.metric
+        ctx.tracking, spec.name, [r for chain in chains for r in chain.generations], spec.search.metric,
+        ctx.experiment_id,
     )
     result = report.build(
         spec, chains, sweep_dir=storage.uri, tracking_uri=ctx.tracking.uri, experiment_id=ctx.experiment_id,
@@ -358,24 +416,24 @@ def _prepare(spec: SweepSpec, storage: SweepStorage, capacity: int, previous: di
         storage.write_text("spec.yaml", spec_text)
     state = SweepState.restore(spec, storage, previous)
     experiment_id = tracking.ensure_experiment(track)
+    tracking.describe_experiment(track, experiment_id, spec.name)
     # Named after the sweep folder: trials of an interrupted group, restored by a resumed sweep, find it again.
     slots_actor = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
     slots = WorkerSlots.options(name=slots_actor, get_if_exists=True).remote(capacity)
     ctx = SweepContext(spec=spec, sweep_dir=storage.uri, tracking=track, experiment_id=experiment_id,
                        slots_actor=slots_actor, capacity=capacity, tune_verbose=tune_verbosity())
+    state.groups_at_once = ctx.groups_at_once
     return ctx, state, slots
 
 
-def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle, echo: Callable[[str], None]):
+def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle, runners: tuple,
+              echo: Callable[[str], None]):
     """Run the DAG of groups in the warm runners, then each chain's ensembles: (the DAG's run, the chains'
     results, busy slot-seconds)."""
     spec, track = ctx.spec, ctx.tracking
     interrupted = dict(state.running)  # groups the interrupted driver was running
     interrupted_controls = dict(state.controls_running)
-    groups = spec.chains * (1 + int(spec.control))
-    runners = start_runner(groups, tune_state_every_s=spec.train.checkpoint_every_s)
-    # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
-    evaluators = start_runner(groups * (spec.generations + 1), niceness=10)
+    groups_runner, evaluators = runners
 
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
         group = interrupted.pop(chain, None)
@@ -383,31 +441,27 @@ def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle
         run_id = (tracking.reopen_run(track, group["mlflow_run_id"]) if restore
                   else start_generation_run(ctx, chain, generation, teacher))
         state.started(chain, generation, run_id)
-        return runners.call.remote(run_group, ctx, chain, generation, teacher, run_id, restore)
+        return groups_runner.call.remote(run_group, ctx, chain, generation, teacher, run_id, restore)
 
     def launch_control(chain: int):
         run_id = interrupted_controls.pop(chain, None)
         restore = run_id is not None
         run_id = tracking.reopen_run(track, run_id) if restore else start_generation_run(ctx, chain, 0, None, "control")
         state.control_started(chain, run_id)
-        return runners.call.remote(run_group, ctx, chain, 0, None, run_id, restore, "control")
+        return groups_runner.call.remote(run_group, ctx, chain, 0, None, run_id, restore, "control")
 
-    try:
-        dag = run_dag(
-            spec.chains, spec.generations, launch=launch, stop_rule=lambda chain, records: stop_reason(spec, records),
-            echo=echo, on_done=state.progressed, done=state.results, stopped=state.stopped,
-            launch_control=launch_control if spec.control else None, controls_done=state.controls,
-            groups_at_once=ctx.groups_at_once,
-            evaluate=lambda r: evaluators.call.remote(evaluate_group, ctx, r) if needs_evaluation(r) else None,
-        )
-        busy_s = ray.get(slots.busy_seconds.remote())
-        ray.kill(slots)
-        ensembles = ray.get(
-            [runners.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
-        )
-    finally:  # on a long-lived cluster, the runners would otherwise live as long as the driver
-        ray.kill(runners)
-        ray.kill(evaluators)
+    dag = run_dag(
+        spec.chains, spec.generations, launch=launch, stop_rule=lambda chain, records: stop_reason(spec, records),
+        echo=echo, on_done=state.progressed, done=state.results, stopped=state.stopped,
+        launch_control=launch_control if spec.control else None, controls_done=state.controls,
+        groups_at_once=ctx.groups_at_once,
+        evaluate=lambda r: evaluators.call.remote(evaluate_group, ctx, r) if needs_evaluation(r) else None,
+    )
+    busy_s = ray.get(slots.busy_seconds.remote())
+    ray.kill(slots)
+    ensembles = ray.get(
+        [groups_runner.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
+    )
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
                     control=dag.controls.get(c), control_ensemble=found.control_ensemble)
@@ -423,20 +477,20 @@ def _write_report(ctx: SweepContext, storage: SweepStorage, result: dict, spec_t
         local_files = report.write(result, Path(folder))
         (Path(folder) / "spec.yaml").write_text(spec_text)
         files = [storage.write_bytes(f.name, f.read_bytes()) for f in local_files]
-        summary_run = tracking.start_run(
-            track, ctx.experiment_id, "summary", tags=tracking.banray_tags(sweep=ctx.spec.name, role="summary")
-        )
+        tags = tracking.banray_tags(sweep=ctx.spec.name, role="summary", level="sweep", arm="main", column="all")
+        note = tracking.summary_note(ctx.spec.name, report.table(result))
+        summary_run = tracking.start_run(track, ctx.experiment_id, "summary", tags={**tags, tracking.NOTE: note})
         tracking.log_artifacts(track, summary_run, [Path(folder) / "spec.yaml", *local_files])
-        tracking.log_metrics(track.client(), summary_run, report.summary_metrics(result))
+        # Every paired statistic as a table (the UI shows it as one); the run's metrics are the headline numbers.
+        track.client().log_table(summary_run, tracking.paired_table(result), "paired.json")
+        tracking.log_steps(track.client(), summary_run, report.summary_metrics(result))
         tracking.end_run(track, summary_run)
     return files
 
 
 def _print_result(ctx: SweepContext, result: dict, files: list, aliases: dict, echo: Callable[[str], None]) -> None:
+    """Where everything is, then the report's caption and table: the table is the last thing a sweep prints."""
     track, experiment_id, name = ctx.tracking, ctx.experiment_id, ctx.spec.name
-    echo(report.caption(result))
-    echo(report.table(result))
-    echo("")
     echo(f"Report: {', '.join(str(f) for f in files)}")
     echo(f"MLflow: experiment '{track.experiment}' (id {experiment_id}) at {track.uri}")
     if aliases:
@@ -446,9 +500,10 @@ def _print_result(ctx: SweepContext, result: dict, files: list, aliases: dict, e
             + f"  (move @best with: banray promote {name} --generation K)"
         )
     if track.uri.startswith(("http://", "https://")):
-        echo(f"Open the MLflow UI: {track.uri.rstrip('/')}/#/experiments/{experiment_id}/runs")
+        echo(f"Open the MLflow UI: {tracking.runs_link(track.uri, experiment_id, chart=True)}")
     else:
-        echo(
-            f"Open the MLflow UI: mlflow ui --backend-store-uri {track.uri}  "
-            f"(then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs)"
-        )
+        echo(f"Open the MLflow UI: banray ui {ctx.sweep_dir}  "
+             f"(then {tracking.runs_link('http://127.0.0.1:5000', experiment_id, chart=True)})")
+    echo("")
+    echo(report.caption(result))
+    echo(report.table(result))

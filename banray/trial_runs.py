@@ -20,7 +20,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from banray import tracking
 from banray.records import SUMMARY, TrialSummary
-from banray.trial import group_name, trial_settings
+from banray.trial import trial_settings
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ class TrialRuns(tune.Callback):
         run_id = tracking.start_or_resume_run(
             self.track,
             self.experiment_id,
-            run_name=f"{group_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",
-            tags=tracking.banray_tags(
-                sweep=settings.sweep, chain=settings.chain, generation=settings.generation, trial=settings.trial,
-                role=settings.role, tune_trial_id=trial.trial_id,
+            run_name=f"{tracking.run_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",
+            tags=tracking.group_tags(
+                "trial", settings.sweep, settings.chain, settings.generation, settings.arm, settings.role,
+                trial=settings.trial, tune_trial_id=trial.trial_id,
             ),
             params=settings.model_dump(mode="json"),
             parent_run_id=self.generation_run_id,

@@ -69,8 +69,10 @@ def test_files_hold_the_per_generation_records_and_the_plot(built, tmp_path):
         assert key in first[0]
     assert loaded["chains"][0]["ensembles"] == [{"k": 2, "members": [1, 2], "test_error": 0.06, "test_nll": 0.2, "test_ece": None}]
     text = md_path.read_text()
-    assert "# banray report: tiny" in text and report.table(built) in text
-    assert "Ens*k averages the softmax outputs of the last k student generations" in text
+    assert "# banray report: tiny" in text
+    assert "| Chain | Teacher | BAN-1 | BAN-2 | Ens\\*2 |\n|---|---|---|---|---|\n| 0 | 10.00 | 8.00 | 7.00 | 6.00 |" in text
+    assert "| 2 | 14.00 | failed | — | — |" in text
+    assert "Ens\\*k averages the softmax outputs of the last k student generations" in text
     assert "chain 2 stopped after generation 1: no trial of generation 1 finished" in text
     assert "chain 2 generation 1 failed: all 2 trial(s) failed" in text
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000
@@ -203,22 +205,6 @@ def test_without_control_the_caption_says_so(built):
     assert built["paired"]["vs_control_ensemble"] == {}
 
 
-def test_summary_metrics_for_mlflow(controlled):
-    metrics = report.summary_metrics(controlled)
-    assert all(re.fullmatch(r"[\w./ :-]+", name) for name in metrics)  # MLflow's allowed characters
-    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
-    ban1 = controlled["paired"]["vs_teacher"]["BAN-1"]["test_error"]
-    for stat in ("n", "mean", "std", "ci_low", "ci_high", "better", "tied", "worse", "wilcoxon_p"):
-        assert metrics[f"paired.ban1.test_error.{stat}"] == pytest.approx(ban1[stat])
-    assert metrics["paired.control.test_error.mean"] == pytest.approx(0.001)
-    assert metrics["paired.control_ensemble.test_ece.ci_high"] == pytest.approx(
-        controlled["paired"]["vs_teacher"]["Teacher+Teacher′"]["test_ece"]["ci_high"])
-    assert metrics["paired_vs_control_ensemble.ens2.test_error.mean"] == pytest.approx(0.018)
-    assert metrics["teacher.test_error.mean"] == pytest.approx(0.115)
-    assert metrics["control.test_nll.mean"] == pytest.approx(3 * sum(COLUMNS["Teacher′"]) / 4)
-    assert "paired.teacher.test_error.mean" not in metrics
-
-
 def test_failed_control_is_left_out_of_the_pairs():
     spec = parse_spec(tiny_spec(chains=3))
     chains = [
@@ -229,3 +215,142 @@ def test_failed_control_is_left_out_of_the_pairs():
     built = build(spec, chains)
     assert built["rows"]["2"]["Teacher′"] == "failed"
     assert built["paired"]["vs_teacher"]["Teacher′"]["test_error"]["n"] == 2
+
+
+def panels(built):
+    figure = report.figure(built)
+    lineage, differences = figure.axes
+    return lineage, differences
+
+
+def scatter(axis, gid):
+    (points,) = [c for c in axis.collections if c.get_gid() == gid]
+    return points.get_offsets()
+
+
+def test_figure_draws_lineage_lines_only_and_ensembles_and_control_as_markers(controlled):
+    lineage, _ = panels(controlled)
+    lines = lineage.get_lines()
+    assert sorted(line.get_gid() for line in lines) == [f"lineage:{c}" for c in (0, 1, 2, 3, "mean")]
+    for line in lines:  # only Teacher → BAN-1 → BAN-2 is connected: no line reaches an ensemble or the control arm
+        assert list(line.get_xdata()) == [0, 1, 2]
+    for chain in range(4):
+        (line,) = [line for line in lines if line.get_gid() == f"lineage:{chain}"]
+        values = [100 * TEACHER[chain], 100 * COLUMNS["BAN-1"][chain], 100 * COLUMNS["BAN-2"][chain]]
+        assert list(line.get_ydata()) == pytest.approx(values)
+    (mean,) = [line for line in lines if line.get_gid() == "lineage:mean"]
+    means = [controlled["summary"][c]["mean"] for c in ("Teacher", "BAN-1", "BAN-2")]
+    assert list(mean.get_ydata()) == pytest.approx(means)
+    for column, x in (("Ens*2", 2), ("Teacher′", 3), ("Teacher+Teacher′", 4)):
+        offsets = scatter(lineage, f"markers:{column}")
+        assert list(offsets[:, 0]) == [x] * 4
+        assert sorted(offsets[:, 1]) == pytest.approx(sorted(100 * v for v in COLUMNS[column]))
+        assert list(scatter(lineage, f"mean:{column}")[0]) == pytest.approx([x, controlled["summary"][column]["mean"]])
+    legend = set(lineage.get_legend_handles_labels()[1])
+    assert {"Ens*2", "Teacher′", "Teacher+Teacher′", "mean over chains (black)"} <= legend
+    assert lineage.get_ylabel() == "test error (%)"
+
+
+def test_figure_shades_the_seed_noise_of_the_control_arm(controlled):
+    lineage, _ = panels(controlled)
+    (band,) = [p for p in lineage.patches if p.get_gid() == "seed-noise"]
+    sd = controlled["paired"]["vs_teacher"]["Teacher′"]["test_error"]["std"]
+    half = 100 * sd / math.sqrt(2)  # one run's seed noise: the difference of two runs has √2 its sd
+    bounds = sorted(band.get_path().transformed(band.get_patch_transform()).vertices[:, 1])
+    assert (bounds[0], bounds[-1]) == (pytest.approx(11.5 - half), pytest.approx(11.5 + half))
+
+
+def test_figure_error_bars_are_the_reports_intervals(controlled):
+    _, differences = panels(controlled)
+    labels = {tick: label.get_text() for tick, label in zip(differences.get_xticks(), differences.get_xticklabels())}
+    drawn = {}
+    for container in differences.containers:
+        data, _, (bars,) = container.lines
+        for x, y, segment in zip(data.get_xdata(), data.get_ydata(), bars.get_segments()):
+            assert segment[0][0] == segment[1][0] == x
+            drawn[labels[x]] = (y, segment[0][1], segment[1][1])
+    assert set(drawn) == {"BAN-1", "BAN-2", "Ens*2", "Teacher′", "Teacher+Teacher′"}
+    for column, (mean, low, high) in drawn.items():
+        paired = controlled["paired"]["vs_teacher"][column]["test_error"]
+        assert (mean, low, high) == (pytest.approx(100 * paired["mean"]), pytest.approx(100 * paired["ci_low"]),
+                                     pytest.approx(100 * paired["ci_high"]))
+    assert [list(line.get_ydata()) for line in differences.get_lines() if line.get_gid() == "zero"] == [[0, 0]]
+    assert differences.get_ylabel() == "Δ test error vs Teacher (points)"
+
+
+def test_figure_of_one_language_model_chain_has_points_without_intervals(tmp_path):
+    spec = parse_spec(tiny_spec(data={"dataset": "ptb"}, model={"arch": "lstm_lm"}, search={"metric": "val_nll"}))
+    built = build(spec, [ChainResult(0, [record(0, 0, 0.7, test_nll=math.log(120.0)),
+                                         record(0, 1, 0.7, test_nll=math.log(110.0))], [], None)])
+    lineage, differences = panels(built)
+    assert [list(line.get_ydata()) for line in lineage.get_lines()] == [pytest.approx([120, 110])] * 2
+    assert lineage.get_ylabel() == "test perplexity" and not lineage.patches  # one chain: no noise measured
+    assert not differences.containers
+    (points,) = differences.collections
+    assert points.get_offsets().tolist() == [pytest.approx([0, -10])]
+    assert differences.get_ylabel() == "Δ test perplexity vs Teacher (perplexity)"
+    report.plot(built, tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_figure_leaves_failed_generations_out_and_draws_a_teacher_alone(built, tmp_path):
+    lineage, _ = panels(built)
+    (failed,) = [line for line in lineage.get_lines() if line.get_gid() == "lineage:2"]
+    assert list(failed.get_xdata()) == [0, 1, 2]
+    assert failed.get_ydata()[0] == pytest.approx(14.0) and all(map(math.isnan, failed.get_ydata()[1:]))
+    teachers = parse_spec(tiny_spec(chains=2)).model_copy(update={"generations": 0})
+    alone = build(teachers, [ChainResult(c, [record(c, 0, 0.1 + c / 50)], [], None) for c in range(2)])
+    lineage, differences = panels(alone)
+    assert [list(line.get_xdata()) for line in lineage.get_lines()] == [[0]] * 3
+    assert not differences.containers and not differences.collections
+    report.plot(alone, tmp_path / "alone.png")
+
+
+def tables(text):
+    """The markdown tables of text, each a list of its lines."""
+    found, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            found.append(current)
+            current = []
+    return found
+
+
+def cells(line):
+    return re.split(r"(?<!\\)\|", line)[1:-1]  # cells between unescaped pipes
+
+
+def test_markdown_has_the_three_tables_escaped(controlled):
+    text = report.markdown(controlled)
+    assert text.count("\n|---") == 3
+    paper, evidence, calibration = tables(text)
+    assert paper[0] == "| Chain | Teacher | BAN-1 | BAN-2 | Ens\\*2 | Teacher′ | Teacher+Teacher′ |"
+    assert paper[-1].startswith("| mean ± std | 11.50 ± 1.29 |") and len(paper) == 2 + 4 + 1
+    assert "Ens*2" not in text and "Ens\\*2" in text
+    assert evidence[0] == ("| Column | minus (same chain) | Δ test error (points) | 95% interval (points) | better | tied "
+                           "| worse | Wilcoxon p | verdict |")
+    assert "| BAN-1 | Teacher | -1.18 | \\[-1.55, -0.80\\] | 4 | 0 | 0 | 0.12 | better |" in evidence
+    assert cells(evidence[-1])[1].strip() == "Teacher+Teacher′"  # Ens*2 against the control ensemble
+    assert calibration[0].startswith("| Column | test NLL (nats), mean ± std | Δ test NLL (nats), 95% CI | ECE (%)")
+    assert len(calibration) == 2 + len(controlled["columns"])
+    for table in (paper, evidence, calibration):
+        assert {len(cells(line)) for line in table} == {len(cells(table[0]))}
+    assert text.index("Seed noise (Teacher′ − Teacher)") < text.index("|---")  # the caption comes first
+
+
+def test_markdown_escapes_hostile_names(built):
+    hostile = "a|b*c_<script>"
+    assert report.escape_markdown(hostile) == "a\\|b\\*c\\_\\<script\\>"
+    assert (report.escape_markdown("x\n| y `z` [l](u) # $m$ &amp; ~s~")
+            == "x \\| y \\`z\\` \\[l\\](u) \\# \\$m\\$ \\&amp; \\~s\\~")
+    built["sweep"] = hostile
+    built["chains"][0]["generations"][0]["arch"] = "<img src=x onerror=alert(1)>"
+    built["chains"][2]["stopped"] = "boom | </table>\n# owned"
+    text = report.markdown(built)
+    assert "# banray report: a\\|b\\*c\\_\\<script\\>" in text
+    assert "Architecture: \\<img src=x onerror=alert(1)\\>, cnn" in text
+    assert "chain 2 stopped after generation 1: boom \\| \\</table\\> \\# owned" in text
+    assert not re.search(r"(?<!\\)<", text) and "\n# owned" not in text
+

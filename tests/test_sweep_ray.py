@@ -51,7 +51,9 @@ def test_report_files_describe_every_generation(finished):
     assert student["teacher_checkpoint"] == teacher["checkpoint"]
     assert report["columns"] == ["Teacher", "BAN-1", "Teacher′", "Teacher+Teacher′"]
     assert "| Chain | Teacher | BAN-1 | Teacher′ | Teacher+Teacher′ |" in output and "| mean ± std |" in output
-    assert "Report: " in output and "mlflow ui --backend-store-uri" in output
+    assert "Report: " in output and f"Open the MLflow UI: banray ui {result.sweep_dir}" in output
+    # The table is the last thing a sweep prints.
+    assert output.index("Open the MLflow UI") < output.index("| Chain |") and output.rstrip().endswith("|")
 
 
 def test_control_arm_is_the_teachers_recipe_with_fresh_seeds(finished):
@@ -115,8 +117,9 @@ def test_mlflow_holds_generation_runs_with_trial_children(finished):
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(spec.name)
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"chain0-gen0", "chain0-gen1", "chain0-control", "chain0-ensembles", "summary"} | {
-        f"chain0-{group}-trial{t}" for group in ("gen0", "gen1", "control") for t in (0, 1)
+    assert set(runs) == {"chain0", "chain0-gen0", "chain0-gen1", "chain0-control", "chain0-control-gen0",
+                         "chain0-ensembles", "summary"} | {
+        f"chain0-{group}-trial{t}" for group in ("gen0", "gen1", "control-gen0") for t in (0, 1)
     }
     teacher, student = generations(result)
     for generation, record in enumerate((teacher, student)):
@@ -135,14 +138,15 @@ def test_mlflow_holds_generation_runs_with_trial_children(finished):
             assert [m.step for m in history] == [1, 2]
     assert runs["chain0-gen0"].data.tags["banray.teacher_run_id"] == ""
     assert runs["chain0-gen1"].data.tags["banray.teacher_run_id"] == teacher["mlflow_run_id"]
-    assert runs["chain0-control"].data.tags["banray.role"] == "control"
+    assert runs["chain0-control-gen0"].data.tags["banray.role"] == "control"
     summary = runs["summary"].data.metrics
-    # The paired statistics reach MLflow as the summary run's metrics (one chain: means, no interval).
-    assert summary["paired.ban1.test_error.mean"] == pytest.approx(student["test_error"] - teacher["test_error"])
-    assert summary["paired.control.test_error.n"] == 1
-    assert "control_ensemble.test_error.mean" in summary
+    # The summary run's headline numbers, in points (one chain: means, no interval); the rest in paired.json.
+    assert summary["vs_teacher.ban1.test_error_pct.mean"] == pytest.approx(
+        100 * (student["test_error"] - teacher["test_error"]))
+    assert summary["vs_teacher.ban1.test_error_pct.n"] == 1
+    assert "vs_teacher.control.test_error_pct.mean" in summary and len(summary) <= 20
     summary_files = {a.path for a in client.list_artifacts(runs["summary"].info.run_id)}
-    assert summary_files == {"report.json", "report.md", "report.png", "spec.yaml"}
+    assert summary_files == {"report.json", "report.md", "report.png", "spec.yaml", "paired.json"}
 
 
 def test_each_generation_logs_a_loadable_model(finished, monkeypatch):
