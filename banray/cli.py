@@ -423,8 +423,27 @@ def ui(location: str, port: int, tracking_uri: str | None, endpoint: str | None)
         inspection.serve(uri, name, known, port, click.echo)
 
 
+# Lines Ray's workers print that say nothing to a banray user: Train V2's preemption watcher, restartable
+# by design, is reported once per trial; banray starts its group runners and trials as actors, by design.
+RAY_NOISE = (r"class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
+             r"|PYTHON worker processes have been started on node")
+
+
+def _plain_output() -> None:
+    """What Ray forwards from its workers, without its routine notices and, off a terminal, without colour
+    codes (Ray colours its prefixes and its "[repeated Nx]" notes wherever the output goes)."""
+    import colorama
+
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_NOISE)  # read when Ray is imported, after this
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not stream.isatty():
+            setattr(sys, name, colorama.AnsiToWin32(stream, strip=True, convert=False).stream)
+
+
 def main() -> None:
     """The `banray` command: click's usage errors, like banray's own, are one line on stderr."""
+    _plain_output()
     try:
         status = cli.main(prog_name="banray", standalone_mode=False)
     except click.ClickException as exc:

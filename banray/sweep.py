@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -199,8 +198,6 @@ def connect(address: str | None, env_vars: dict[str, str]) -> bool:
         # Ray's own State API calls in workers (Train's placement-group cleaner) need to know the cluster
         # when a machine runs more than one Ray instance.
         env["RAY_ADDRESS"] = cluster
-    if not sys.stdout.isatty() and "RAY_COLOR_PREFIX" not in os.environ:
-        env["RAY_COLOR_PREFIX"] = "0"  # Ray colours the prefix of the lines it forwards, even into a file
     os.environ.update(env)
     # Under `ray job submit` the job's runtime_env may set the same variables: merge rather than fail.
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")

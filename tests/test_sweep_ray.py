@@ -159,10 +159,18 @@ def test_each_generation_logs_a_loadable_model(finished, monkeypatch):
         assert model(x).shape == (2, 4)
 
 
+# What a sweep's output must not hold: Ray Train's notice per trial about its preemption watcher, Ray's
+# hint about many worker processes, MLflow's INFO lines and registry chatter, colour codes off a terminal.
+NOISE = ("PreemptionWatcher", "PYTHON worker processes have been started", "INFO mlflow", "already exists",
+         "Token authentication is enabled", "\x1b[")
+
+
 def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
-    spec = tiny_spec(name="cli", storage=str(tmp_path / "runs"), generations=1,
+    """On TorchTrainer (whose preemption watcher Ray reports per trial), with a control arm and two
+    generations registered into one model: banray's lines and the table last, nothing else."""
+    spec = tiny_spec(name="cli", storage=str(tmp_path / "runs"), generations=2, control=True,
                      data={"dataset": "digits"}, train={"epochs": 1, "batch_size": 64},
-                     search={"trials": 1})
+                     search={"trials": 1}, resources={"trainer": "train"})
     path = tmp_path / "cli.yaml"
     path.write_text(yaml.safe_dump(spec))
     completed = subprocess.run(
@@ -171,8 +179,11 @@ def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "| Chain | Teacher | BAN-1 |" in completed.stdout
+    output = completed.stdout + completed.stderr
+    assert not [word for word in NOISE if word in output], output[-3000:]
+    assert completed.stdout.rstrip().splitlines()[-1].startswith("|")  # the table is the last thing printed
     report = json.loads((tmp_path / "runs" / "cli" / "report.json").read_text())
-    assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished", "finished"]
+    assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished"] * 3
 
 
 @pytest.mark.parametrize(
