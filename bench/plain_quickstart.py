@@ -58,16 +58,17 @@ def error(model: nn.Module, data: TensorDataset) -> float:
     return (model(x).argmax(1) != y).float().mean().item()
 
 
-def train_trial(seed: int, splits, teacher: nn.Module | None) -> tuple[float, nn.Module]:
+def train_trial(seed: int, splits, teacher: nn.Module | None, epochs: int = EPOCHS,
+                batch: int = BATCH) -> tuple[float, nn.Module]:
     """One trial: (best validation error, the model at its best epoch)."""
     train, val, _ = splits
     torch.manual_seed(seed)
     model = cnn()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
-    loader = DataLoader(train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    loader = DataLoader(train, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(seed))
     best, best_state = float("inf"), None
-    for _ in range(EPOCHS):
+    for _ in range(epochs):
         model.train()
         for x, y in loader:
             logits = model(x)

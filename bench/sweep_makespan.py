@@ -7,7 +7,10 @@ own wall times (their MLflow runs, start to end: Ray Train's start of the trial'
 teacher-logit cache's build, the checkpoints) and from the generation groups' spans (a group adds Tune's
 setup, the start of its trial's process, and the selection of its best trial). The first ratio is what the
 sweep costs beyond its trials; `group_overhead_s` is that cost per group in seconds, which is fixed: it
-weighs on short trials and vanishes into long ones.
+weighs on short trials and vanishes into long ones. A third bound comes from the plain work: each chain's
+generations trained by bench/plain_quickstart's hand-written loop (same model, epochs, batch, split, the
+teacher's soft targets), the chains side by side in one process each, timed per generation: what the
+sweep would take if the framework cost nothing.
 
 Run: .venv/bin/python -m bench.sweep_makespan   (about 9 minutes on 2 cores)
 """
@@ -16,14 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from banray import sweep, tracking
 from banray.spec import parse_spec
+from bench import plain_quickstart
 from bench.common import write
+
+CHAINS, GENERATIONS, BATCH = 2, 2, 64
 
 
 def lower_bound(durations: dict[tuple[int, int], float], slots: int) -> float:
@@ -32,6 +42,26 @@ def lower_bound(durations: dict[tuple[int, int], float], slots: int) -> float:
     for (chain, _), seconds in durations.items():
         chains[chain] += seconds
     return max(sum(durations.values()) / slots, max(chains.values()))
+
+
+def plain_chain(args: tuple[int, int]) -> dict[int, float]:
+    """{generation: seconds} of one chain's generations, one trial each, trained by the plain loop."""
+    chain, epochs = args
+    torch.set_num_threads(1)
+    splits, teacher, seconds = plain_quickstart.digits_splits(chain), None, {}
+    plain_quickstart.train_trial(0, splits, None, 1, BATCH)  # torch's first-call set-up is no part of the work
+    for generation in range(GENERATIONS + 1):
+        start = time.perf_counter()
+        _, teacher = plain_quickstart.train_trial(100 * chain + generation, splits, teacher, epochs, BATCH)
+        seconds[generation] = time.perf_counter() - start
+    return seconds
+
+
+def plain_work(epochs: int) -> dict[tuple[int, int], float]:
+    """{(chain, generation): seconds} of the sweep's work done by the plain loop, the chains side by side."""
+    with multiprocessing.get_context("spawn").Pool(CHAINS) as pool:
+        found = pool.map(plain_chain, [(chain, epochs) for chain in range(CHAINS)])
+    return {(chain, g): s for chain, by_generation in enumerate(found) for g, s in by_generation.items()}
 
 
 def group(key: tuple[int, int]) -> str:
@@ -46,10 +76,10 @@ def measure(epochs: int, storage: str | None) -> dict:
         "name": "bench-makespan",
         "data": {"dataset": "digits"},
         "model": {"arch": "cnn", "kwargs": {"width": 16}},
-        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05},
+        "train": {"epochs": epochs, "batch_size": BATCH, "lr": 0.05},
         "distill": {"objective": "ban", "teacher": "cached"},
-        "generations": 2,
-        "chains": 2,
+        "generations": GENERATIONS,
+        "chains": CHAINS,
         "control": False,  # the bench measures the chains' DAG alone
         "search": {"trials": 1},
         "storage": storage,
@@ -71,6 +101,8 @@ def measure(epochs: int, storage: str | None) -> dict:
             key = (int(tags["banray.chain"]), int(tags["banray.generation"]))
             trials[key] = trials.get(key, 0.0) + (run.info.end_time - run.info.start_time) / 1000
     by_trials, by_groups = lower_bound(trials, slots), lower_bound(spans, slots)
+    plain = plain_work(epochs)
+    by_plain = lower_bound(plain, slots)
     return {
         "epochs": epochs,
         "slots": slots,
@@ -78,8 +110,11 @@ def measure(epochs: int, storage: str | None) -> dict:
         "trial_wall_s": {group(k): round(v, 2) for k, v in sorted(trials.items())},
         "group_span_s": {group(k): round(v, 2) for k, v in sorted(spans.items())},
         "group_overhead_s": {group(k): round(spans[k] - trials[k], 2) for k in sorted(trials)},
+        "plain_wall_s": {group(k): round(v, 2) for k, v in sorted(plain.items())},
+        "lower_bound_from_plain_s": by_plain,
         "lower_bound_from_trials_s": by_trials,
         "lower_bound_from_groups_s": by_groups,
+        "ratio_vs_plain": makespan / by_plain,
         "ratio_vs_trials": makespan / by_trials,
         "ratio_vs_groups": makespan / by_groups,
     }
