@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from banray import tracking
+from banray import sweep, tracking
 from banray.group import SweepContext, run_group, start_generation_run
 from banray.models import build_model
 from banray.spec import parse_spec
@@ -108,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1
+    os.environ.update(sweep.RAY_ENV_DEFAULTS)  # the environment a sweep's driver gives Ray and Tune
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(fakedata)  # the trials' processes cannot import tests/

@@ -208,3 +208,13 @@ def test_both_engines_train_a_chain(ray_cluster, tmp_path, resources, engine):
         assert metadata["epoch"] == record["best_epoch"] and metadata["val_error"] == record["val_error"]
     train_runs = list((folder / "train").glob("*")) if (folder / "train").exists() else []
     assert (len(train_runs) == 2) == (engine == "train")  # one Train run per trial, or none
+
+
+def test_tune_writes_no_files_per_result(finished):
+    """Tune's default loggers write result.json, progress.csv and TensorBoard events after every report,
+    while the trial waits for the controller; banray's metrics go to MLflow, so they are off."""
+    spec, result, output = finished
+    trial_folders = [p for p in (Path(result.sweep_dir) / "tune").glob("*/trial_*") if p.is_dir()]
+    assert trial_folders
+    written = {f.name for folder in trial_folders for f in folder.iterdir()}
+    assert not written & {"result.json", "progress.csv"} and not any(n.startswith("events.out") for n in written)
