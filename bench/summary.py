@@ -110,9 +110,11 @@ NOTES = [
     "(one teacher pass per epoch over the augmented views) divided by the 4 trials sharing it; the lookup alone "
     "costs nothing measurable (`cached_lookup_only_ratio`).",
     "- (c): the DAG itself adds nothing: the makespan equals the lower bound from the generation groups' spans "
-    "(ratio ≈ 1.00). (c) was measured on 2026-11-22, when every trial started a TorchTrainer, and has not been "
-    "re-run since (nor extended with a lower bound from the plain work, which issue 15 asks for): its per-group "
-    "overhead of 7.6-8.2 s is today's (e) group overhead plus Ray Train's start.",
+    "(ratio ≈ 1.00). Against the plain work (the same chains' generations trained by plain_quickstart's loop, "
+    "the chains side by side) the 400-epoch case is 1.85×, not ≤ 1.05: a banray trial of this tiny model took "
+    "36-51 s where the plain loop took 21-31 s, the per-epoch cost of (a) (the report's round trip and the "
+    "checkpoints, about 30 ms of a 50-70 ms epoch) times 400 epochs, plus 3-10 s per group outside its trial. "
+    "Measured before Tune's per-result files were turned off (which took 9 ms off each epoch in (a)).",
     "- (e): the quickstart as a user runs it, 56-58 s against 10-12.5 s for the plain script (it was 264-352 s "
     "before issue 15, 76 s after its first half, 58 s after its second); the plain script's own time moves by "
     "20% between runs on this machine, hence the spread of the ratio. Where the time went: a group's Tune runs "
