@@ -46,9 +46,6 @@ RAY_ENV_DEFAULTS = {
     "RAY_AIR_NEW_OUTPUT": "0",
     # MLflow's INFO lines (database migrations, a link per ended run) would bury banray's progress lines.
     "MLFLOW_LOGGING_LEVEL": "WARNING",
-    # Tune's own per-result files (result.json, progress.csv, TensorBoard events), written while the trial
-    # waits for the controller after every report (9 ms of a 100 ms epoch); banray's metrics are in MLflow.
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 

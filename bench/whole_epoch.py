@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from banray import sweep, tracking
+from banray import tracking
 from banray.group import SweepContext, run_group, start_generation_run
+from banray.runners import GroupRunner
 from banray.models import build_model
 from banray.spec import parse_spec
 from banray.tasks import make_task
@@ -109,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1
-    os.environ.update(sweep.RAY_ENV_DEFAULTS)  # the environment a sweep's driver gives Ray and Tune
+    os.environ.update(GroupRunner.TUNE_ENV)  # the groups run here, not in a sweep's GroupRunner
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(fakedata)  # the trials' processes cannot import tests/
