@@ -115,7 +115,7 @@ NOTES = [
     "36-51 s where the plain loop took 21-31 s, the per-epoch cost of (a) (the report's round trip and the "
     "checkpoints, about 30 ms of a 50-70 ms epoch) times 400 epochs, plus 3-10 s per group outside its trial. "
     "Measured before Tune's per-result files were turned off (which took 9 ms off each epoch in (a)).",
-    "- (e): the quickstart as a user runs it, 56-58 s against 10-12.5 s for the plain script (it was 264-352 s "
+    "- (e): the quickstart as a user runs it, 56-61 s against 10-12.5 s for the plain script (it was 264-352 s "
     "before issue 15, 76 s after its first half, 58 s after its second); the plain script's own time moves by "
     "20% between runs on this machine, hence the spread of the ratio. Where the time went: a group's Tune runs "
     "share one warm process, started with the evaluations' while the driver opens the MLflow store; a new "
