@@ -25,9 +25,8 @@ from banray import lock, tracking
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.selection import best_generation
 from banray.spec import MAX_SPEC_BYTES, SpecError, SweepSpec, cut, parse_spec
-from banray.storage import MARKER_FILE, RETRY_BUDGET_VARIABLE, SweepStorage, is_remote
+from banray.storage import MARKER_FILE, RETRY_BUDGET_VARIABLE, STATE_FILE, SweepStorage, is_remote
 
-STATE_FILE = "state.json"  # as banray.sweep writes it (importing the driver would import Ray)
 REPORT_FILE = "report.json"
 CONTROL = "control"
 LOOK_RETRY_S = "10"  # a command a person waits on gives up on unreachable storage in seconds, not minutes

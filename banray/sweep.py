@@ -34,7 +34,7 @@ from banray.models import build_model
 from banray.records import ChainResult, GenerationRecord
 from banray.runners import start_runner
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
-from banray.storage import SweepStorage, use_endpoint
+from banray.storage import STATE_FILE, SweepStorage, use_endpoint
 from banray.tasks import make_task
 from banray.trial import WorkerSlots, slot_capacity
 
@@ -65,9 +65,6 @@ class SweepResult:
     report: dict[str, Any]
     sweep_dir: str  # a local path or an s3:// URI
     files: list[str]  # report files in the sweep folder
-
-
-STATE_FILE = "state.json"
 
 
 def open_storage(spec: SweepSpec) -> SweepStorage:

@@ -101,3 +101,13 @@ def ray_cluster(s3_endpoint, ray_temp_dir):
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def one_error_line(stderr: str, *expected: str) -> str:
+    """The one `error: ` line a refused command prints, holding each of `expected`."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]

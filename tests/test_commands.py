@@ -25,7 +25,7 @@ from banray import sweep
 from banray.cli import cli
 from banray.inspection import duration
 from banray.spec import parse_spec
-from conftest import tiny_spec
+from conftest import one_error_line, tiny_spec
 from servers import free_port, wait_until
 from test_faults import start_driver
 
@@ -37,15 +37,6 @@ def invoke(*args, **kwargs):
 def contents(folder: Path) -> list[tuple[str, int]]:
     """Every path below `folder` with its modification time: what a command that only looks must not change."""
     return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
-
-
-def one_error_line(stderr: str, *expected: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def write_spec(folder: Path, file: str = "spec.yaml", **overrides) -> Path:

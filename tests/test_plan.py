@@ -6,7 +6,7 @@ import pytest
 
 from banray import plan
 from banray.spec import parse_spec
-from conftest import tiny_spec
+from conftest import one_error_line, tiny_spec
 
 
 def test_too_few_chains_are_warned_about():
@@ -52,14 +52,6 @@ def test_an_unreadable_report_fails_clearly(tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(plan.PlanCheckFailed, match="is not a banray report.json"):
         plan.chains_for_gain(parse_spec(tiny_spec()), 0.5, str(tmp_path / "other.json"))
-
-
-def one_error_line(stderr: str, *expected: str) -> None:
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("spec, arguments, expected", [
