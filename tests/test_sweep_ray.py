@@ -76,13 +76,15 @@ def test_the_students_built_one_teacher_cache_in_the_sweep_folder(finished):
     assert len(caches) == 1 and [p.name for p in caches[0].iterdir()] == ["epoch-all.pt"]
 
 
-def test_a_group_runner_runs_its_calls_side_by_side_in_one_process(ray_cluster):
+def test_a_group_runner_runs_its_calls_side_by_side_in_one_process(ray_cluster, tmp_path):
+    release = tmp_path / "release"
     runner = start_runner(calls_at_once=2)
-    slow = runner.call.remote(time.sleep, 3)
-    pid = ray.get(runner.call.remote(os.getpid))  # answered while the slow call still runs
-    still_running = ray.wait([slow], timeout=0)[1]
-    assert still_running and ray.get(runner.call.remote(os.getpid)) == pid
-    ray.get(slow)
+    wait_for_release = ["sh", "-c", f"while [ ! -e {release} ]; do sleep 0.05; done"]
+    blocked = runner.call.remote(subprocess.run, wait_for_release)  # holds one thread until released
+    pid = ray.get(runner.call.remote(os.getpid))  # answered while the first call still runs
+    assert ray.wait([blocked], timeout=0)[1] and ray.get(runner.call.remote(os.getpid)) == pid
+    release.touch()
+    ray.get(blocked)
     ray.kill(runner)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(runner.call.remote(os.getpid))
