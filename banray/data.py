@@ -13,9 +13,11 @@ Model selection uses validation only; the test split is evaluated once per finis
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import math
-
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -25,6 +27,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from banray.registry import Registry
+from banray.storage import user_cache
 
 Kind = Literal["classification", "language_model"]
 
@@ -146,25 +149,63 @@ _TEST_SPLIT_SEED = 20180512
 _TEST_FRACTION = 0.2
 
 
-def _tensor_pool(x: np.ndarray, y: np.ndarray, num_classes: int) -> Pool:
-    from sklearn.model_selection import train_test_split
+def cached_arrays(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`build()`'s arrays, kept in the user cache under `name` (which must name everything they depend on,
+    library versions included). A trial process would otherwise import scikit-learn (and SciPy) to load
+    the digits and draw a split: about 1.4 s of CPU per process, where reading the arrays takes milliseconds."""
+    path = user_cache() / "arrays" / f"{name}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
+    except (OSError, ValueError):  # not there yet, or unreadable: build it again
+        pass
+    arrays = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.partial-{uuid.uuid4().hex}.npz")
+        np.savez(partial, **arrays)
+        os.replace(partial, path)  # whole or not at all: trials on one machine may build it side by side
+    except OSError:
+        pass  # no writable cache: built again next time
+    return arrays
 
-    x_pool, x_test, y_pool, y_test = train_test_split(
-        x, y, test_size=_TEST_FRACTION, random_state=_TEST_SPLIT_SEED, stratify=y
-    )
-    pool = TensorDataset(torch.from_numpy(x_pool), torch.from_numpy(y_pool))
-    test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
-    return Pool(pool, pool, test, y_pool, num_classes, tuple(x.shape[1:]))
+
+def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's stratified `train_test_split` of `labels`' indices (train, held out), from the cache."""
+    labels = np.ascontiguousarray(labels)
+    key = hashlib.sha256(labels.tobytes() + f"{labels.dtype}-{test_size!r}-{seed}".encode()).hexdigest()[:24]
+
+    def split() -> dict[str, np.ndarray]:
+        from sklearn.model_selection import train_test_split
+
+        kept, held_out = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed,
+                                          stratify=labels)
+        return {"kept": kept, "held_out": held_out}
+
+    found = cached_arrays(f"split-{key}-sklearn{importlib.metadata.version('scikit-learn')}", split)
+    return found["kept"], found["held_out"]
+
+
+def _tensor_pool(x: np.ndarray, y: np.ndarray, num_classes: int) -> Pool:
+    kept, held_out = stratified_split(y, _TEST_FRACTION, _TEST_SPLIT_SEED)
+    pool = TensorDataset(torch.from_numpy(x[kept]), torch.from_numpy(y[kept]))
+    test = TensorDataset(torch.from_numpy(x[held_out]), torch.from_numpy(y[held_out]))
+    return Pool(pool, pool, test, y[kept], num_classes, tuple(x.shape[1:]))
 
 
 @_register("digits", "classification", num_classes=10, input_shape=(1, 8, 8), train_size=1437)
 def digits(root: str, download: bool) -> Pool:
     """scikit-learn's 8×8 handwritten digits (1797 images, 10 classes), shipped inside scikit-learn."""
-    from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
-    return _tensor_pool(x, bunch.target.astype(np.int64), num_classes=10)
+    def load() -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return {"images": bunch.images, "target": bunch.target}
+
+    found = cached_arrays(f"digits-sklearn{importlib.metadata.version('scikit-learn')}", load)
+    x = (found["images"] / 16.0).astype(np.float32)[:, None, :, :]
+    return _tensor_pool(x, found["target"].astype(np.int64), num_classes=10)
 
 
 @_register("synthetic", "classification", num_classes=4, input_shape=(1, 8, 8), train_size=480)
@@ -180,7 +221,14 @@ def synthetic(root: str, download: bool) -> Pool:
 
 @functools.cache
 def _mnist1d_arrays() -> dict[str, np.ndarray]:
-    """The generated MNIST-1D arrays, once per process (generating takes about 2 s; a trial process is reused)."""
+    """The generated MNIST-1D arrays, once per process and from the user cache (generating takes about 2 s)."""
+    arrays = cached_arrays(f"mnist1d-{importlib.metadata.version('mnist1d')}", _generate_mnist1d)
+    for array in arrays.values():
+        array.setflags(write=False)  # shared by every caller in the process
+    return arrays
+
+
+def _generate_mnist1d() -> dict[str, np.ndarray]:
     import random
 
     from mnist1d.data import get_dataset_args, make_dataset
@@ -192,10 +240,7 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-    arrays = {key: generated[key] for key in ("x", "y", "x_test", "y_test")}
-    for array in arrays.values():
-        array.setflags(write=False)  # shared by every caller in the process
-    return arrays
+    return {key: generated[key] for key in ("x", "y", "x_test", "y_test")}
 
 
 @_register("mnist1d", "classification", num_classes=10, input_shape=(1, 40), train_size=4000)
@@ -407,14 +452,11 @@ def _check_split_fits(dataset: str, labels: np.ndarray, val_fraction: float) -> 
 def load_splits(dataset: str, root: str, val_fraction: float, seed: int, download: bool = False) -> Splits:
     """Train (augmented) / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`. The
     training augmentation is drawn per (seed, epoch, sample) once `Splits.set_epoch` has been called."""
-    from sklearn.model_selection import train_test_split
-
     entry = DATASETS[dataset]
     assert entry.info.kind == "classification", f"{dataset} is a {entry.info.kind} dataset"
     pool = entry.build(root, download)
     _check_split_fits(dataset, pool.labels, val_fraction)
-    indices = np.arange(len(pool.labels))
-    train_idx, val_idx = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=pool.labels)
+    train_idx, val_idx = stratified_split(pool.labels, val_fraction, seed)
     augmented = pool.train_view if isinstance(pool.train_view, Augmented) else None
     if augmented is not None:
         augmented.seed = seed  # the data seed: augmentation is shared by every trial of a sweep, like the split

@@ -4,6 +4,7 @@ their evaluations in another."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from typing import Any, Callable
 
@@ -23,10 +24,14 @@ class GroupRunner:
     # Tune's own per-result files (result.json, progress.csv, TensorBoard events) are written while the trial
     # waits for the controller after every report (9 ms of a 100 ms epoch); banray's metrics are in MLflow.
     TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    # Without those files, Tune's result grid warns once per group that it found no per-trial metrics.
+    QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis",)
 
     def __init__(self, niceness: int = 0, tune_state_every_s: float | None = None):
         os.nice(niceness)
         os.environ.update(self.TUNE_ENV)
+        for name in self.QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
         if tune_state_every_s is not None:
             # How often Tune saves a run's experiment state, which a resumed sweep restores trials from.
             os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(tune_state_every_s)

@@ -70,6 +70,12 @@ def with_retries(what: str, call: Callable[[], T]) -> T:
         ) from exc
 
 
+def user_cache() -> Path:
+    """This user's local cache of things banray derives once and reuses (an empty MLflow store, dataset arrays
+    and splits): $XDG_CACHE_HOME/banray, else ~/.cache/banray."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "banray"
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith("s3://")
 

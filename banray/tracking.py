@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from banray.selection import best_generation
+from banray.storage import user_cache
 
 TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"
@@ -230,7 +231,7 @@ def _empty_store() -> Path | None:
     head = _schema_head()
     if head is None:
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "banray"
+    cache = user_cache()
     template = cache / f"mlflow-store-{head}.db"
     found = local_store(f"sqlite:///{template}")
     if found.exists and found.problem is None:

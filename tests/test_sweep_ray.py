@@ -162,9 +162,10 @@ def test_each_generation_logs_a_loadable_model(finished, monkeypatch):
 
 
 # What a sweep's output must not hold: Ray Train's notice per trial about its preemption watcher, Ray's
-# hint about many worker processes, MLflow's INFO lines and registry chatter, colour codes off a terminal.
+# hint about many worker processes, MLflow's INFO lines and registry chatter, colour codes off a terminal,
+# any library's warnings (Tune's about the per-trial files banray turns off).
 NOISE = ("PreemptionWatcher", "PYTHON worker processes have been started", "INFO mlflow", "already exists",
-         "Token authentication is enabled", "\x1b[")
+         "Token authentication is enabled", "\x1b[", "WARNING")
 
 
 def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
