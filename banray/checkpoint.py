@@ -50,13 +50,6 @@ def save(directory: str | Path, model: nn.Module, metadata: dict[str, Any]) -> C
     return checkpoint
 
 
-def uri(checkpoint: Checkpoint) -> str:
-    """A URI that any node can open; Ray strips the scheme from `Checkpoint.path` for remote filesystems."""
-    # banray's retrying filesystem is a Python one named "py::<the filesystem it wraps>".
-    scheme = checkpoint.filesystem.type_name.removeprefix("py::")
-    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
-
-
 def _one_line(text: str, limit: int = 300) -> str:
     """`text` on one line, cut to `limit` characters (metadata values and torch's messages can be long)."""
     text = " ".join(text.split())

@@ -23,7 +23,7 @@ from banray.search import make_search, searched_values, warm_start_point
 from banray.selection import MODE, best_trial
 from banray.spec import ResourcesSpec, SweepSpec
 from banray.storage import keep_credentials_out_of_tune, ray_storage, with_retries
-from banray.trial import TrialRuntime, group_name, run_trial, trial_resources
+from banray.trial import TrialRuntime, group_name, trainable, trial_resources
 from banray.trial_runs import TrialRuns, trial_run_ids
 
 
@@ -70,10 +70,11 @@ def registered_trainable(resources: ResourcesSpec) -> str:
     """The name of the trial trainable with its resources in Tune's registry. The registry is one per
     process and not thread-safe, and a GroupRunner's Tune runs start side by side in its threads: they
     register here, one at a time, and hand Tune the name."""
-    wanted = trial_resources(resources)
-    name = "banray-trial-" + "-".join(f"{key}{value:g}" for key, value in sorted(wanted.items()))
+    wanted, function = trial_resources(resources), trainable(resources)
+    # Tune's registry is cluster-wide: the name says everything the registered object holds.
+    name = "-".join(["banray", function.__name__.replace("_", "-"), *(f"{k}{v:g}" for k, v in sorted(wanted.items()))])
     with _registering:
-        tune.register_trainable(name, tune.with_resources(run_trial, wanted))
+        tune.register_trainable(name, tune.with_resources(function, wanted))
     return name
 
 

@@ -273,7 +273,7 @@ def check_cluster(spec: SweepSpec, address: str) -> str:
     has connected; a host:port that does not accept connections fails in seconds (ray.init waits minutes)."""
     import ray
 
-    from banray.trial import slot_capacity
+    from banray.slots import slot_capacity
 
     _reachable(address)
     started = not ray.is_initialized()

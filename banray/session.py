@@ -20,7 +20,7 @@ import ray.tune as tune
 import torch
 from torch import nn
 
-from banray import checkpoint
+from banray.hosts import report_to_tune
 
 
 class Session(Protocol):
@@ -85,14 +85,7 @@ class TuneSession:
         return tune.get_checkpoint()
 
     def report(self, metrics: dict, directory: str | None) -> str | None:
-        if directory is None:
-            tune.report(metrics)
-            return None
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        # Where Tune has just stored it, through the run's (retrying) storage filesystem.
-        storage = tune.get_context().get_storage()
-        stored = ray.train.Checkpoint(storage.checkpoint_fs_path, filesystem=storage.storage_filesystem)
-        return checkpoint.uri(stored)
+        return report_to_tune(metrics, directory)
 
 
 @contextmanager

@@ -366,14 +366,24 @@ class ResourcesSpec(_Section):
     trainer: Literal["auto", "train", "trial"] = Field(
         "auto",
         description="what trains a trial: 'train', a Ray Train TorchTrainer (data-parallel workers, GPUs; it costs "
-        "9-16 s to start per trial); 'trial', the Tune trial's own process (one worker, no start cost); 'auto': "
+        "9-16 s to start per trial); 'trial', one worker driven by the Tune trial itself (no start cost); 'auto': "
         "train with a GPU or more than one worker, else trial",
+    )
+    warm_processes: bool = Field(
+        True,
+        description="trainer 'trial' without a GPU: train in the sweep's warm processes, one per worker slot, which "
+        "keep torch and the data loaded across generations (a fresh process costs 3-4 s of CPU per group); false: "
+        "in each Tune trial's own process, as trials with a GPU always do",
     )
 
     def engine(self) -> Literal["train", "trial"]:
         if self.trainer != "auto":
             return self.trainer
         return "train" if self.gpus_per_worker > 0 or self.workers_per_trial > 1 else "trial"
+
+    def on_host(self) -> bool:
+        """Whether a trial trains in one of the sweep's warm processes (banray.hosts)."""
+        return self.engine() == "trial" and self.warm_processes and not self.gpus_per_worker
 
     @model_validator(mode="after")
     def _one_worker_in_a_trial(self) -> ResourcesSpec:

@@ -76,6 +76,14 @@ def user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "banray"
 
 
+def checkpoint_uri(checkpoint) -> str:
+    """A URI of a `ray.train.Checkpoint` that any node can open; Ray strips the scheme from its path for
+    remote filesystems."""
+    # banray's retrying filesystem is a Python one named "py::<the filesystem it wraps>".
+    scheme = checkpoint.filesystem.type_name.removeprefix("py::")
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith("s3://")
 

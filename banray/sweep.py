@@ -36,7 +36,7 @@ from banray.runners import start_runner
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
 from banray.storage import STATE_FILE, SweepStorage, use_endpoint
 from banray.tasks import make_task
-from banray.trial import WorkerSlots, slot_capacity
+from banray.slots import WorkerSlots, host_slots, slot_capacity
 
 # Defaults for every Ray process of the sweep; a value already in the environment wins.
 RAY_ENV_DEFAULTS = {
@@ -414,6 +414,8 @@ def _prepare(spec: SweepSpec, storage: SweepStorage, capacity: int, previous: di
     # Named after the sweep folder: trials of an interrupted group, restored by a resumed sweep, find it again.
     slots_actor = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
     slots = WorkerSlots.options(name=slots_actor, get_if_exists=True).remote(capacity)
+    if spec.resources.on_host():
+        slots.warm_hosts.remote(host_slots(spec.resources, capacity))
     ctx = SweepContext(spec=spec, sweep_dir=storage.uri, tracking=track, experiment_id=experiment_id,
                        slots_actor=slots_actor, capacity=capacity, tune_verbose=tune_verbosity())
     state.groups_at_once = ctx.groups_at_once

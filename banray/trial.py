@@ -1,26 +1,26 @@
-"""A trial: one Tune function trainable that runs the worker loop, either in its own process (one
-worker; `resources.trainer` 'trial') or on a TorchTrainer it builds and fits (the Train V2 pattern).
+"""A trial: one Tune function trainable that runs the worker loop on one of three engines: a warm host of
+the sweep (`resources.trainer` 'trial', banray.hosts), the Tune trial's own process (a GPU trial, or
+`warm_processes: false`), or a TorchTrainer it builds and fits (the Train V2 pattern).
 
 A trial that drives a TorchTrainer holds almost no resources itself (a little memory, no CPU); one that
-trains in its own process holds its worker's CPUs. Either takes a worker slot from the sweep's
-`WorkerSlots` pool before training, so waiting trials never hold the CPUs a trainer needs. The last row
-a trial reports is its summary: best validation metrics, the best checkpoint's URI and its MLflow run id.
+trains in its own process or on a host of its node holds its worker's CPUs. Each takes a worker slot from
+the sweep's `WorkerSlots` pool (banray.slots) before training, so waiting trials never hold the CPUs a
+trainer needs. The last row a trial reports is its summary: best validation metrics, the best
+checkpoint's URI and its MLflow run id.
 
 A trial is restartable: its Train run's name is found again from its Tune trial id, so a trial restored
 by a resumed sweep continues it instead of starting a new one. After a crash, Ray Train replaces lost
-workers, or Tune restarts a trial that trains in its own process, from the last checkpoint
-(`resources.max_failures` times). A diverged trial ends with a `failure` summary, not an error: a restart
-would only diverge again. A trial never talks to MLflow: its group's process logs its reports
-(banray.trial_runs), so a trial process imports and opens no tracking store.
+workers, or Tune restarts a trial of the other engines, from the last checkpoint (`resources.max_failures`
+times). A diverged trial ends with a `failure` summary, not an error: a restart would only diverge again.
+A trial never talks to MLflow: its group's process logs its reports (banray.trial_runs), so a trial
+process imports and opens no tracking store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import ray.train
@@ -28,78 +28,14 @@ import ray.tune as tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from banray import checkpoint
+from banray.hosts import drive_host
 from banray.records import TrialSummary
 from banray.selection import MODE, best_checkpoint
+from banray.slots import holding_a_slot, slot_priority
 from banray.spec import ResourcesSpec, TrialSettings, derive_seed
 from banray.session import TuneSession
-from banray.storage import ray_storage
+from banray.storage import checkpoint_uri, ray_storage
 from banray.worker import train_loop, train_loop_per_worker
-
-@ray.remote(num_cpus=0)
-class WorkerSlots:
-    """A counting semaphore over the cluster's worker slots, shared by every group of a sweep.
-
-    Holders are trial actors. ASHA stops a trial by killing its actor, so a holder may never release:
-    while trials wait, slots of dead holders (and dead waiters) are reclaimed. A free slot goes to the
-    waiting trial of the best priority, then the longest waiting: trials on a chain's critical path
-    (earlier generations) before later ones, the control arm last. It also adds up busy slot-seconds.
-    """
-
-    RECLAIM_EVERY_S = 2.0
-    POLL_S = 0.05
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.holders: dict[str, float] = {}  # actor id → when it took its slot
-        self.waiting: set[tuple[tuple, float, str]] = set()  # (priority, since, actor id)
-        self.busy_s = 0.0
-        self.last_reclaim = 0.0
-        # Explicit, since the State API would otherwise refuse to guess between several Ray instances.
-        self.cluster = ray.get_runtime_context().gcs_address
-
-    async def acquire(self, holder: str, priority: tuple = ()) -> None:
-        ticket = (tuple(priority), time.monotonic(), holder)
-        self.waiting.add(ticket)
-        try:
-            while len(self.holders) >= self.capacity or min(self.waiting) != ticket:
-                if time.monotonic() - self.last_reclaim > self.RECLAIM_EVERY_S:
-                    self._reclaim_dead()
-                if ticket not in self.waiting:  # its trial died while it waited
-                    return
-                await asyncio.sleep(self.POLL_S)
-        finally:
-            self.waiting.discard(ticket)
-        self.holders[holder] = time.monotonic()
-
-    async def release(self, holder: str) -> None:
-        taken = self.holders.pop(holder, None)
-        if taken is not None:
-            self.busy_s += time.monotonic() - taken
-
-    def _reclaim_dead(self) -> None:
-        from ray.util.state import get_actor
-
-        self.last_reclaim = time.monotonic()
-        def dead(actor_id: str) -> bool:
-            state = get_actor(actor_id, address=self.cluster)
-            return state is None or state.state == "DEAD"
-
-        for holder in [h for h in self.holders if dead(h)]:
-            self.busy_s += time.monotonic() - self.holders.pop(holder)
-        self.waiting -= {ticket for ticket in self.waiting if dead(ticket[2])}
-
-    async def busy_seconds(self) -> float:
-        now = time.monotonic()
-        return self.busy_s + sum(now - taken for taken in self.holders.values())
-
-
-def slot_capacity(resources: ResourcesSpec, cluster: dict[str, float]) -> int:
-    """How many trials' workers the cluster can run at once (0 if not even one trial fits)."""
-    per_trial = {"CPU": resources.workers_per_trial * resources.cpus_per_worker}
-    if resources.gpus_per_worker:
-        per_trial["GPU"] = resources.workers_per_trial * resources.gpus_per_worker
-    return int(min(cluster.get(name, 0.0) // need for name, need in per_trial.items()))
 
 
 @dataclass(frozen=True)
@@ -148,21 +84,23 @@ def trial_settings(config: dict[str, Any]) -> tuple[TrialSettings, TrialRuntime]
     return TrialSettings.model_validate({**settings_fields, "seed": seed}), runtime
 
 
+def trainable(resources: ResourcesSpec) -> Callable[[dict[str, Any]], None]:
+    """The Tune trainable of a trial: the driver of a warm host (banray.hosts, a function of its own so
+    that its process imports no torch), or `run_trial`."""
+    return drive_host if resources.on_host() else run_trial
+
+
 def run_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable. Its last report is a summary: the best epoch and its checkpoint, or the reason
-    the trial cannot produce a model (`failure`: a diverged loss, which a restart would only repeat)."""
+    """The Tune trainable of a trial on a TorchTrainer or in the Tune trial's own process. Its last report
+    is a summary: the best epoch and its checkpoint, or the reason the trial cannot produce a model
+    (`failure`: a diverged loss, which a restart would only repeat)."""
     settings, runtime = trial_settings(config)
-    slots = ray.get_actor(runtime.slots_actor)
-    holder = ray.get_runtime_context().get_actor_id()
-    ray.get(slots.acquire.remote(holder, (settings.arm == "control", settings.generation)))
-    try:
+    with holding_a_slot(runtime.slots_actor, slot_priority(settings.arm, settings.generation)):
         if runtime.resources.engine() == "train":
             summary = _fit_trainer(settings, runtime)
         else:
             session = TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0)
             summary = train_loop(settings, session, runtime.resources.cpus_per_worker)
-    finally:
-        ray.get(slots.release.remote(holder))
     tune.report(summary.to_report(settings.metric))
 
 
@@ -200,4 +138,4 @@ def _fit_trainer(settings: TrialSettings, runtime: TrialRuntime) -> TrialSummary
         return summary
     # Ray Train keeps the best checkpoint (and the latest): the worker never knew the best one's URI.
     stored, _ = best_checkpoint(result.best_checkpoints, settings.metric)
-    return dataclasses.replace(summary, checkpoint=checkpoint.uri(stored))
+    return dataclasses.replace(summary, checkpoint=checkpoint_uri(stored))

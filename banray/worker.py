@@ -31,7 +31,7 @@ from torch import nn
 
 from banray import checkpoint, teacher_cache
 from banray.losses import get_objective
-from banray.storage import with_retries
+from banray.storage import checkpoint_uri, with_retries
 from banray.models import build_model
 from banray.session import Session, TrainSession, checkpoint_folder
 from banray.records import TrialSummary
@@ -242,7 +242,7 @@ class _Training:
         self.scheduler = make_scheduler(self.optimizer, settings.train)
         self.done_epochs = restore_training_state(state, self.optimizer, self.scheduler) if state else 0
         self.policy = CheckpointPolicy(settings.train.checkpoint_every_s, state.get("best"),
-                                       checkpoint.uri(resumed) if resumed is not None else None)
+                                       checkpoint_uri(resumed) if resumed is not None else None)
         # Every epoch's metrics so far: a checkpoint carries them, and a restarted trial reports them again,
         # so that an epoch whose report was lost with a killed driver still reaches MLflow.
         self.history: list[dict[str, Any]] = list(state.get("history", []))

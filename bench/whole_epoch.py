@@ -34,7 +34,7 @@ from banray.runners import GroupRunner
 from banray.models import build_model
 from banray.spec import parse_spec
 from banray.tasks import make_task
-from banray.trial import WorkerSlots
+from banray.slots import WorkerSlots
 from banray.worker import make_optimizer, make_scheduler, seed_everything
 from bench.common import write
 

@@ -58,10 +58,8 @@ def runs_by_generation(tracking_uri: str, experiment: str) -> dict[str, dict[str
     return grouped
 
 
-# Both engines of a trial (resources.trainer): Ray Train's TorchTrainer, and the Tune trial's own process.
+# Both engines of a trial (resources.trainer): Ray Train's TorchTrainer, and a warm host the Tune trial drives.
 ENGINES = pytest.mark.parametrize("engine", ["train", "trial"])
-# The actor that trains: a Ray Train worker, or the Tune trial itself.
-TRAINING_ACTOR = {"train": "RayTrainWorker", "trial": "ImplicitFunc"}
 
 
 def train_runs(sweep_dir: Path, chain: int, generation: int, engine: str = "train") -> list[Path]:
@@ -150,20 +148,25 @@ def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, e
     assert any(epoch is not None and epoch >= 1 for epoch in resumed_after), resumed_after
 
 
-@ENGINES
+@pytest.mark.parametrize("engine, killed", [("train", "RayTrainWorker"), ("trial", "TrialHost"),
+                                            ("trial", "ImplicitFunc")],
+                         ids=["Train-worker", "warm-host", "Tune-trial-driving-a-host"])
 @pytest.mark.usefixtures("no_leaked_placement_groups")
-def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path, engine):
+def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path, engine, killed):
+    """A killed process that trains (a Ray Train worker, a warm host) or drives the training (the Tune
+    trial on a host, whose host must then give up what it trained for it): the trial goes on from its last
+    checkpoint. A trial of both CPUs makes one slot, so the cluster's one host is the one that trains."""
+    resources = {"trainer": engine, **({"cpus_per_worker": 2} if engine == "trial" else {})}
     spec = tiny_spec(name="worker-lost", storage=str(tmp_path / "runs"),
                      train={"epochs": 20, "lr": 0.05, "checkpoint_every_s": 0}, search={"trials": 1},
-                     resources={"trainer": engine})
+                     resources=resources)
     sweep_dir = tmp_path / "runs" / "worker-lost"
     driver, log = start_driver(spec, tmp_path, ray_cluster)
 
     def training_worker_pid() -> int | None:
         if not has_checkpoint(train_runs(sweep_dir, 0, 0, engine), engine):
             return None
-        workers = list_actors(address=ray_cluster, filters=[("class_name", "=", TRAINING_ACTOR[engine]),
-                                                            ("state", "=", "ALIVE")])
+        workers = list_actors(address=ray_cluster, filters=[("class_name", "=", killed), ("state", "=", "ALIVE")])
         return workers[0].pid if workers else None
 
     wait_until(lambda: training_worker_pid() is not None, 300, "the teacher's first checkpoint")

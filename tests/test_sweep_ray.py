@@ -13,6 +13,7 @@ import ray
 import torch
 import yaml
 from ray.train import Checkpoint
+from ray.util.state import list_actors
 
 from banray import sweep
 from banray.runners import start_runner
@@ -189,17 +190,28 @@ def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
     assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished"] * 3
 
 
+def trial_hosts(address: str) -> int:
+    """How many warm trial processes (banray.hosts) the cluster has started so far."""
+    return len(list_actors(address=address, filters=[("class_name", "=", "TrialHost")], limit=10_000))
+
+
 @pytest.mark.parametrize(
-    "resources, engine",
-    [({"workers_per_trial": 2}, "train"), ({"trainer": "train"}, "train"), ({}, "trial")],
-    ids=["two-workers-on-TorchTrainer", "one-worker-on-TorchTrainer", "one-worker-in-its-trial"],
+    "resources, engine, hosts",
+    [({"workers_per_trial": 2}, "train", False), ({"trainer": "train"}, "train", False), ({}, "trial", True),
+     ({"warm_processes": False}, "trial", False)],
+    ids=["two-workers-on-TorchTrainer", "one-worker-on-TorchTrainer", "one-worker-on-a-warm-host",
+         "one-worker-in-its-trial-process"],
 )
-def test_both_engines_train_a_chain(ray_cluster, tmp_path, resources, engine):
+def test_both_engines_train_a_chain(ray_cluster, tmp_path, resources, engine, hosts):
     """Data-parallel trials (and trainer: train) keep Ray Train's TorchTrainer, whose runs live under train/;
-    one-worker trials train in their Tune trial, whose checkpoints Tune keeps under tune/."""
+    one-worker trials are driven by their Tune trial, whose checkpoints Tune keeps under tune/, and train in
+    the sweep's warm processes: one per worker slot for the whole sweep, not one per group."""
     spec = parse_spec(tiny_spec(storage=str(tmp_path), search={"trials": 1}, resources=resources))
-    assert spec.resources.engine() == engine
+    assert spec.resources.engine() == engine and spec.resources.on_host() == hosts
+    hosts_before = trial_hosts(ray_cluster)
     result = sweep.run(spec, echo=lambda line: None)
+    started = trial_hosts(ray_cluster) - hosts_before
+    assert started == (int(ray.cluster_resources()["CPU"]) if hosts else 0)
     teacher, student = generations(result)
     assert [teacher["status"], student["status"]] == ["finished", "finished"]
     assert student["teacher_checkpoint"] == teacher["checkpoint"]
