@@ -170,7 +170,10 @@ def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, tmp_pat
         return workers[0].pid if workers else None
 
     wait_until(lambda: training_worker_pid() is not None, 300, "the teacher's first checkpoint")
-    os.kill(training_worker_pid(), signal.SIGKILL)
+    pid = training_worker_pid()
+    if killed == "ImplicitFunc":  # the Tune trial that drives a host keeps its process light
+        assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
+    os.kill(pid, signal.SIGKILL)
     output = finish(driver, log)
 
     report = json.loads((sweep_dir / "report.json").read_text())

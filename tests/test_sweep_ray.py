@@ -233,3 +233,20 @@ def test_tune_writes_no_files_per_result(finished):
     assert trial_folders
     written = {f.name for folder in trial_folders for f in folder.iterdir()}
     assert not written & {"result.json", "progress.csv"} and not any(n.startswith("events.out") for n in written)
+
+
+def test_holders_on_one_node_get_hosts_of_their_own_and_a_released_host_serves_again(ray_cluster):
+    from banray.slots import WorkerSlots
+
+    slots = WorkerSlots.remote(2)
+    node = ray.get_runtime_context().get_node_id()
+    for holder in ("a", "b"):
+        ray.get(slots.acquire.remote(holder))
+    a, b = (ray.get(slots.host.remote(holder, node)) for holder in ("a", "b"))
+    assert a._actor_id != b._actor_id
+    ray.get(slots.release.remote("a"))
+    ray.get(slots.acquire.remote("c"))
+    c = ray.get(slots.host.remote("c", node))
+    assert c._actor_id == a._actor_id  # the host "a" left, warm
+    assert ray.get(c.cancel.remote()) is None  # a live host, nothing started on it yet
+    ray.kill(slots)
