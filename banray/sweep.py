@@ -346,12 +346,25 @@ def _run_dag(
     spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
     spec_text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    runners = _start_runners(spec)  # they start while the driver prepares the folder and the MLflow store
+    # The slot pool's warm hosts and the runners start while the driver prepares the folder and the MLflow store.
+    slots = _start_slots(spec, storage, capacity)
+    runners = _start_runners(spec)
     try:
-        return _prepare_and_run(spec, storage, capacity, echo, previous, spec_text, runners)
+        return _prepare_and_run(spec, storage, capacity, echo, previous, spec_text, runners, slots)
     finally:  # on a long-lived cluster, the runners would otherwise live as long as the driver
         for runner in runners:
             ray.kill(runner)
+
+
+def _start_slots(spec: SweepSpec, storage: SweepStorage, capacity: int) -> tuple[str, ray.actor.ActorHandle]:
+    """The sweep's worker-slot pool, its warm hosts starting (the driver holds its handle: an actor nobody
+    holds is gone). Named after the sweep folder: trials of an interrupted group, restored by a resumed
+    sweep, find it again."""
+    name = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
+    slots = WorkerSlots.options(name=name, get_if_exists=True).remote(capacity)
+    if spec.resources.on_host():
+        slots.warm_hosts.remote(host_slots(spec.resources, capacity))
+    return name, slots
 
 
 def _start_runners(spec: SweepSpec) -> tuple[ray.actor.ActorHandle, ray.actor.ActorHandle]:
@@ -363,8 +376,8 @@ def _start_runners(spec: SweepSpec) -> tuple[ray.actor.ActorHandle, ray.actor.Ac
 
 
 def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None],
-                     previous: dict | None, spec_text: str, runners: tuple) -> SweepResult:
-    ctx, state, slots = _prepare(spec, storage, capacity, previous, spec_text)
+                     previous: dict | None, spec_text: str, runners: tuple, slots: tuple) -> SweepResult:
+    ctx, state = _prepare(spec, storage, capacity, previous, spec_text, slots_actor=slots[0])
     for chain, records in [(c, r) for c, r in state.results.items() if r]:
         echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
     control = " + control teacher′" if spec.control else ""
@@ -372,7 +385,7 @@ def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo
         f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
     )
-    dag, chains, busy_s = _schedule(ctx, state, slots, runners, echo)
+    dag, chains, busy_s = _schedule(ctx, state, slots[1], runners, echo)
     utilisation = busy_s / (capacity * dag.makespan_s)
     for chain in chains:  # each chain's run, and its control arm's, ends with the table of its generations
         for records, stopped in ((chain.generations, chain.stopped), ([chain.control] if chain.control else [], None)):
@@ -398,9 +411,9 @@ def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo
 
 
 def _prepare(spec: SweepSpec, storage: SweepStorage, capacity: int, previous: dict | None,
-             spec_text: str) -> tuple[SweepContext, SweepState, ray.actor.ActorHandle]:
-    """The sweep folder (a new sweep's, written only now that the checks have passed), its state, the MLflow
-    experiment and the worker-slot pool (the driver holds its handle: an actor nobody holds is gone)."""
+             spec_text: str, slots_actor: str) -> tuple[SweepContext, SweepState]:
+    """The sweep folder (a new sweep's, written only now that the checks have passed), its state and the
+    MLflow experiment."""
     track = tracking.resolve(spec.tracking.uri, spec.tracking.experiment or spec.name, storage.local_dir())
     if track.artifact_location is None:  # a tracking server: reach it before writing anything
         tracking.ensure_experiment(track)
@@ -411,15 +424,10 @@ def _prepare(spec: SweepSpec, storage: SweepStorage, capacity: int, previous: di
     state = SweepState.restore(spec, storage, previous)
     experiment_id = tracking.ensure_experiment(track)
     tracking.describe_experiment(track, experiment_id, spec.name)
-    # Named after the sweep folder: trials of an interrupted group, restored by a resumed sweep, find it again.
-    slots_actor = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
-    slots = WorkerSlots.options(name=slots_actor, get_if_exists=True).remote(capacity)
-    if spec.resources.on_host():
-        slots.warm_hosts.remote(host_slots(spec.resources, capacity))
     ctx = SweepContext(spec=spec, sweep_dir=storage.uri, tracking=track, experiment_id=experiment_id,
                        slots_actor=slots_actor, capacity=capacity, tune_verbose=tune_verbosity())
     state.groups_at_once = ctx.groups_at_once
-    return ctx, state, slots
+    return ctx, state
 
 
 def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle, runners: tuple,
