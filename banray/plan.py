@@ -23,9 +23,9 @@ from banray.spec import Range, SpecError, SweepSpec
 from banray.storage import is_remote, use_endpoint
 
 # The fixed cost of a trial by what trains it (resources.trainer), measured on a 2-core machine: a Tune trial
-# that starts and stops a TorchTrainer; one that trains in its own process, its share of its group's
-# overhead included (bench/results/quickstart.json).
-TRIAL_OVERHEAD_S = {"train": 12.0, "trial": 6.0}
+# that starts and stops a TorchTrainer; one that trains on a warm host, 0.1 s of its own and its share of its
+# group's 3-3.5 s (2 trials a group; bench/results/quickstart.json).
+TRIAL_OVERHEAD_S = {"train": 12.0, "trial": 2.0}
 # Without a finished sweep, chains are tabulated for these spreads of paired differences, in multiples of
 # the gain to detect.
 SD_MULTIPLES = (0.5, 1, 2, 3, 4)
