@@ -20,14 +20,13 @@ class GroupRunner:
     busy node the operating system gives the CPU to trials first. A runner imports what its calls use as
     it starts, while the driver still opens the MLflow store: not when the first group is waiting for it."""
 
-    WARM_MODULES = ("banray.group", "banray.evaluation")
     # Tune's own per-result files (result.json, progress.csv, TensorBoard events) are written while the trial
     # waits for the controller after every report (9 ms of a 100 ms epoch); banray's metrics are in MLflow.
     TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     # Without those files, Tune's result grid warns once per group that it found no per-trial metrics.
     QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis",)
 
-    def __init__(self, niceness: int = 0, tune_state_every_s: float | None = None):
+    def __init__(self, warm: tuple[str, ...], niceness: int = 0, tune_state_every_s: float | None = None):
         os.nice(niceness)
         os.environ.update(self.TUNE_ENV)
         for name in self.QUIET_LOGGERS:
@@ -35,13 +34,14 @@ class GroupRunner:
         if tune_state_every_s is not None:
             # How often Tune saves a run's experiment state, which a resumed sweep restores trials from.
             os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(tune_state_every_s)
-        for module in self.WARM_MODULES:
+        for module in warm:
             importlib.import_module(module)
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
 
 
-def start_runner(calls_at_once: int, niceness: int = 0, tune_state_every_s: float | None = None) -> ray.actor.ActorHandle:
-    """A GroupRunner that runs up to `calls_at_once` calls side by side."""
-    return GroupRunner.options(max_concurrency=max(1, calls_at_once)).remote(niceness, tune_state_every_s)
+def start_runner(calls_at_once: int, warm: tuple[str, ...] = (), niceness: int = 0,
+                 tune_state_every_s: float | None = None) -> ray.actor.ActorHandle:
+    """A GroupRunner that runs up to `calls_at_once` calls side by side, having imported the `warm` modules."""
+    return GroupRunner.options(max_concurrency=max(1, calls_at_once)).remote(warm, niceness, tune_state_every_s)

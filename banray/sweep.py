@@ -370,9 +370,9 @@ def _start_slots(spec: SweepSpec, storage: SweepStorage, capacity: int) -> tuple
 def _start_runners(spec: SweepSpec) -> tuple[ray.actor.ActorHandle, ray.actor.ActorHandle]:
     """The runner of the groups (all of them at once) and the runner of evaluations, niced."""
     groups = spec.chains * (1 + int(spec.control))
-    groups_runner = start_runner(groups, tune_state_every_s=spec.train.checkpoint_every_s)
+    groups_runner = start_runner(groups, ("banray.group",), tune_state_every_s=spec.train.checkpoint_every_s)
     # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
-    return groups_runner, start_runner(groups * (spec.generations + 1), niceness=10)
+    return groups_runner, start_runner(groups * (spec.generations + 1), ("banray.evaluation",), niceness=10)
 
 
 def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None],
@@ -463,8 +463,8 @@ def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle
     )
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
-    ensembles = ray.get(
-        [groups_runner.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
+    ensembles = ray.get(  # in the evaluations' runner, which has what they use imported
+        [evaluators.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
     )
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
