@@ -198,8 +198,12 @@ def connect(address: str | None, env_vars: dict[str, str]) -> bool:
     os.environ.update(env)
     # Under `ray job submit` the job's runtime_env may set the same variables: merge rather than fail.
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    # A local cluster that ray.init starts inherits this environment. A runtime env would set the variables
+    # too, but then every worker process starts through Ray's setup_worker (0.5 s of CPU each, a dozen per
+    # quickstart), so it is only for clusters that run elsewhere.
+    runtime_env = {"env_vars": env} if cluster else None
     # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
-    ray.init(address=address, runtime_env={"env_vars": env}, logging_config=ray.LoggingConfig(log_level="WARNING"))
+    ray.init(address=address, runtime_env=runtime_env, logging_config=ray.LoggingConfig(log_level="WARNING"))
     return True
 
 

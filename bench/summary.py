@@ -115,8 +115,9 @@ NOTES = [
     "trial of this tiny model took 33-44 s where the plain loop took 23-29 s with the two chains sharing the 2 "
     "cores with the sweep's runners, and the first group of each chain spent 13-17 s outside its trial while "
     "the sweep's processes started (later groups: 1.7-3 s).",
-    "- (e): the quickstart as a user runs it, 44-47 s against 11.4 s for the plain script (264-352 s before issue "
-    "15, 56-61 s before the warm hosts); the plain script's own time moves by 20% between runs on this machine. "
+    "- (e): the quickstart as a user runs it, 44-50 s against 11.4-14.7 s for the plain script over the session's "
+    "last four pairs of runs, 3.4-4.2× (264-352 s before issue 15, 56-61 s before the warm hosts); the plain "
+    "script's own time moved by 30% between runs on this machine, and the ratio with it. "
     "One-worker trials train in warm hosts, one per worker slot for the whole sweep, that import torch and load "
     "its compiler front end (2 s, on the first optimizer) once; the Tune trial that drives a host imports no "
     "torch; digits and its splits come from a user cache of arrays (no scikit-learn in trial processes); a "
