@@ -158,7 +158,9 @@ def _train_on(host: ray.actor.ActorHandle, config: dict[str, Any]) -> TrialSumma
         try:
             item = ray.get(host.next_report.remote())
         except ray.exceptions.RayTaskError as exc:  # the worker loop's own error, as the trial's
-            raise exc.cause from None
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from None
+            raise
         if isinstance(item, TrialSummary):
             return item
         uri = report_to_tune(*item)
