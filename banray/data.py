@@ -170,6 +170,11 @@ def cached_arrays(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict
     return arrays
 
 
+def _sklearn(name: str) -> str:
+    """A cache entry's name for arrays scikit-learn made: its version is part of what they depend on."""
+    return f"{name}-sklearn{importlib.metadata.version('scikit-learn')}"
+
+
 def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's stratified `train_test_split` of `labels`' indices (train, held out), from the cache."""
     labels = np.ascontiguousarray(labels)
@@ -182,7 +187,7 @@ def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[n
                                           stratify=labels)
         return {"kept": kept, "held_out": held_out}
 
-    found = cached_arrays(f"split-{key}-sklearn{importlib.metadata.version('scikit-learn')}", split)
+    found = cached_arrays(_sklearn(f"split-{key}"), split)
     return found["kept"], found["held_out"]
 
 
@@ -203,7 +208,7 @@ def digits(root: str, download: bool) -> Pool:
         bunch = load_digits()
         return {"images": bunch.images, "target": bunch.target}
 
-    found = cached_arrays(f"digits-sklearn{importlib.metadata.version('scikit-learn')}", load)
+    found = cached_arrays(_sklearn("digits"), load)
     x = (found["images"] / 16.0).astype(np.float32)[:, None, :, :]
     return _tensor_pool(x, found["target"].astype(np.int64), num_classes=10)
 
