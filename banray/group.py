@@ -7,6 +7,7 @@ trial on validation (banray.selection); the driver (banray.sweep) runs it in a w
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import sys
 import threading
@@ -22,7 +23,12 @@ from banray.records import GenerationRecord, TrialSummary
 from banray.search import make_search, searched_values, warm_start_point
 from banray.selection import MODE, best_trial
 from banray.spec import ResourcesSpec, SweepSpec
-from banray.storage import keep_credentials_out_of_tune, ray_storage, with_retries
+from banray.storage import (
+    keep_credentials_out_of_tune,
+    ray_storage,
+    save_tune_state_only_between_uploads,
+    with_retries,
+)
 from banray.trial import TrialRuntime, group_name, trainable, trial_resources
 from banray.trial_runs import TrialRuns, trial_run_ids
 
@@ -218,6 +224,7 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
     """The group's Tune run: restored from storage when an interrupted one is there, else a new one."""
     name, label = group_name(chain, generation, arm), group_label(chain, generation, arm)
     keep_credentials_out_of_tune()
+    save_tune_state_only_between_uploads()
     tune_root, tune_fs = ray_storage(ctx.tune_storage)
     trainable = registered_trainable(ctx.spec.resources)
     if restore and _saved_state(f"{tune_root}/{name}", tune_fs):
@@ -226,6 +233,9 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
         return tune.Tuner.restore(
             f"{tune_root}/{name}", trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=tune_fs
         )
+    if restore:
+        say(label, f"its interrupted Tune run in {ctx.tune_storage}/{name} left no whole state to continue; "
+                   "its trials start again")
     spec = ctx.spec
     if teacher is not None and spec.distill.teacher == "cached":
         # One cache of the teacher's logits per generation, in the sweep's storage; its trials build it.
@@ -269,12 +279,21 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
 
 
 def _saved_state(run_path: str, fs: pafs.FileSystem) -> bool:
-    """Whether an interrupted Tune run can be continued: Tune saved its experiment state at least once. A
-    driver killed before that leaves only tuner.pkl, from which Tune would start trials without settings."""
+    """Whether an interrupted Tune run can be continued: Tune saved its experiment state at least once, and the
+    newest one (the one Tune restores) is whole. A driver killed before the first save leaves only tuner.pkl,
+    from which Tune would start trials without settings; so would a state cut short."""
     if not tune.Tuner.can_restore(run_path, storage_filesystem=fs):
         return False
     files = with_retries(f"listing {run_path}", lambda: fs.get_file_info(pafs.FileSelector(run_path)))
-    return any(fnmatch.fnmatch(PurePosixPath(f.path).name, "experiment_state-*.json") for f in files)
+    states = sorted(f.path for f in files if fnmatch.fnmatch(PurePosixPath(f.path).name, "experiment_state-*.json"))
+    if not states:
+        return False
+    with fs.open_input_stream(states[-1]) as stream:  # the storage filesystem retries its reads
+        try:
+            json.loads(stream.read())
+        except ValueError:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

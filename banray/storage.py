@@ -203,6 +203,33 @@ def keep_credentials_out_of_tune() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE - TUNE_PROPAGATED_SECRETS)
 
 
+def save_tune_state_only_between_uploads() -> None:
+    """Stop Ray Tune from rewriting its experiment state while the last upload of it still reads the files.
+    Tune saves the state to a staging folder (truncate, then write) and uploads that folder in a background
+    thread; it saves again without checking that the upload is over, which then copies half a file, and a
+    resumed sweep cannot continue that run (ray/tune/execution/experiment_state.py). A save while an upload is
+    in flight is put off to a later step of Tune's loop, or, when forced, waits for the upload."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
+
+    if getattr(manager.sync_up_experiment_state, "between_uploads", False):
+        return
+    save = manager.sync_up_experiment_state
+
+    def save_between_uploads(self, save_fn, force: bool = False, wait: bool = False) -> None:
+        syncer = self._storage.syncer
+        if syncer._should_continue_existing_sync():
+            if not (force or self._should_force_sync_up):
+                return
+            try:
+                syncer.wait()
+            except Exception as exc:  # the upload's own failure; Tune logs it the same way and goes on
+                logger.error("storage: uploading Tune's experiment state failed: %s", exc)
+        save(self, save_fn, force=force, wait=wait)
+
+    save_between_uploads.between_uploads = True
+    manager.sync_up_experiment_state = save_between_uploads
+
+
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem]:
     """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig: through a filesystem that
     retries through outages and writes whole files (see _RetryingHandler), for object storage and local

@@ -76,3 +76,49 @@ def test_a_tune_run_that_never_saved_its_state_is_not_continued(tmp_path):
     assert not _saved_state(f"{path}/chain0-gen1", fs)
     (run / "experiment_state-2026-12-01_15-16-10.json").write_text("{}")
     assert _saved_state(f"{path}/chain0-gen1", fs)
+    (run / "experiment_state-2026-12-01_15-20-00.json").write_text('{"trial_data": [[')  # the newest, cut short
+    assert not _saved_state(f"{path}/chain0-gen1", fs)
+
+
+@pytest.mark.slow
+def test_tune_uploads_only_whole_experiment_states(ray_cluster, tmp_path, monkeypatch):
+    """Tune rewrites its staged experiment state while the last upload of it may still read it; without
+    save_tune_state_only_between_uploads a third of these uploads were cut short (218 of 689 measured)."""
+    import json
+
+    import pyarrow as pa
+    import ray.tune as tune
+
+    from banray import storage
+
+    uploads, cut_short = [], []
+
+    class Checked(storage._Upload):
+        def close(self) -> None:
+            if not self.closed and "experiment_state-" in self.path:
+                uploads.append(self.path)
+                try:
+                    json.loads(self.getvalue())
+                except ValueError:
+                    cut_short.append(len(self.getvalue()))
+            super().close()
+
+    class Checking(storage._RetryingHandler):
+        def open_output_stream(self, path, metadata):
+            return pa.PythonFile(Checked(self.fs, path), mode="w")
+
+    def reports_often(config):
+        for epoch in range(150):
+            tune.report({"epoch": epoch, "padding": "x" * 3000})  # a state of tens of kB, as many trials make
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # save at every step of Tune's loop
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    storage.save_tune_state_only_between_uploads()
+    tune.Tuner(
+        reports_often,
+        param_space={"trial": tune.grid_search([0, 1, 2])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=2),
+        run_config=tune.RunConfig(name="often", storage_path=str(tmp_path), verbose=0,
+                                  storage_filesystem=pafs.PyFileSystem(Checking(pafs.LocalFileSystem()))),
+    ).fit()
+    assert len(uploads) > 50 and cut_short == []
