@@ -284,11 +284,11 @@ def _saved_state(run_path: str, fs: pafs.FileSystem) -> bool:
     from which Tune would start trials without settings; so would a state cut short."""
     if not tune.Tuner.can_restore(run_path, storage_filesystem=fs):
         return False
-    files = with_retries(f"listing {run_path}", lambda: fs.get_file_info(pafs.FileSelector(run_path)))
+    files = fs.get_file_info(pafs.FileSelector(run_path))  # the storage filesystem retries its calls
     states = sorted(f.path for f in files if fnmatch.fnmatch(PurePosixPath(f.path).name, "experiment_state-*.json"))
     if not states:
         return False
-    with fs.open_input_stream(states[-1]) as stream:  # the storage filesystem retries its reads
+    with fs.open_input_stream(states[-1]) as stream:
         try:
             json.loads(stream.read())
         except ValueError:
