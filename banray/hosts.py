@@ -13,8 +13,13 @@ the host side imports them in the host.
 
 from __future__ import annotations
 
+import collections
+import os
 import queue
+import shutil
+import tempfile
 import threading
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -35,16 +40,18 @@ class _Cancelled(Exception):
 
 class HostSession:
     """The worker loop's session on a host: its reports go to the Tune trial that drives the host, one at a
-    time; a report with a checkpoint waits until the trial has stored it (the folder is deleted after)."""
+    time. A report with a checkpoint hands the checkpoint's files over and returns at once, with a Future of
+    the URI the trial stores them at: the training thread waits on the trial's round trip (storing, and
+    Tune's controller taking the result) only where it needs that URI. The files are deleted once stored."""
 
     rank, world_size, prepare_loader = 0, 1, None
     WAIT_S = 0.2  # how often a waiting hand-over checks whether its trial is gone
 
     def __init__(self, restored: ray.train.Checkpoint | None):
         self.reports: queue.Queue = queue.Queue(maxsize=1)  # the loop trains one epoch ahead of its trial
-        self.stored: queue.Queue = queue.Queue(maxsize=1)
         self.cancelled = threading.Event()
         self._restored = restored
+        self._unstored: collections.deque[tuple[str, Future]] = collections.deque()  # oldest first
 
     def device(self) -> torch.device:
         import torch
@@ -57,9 +64,41 @@ class HostSession:
     def restored(self) -> ray.train.Checkpoint | None:
         return self._restored
 
-    def report(self, metrics: dict, directory: str | None) -> str | None:
-        self.hand_over((metrics, directory))
-        return None if directory is None else self._wait(self.stored.get)
+    def report(self, metrics: dict, directory: str | None) -> Future | None:
+        if directory is None:
+            self.hand_over((metrics, None))
+            return None
+        handed = tempfile.mkdtemp(prefix="banray-checkpoint-")
+        for name in os.listdir(directory):  # the loop's folder is its own to delete; these files are the trial's
+            os.rename(os.path.join(directory, name), os.path.join(handed, name))
+        uri: Future = Future()
+        self._unstored.append((handed, uri))
+        try:
+            self.hand_over((metrics, handed))
+        except _Cancelled:
+            self.cancel()  # cancelled before the trial took it: nobody will store it
+            raise
+        return uri
+
+    def stored(self, uri: str | None) -> None:
+        """The trial has stored the oldest checkpoint handed over, at `uri`."""
+        future = self._release_oldest()
+        if future is not None:  # None: cancelled meanwhile
+            future.set_result(uri)
+
+    def cancel(self) -> None:
+        """Stop the loop at its next report or wait: its trial is gone."""
+        self.cancelled.set()
+        while (future := self._release_oldest()) is not None:
+            future.set_exception(_Cancelled())
+
+    def _release_oldest(self) -> Future | None:
+        try:
+            folder, future = self._unstored.popleft()
+        except IndexError:
+            return None
+        shutil.rmtree(folder, ignore_errors=True)
+        return future
 
     def hand_over(self, item: Any) -> None:
         self._wait(lambda timeout: self.reports.put(item, timeout=timeout))
@@ -127,7 +166,7 @@ class TrialHost:
     def cancel(self) -> None:
         """Stop training at the next report: its trial is gone (ASHA stopped it, or it died)."""
         if self.session is not None:
-            self.session.cancelled.set()
+            self.session.cancel()
 
     def next_report(self) -> Any:
         """The next epoch's (metrics, checkpoint folder or None), or the trial's summary; raises its error."""
@@ -137,8 +176,8 @@ class TrialHost:
         return item
 
     def stored(self, uri: str | None) -> None:
-        """Where the trial stored the checkpoint of the last report."""
-        self.session.stored.put(uri)
+        """Where the trial stored the oldest checkpoint it was handed and has not yet said."""
+        self.session.stored(uri)
 
 
 def drive_host(config: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ and both hand back the last checkpoint after a restart.
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Callable, Iterator, Protocol
 
@@ -35,9 +36,10 @@ class Session(Protocol):
     def restored(self) -> ray.train.Checkpoint | None:
         """The last checkpoint of this trial, if it is being restarted."""
 
-    def report(self, metrics: dict, directory: str | None) -> str | None:
+    def report(self, metrics: dict, directory: str | None) -> str | Future | None:
         """Report one epoch's metrics, with the checkpoint in `directory` if given; returns the URI the
-        checkpoint was stored at, where the engine says (None otherwise)."""
+        checkpoint was stored at where the engine says, or a Future of it where it stores it later (None
+        otherwise). The folder is the caller's again once this returns."""
 
 
 class TrainSession:

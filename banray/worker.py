@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +184,18 @@ class CheckpointPolicy:
         self.last = time.monotonic()
         if best is not None and best["checkpoint"] is None:  # the restored checkpoint was itself the best
             best = {**best, "checkpoint": restored_uri}
-        self.best = best  # metric value, epoch, val_error, val_nll, checkpoint URI (None where not known)
+        self._best = best  # metric value, epoch, val_error, val_nll, checkpoint URI (None where not known)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best epoch's record, its checkpoint's URI waited for where the session stores it later."""
+        stored = self._best and self._best["checkpoint"]
+        if isinstance(stored, Future):
+            self._best = {**self._best, "checkpoint": stored.result()}
+        return self._best
 
     def improves(self, value: float) -> bool:
-        return epoch_improves(value, None if self.best is None else self.best["value"])
+        return epoch_improves(value, None if self._best is None else self._best["value"])
 
     def wants(self, value: float, last_epoch: bool) -> bool:
         return self.improves(value) or last_epoch or time.monotonic() - self.last >= self.every_s
@@ -198,9 +207,9 @@ class CheckpointPolicy:
         return {"value": value, "epoch": epoch, "val_error": metrics["val_error"], "val_nll": metrics["val_nll"],
                 "checkpoint": None}
 
-    def saved(self, best: dict[str, Any], uri: str | None) -> None:
+    def saved(self, best: dict[str, Any], uri: str | Future | None) -> None:
         self.last = time.monotonic()
-        self.best = best if best is self.best else {**best, "checkpoint": uri}
+        self._best = best if best is self._best else {**best, "checkpoint": uri}
 
 
 def train_loop(settings: TrialSettings, session: Session, cpus_per_worker: float = 1) -> TrialSummary:
@@ -285,17 +294,19 @@ class _Training:
         """Report the epoch, with a checkpoint when the policy wants one (rank 0 writes it)."""
         wanted = self.policy.wants(value, last_epoch=epoch == self.settings.train.epochs)
         with checkpoint_folder(self.session.rank == 0 and wanted) as directory:
+            if directory is None:
+                self.session.report(metrics, None)
+                return
             best = self.policy.best_with(value, epoch, metrics)
-            if directory is not None:
-                metadata = {**self.metadata_base, "epoch": epoch, "val_error": metrics["val_error"],
-                            "val_nll": metrics["val_nll"]}
-                checkpoint.save(directory, _unwrap(self.model), metadata)
-                state = {**training_state(epoch, self.optimizer, self.scheduler), "best": best,
-                         "history": self.history}
-                torch.save(state, Path(directory) / TRAINING_STATE_FILE)
-            uri = self.session.report(metrics, directory)
-            if directory is not None:
-                self.policy.saved(best, uri)
+            self._save(directory, epoch, metrics, best)
+            self.policy.saved(best, self.session.report(metrics, directory))
+
+    def _save(self, directory: str, epoch: int, metrics: dict[str, Any], best: dict[str, Any]) -> None:
+        metadata = {**self.metadata_base, "epoch": epoch, "val_error": metrics["val_error"],
+                    "val_nll": metrics["val_nll"]}
+        checkpoint.save(directory, _unwrap(self.model), metadata)
+        state = {**training_state(epoch, self.optimizer, self.scheduler), "best": best, "history": self.history}
+        torch.save(state, Path(directory) / TRAINING_STATE_FILE)
 
 
 def _first_report_extras(teacher: Teacher | None, task, device, rank: int, done_epochs: int,

@@ -7,9 +7,10 @@ last epoch, the report to Tune) and the group's MLflow logging of every epoch. I
 gap between consecutive epochs' reports (MLflow's per-epoch timestamps, logged as each report arrives).
 The plain side, in this process on one thread as the trial's worker is: the same split, model, optimizer
 and schedule; per epoch a DataLoader pass with forward, loss, backward and step, a validation pass, and
-the best epoch's weights kept (a deep copy of the state dict). Ratio = plain epoch time / banray's.
+the best epoch's weights kept (a deep copy of the state dict), timed just before and just after banray's
+group (their mean is the plain time: the machine's speed drifts). Ratio = plain epoch time / banray's.
 
-Run: .venv/bin/python -m bench.whole_epoch   (about 3 minutes on 2 cores)
+Run: .venv/bin/python -m bench.whole_epoch   (about 4 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -120,10 +121,15 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for case in cases(Path(folder) / "data"):
+            # The plain loop before and after banray's group: this machine's speed drifts by tens of percent
+            # within minutes, and the mean of the two brackets the group's time.
+            plain_before = plain_epoch_s(case)
             banray_s = banray_epoch_s(case, Path(folder) / "runs")
-            plain_s = plain_epoch_s(case)
+            plain_after = plain_epoch_s(case)
+            plain_s = statistics.mean([plain_before, plain_after])
             results.append({"case": case["name"], "epochs": case["train"]["epochs"], "banray_epoch_s": banray_s,
-                            "plain_epoch_s": plain_s, "ratio": plain_s / banray_s})
+                            "plain_epoch_s": plain_s, "plain_before_after_s": [plain_before, plain_after],
+                            "ratio": plain_s / banray_s})
     ray.shutdown()
     write("whole_epoch", {
         "what": "an epoch as a banray trial runs it (train + validation + checkpoint when at least as good + report "

@@ -1,6 +1,7 @@
 """The worker loop on synthetic data, through a real TorchTrainer in Ray Train's local mode."""
 
 import math
+import threading
 
 import pytest
 import ray.train
@@ -188,3 +189,32 @@ def test_a_worker_of_several_cpus_given_as_a_float_trains_on_that_many_threads()
     del settings["seed_root"]
     train_loop(TrialSettings.model_validate(settings), RecordingSession(), cpus_per_worker=2.0)  # as the spec holds it
     assert torch.get_num_threads() == 2
+
+
+
+def test_a_checkpoint_uri_that_comes_later_reaches_the_next_state_and_the_summary(monkeypatch):
+    """On a warm host a report returns a Future of its checkpoint's URI and the loop trains on; the best
+    epoch's URI, once known, reaches the next checkpoint's training state and the trial's summary."""
+    from concurrent.futures import Future
+
+    from banray import worker
+
+    monkeypatch.setattr(worker, "epoch_improves", lambda value, best: best is None)  # epoch 1 stays the best
+    states = []
+
+    class LaterSession(RecordingSession):
+        def report(self, metrics, directory):
+            self.reports.append(metrics)
+            if directory is None:
+                return None
+            states.append(torch.load(f"{directory}/{worker.TRAINING_STATE_FILE}", weights_only=True)["best"])
+            uri = Future()
+            threading.Timer(0.2, uri.set_result, [f"file:///storage/epoch-{metrics['epoch']}"]).start()
+            return uri  # before the URI is known, as a warm host's session does
+
+    spec = parse_spec(tiny_spec(**{"train.epochs": 3, "train.checkpoint_every_s": 0}))  # every epoch
+    settings = {**spec.generation_settings(0, 0, None), "trial": 0, "seed": 7}
+    del settings["seed_root"]
+    summary = train_loop(TrialSettings.model_validate(settings), LaterSession())
+    assert summary.best_epoch == 1 and summary.checkpoint == "file:///storage/epoch-1"
+    assert [best["checkpoint"] for best in states] == [None, "file:///storage/epoch-1", "file:///storage/epoch-1"]
