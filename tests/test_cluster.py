@@ -62,10 +62,16 @@ def two_nodes(s3_endpoint, tracking_server):
     assert leftovers == [], f"Ray processes left behind: {leftovers}"
 
 
-def test_sweep_with_address_trains_on_both_nodes(two_nodes, tracking_server):
+def test_sweep_with_address_trains_on_both_nodes(two_nodes, tracking_server, tmp_path):
     address, _, temp_dir = two_nodes
+    # The smoke sweep with trials long enough that a generation's two trials overlap, and so, at 1 CPU each,
+    # need both nodes: its 2-epoch trials can end before Tune starts the next, which may then take the same node.
+    smoke = (REPO / "sweeps/smoke.yaml").read_text()
+    assert "epochs: 2," in smoke
+    spec_file = tmp_path / "smoke.yaml"
+    spec_file.write_text(smoke.replace("epochs: 2,", "epochs: 40,"))
     completed = subprocess.run(
-        [sys.executable, "-m", "banray", "sweep", "sweeps/smoke.yaml", "--address", address,
+        [sys.executable, "-m", "banray", "sweep", str(spec_file), "--address", address,
          "--storage", "s3://banray/cluster"],
         cwd=REPO, env=token_env(MLFLOW_TRACKING_URI=tracking_server), capture_output=True, text=True,
         timeout=600,
