@@ -134,7 +134,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for case in cases(Path(folder) / "data"):
             rounds = [measure_round(case, Path(folder) / f"runs-{case['name']}-{i}") for i in range(case["rounds"])]
-            median = min(rounds, key=lambda r: abs(r["ratio"] - statistics.median(x["ratio"] for x in rounds)))
+            middle = statistics.median_low(r["ratio"] for r in rounds)  # a round's own ratio
+            median = next(r for r in rounds if r["ratio"] == middle)
             results.append({"case": case["name"], "epochs": case["train"]["epochs"], **median,
                             "ratios": [r["ratio"] for r in rounds], "rounds": rounds})
     ray.shutdown()

@@ -191,7 +191,6 @@ def test_a_worker_of_several_cpus_given_as_a_float_trains_on_that_many_threads()
     assert torch.get_num_threads() == 2
 
 
-
 def test_a_checkpoint_uri_that_comes_later_reaches_the_next_state_and_the_summary(monkeypatch):
     """On a warm host a report returns a Future of its checkpoint's URI and the loop trains on; the best
     epoch's URI, once known, reaches the next checkpoint's training state and the trial's summary."""
