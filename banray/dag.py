@@ -3,17 +3,21 @@
 
 Every ready group runs at once (the worker-slot pool, not this scheduler, bounds how many trials train);
 a finished group unblocks its successor immediately, with no barrier between generations of
-different chains. The scheduler is generic over what a group is and over how it waits for one (Ray by
+different chains. The scheduler is generic over what a group is and over how it waits for one (Futures by
 default), so it can be tested on its own, without Ray.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# What `launch`, `launch_control` and `evaluate` return and `wait` waits for: a Ray ObjectRef by default
+# What `launch`, `launch_control` and `evaluate` return and `wait` waits for: a concurrent.futures.Future
+# by default (`in_thread` makes one of a call, a Ray ObjectRef's `.future()` one of a remote call)
 Handle = Any
 # (chain, generation, predecessor's result or None) -> the group's handle
 Launch = Callable[[int, int, Any], Handle]
@@ -45,12 +49,26 @@ class DagRun:
     started_at: float  # wall-clock time (time.time()) of the spans' zero
 
 
-def ray_wait(handles: list[Handle]) -> tuple[Handle, Any]:
-    """The default wait step: the first of `handles` (Ray ObjectRefs) to finish, and its result."""
-    import ray  # here, so that the scheduler imports and runs without Ray when given another wait step
+def first_done(handles: list[Future]) -> tuple[Future, Any]:
+    """The default wait step: the first of `handles` to finish, and its result (its error raised)."""
+    done, _ = concurrent.futures.wait(handles, return_when=concurrent.futures.FIRST_COMPLETED)
+    ready = next(iter(done))
+    return ready, ready.result()
 
-    (ready,), _ = ray.wait(handles, num_returns=1)
-    return ready, ray.get(ready)
+
+def in_thread(function: Callable[..., Any], *args: Any) -> Future:
+    """Run `function(*args)` in a thread of its own; the Future of its result. A daemon thread: a driver
+    stopped by Ctrl-C exits without waiting for the groups it was running."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # the caller's to see, from the Future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
 
 
 def run_dag(
@@ -66,7 +84,7 @@ def run_dag(
     controls_done: dict[int, Any] | None = None,
     evaluate: Callable[[Any], Handle | None] | None = None,
     groups_at_once: int | None = None,
-    wait: Wait = ray_wait,
+    wait: Wait = first_done,
     clock: Callable[[], float] = time.monotonic,
 ) -> DagRun:
     """Run generations 0 … `generations` of every chain, each group as soon as its predecessor is done.
@@ -79,7 +97,7 @@ def run_dag(
     starts the follow-up work of a finished group (or returns None if there is none) beside its successor;
     the result it returns replaces the group's. `wait(handles)` blocks until one of the handles that
     `launch`, `launch_control` and `evaluate` returned is done and returns it with its result (default:
-    `ray.wait` and `ray.get` on ObjectRefs); `clock()` gives the spans' seconds."""
+    `first_done`, on Futures); `clock()` gives the spans' seconds."""
     dag = _Dag(
         chains, generations, launch, stop_rule, echo, launch_control, evaluate, groups_at_once, clock,
         results={chain: list((done or {}).get(chain, [])) for chain in range(chains)},

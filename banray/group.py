@@ -1,14 +1,16 @@
 """A generation group: one (chain, generation), or a chain's control arm, is a Ray Tune run of
 `search.trials` trials. `run_group` searches the generation's settings (Optuna, ASHA) and selects its best
-trial on validation (banray.selection); the driver (banray.sweep) runs it in a warm GroupRunner
-(banray.runners) and decides when it starts (banray.dag).
+trial on validation (banray.selection); the driver (banray.sweep) runs each group in a thread of its own,
+where torch, Ray Tune and MLflow are already imported, and decides when it starts (banray.dag).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import math
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -69,12 +71,28 @@ class SweepContext:
         return f"{self.sweep_dir}/tune"
 
 
+# Tune's own per-result files (result.json, progress.csv, TensorBoard events) are written while the trial
+# waits for the controller after every report (9 ms of a 100 ms epoch); banray's metrics are in MLflow.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# Without those files, Tune's result grid warns once per group that it found no per-trial metrics.
+QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis",)
+
+
+def run_groups_here(tune_state_every_s: float) -> None:
+    """Set this process up for the groups' Tune runs: Tune reads these settings from the environment of the
+    process it runs in. `tune_state_every_s`: how often Tune saves a run's experiment state, which a resumed
+    sweep restores trials from."""
+    os.environ.update({**TUNE_ENV, "TUNE_GLOBAL_CHECKPOINT_S": str(tune_state_every_s)})
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 _registering = threading.Lock()
 
 
 def registered_trainable(resources: ResourcesSpec) -> str:
     """The name of the trial trainable with its resources in Tune's registry. The registry is one per
-    process and not thread-safe, and a GroupRunner's Tune runs start side by side in its threads: they
+    process and not thread-safe, and the driver's Tune runs start side by side in its threads: they
     register here, one at a time, and hand Tune the name."""
     wanted, function = trial_resources(resources), trainable(resources)
     # Tune's registry is cluster-wide: the name says everything the registered object holds.
@@ -273,7 +291,7 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
             # Tune keeps every checkpoint while the group runs: with num_to_keep it deletes the one its
             # last saved experiment state may still name, which a restore after a killed driver needs.
             # The group prunes them once it is over (_prune_checkpoints); the state is saved every
-            # train.checkpoint_every_s (the runner's TUNE_GLOBAL_CHECKPOINT_S).
+            # train.checkpoint_every_s (TUNE_GLOBAL_CHECKPOINT_S, set by run_groups_here).
         ),
     )
 

@@ -26,20 +26,22 @@ class WorkerSlots:
     waiting trial of the best priority, then the longest waiting: trials on a chain's critical path
     (earlier generations) before later ones, the control arm last. It also adds up busy slot-seconds.
 
-    It owns the sweep's warm trial processes (banray.hosts), per node one for each slot the node can hold:
-    a holder that trains on a host gets one no other holder on its node has.
+    It holds the sweep's warm trial processes (banray.hosts), per node one for each slot the node can hold
+    (`hosts`, started by the driver as soon as Ray is up; those of nodes that join later, as a trial there
+    first asks): a holder that trains on a host gets one no other holder on its node has. The hosts live as
+    long as the pool.
     """
 
     RECLAIM_EVERY_S = 2.0
     POLL_S = 0.05
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, hosts: dict[tuple[str, int], ray.actor.ActorHandle] | None = None):
         self.capacity = capacity
         self.holders: dict[str, float] = {}  # actor id → when it took its slot
         self.waiting: set[tuple[tuple, float, str]] = set()  # (priority, since, actor id)
         self.busy_s = 0.0
         self.last_reclaim = 0.0
-        self.hosts: dict[tuple[str, int], ray.actor.ActorHandle] = {}  # (node id, index) → its TrialHost
+        self.hosts = dict(hosts or {})  # (node id, index) → its TrialHost
         self.host_of: dict[str, tuple[str, int]] = {}  # holder → the host it trains on
         # Explicit, since the State API would otherwise refuse to guess between several Ray instances.
         self.cluster = ray.get_runtime_context().gcs_address
@@ -70,18 +72,9 @@ class WorkerSlots:
         self.host_of[holder] = key = (node, next(i for i in itertools.count() if i not in taken))
         return self._host(key)
 
-    async def warm_hosts(self, per_node: dict[str, int]) -> None:
-        """Start the hosts that `per_node` says each node can use, before any trial asks for one."""
-        for node, count in per_node.items():
-            for index in range(count):
-                self._host((node, index))
-
     def _host(self, key: tuple[str, int]) -> ray.actor.ActorHandle:
-        from banray.hosts import TrialHost  # banray.hosts holds its trials' slots with this module
-
-        if key not in self.hosts:
-            on_node = NodeAffinitySchedulingStrategy(key[0], soft=False)
-            self.hosts[key] = TrialHost.options(scheduling_strategy=on_node).remote()
+        if key not in self.hosts:  # a node that joined after the sweep started
+            self.hosts[key] = start_host(key[0])
         return self.hosts[key]
 
     def _reclaim_dead(self) -> None:
@@ -110,6 +103,19 @@ def slot_capacity(resources: ResourcesSpec, cluster: dict[str, float]) -> int:
     if resources.gpus_per_worker:
         per_trial["GPU"] = resources.workers_per_trial * resources.gpus_per_worker
     return int(min(cluster.get(name, 0.0) // need for name, need in per_trial.items()))
+
+
+def start_host(node: str) -> ray.actor.ActorHandle:
+    """A new TrialHost on `node`."""
+    from banray.hosts import TrialHost  # banray.hosts holds its trials' slots with this module
+
+    return TrialHost.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+
+
+def warm_hosts(resources: ResourcesSpec, capacity: int) -> dict[tuple[str, int], ray.actor.ActorHandle]:
+    """The hosts that each alive node can use (host_slots), started now, before any trial asks for one."""
+    return {(node, index): start_host(node) for node, count in host_slots(resources, capacity).items()
+            for index in range(count)}
 
 
 def host_slots(resources: ResourcesSpec, capacity: int) -> dict[str, int]:

@@ -26,17 +26,19 @@ import torch
 import yaml
 
 from banray import lock, report, tracking
-from banray.dag import run_dag
+from banray.dag import in_thread, run_dag
 from banray.data import DatasetMissing, SplitTooSmall
 from banray.evaluation import evaluate_group, needs_evaluation, run_ensembles
-from banray.group import SweepContext, run_group, start_generation_run, stop_reason, tune_verbosity
+from banray.group import (
+    SweepContext, run_group, run_groups_here, start_generation_run, stop_reason, tune_verbosity,
+)
 from banray.models import build_model
 from banray.records import ChainResult, GenerationRecord
 from banray.runners import start_runner
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
 from banray.storage import STATE_FILE, SweepStorage, use_endpoint
 from banray.tasks import make_task
-from banray.slots import WorkerSlots, host_slots, slot_capacity
+from banray.slots import WorkerSlots, slot_capacity, warm_hosts
 
 # Defaults for every Ray process of the sweep; a value already in the environment wins.
 RAY_ENV_DEFAULTS = {
@@ -350,14 +352,14 @@ def _run_dag(
     spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
     spec_text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    # The slot pool's warm hosts and the runners start while the driver prepares the folder and the MLflow store.
+    # The slot pool's warm hosts and the evaluations' runner start while the driver prepares the folder and the
+    # MLflow store.
     slots = _start_slots(spec, storage, capacity)
-    runners = _start_runners(spec)
+    evaluator = _start_evaluator(spec)
     try:
-        return _prepare_and_run(spec, storage, capacity, echo, previous, spec_text, runners, slots)
-    finally:  # on a long-lived cluster, the runners would otherwise live as long as the driver
-        for runner in runners:
-            ray.kill(runner)
+        return _prepare_and_run(spec, storage, capacity, echo, previous, spec_text, evaluator, slots)
+    finally:  # on a long-lived cluster, the runner would otherwise live as long as the driver
+        ray.kill(evaluator)
 
 
 def _start_slots(spec: SweepSpec, storage: SweepStorage, capacity: int) -> tuple[str, ray.actor.ActorHandle]:
@@ -365,22 +367,22 @@ def _start_slots(spec: SweepSpec, storage: SweepStorage, capacity: int) -> tuple
     holds is gone). Named after the sweep folder: trials of an interrupted group, restored by a resumed
     sweep, find it again."""
     name = f"banray-slots-{hashlib.sha256(storage.uri.encode()).hexdigest()[:12]}"
-    slots = WorkerSlots.options(name=name, get_if_exists=True).remote(capacity)
-    if spec.resources.on_host():
-        slots.warm_hosts.remote(host_slots(spec.resources, capacity))
-    return name, slots
+    # Started here rather than by the pool, whose own process would start first: the hosts are the first
+    # group's critical path.
+    hosts = warm_hosts(spec.resources, capacity) if spec.resources.on_host() else {}
+    return name, WorkerSlots.options(name=name, get_if_exists=True).remote(capacity, hosts)
 
 
-def _start_runners(spec: SweepSpec) -> tuple[ray.actor.ActorHandle, ray.actor.ActorHandle]:
-    """The runner of the groups (all of them at once) and the runner of evaluations, niced."""
+def _start_evaluator(spec: SweepSpec) -> ray.actor.ActorHandle:
+    """The runner of evaluations, niced: they run beside the next generations, which come first; a chain's
+    can pile up behind them."""
     groups = spec.chains * (1 + int(spec.control))
-    groups_runner = start_runner(groups, ("banray.group",), tune_state_every_s=spec.train.checkpoint_every_s)
-    # Evaluations run beside the next generations, which come first; a chain's can pile up behind them.
-    return groups_runner, start_runner(groups * (spec.generations + 1), ("banray.evaluation",), niceness=10)
+    return start_runner(groups * (spec.generations + 1), ("banray.evaluation",), niceness=10)
 
 
 def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None],
-                     previous: dict | None, spec_text: str, runners: tuple, slots: tuple) -> SweepResult:
+                     previous: dict | None, spec_text: str, evaluator: ray.actor.ActorHandle,
+                     slots: tuple) -> SweepResult:
     ctx, state = _prepare(spec, storage, capacity, previous, spec_text, slots_actor=slots[0])
     for chain, records in [(c, r) for c, r in state.results.items() if r]:
         echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
@@ -389,7 +391,7 @@ def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo
         f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
     )
-    dag, chains, busy_s = _schedule(ctx, state, slots[1], runners, echo)
+    dag, chains, busy_s = _schedule(ctx, state, slots[1], evaluator, echo)
     utilisation = busy_s / (capacity * dag.makespan_s)
     for chain in chains:  # each chain's run, and its control arm's, ends with the table of its generations
         for records, stopped in ((chain.generations, chain.stopped), ([chain.control] if chain.control else [], None)):
@@ -434,14 +436,14 @@ def _prepare(spec: SweepSpec, storage: SweepStorage, capacity: int, previous: di
     return ctx, state
 
 
-def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle, runners: tuple,
+def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle, evaluator: ray.actor.ActorHandle,
               echo: Callable[[str], None]):
-    """Run the DAG of groups in the warm runners, then each chain's ensembles: (the DAG's run, the chains'
-    results, busy slot-seconds)."""
+    """Run the DAG of groups, each in a thread of this process, their evaluations in the evaluations' runner,
+    then each chain's ensembles: (the DAG's run, the chains' results, busy slot-seconds)."""
     spec, track = ctx.spec, ctx.tracking
     interrupted = dict(state.running)  # groups the interrupted driver was running
     interrupted_controls = dict(state.controls_running)
-    groups_runner, evaluators = runners
+    run_groups_here(spec.train.checkpoint_every_s)
 
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
         group = interrupted.pop(chain, None)
@@ -449,26 +451,26 @@ def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle
         run_id = (tracking.reopen_run(track, group["mlflow_run_id"]) if restore
                   else start_generation_run(ctx, chain, generation, teacher))
         state.started(chain, generation, run_id)
-        return groups_runner.call.remote(run_group, ctx, chain, generation, teacher, run_id, restore)
+        return in_thread(run_group, ctx, chain, generation, teacher, run_id, restore)
 
     def launch_control(chain: int):
         run_id = interrupted_controls.pop(chain, None)
         restore = run_id is not None
         run_id = tracking.reopen_run(track, run_id) if restore else start_generation_run(ctx, chain, 0, None, "control")
         state.control_started(chain, run_id)
-        return groups_runner.call.remote(run_group, ctx, chain, 0, None, run_id, restore, "control")
+        return in_thread(run_group, ctx, chain, 0, None, run_id, restore, "control")
 
     dag = run_dag(
         spec.chains, spec.generations, launch=launch, stop_rule=lambda chain, records: stop_reason(spec, records),
         echo=echo, on_done=state.progressed, done=state.results, stopped=state.stopped,
         launch_control=launch_control if spec.control else None, controls_done=state.controls,
         groups_at_once=ctx.groups_at_once,
-        evaluate=lambda r: evaluators.call.remote(evaluate_group, ctx, r) if needs_evaluation(r) else None,
+        evaluate=lambda r: evaluator.call.remote(evaluate_group, ctx, r).future() if needs_evaluation(r) else None,
     )
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
     ensembles = ray.get(  # in the evaluations' runner, which has what they use imported
-        [evaluators.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
+        [evaluator.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
     )
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from banray.dag import CONTROL, run_dag
+from banray.dag import CONTROL, in_thread, run_dag
 
 
 @dataclass(eq=False)  # compared and hashed by identity, as ObjectRefs are
@@ -232,10 +232,10 @@ def test_the_scheduler_imports_and_runs_without_ray():
 
 
 @pytest.mark.slow
-def test_dag_on_ray_waits_on_object_refs(ray_cluster):
+def test_dag_waits_on_groups_in_threads_and_evaluations_on_ray_together(ray_cluster):
+    """As the driver runs it: groups in threads of its own, evaluations as calls to a Ray actor."""
     import ray
 
-    @ray.remote(num_cpus=0)
     def group(chain, generation):
         time.sleep(0.2 if chain == 0 else 3.0)  # chain 0 is fast, chain 1 slow
         return (chain, generation)
@@ -245,10 +245,10 @@ def test_dag_on_ray_waits_on_object_refs(ray_cluster):
         return (*result, "evaluated")
 
     lines = []
-    run = run_dag(2, 2, launch=lambda c, g, previous: group.remote(c, g),
+    run = run_dag(2, 2, launch=lambda c, g, previous: in_thread(group, c, g),
                   stop_rule=lambda c, results: None, echo=lines.append,
-                  launch_control=lambda c: group.remote(c, CONTROL),
-                  evaluate=lambda r: evaluation.remote(r) if r[1] == 2 else None)
+                  launch_control=lambda c: in_thread(group, c, CONTROL),
+                  evaluate=lambda r: evaluation.remote(r).future() if r[1] == 2 else None)
     span = spans_by_group(run)
     assert run.results == {0: [(0, 0), (0, 1), (0, 2, "evaluated")], 1: [(1, 0), (1, 1), (1, 2, "evaluated")]}
     assert run.controls == {0: (0, CONTROL), 1: (1, CONTROL)}
@@ -256,3 +256,14 @@ def test_dag_on_ray_waits_on_object_refs(ray_cluster):
     for c in (0, 1):
         assert span[c, 1].start_s >= span[c, 0].end_s and span[c, 2].start_s >= span[c, 1].end_s
     assert "[banray] chain 0 generation 2: started" in lines
+
+
+def test_a_group_that_fails_in_its_thread_fails_the_dag_with_its_own_error():
+    def group(chain, generation):
+        if generation == 1:
+            raise ValueError(f"chain {chain} cannot go on")
+        return (chain, generation)
+
+    with pytest.raises(ValueError, match="chain 0 cannot go on"):
+        run_dag(1, 2, launch=lambda c, g, previous: in_thread(group, c, g), stop_rule=lambda c, results: None,
+                echo=lambda line: None)
