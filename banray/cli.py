@@ -424,7 +424,7 @@ def ui(location: str, port: int, tracking_uri: str | None, endpoint: str | None)
 
 
 # Lines Ray's workers print that say nothing to a banray user: Train V2's preemption watcher, restartable
-# by design, is reported once per trial; banray starts its group runners and trials as actors, by design.
+# by design, is reported once per trial; banray starts its evaluations' runner, hosts and trials as actors, by design.
 RAY_NOISE = (r"class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
              r"|PYTHON worker processes have been started on node")
 

@@ -511,7 +511,7 @@ _fluent_turn = threading.RLock()
 def _fluent(tracking: Tracking):
     """Point MLflow's fluent API at `tracking` for a moment. MLflow also exports the global tracking URI
     to os.environ (and so to every later subprocess): put back what was there. The fluent state is one per
-    process, so threads of a GroupRunner take turns."""
+    process, so its threads (the driver's groups, the evaluations' runner's calls) take turns."""
     import mlflow
 
     with _fluent_turn:

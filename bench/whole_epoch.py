@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import tempfile
@@ -31,10 +30,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from banray import tracking
-from banray.group import SweepContext, run_group, start_generation_run
-from banray.runners import GroupRunner
+from banray.group import SweepContext, run_group, run_groups_here, start_generation_run
 from banray.models import build_model
-from banray.spec import parse_spec
+from banray.spec import TrainSpec, parse_spec
 from banray.tasks import make_task
 from banray.slots import WorkerSlots
 from banray.worker import make_optimizer, make_scheduler, seed_everything
@@ -123,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     torch.set_num_threads(1)  # a trial's worker has cpus_per_worker = 1
-    os.environ.update(GroupRunner.TUNE_ENV)  # the groups run here, not in a sweep's GroupRunner
+    run_groups_here(TrainSpec.model_fields["checkpoint_every_s"].default)  # as a sweep's driver does
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(fakedata)  # the trials' processes cannot import tests/

@@ -72,13 +72,23 @@ def train_runs(sweep_dir: Path, chain: int, generation: int, engine: str = "trai
 
 def has_checkpoint(run_dirs: list[Path], engine: str = "train", saved_state: bool = False) -> bool:
     """Whether one of these trials has a checkpoint recorded: Ray Train's snapshot names it; in Tune, a
-    second one is stored (so the trial has reported the first) and, with `saved_state`, Tune has saved its
-    experiment state since (a restore after a killed driver starts from what that state names)."""
+    second one is stored (so the trial has reported the first) and, with `saved_state`, Tune's newest saved
+    experiment state holds a result of one of them, and so the checkpoint it came with (every report carries
+    one at checkpoint_every_s 0): a restore after a killed driver starts from what that state names. A state
+    saved after a checkpoint was stored may still predate the controller's taking of that result."""
     if engine == "train":
         return any((run / "checkpoint_manager_snapshot.json").exists() for run in run_dirs)
-    stored = sorted(c.stat().st_mtime for run in run_dirs for c in run.glob("checkpoint_*/model.pt"))
-    states = [s.stat().st_mtime for run in run_dirs[:1] for s in run.parent.glob("experiment_state*.json")]
-    return len(stored) >= 2 and (not saved_state or any(saved > stored[0] for saved in states))
+    stored = list(c for run in run_dirs for c in run.glob("checkpoint_*/model.pt"))
+    return len(stored) >= 2 and (not saved_state or saved_state_has_a_result(run_dirs[0].parent))
+
+
+def saved_state_has_a_result(tune_run: Path) -> bool:
+    states = sorted(tune_run.glob("experiment_state*.json"))
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except json.JSONDecodeError:  # read while it was being written
+        return False
+    return any(json.loads(metadata)["last_result"].get("training_iteration", 0) >= 1 for _, metadata in trials)
 
 
 @pytest.fixture
