@@ -71,20 +71,15 @@ class SweepContext:
         return f"{self.sweep_dir}/tune"
 
 
-# Tune's own per-result files (result.json, progress.csv, TensorBoard events) are written while the trial
-# waits for the controller after every report (9 ms of a 100 ms epoch); banray's metrics are in MLflow.
-TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
-# Without those files, Tune's result grid warns once per group that it found no per-trial metrics.
-QUIET_LOGGERS = ("ray.tune.analysis.experiment_analysis",)
-
-
 def run_groups_here(tune_state_every_s: float) -> None:
     """Set this process up for the groups' Tune runs: Tune reads these settings from the environment of the
     process it runs in. `tune_state_every_s`: how often Tune saves a run's experiment state, which a resumed
     sweep restores trials from."""
-    os.environ.update({**TUNE_ENV, "TUNE_GLOBAL_CHECKPOINT_S": str(tune_state_every_s)})
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune's own per-result files (result.json, progress.csv, TensorBoard events) are written while the trial
+    # waits for the controller after every report (9 ms of a 100 ms epoch); banray's metrics are in MLflow.
+    os.environ.update({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": str(tune_state_every_s)})
+    # Without those files, Tune's result grid warns once per group that it found no per-trial metrics.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 _registering = threading.Lock()

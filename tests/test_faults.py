@@ -78,7 +78,7 @@ def has_checkpoint(run_dirs: list[Path], engine: str = "train", saved_state: boo
     saved after a checkpoint was stored may still predate the controller's taking of that result."""
     if engine == "train":
         return any((run / "checkpoint_manager_snapshot.json").exists() for run in run_dirs)
-    stored = list(c for run in run_dirs for c in run.glob("checkpoint_*/model.pt"))
+    stored = [c for run in run_dirs for c in run.glob("checkpoint_*/model.pt")]
     return len(stored) >= 2 and (not saved_state or saved_state_has_a_result(run_dirs[0].parent))
 
 

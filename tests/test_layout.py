@@ -25,4 +25,3 @@ def test_record_types_live_apart_from_the_code_that_runs():
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in node.names} | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {name for name in imported if name and (name.startswith(("ray", "torch", "mlflow", "banray")))}
-
