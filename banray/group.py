@@ -89,11 +89,11 @@ def registered_trainable(resources: ResourcesSpec) -> str:
     """The name of the trial trainable with its resources in Tune's registry. The registry is one per
     process and not thread-safe, and the driver's Tune runs start side by side in its threads: they
     register here, one at a time, and hand Tune the name."""
-    wanted, function = trial_resources(resources), trainable(resources)
+    wanted, trial_class = trial_resources(resources), trainable(resources)
     # Tune's registry is cluster-wide: the name says everything the registered object holds.
-    name = "-".join(["banray", function.__name__.replace("_", "-"), *(f"{k}{v:g}" for k, v in sorted(wanted.items()))])
+    name = "-".join(["banray", trial_class.__name__.replace("_", "-"), *(f"{k}{v:g}" for k, v in sorted(wanted.items()))])
     with _registering:
-        tune.register_trainable(name, tune.with_resources(function, wanted))
+        tune.register_trainable(name, tune.with_resources(trial_class, wanted))
     return name
 
 

@@ -186,9 +186,10 @@ def _check_model(key: str, model, dataset: str, task) -> None:
             ) from None
 
 
-def connect(address: str | None, env_vars: dict[str, str]) -> bool:
+def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> bool:
     """Connect to (or start) Ray; returns whether this call started the connection. `env_vars` reach
-    every Ray process of the sweep; secrets never go there (a cluster's nodes bring their own)."""
+    every Ray process of the sweep; secrets never go there (a cluster's nodes bring their own).
+    `dashboard`: whether a local cluster started here runs Ray's dashboard (a cluster's own has its own)."""
     if ray.is_initialized():
         return False
     env = {**{k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}, **env_vars}
@@ -204,9 +205,17 @@ def connect(address: str | None, env_vars: dict[str, str]) -> bool:
     # too, but then every worker process starts through Ray's setup_worker (0.5 s of CPU each, a dozen per
     # quickstart), so it is only for clusters that run elsewhere.
     runtime_env = {"env_vars": env} if cluster else None
+    local = {} if cluster else {"include_dashboard": dashboard}
     # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
-    ray.init(address=address, runtime_env=runtime_env, logging_config=ray.LoggingConfig(log_level="WARNING"))
+    ray.init(address=address, runtime_env=runtime_env, logging_config=ray.LoggingConfig(log_level="WARNING"), **local)
     return True
+
+
+def needs_dashboard(spec: SweepSpec, asked: bool | None) -> bool:
+    """Whether a local cluster for `spec` starts Ray's dashboard: when asked, else only when trials run on
+    TorchTrainer (Train's controller calls the State API, which the dashboard serves). Its processes cost
+    about 4 s of CPU of the quickstart's 57 on 2 cores, and trials on warm hosts never call it."""
+    return asked if asked is not None else spec.resources.engine() == "train"
 
 
 def run(
@@ -217,9 +226,11 @@ def run(
     overwrite: bool = False,
     resume: bool | Literal["if-started"] = False,
     echo: Callable[[str], None] = print,
+    dashboard: bool | None = None,
 ) -> SweepResult:
     """Run the sweep. `resume`: continue the interrupted sweep in the folder; "if-started": continue it if
-    the folder holds one, else start (for job entrypoints that a scheduler may run again)."""
+    the folder holds one, else start (for job entrypoints that a scheduler may run again). `dashboard`:
+    whether a local cluster started for it runs Ray's dashboard (None: only if trials need it)."""
     if storage is not None:
         spec = with_storage(spec, storage)  # so spec.yaml records where it really ran
     endpoint_env = use_endpoint(spec.storage_endpoint)
@@ -235,20 +246,16 @@ def run(
                 found = finished_report(sweep_storage)
                 echo(f"banray: sweep '{spec.name}' in {sweep_storage.uri} has already finished; nothing to resume")
                 return SweepResult(found, sweep_storage.uri, [])
-            return _connect_and_run(spec, sweep_storage, address, endpoint_env, echo, previous)
+            started = connect(address, endpoint_env, needs_dashboard(spec, dashboard))
+            return _run_on_ray(spec, sweep_storage, started, echo, previous)
     except lock.SweepLocked as exc:
         raise SpecError(str(exc)) from None
 
 
-def _connect_and_run(
-    spec: SweepSpec,
-    storage: SweepStorage,
-    address: str | None,
-    endpoint_env: dict[str, str],
-    echo: Callable[[str], None],
-    previous: dict | None,
+def _run_on_ray(
+    spec: SweepSpec, storage: SweepStorage, started: bool, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
-    started = connect(address, endpoint_env)
+    """Run the sweep on the connected cluster; shut the connection down after if `started`."""
     try:
         capacity = slot_capacity(spec.resources, ray.cluster_resources())
         if capacity < 1:

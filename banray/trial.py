@@ -19,6 +19,8 @@ process imports and opens no tracking store.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +29,7 @@ import ray.train
 import ray.tune as tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.trainable.function_trainable import wrap_function
 
 from banray.hosts import drive_host
 from banray.records import TrialSummary
@@ -84,10 +87,25 @@ def trial_settings(config: dict[str, Any]) -> tuple[TrialSettings, TrialRuntime]
     return TrialSettings.model_validate({**settings_fields, "seed": seed}), runtime
 
 
-def trainable(resources: ResourcesSpec) -> Callable[[dict[str, Any]], None]:
+def trainable(resources: ResourcesSpec) -> type[tune.Trainable]:
     """The Tune trainable of a trial: the driver of a warm host (banray.hosts, a function of its own so
     that its process imports no torch), or `run_trial`."""
-    return drive_host if resources.on_host() else run_trial
+    return trial_class(drive_host if resources.on_host() else run_trial)
+
+
+@functools.cache
+def trial_class(function: Callable[[dict[str, Any]], None]) -> type[tune.Trainable]:
+    """Tune's class for a function trainable, whose process ends at once on SIGTERM. Ray sends one to a
+    Tune trial's process as it exits at the end of its Tune run, and Ray's handler raises SystemExit: one
+    that lands in a callback of the exiting interpreter is printed to the sweep's output as a traceback."""
+
+    class Trial(wrap_function(function)):
+        def setup(self, config: dict[str, Any]) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Tune sets a trial up in its process's main thread
+            super().setup(config)
+
+    Trial.__name__ = Trial.__qualname__ = function.__name__
+    return Trial
 
 
 def run_trial(config: dict[str, Any]) -> None:

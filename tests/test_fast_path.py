@@ -106,7 +106,9 @@ def test_bf16_autocast_trains_on_cpu(cifar_root):
 def test_channels_last_keeps_the_results_close(cifar_root):
     plain, plain_losses = train(cifar(cifar_root))
     last, last_losses = train(cifar(cifar_root, **{"train.channels_last": "on"}))
-    assert last_losses == pytest.approx(plain_losses, rel=1e-4)
+    # Other kernels sum in another order: float rounding, compounded by the epochs' steps (1.2e-4 of the
+    # second epoch's loss on one CPU model, under 1e-4 on another).
+    assert last_losses == pytest.approx(plain_losses, rel=1e-3)
     for name, weight in plain.state_dict().items():
         torch.testing.assert_close(last.state_dict()[name], weight, rtol=1e-2, atol=1e-2)  # float rounding only
 

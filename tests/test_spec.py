@@ -141,8 +141,19 @@ def test_cli_missing_spec_file(tmp_path):
 def test_cli_help_explains_commands():
     result = CliRunner().invoke(cli, ["sweep", "--help"])
     assert result.exit_code == 0
-    for text in ("SPEC", "--address", "--storage", "--overwrite", "report"):
+    for text in ("SPEC", "--address", "--storage", "--overwrite", "--ray-dashboard", "report"):
         assert text in result.output
+
+
+@pytest.mark.parametrize(
+    "resources, asked, started",
+    [({}, None, False), ({"workers_per_trial": 2}, None, True), ({"trainer": "train"}, None, True),
+     ({}, True, True), ({"trainer": "train"}, False, False)],
+)
+def test_a_local_cluster_runs_rays_dashboard_when_trials_need_it_or_when_asked(resources, asked, started):
+    from banray.sweep import needs_dashboard  # Train's controller calls the State API, which it serves
+
+    assert needs_dashboard(parse_spec(tiny_spec(resources=resources)), asked) is started
 
 
 @pytest.mark.parametrize(

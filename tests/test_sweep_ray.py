@@ -3,13 +3,17 @@
 import json
 from pathlib import Path
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import mlflow
 import pytest
 import ray
+import ray.tune as tune
 import torch
 import yaml
 from ray.train import Checkpoint
@@ -18,6 +22,7 @@ from ray.util.state import list_actors
 from banray import sweep
 from banray.runners import start_runner
 from banray.spec import parse_spec
+from banray.trial import trial_class
 from conftest import REPO, tiny_spec
 from servers import wait_until
 
@@ -173,7 +178,40 @@ def test_each_generation_logs_a_loadable_model(finished, monkeypatch):
 # hint about many worker processes, MLflow's INFO lines and registry chatter, colour codes off a terminal,
 # any library's warnings (Tune's about the per-trial files banray turns off).
 NOISE = ("PreemptionWatcher", "PYTHON worker processes have been started", "INFO mlflow", "already exists",
-         "Token authentication is enabled", "\x1b[", "WARNING")
+         "Token authentication is enabled", "\x1b[", "WARNING", "Traceback", "SystemExit")
+
+
+def test_cli_sweep_on_the_local_cluster_it_starts(tmp_path):
+    """No --address: the quickstart's path. One chain's groups, their trials on warm hosts, each Tune run's
+    trial process stopped by Ray at its end: banray's lines and the table, nothing else; Ray's dashboard
+    not started (trials on hosts never use it; its log says whether it served)."""
+    spec = tiny_spec(name="local", storage=str(tmp_path / "runs"), train={"epochs": 1, "batch_size": 64},
+                     resources={"cpus_per_worker": 1})
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp"))  # short: Ray's socket paths must fit
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        completed = subprocess.run([sys.executable, "-m", "banray", "sweep", str(path)], capture_output=True,
+                                   text=True, timeout=600, cwd=REPO, env={**environment, "RAY_TMPDIR": str(ray_tmp)})
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        output = completed.stdout + completed.stderr
+        assert not [word for word in NOISE if word in output], output[-3000:]
+        assert completed.stdout.rstrip().splitlines()[-1].startswith("|")
+        dashboard_log = next(ray_tmp.glob("ray/session_*/logs/dashboard.log")).read_text()
+        assert "http server disabled" in dashboard_log  # Ray 2.60's line for a cluster without the dashboard
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_trial_process_ends_at_once_on_sigterm(ray_cluster, tmp_path):
+    """Ray's own SIGTERM handler raises SystemExit, printed as a traceback when it lands in a callback of
+    the exiting trial process; a banray trial's process has the default action instead."""
+    def report_handler(config):
+        tune.report({"default_action": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL})
+
+    grid = tune.Tuner(trial_class(report_handler), run_config=tune.RunConfig(storage_path=str(tmp_path))).fit()
+    assert grid[0].metrics["default_action"] is True
 
 
 def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
