@@ -28,7 +28,7 @@ def main() -> None:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; Python {m['python']}, "
         f"torch {m['torch']}, Ray {m['ray']}; {m['platform']}; run "
-        + ", ".join(f"{name} {r['machine']['date']}" for name, r in results.items()) + ".",
+        + ", ".join(f"{name} {r['machine']['date']} on {r['machine']['cpu']}" for name, r in results.items()) + ".",
         "",
         "| Bench | Measured | Target | Met |",
         "|---|---|---|---|",
@@ -127,21 +127,21 @@ NOTES = [
     "(the plain loop's own time moves by up to 60% within a run here); each chain's first trial waits for its "
     "host to start (62-65 s against 44-55 s for the later ones). A group spends 1.8-5 s outside its trial "
     "(the first group 13-17 s before the groups moved into the driver).",
-    "- (e): the quickstart as a user runs it: 54.5-59.6 s against 15.3-16.0 s for the plain script in the last "
-    "three pairs, 3.4-3.7× (the machine was slow that hour: the plain script took 11.4-14.7 s in earlier runs; "
-    "264-352 s before issue 15, 56-61 s before the warm hosts, 3.4-4.4× while a warm runner of its own ran the "
-    "groups). One-worker trials train in warm hosts, one per worker slot for the whole sweep, started by the "
-    "driver as soon as Ray is up, that import torch and load its compiler front end (2 s, on the first "
-    "optimizer) once; the Tune trial that drives a host imports no torch; digits and its splits come from a user "
-    "cache of arrays (no scikit-learn in trial processes); the groups' Tune runs run in threads of the driver, "
-    "which has torch, Ray Tune and MLflow imported already (a runner of their own began its first Tune run "
-    "8-14 s into the DAG), evaluations in one warm, niced process; a new sweep's MLflow store is a copy of an "
-    "empty one; trials never import MLflow. What is left: the driver's imports (about 3.5 s) and Ray's start "
-    "(4-6 s) before the DAG, the hosts' start (about 4.5 s of CPU each on 2 shared cores), which makes the first "
-    "group 12-15 s long, and per later group Tune's setup and its trial's fresh process (Ray's worker and Ray "
-    "Tune's imports, about 1.8 s of CPU, 2.5 s under load: a Tune actor cannot outlive its Tune run, and Ray "
-    "gives an actor a new process, never an idle worker). Per-trial overhead ≤ 1 s is met (0.1 s); ≤ 3× and "
-    "≤ 2 s per group (median 3.4-3.7 s) are not.",
+    "- (e): the quickstart as a user runs it, on a 2-core Intel Xeon (the other benches ran on a 2-core AMD "
+    "EPYC, where the plain script took 11.4-16.0 s): 29.3-31.7 s against 9.0-10.9 s for the plain script in the "
+    "last three pairs, 2.9-3.3× (3.5-3.6× on the same machine the same day before a local cluster for trials on "
+    "hosts ran without Ray's dashboard, 4 s of 57 s of CPU, and the command skipped Python's module teardown at "
+    "exit, 1.4 s; 3.4-3.7× on the EPYC; 264-352 s before issue 15). One-worker trials train in warm hosts, one "
+    "per worker slot for the whole sweep, started by the driver as soon as Ray is up, that import torch and load "
+    "its compiler front end once; the Tune trial that drives a host imports no torch; digits and its splits come "
+    "from a user cache of arrays; the groups' Tune runs run in threads of the driver, evaluations in one warm, "
+    "niced process; a new sweep's MLflow store is a copy of an empty one; trials never import MLflow. What is "
+    "left: the driver's imports (about 2.8 s) and Ray's start (about 3 s) before the DAG, the hosts' start "
+    "(about 4.5 s of CPU each on 2 shared cores), which makes the first group 8-9 s long, and per later group "
+    "Tune's setup and its trial's fresh process (Ray's worker and Ray Tune's imports, which pull in pandas, "
+    "about 1.2 s of CPU: a Tune actor cannot outlive its Tune run, and Ray gives an actor a new process, never "
+    "an idle worker). Per-trial overhead ≤ 1 s is met (0.09 s); ≤ 3× (met in one pair of three) and ≤ 2 s per "
+    "group (median 1.8-2.35 s, met in two) sit at the edge.",
 ]
 
 if __name__ == "__main__":
