@@ -159,7 +159,7 @@ def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, e
 
 
 @pytest.mark.parametrize("engine, killed", [("train", "RayTrainWorker"), ("trial", "TrialHost"),
-                                            ("trial", "ImplicitFunc")],
+                                            ("trial", "drive_host")],  # its Tune class is named after it
                          ids=["Train-worker", "warm-host", "Tune-trial-driving-a-host"])
 @pytest.mark.usefixtures("no_leaked_placement_groups")
 def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path, engine, killed):
@@ -181,7 +181,7 @@ def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, tmp_pat
 
     wait_until(lambda: training_worker_pid() is not None, 300, "the teacher's first checkpoint")
     pid = training_worker_pid()
-    if killed == "ImplicitFunc":  # the Tune trial that drives a host keeps its process light
+    if killed == "drive_host":  # the Tune trial that drives a host keeps its process light
         assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
     os.kill(pid, signal.SIGKILL)
     output = finish(driver, log)
