@@ -189,7 +189,7 @@ def _check_model(key: str, model, dataset: str, task) -> None:
 def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> bool:
     """Connect to (or start) Ray; returns whether this call started the connection. `env_vars` reach
     every Ray process of the sweep; secrets never go there (a cluster's nodes bring their own).
-    `dashboard`: whether a local cluster started here runs Ray's dashboard (a cluster's own has its own)."""
+    `dashboard`: whether a local cluster started here runs Ray's dashboard (a running cluster has its own)."""
     if ray.is_initialized():
         return False
     env = {**{k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()}, **env_vars}

@@ -77,10 +77,15 @@ def tracking_server(s3_endpoint, tmp_path_factory):
         yield uri
 
 
+def short_temp_dir() -> Path:
+    """A new folder for a Ray cluster's files, under /tmp: Ray's socket paths must fit in 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp"))
+
+
 @pytest.fixture(scope="session")
 def ray_temp_dir() -> Path:
     """The session cluster's temp dir: its session folder holds every log Ray writes."""
-    return Path(tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp"))
+    return short_temp_dir()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import mlflow
@@ -23,7 +22,7 @@ from banray import sweep
 from banray.runners import start_runner
 from banray.spec import parse_spec
 from banray.trial import trial_class
-from conftest import REPO, tiny_spec
+from conftest import REPO, short_temp_dir, tiny_spec
 from servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -189,7 +188,7 @@ def test_cli_sweep_on_the_local_cluster_it_starts(tmp_path):
                      resources={"cpus_per_worker": 1})
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(spec))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp"))  # short: Ray's socket paths must fit
+    ray_tmp = short_temp_dir()
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     try:
         completed = subprocess.run([sys.executable, "-m", "banray", "sweep", str(path)], capture_output=True,
