@@ -1,3 +1,4 @@
+import gc
 import math
 
 import pytest
@@ -142,17 +143,25 @@ def _cwtm_case():
     return nn.Linear(4, 3), torch.randn(5, 4), 2 * torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
 
 
+def _save_cwtm_shard(rank: int, out_dir: str) -> None:
+    student, x, t, y = _cwtm_case()
+    model = DistributedDataParallel(student)  # averages the ranks' gradients, as in a Ray Train trial
+    rows = slice(0, 3) if rank == 0 else slice(3, 5)
+    loss = get_objective("cwtm")(model(x[rows]), t[rows], y[rows], params(temperature=2.0))
+    loss.backward()
+    result = {"loss": loss.detach(), "weights": cwtm_weights(t[rows], 2.0)}
+    torch.save({**result, "grads": [p.grad for p in student.parameters()]}, f"{out_dir}/{rank}.pt")
+
+
 def _cwtm_on_a_shard(rank: int, init_file: str, out_dir: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        student, x, t, y = _cwtm_case()
-        model = DistributedDataParallel(student)  # averages the ranks' gradients, as in a Ray Train trial
-        rows = slice(0, 3) if rank == 0 else slice(3, 5)
-        loss = get_objective("cwtm")(model(x[rows]), t[rows], y[rows], params(temperature=2.0))
-        loss.backward()
-        result = {"loss": loss.detach(), "weights": cwtm_weights(t[rows], 2.0)}
-        torch.save({**result, "grads": [p.grad for p in student.parameters()]}, f"{out_dir}/{rank}.pt")
+        _save_cwtm_shard(rank, out_dir)
+        torch.distributed.barrier()  # neither rank tears its connections down while the other still talks
     finally:
+        # DDP sits in a reference cycle that holds the process group: left to the interpreter's exit, gloo's
+        # threads die unjoined and the process aborts ("terminate called without an active exception").
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
