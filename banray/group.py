@@ -102,7 +102,9 @@ def group_label(chain: int, generation: int, arm: str = "main") -> str:
 
 
 def say(label: str, text: str) -> None:
-    print(f"[banray] {label}: {text}", flush=True)
+    # One write per line: print() writes a line and its newline apart, and two groups' threads interleave them.
+    sys.stdout.write(f"[banray] {label}: {text}\n")
+    sys.stdout.flush()
 
 
 class TrialProgress(tune.Callback):

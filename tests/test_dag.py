@@ -267,3 +267,23 @@ def test_a_group_that_fails_in_its_thread_fails_the_dag_with_its_own_error():
     with pytest.raises(ValueError, match="chain 0 cannot go on"):
         run_dag(1, 2, launch=lambda c, g, previous: in_thread(group, c, g), stop_rule=lambda c, results: None,
                 echo=lambda line: None)
+
+
+def test_progress_lines_of_groups_running_side_by_side_stay_whole():
+    script = (
+        "import threading\n"
+        "from banray.group import say\n"
+        "def talk(chain):\n"
+        "    for _ in range(2000):\n"
+        "        say(f'chain {chain}', 'x' * 50)\n"
+        "threads = [threading.Thread(target=talk, args=(chain,)) for chain in range(4)]\n"
+        "for thread in threads:\n"
+        "    thread.start()\n"
+        "for thread in threads:\n"
+        "    thread.join()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 8000
+    broken = [line for line in lines if line.count("[banray]") != 1 or not line.endswith("x" * 50)]
+    assert not broken, broken[:3]
