@@ -181,7 +181,7 @@ def open_sweep(location: str) -> Sweep:
 
 
 def _chains(state: dict[str, Any], spec: SweepSpec, where: str) -> dict[int, ChainState]:
-    """state.json's chains, in the layout banray.sweep.SweepState.save writes."""
+    """state.json's chains, in the layout banray.state.SweepState.save writes."""
     try:
         chains = {chain: ChainState([], None, None, None, False, None) for chain in range(spec.chains)}
         for key, value in state["chains"].items():

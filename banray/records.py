@@ -1,5 +1,6 @@
 """What a sweep produces, as plain records that cross processes and land in state.json and report.json:
-a trial's summary, a generation's record, an ensemble's scores, a chain's result. Nothing here runs."""
+a trial's summary, a generation's record, an ensemble's scores, a chain's result, a sweep's result.
+Nothing here runs."""
 
 from __future__ import annotations
 
@@ -100,3 +101,10 @@ class ChainEnsembles:
     mlflow_run_id: str | None
 
 
+@dataclass
+class SweepResult:
+    """What a sweep hands back: its report, where its folder is, and the report files in it."""
+
+    report: dict[str, Any]
+    sweep_dir: str  # a local path or an s3:// URI
+    files: list[str]  # report files in the sweep folder

@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import tenacity
 
 MARKER_FILE = ".banray-sweep"  # written first into every sweep folder banray creates
-STATE_FILE = "state.json"  # the sweep state the driver keeps current (banray.sweep), which `status` reads
+STATE_FILE = "state.json"  # the sweep state the driver keeps current (banray.state), which `status` reads
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_S3"  # honoured by pyarrow, boto3 and MLflow's S3 artifact store
 RETRY_BUDGET_VARIABLE = "BANRAY_STORAGE_RETRY_S"
 

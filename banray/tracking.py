@@ -35,6 +35,9 @@ TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # MLflow shows this tag as the markdown description of a run or an experiment
 NOTE_LIMIT = 8000  # the longest tag value MLflow stores
+# MLflow's client and what it uses for a local store (its SQL store, the schema check): modules a driver may
+# import ahead of its first MLflow call.
+CLIENT_MODULES = ("mlflow", "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store")
 
 
 @dataclass(frozen=True)
