@@ -494,11 +494,22 @@ def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int | N
 
 
 def log_steps(client, run_id: str, metrics: list[tuple[str, float, int]]) -> None:
-    """(key, value, step) triples, in batches of MLflow's 1000 metrics at most."""
+    """(key, value, step) triples, stamped now."""
+    now = int(time.time() * 1000)
+    log_rows(client, run_id, [(key, value, step, now) for key, value, step in metrics])
+
+
+def metric_rows(metrics: Mapping[str, float], step: int) -> list[tuple[str, float, int, int]]:
+    """(key, value, step, timestamp in ms) rows of metrics measured now, to log later with log_rows."""
+    now = int(time.time() * 1000)
+    return [(key, value, step, now) for key, value in metrics.items()]
+
+
+def log_rows(client, run_id: str, rows: list[tuple[str, float, int, int]]) -> None:
+    """(key, value, step, timestamp in ms) rows, in batches of MLflow's 1000 metrics at most."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, step) for key, value, step in metrics]
+    batch = [Metric(key, float(value), timestamp, step) for key, value, step, timestamp in rows]
     for start in range(0, len(batch), 1000):
         client.log_batch(run_id, metrics=batch[start : start + 1000])
 

@@ -2,13 +2,14 @@
 
 import pickle
 import threading
+import time
 from types import SimpleNamespace
 
 from banray import tracking
 from banray.records import TrialSummary
 from banray.spec import ResourcesSpec, parse_spec
 from banray.trial import TrialRuntime
-from banray.trial_runs import TrialRuns, trial_run_ids
+from banray.trial_runs import TrialRuns, epoch_metrics, trial_run_ids
 from conftest import tiny_spec
 
 
@@ -117,3 +118,28 @@ def test_a_trials_report_never_waits_for_mlflow(tmp_path):
     (run_id,) = trial_run_ids(track, experiment_id, parent).values()
     assert [m.step for m in track.client().get_metric_history(run_id, "val_error")] == [1, 2, 3]
     assert pickle.loads(pickle.dumps(runs)).runs == runs.runs  # the Tuner pickles its callbacks
+
+
+def test_short_epochs_reach_mlflow_in_batches_each_with_the_time_it_was_reported(tmp_path):
+    track, experiment_id, parent, trial = setup(tmp_path)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    writes = []
+    real_log_batch = runs.client.log_batch
+    runs.client.log_batch = lambda run_id, metrics: writes.append(len(metrics)) or real_log_batch(run_id, metrics=metrics)
+    for n in range(1, 6):  # five reports well within FLUSH_S
+        runs.on_trial_result(0, [], trial, epoch(n))
+        time.sleep(0.01)
+    trial.last_result = TrialSummary(0, 1, best_epoch=5, value=0.1, val_error=0.1, checkpoint="/c").to_report("val_error")
+    runs.on_trial_complete(0, [], trial)
+    runs.on_experiment_end([])
+    runs.client.log_batch = real_log_batch
+
+    per_epoch = len(epoch_metrics(epoch(1)))
+    assert writes == [per_epoch, 4 * per_epoch]  # the first epoch at once, the others as the trial ends
+    (run_id,) = trial_run_ids(track, experiment_id, parent).values()
+    history = sorted(track.client().get_metric_history(run_id, "val_error"), key=lambda m: m.step)
+    assert [m.step for m in history] == [1, 2, 3, 4, 5]
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(set(stamps))  # each epoch at the time it was reported, not when it was written
+    assert track.client().get_run(run_id).info.status == "FINISHED"
