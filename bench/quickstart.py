@@ -63,7 +63,7 @@ def group_overheads(sweep_dir: Path, trial_spans: dict[str, list[tuple[float, fl
     overheads = []
     for group in report["groups"]:
         control = group["generation"] == "control"
-        name = f"chain{group['chain']}-control" if control else f"chain{group['chain']}-gen{group['generation']}"
+        name = tracking.run_name(group["chain"], 0 if control else group["generation"], "control" if control else "main")
         origin = report["started_at"]  # wall-clock time of the DAG's start
         spans = [(start - origin, end - origin) for start, end in trial_spans.get(name, [])]
         overheads.append(group["end_s"] - group["start_s"] - union_s(spans))
@@ -79,11 +79,11 @@ def run_banray(storage: str) -> float:
 
 def measure() -> dict:
     plain = plain_quickstart.run()
-    storage = tempfile.mkdtemp(prefix="banray-bench-quickstart-")
-    banray_s = run_banray(storage)
-    sweep_dir = Path(storage) / "quickstart"
-    trials, spans = trial_overheads(sweep_dir, "quickstart")
-    groups = group_overheads(sweep_dir, spans)
+    with tempfile.TemporaryDirectory(prefix="banray-bench-quickstart-") as storage:
+        banray_s = run_banray(storage)
+        sweep_dir = Path(storage) / "quickstart"
+        trials, spans = trial_overheads(sweep_dir, "quickstart")
+        groups = group_overheads(sweep_dir, spans)
     return {
         "plain_wall_s": round(plain["wall_s"], 2),
         "banray_wall_s": round(banray_s, 2),
