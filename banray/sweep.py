@@ -29,9 +29,13 @@ from banray.storage import STATE_FILE, SweepStorage, use_endpoint
 from banray.tasks import make_task
 from banray.slots import slot_capacity
 
-# What the driver runs on once Ray is up (the DAG, Tune and Train, the report's statistics and plots, MLflow's
-# client and SQL store): 3-4 s of imports on 2 cores, made while ray.init waits for the processes it starts.
-DRIVER_MODULES = ("banray.driver", *tracking.CLIENT_MODULES)
+
+def import_driver() -> None:
+    """What the driver runs on once Ray is up (the DAG, Tune and Train, the report's statistics and plots,
+    MLflow's client and SQL store): 3-4 s of imports on 2 cores."""
+    importlib.import_module("banray.driver")
+    tracking.import_client()
+
 
 # Defaults for every Ray process of the sweep; a value already in the environment wins.
 RAY_ENV_DEFAULTS = {
@@ -197,13 +201,13 @@ def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> b
     return True
 
 
-def connect_importing(modules: tuple[str, ...], *args) -> bool:
-    """connect(*args) in this thread (ray.init's signal handlers need the main thread) while another imports
-    `modules`: the driver needs them next, and ray.init spends most of its seconds waiting."""
+def connect_while(work: Callable[[], None], *args) -> bool:
+    """connect(*args) in this thread (ray.init's signal handlers need the main thread) while another thread
+    does `work` (the driver's imports): ray.init spends most of its seconds waiting for what it starts."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="banray-imports") as pool:
-        imported = pool.submit(lambda: [importlib.import_module(name) for name in modules])
+        done = pool.submit(work)
         started = connect(*args)
-        imported.result()
+        done.result()
     return started
 
 
@@ -242,7 +246,7 @@ def run(
                 found = finished_report(sweep_storage)
                 echo(f"banray: sweep '{spec.name}' in {sweep_storage.uri} has already finished; nothing to resume")
                 return SweepResult(found, sweep_storage.uri, [])
-            started = connect_importing(DRIVER_MODULES, address, endpoint_env, needs_dashboard(spec, dashboard))
+            started = connect_while(import_driver, address, endpoint_env, needs_dashboard(spec, dashboard))
             return _run_on_ray(spec, sweep_storage, started, echo, previous)
     except lock.SweepLocked as exc:
         raise SpecError(str(exc)) from None
@@ -252,7 +256,7 @@ def _run_on_ray(
     spec: SweepSpec, storage: SweepStorage, started: bool, echo: Callable[[str], None], previous: dict | None
 ) -> SweepResult:
     """Run the sweep on the connected cluster; shut the connection down after if `started`."""
-    from banray import driver  # imported already, while Ray started (DRIVER_MODULES)
+    from banray import driver  # imported already, while Ray started (import_driver)
 
     try:
         capacity = slot_capacity(spec.resources, ray.cluster_resources())

@@ -15,6 +15,7 @@ global MLflow state.
 from __future__ import annotations
 
 import getpass
+import importlib
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,9 +36,8 @@ TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # MLflow shows this tag as the markdown description of a run or an experiment
 NOTE_LIMIT = 8000  # the longest tag value MLflow stores
-# MLflow's client and what it uses for a local store (its SQL store, the schema check): modules a driver may
-# import ahead of its first MLflow call.
-CLIENT_MODULES = ("mlflow", "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store")
+# What MLflow's client uses for a local store (its SQL store, the schema check): private modules of MLflow.
+_STORE_MODULES = ("mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,16 @@ class Tracking:
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.uri)
+
+
+def import_client() -> None:
+    """Import MLflow's client and its local store ahead of a first MLflow call (about 2 s of CPU). A store
+    module that another MLflow has moved is left for that call to find."""
+    import mlflow  # noqa: F401
+
+    for name in _STORE_MODULES:
+        with suppress(ImportError):
+            importlib.import_module(name)
 
 
 HEALTH_TIMEOUT_S = 5.0

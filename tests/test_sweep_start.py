@@ -21,14 +21,12 @@ def test_importing_the_sweeps_start_leaves_the_drivers_modules_for_later():
     assert done.returncode == 0, done.stderr
 
 
-def test_the_drivers_modules_import_in_another_thread_while_this_one_connects(tmp_path, monkeypatch):
-    (tmp_path / "probe_module.py").write_text("import threading\nTHREAD = threading.current_thread().name\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    connected = []
+def test_the_drivers_imports_run_in_another_thread_while_this_one_connects(monkeypatch):
+    connected, imported = [], []
     monkeypatch.setattr(sweep, "connect", lambda *args: connected.append((threading.current_thread().name, args)) or True)
-    assert sweep.connect_importing(("probe_module",), "ADDR", {"A": "1"}, False) is True
+    assert sweep.connect_while(lambda: imported.append(threading.current_thread().name), "ADDR", {"A": "1"}, False)
     assert connected == [(threading.main_thread().name, ("ADDR", {"A": "1"}, False))]
-    assert sys.modules["probe_module"].THREAD.startswith("banray-imports")
+    assert len(imported) == 1 and imported[0].startswith("banray-imports")
 
 
 def test_a_module_that_fails_to_import_fails_the_start(tmp_path, monkeypatch):
@@ -36,9 +34,17 @@ def test_a_module_that_fails_to_import_fails_the_start(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sweep, "connect", lambda *args: True)
     with pytest.raises(ImportError, match="broken on purpose"):
-        sweep.connect_importing(("broken_module",), None, {}, False)
+        sweep.connect_while(lambda: __import__("broken_module"), None, {}, False)
 
 
-def test_the_drivers_modules_exist():
-    for name in sweep.DRIVER_MODULES:
-        __import__(name)
+def test_the_driver_and_mlflows_store_are_imported_by_import_driver():
+    script = (
+        "import sys\n"
+        "from banray import sweep\n"
+        "sweep.import_driver()\n"
+        "missing = [m for m in ('banray.driver', 'mlflow', 'mlflow.store.tracking.sqlalchemy_store', 'ray.tune') "
+        "if m not in sys.modules]\n"
+        "assert not missing, missing\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
