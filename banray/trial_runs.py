@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import numbers
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import ray.tune as tune
@@ -65,13 +65,13 @@ class TrialRuns(tune.Callback):
         # The Tuner pickles its callbacks into tuner.pkl: the writer thread stays behind.
         return {**self.__dict__, "_writer": None}
 
-    def _write(self, call: Callable[..., Any], *args: Any) -> None:
+    def _write(self, call: Callable[..., Any], *args: Any) -> Future:
         """Run an MLflow write on the group's writer thread, in order. A trial waits for Tune's controller
         after every report (Tune's function trainables report synchronously), so a write made here would
         hold up its next epoch; a lost write is replayed from the trial's checkpointed history."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banray-trial-runs")
-        self._writer.submit(_logged, call, *args)
+        return self._writer.submit(_logged, call, *args)
 
     def _flush(self, trial_id: str) -> None:
         rows = self.pending.pop(trial_id, None)
@@ -100,6 +100,9 @@ class TrialRuns(tune.Callback):
             params=settings.model_dump(mode="json"),
             parent_run_id=self.generation_run_id,
         )
+        if trial.trial_id in self.runs:  # restarted by Tune: what it reported before must be in the run first
+            self._flush(trial.trial_id)
+            self._written()
         self.runs[trial.trial_id] = run_id
         # Epochs the run holds from before a restart (from a checkpoint or from scratch) are not logged again.
         history = self.client.get_metric_history(run_id, "val_error")
@@ -136,12 +139,19 @@ class TrialRuns(tune.Callback):
         else:  # no summary: ASHA stopped it early
             self._write(self.client.set_tag, run_id, f"{tracking.TAG_PREFIX}stopped_early", "ASHA")
             self._write(self.client.set_terminated, run_id, "KILLED")
+        self._written()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
             self._flush(trial.trial_id)
             self._write(self.client.set_terminated, run_id, "FAILED")
+            self._written()
+
+    def _written(self) -> None:
+        """Wait for the writes so far: an ended trial is not run again, even by a resumed sweep, so nothing
+        would replay what a driver killed now had not yet written. Nothing waits on this but Tune's controller."""
+        self._write(lambda: None).result()
 
 
 def _log_teacher_once(client, run_id: str, teacher: dict[str, float]) -> None:

@@ -143,3 +143,20 @@ def test_short_epochs_reach_mlflow_in_batches_each_with_the_time_it_was_reported
     stamps = [m.timestamp for m in history]
     assert stamps == sorted(set(stamps))  # each epoch at the time it was reported, not when it was written
     assert track.client().get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_trial_tune_restarts_in_the_same_group_logs_each_epoch_once(tmp_path):
+    """Its process died after reporting epochs 1-3 (2 and 3 still waiting for the next batch); it restarts
+    from its epoch-1 checkpoint and reports epochs 2 and 3 again."""
+    track, experiment_id, parent, trial = setup(tmp_path)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    for n in (1, 2, 3):
+        runs.on_trial_result(0, [], trial, epoch(n))
+    runs.on_trial_start(0, [], trial)
+    runs.on_trial_result(0, [], trial, epoch(2, resumed_after_epoch=1, replayed_epochs=[epoch(1)]))
+    for n in (3, 4):
+        runs.on_trial_result(0, [], trial, epoch(n))
+    runs.on_experiment_end([])
+    (run_id,) = trial_run_ids(track, experiment_id, parent).values()
+    assert sorted(m.step for m in track.client().get_metric_history(run_id, "val_error")) == [1, 2, 3, 4]
