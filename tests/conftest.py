@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,6 +108,11 @@ def ray_cluster(s3_endpoint, ray_temp_dir):
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def run_python(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`script` run by a fresh Python (nothing imported yet), its output captured as text."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
 
 
 def one_error_line(stderr: str, *expected: str) -> str:

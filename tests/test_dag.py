@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
 import pytest
 
 from banray.dag import CONTROL, in_thread, run_dag
+from conftest import run_python
 
 
 @dataclass(eq=False)  # compared and hashed by identity, as ObjectRefs are
@@ -227,7 +226,7 @@ def test_the_scheduler_imports_and_runs_without_ray():
         "assert run.results == {0: [0, 1]}, run.results\n"
         "assert 'ray' not in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
 
 
@@ -282,7 +281,7 @@ def test_progress_lines_of_groups_running_side_by_side_stay_whole():
         "for thread in threads:\n"
         "    thread.join()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = run_python(script)
     lines = done.stdout.splitlines()
     assert len(lines) == 8000
     broken = [line for line in lines if line.count("[banray]") != 1 or not line.endswith("x" * 50)]

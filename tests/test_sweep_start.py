@@ -1,12 +1,11 @@
 """A sweep's start: the driver's heavy modules are imported while Ray starts, not before."""
 
-import subprocess
-import sys
 import threading
 
 import pytest
 
 from banray import sweep
+from conftest import run_python
 
 
 def test_importing_the_sweeps_start_leaves_the_drivers_modules_for_later():
@@ -17,7 +16,7 @@ def test_importing_the_sweeps_start_leaves_the_drivers_modules_for_later():
         "if m in sys.modules]\n"
         "assert not early, early\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
 
 
@@ -46,5 +45,5 @@ def test_the_driver_and_mlflows_store_are_imported_by_import_driver():
         "if m not in sys.modules]\n"
         "assert not missing, missing\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
