@@ -50,13 +50,16 @@ def _start_slots(spec: SweepSpec, storage: SweepStorage, capacity: int) -> tuple
     return name, WorkerSlots.options(name=name, get_if_exists=True).remote(capacity, hosts)
 
 
+# What the evaluations' runner imports as it starts. MLflow's PyTorch flavour too: two evaluations' threads
+# importing it at once for the first time could each find the other's half-imported modules.
+EVALUATION_MODULES = ("banray.evaluation", "mlflow.pytorch")
+
+
 def _start_evaluator(spec: SweepSpec) -> ray.actor.ActorHandle:
     """The runner of evaluations, niced: they run beside the next generations, which come first; a chain's
     can pile up behind them."""
     groups = spec.chains * (1 + int(spec.control))
-    # MLflow's PyTorch flavour too: two evaluations' threads importing it at once for the first time could
-    # each find the other's half-imported modules.
-    return start_runner(groups * (spec.generations + 1), ("banray.evaluation", "mlflow.pytorch"), niceness=10)
+    return start_runner(groups * (spec.generations + 1), EVALUATION_MODULES, niceness=10)
 
 
 def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None],

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from banray import checkpoint, report, tracking
+from banray import checkpoint, tracking
+from banray.columns import CONTROL_ENSEMBLE, ensemble_column
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.group import SweepContext, generation_note, group_label, say
 from banray.records import ChainEnsembles, EnsembleRecord, GenerationRecord
@@ -105,7 +106,7 @@ def run_ensembles(
 def _start_ensembles_run(ctx: SweepContext, chain: int, records: list[GenerationRecord],
                          ensembles: list[EnsembleRecord], control_ensemble: EnsembleRecord | None) -> str:
     """The run of a chain's ensembles, nested under the chain's run."""
-    columns = [report.ensemble_column(e.k) for e in ensembles] + ([report.CONTROL_ENSEMBLE] if control_ensemble else [])
+    columns = [ensemble_column(e.k) for e in ensembles] + ([CONTROL_ENSEMBLE] if control_ensemble else [])
     text = (f"{', '.join(f'`{c}`' for c in columns)} of chain {chain} (sweep `{ctx.spec.name}`), on the test split: "
             "`Ens*k` averages the softmax outputs of the chain's last k generations (members in the params), "
             "`Teacher+Teacher′` those of its Teacher and its control arm's; each at the step of its last member.")

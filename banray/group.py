@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 import ray.tune as tune
 
 from banray import tracking
+from banray.columns import report_column
 from banray.records import GenerationRecord, TrialSummary
 from banray.search import make_search, searched_values, warm_start_point
 from banray.selection import MODE, best_trial
@@ -184,7 +185,7 @@ def generation_note(ctx: SweepContext, chain: int, generation: int, arm: str, te
     else:
         teacher = f"[{tracking.run_name(chain, generation - 1)}]({tracking.run_link(ctx.experiment_id, teacher_run_id)})"
         what = f"generation {generation} of chain {chain}, distilled from its teacher {teacher}"
-    text = (f"**{tracking.report_column(generation, arm)}**: {what} (sweep `{ctx.spec.name}`). The best of "
+    text = (f"**{report_column(generation, arm)}**: {what} (sweep `{ctx.spec.name}`). The best of "
             f"{ctx.spec.search.trials} trial(s) on validation `{ctx.spec.search.metric}`; the trials' runs are "
             "nested below.")
     if record is not None and record.test_error is not None:

@@ -18,7 +18,8 @@ import torch
 from banray import stats, tracking
 from banray.data import _CIFAR, DATASETS, PTB_FILES, DatasetInfo, DatasetMissing, dataset_info
 from banray.models import build_model
-from banray.report import BASELINE, CONTROL, VARIATION, generation_column
+from banray.columns import BASELINE, CONTROL, generation_column
+from banray.report import VARIATION
 from banray.spec import Range, SpecError, SweepSpec
 from banray.storage import is_remote, use_endpoint
 

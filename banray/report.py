@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from banray import stats
+from banray.columns import BASELINE, CONTROL, CONTROL_ENSEMBLE, ensemble_column, generation_column
 from banray.data import dataset_info, dataset_kind
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.spec import SweepSpec
@@ -33,9 +34,6 @@ VARIATION = {
 }
 SELECTION = "best trial by {metric} on the validation split, at its best-validation epoch; test split evaluated once on it"
 PLOT_FILE = "report.png"
-BASELINE = "Teacher"
-CONTROL = "Teacher′"  # the control arm: the teacher's recipe with a fresh seed
-CONTROL_ENSEMBLE = "Teacher+Teacher′"
 # Metric → (factor to its display unit, the unit of a difference, decimals shown).
 DISPLAY = {
     "test_error": (100, "points", 2),
@@ -43,14 +41,6 @@ DISPLAY = {
     "test_nll": (1, "nats", 3),
     "test_perplexity": (1, "perplexity", 2),
 }
-
-
-def generation_column(generation: int) -> str:
-    return BASELINE if generation == 0 else f"BAN-{generation}"
-
-
-def ensemble_column(k: int) -> str:
-    return f"Ens*{k}"
 
 
 def metric_slug(column: str) -> str:

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from banray.columns import BASELINE, CONTROL_ENSEMBLE, report_column
 from banray.selection import best_generation
 from banray.storage import user_cache
 
@@ -299,13 +300,6 @@ def note(text: str) -> str:
     return text if len(text) <= NOTE_LIMIT else text[: NOTE_LIMIT - 40] + "\n\n… (cut: see report.md)"
 
 
-def report_column(generation: int, arm: str) -> str:
-    """The report column a generation fills: Teacher, BAN-k, or the control arm's Teacher′."""
-    from banray import report  # which imports torch: not at the top, so the commands that only look stay quick
-
-    return report.CONTROL if arm == "control" else report.generation_column(generation)
-
-
 def run_name(chain: int, generation: int, arm: str = "main") -> str:
     """A generation's run; its trials' runs are `<run_name>-trial<t>`."""
     return f"chain{chain}-control-gen0" if arm == "control" else f"chain{chain}-gen{generation}"
@@ -441,7 +435,7 @@ def summary_note(sweep: str, table: str) -> str:
 def paired_table(result: dict[str, Any]) -> dict[str, list]:
     """Every paired statistic of the report, a row per comparison and metric, in the report's units (points for
     errors and ECE): the summary run's paired.json, which MLflow shows as a table."""
-    from banray.report import BASELINE, CONTROL_ENSEMBLE, DISPLAY
+    from banray.report import DISPLAY
 
     rows = []
     for section, baseline in (("vs_teacher", BASELINE), ("vs_control_ensemble", CONTROL_ENSEMBLE)):

@@ -47,3 +47,18 @@ def test_the_driver_and_mlflows_store_are_imported_by_import_driver():
     )
     done = run_python(script)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_evaluations_runner_imports_neither_the_reports_statistics_nor_its_plots():
+    """The runner starts beside the first generation's trials, on the cores they train on."""
+    from banray.driver import EVALUATION_MODULES
+
+    script = (
+        "import importlib, sys\n"
+        f"for module in {EVALUATION_MODULES!r}:\n"
+        "    importlib.import_module(module)\n"
+        "heavy = [m for m in ('banray.report', 'banray.stats', 'scipy.stats', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = run_python(script)
+    assert done.returncode == 0, done.stderr
