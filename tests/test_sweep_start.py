@@ -1,5 +1,7 @@
-"""A sweep's start: the driver's heavy modules are imported while Ray starts, not before."""
+"""A sweep's start and end: the driver's heavy modules are imported while Ray starts, not before; a local
+cluster stops without waiting on its autoscaler monitor."""
 
+import json
 import threading
 
 import pytest
@@ -62,3 +64,35 @@ def test_the_evaluations_runner_imports_neither_the_reports_statistics_nor_its_p
     )
     done = run_python(script)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_local_cluster_stops_its_monitor_first_and_leaves_no_process():
+    """disconnect() kills the monitor while the GCS is still up (with the GCS gone, the monitor's SIGTERM
+    handler waits a second on it), then stops the rest: every process of the cluster is gone after."""
+    script = (
+        "import json, ray, ray._private.node as node_module\n"
+        "from banray import sweep\n"
+        "def alive(pid):  # neither gone nor a zombie\n"
+        "    try:\n"
+        "        return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z'\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "assert sweep.connect(None, {}, False)\n"
+        "node = ray._private.worker._global_node\n"
+        "pids = [info.process.pid for infos in node.all_processes.values() for info in infos]\n"
+        "gcs = node.all_processes['gcs_server'][0].process.pid\n"
+        "killed = []\n"
+        "kill = node_module.Node._kill_process_type\n"
+        "def spy(self, kind, *args, **kwargs):\n"
+        "    killed.append((kind, alive(gcs)))\n"
+        "    return kill(self, kind, *args, **kwargs)\n"
+        "node_module.Node._kill_process_type = spy\n"
+        "sweep.disconnect()\n"
+        "print(json.dumps({'killed': killed, 'left': [pid for pid in pids if alive(pid)]}))\n"
+    )
+    done = run_python(script)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    kinds = [kind for kind, _ in outcome["killed"]]
+    assert kinds[0] == "monitor" and outcome["killed"][0][1], outcome  # killed while the GCS was up
+    assert "gcs_server" in kinds and outcome["left"] == [], outcome
