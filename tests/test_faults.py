@@ -73,22 +73,25 @@ def train_runs(sweep_dir: Path, chain: int, generation: int, engine: str = "trai
 def has_checkpoint(run_dirs: list[Path], engine: str = "train", saved_state: bool = False) -> bool:
     """Whether one of these trials has a checkpoint recorded: Ray Train's snapshot names it; in Tune, a
     second one is stored (so the trial has reported the first) and, with `saved_state`, Tune's newest saved
-    experiment state holds a result of one of them, and so the checkpoint it came with (every report carries
-    one at checkpoint_every_s 0): a restore after a killed driver starts from what that state names. A state
-    saved after a checkpoint was stored may still predate the controller's taking of that result."""
+    experiment state names one of them: a restore after a killed driver starts from what that state names.
+    A state can hold a trial's result before its checkpoint: Tune takes a reported checkpoint with a second
+    call to the trial (its save), after the result, and may save its state in between."""
     if engine == "train":
         return any((run / "checkpoint_manager_snapshot.json").exists() for run in run_dirs)
     stored = [c for run in run_dirs for c in run.glob("checkpoint_*/model.pt")]
-    return len(stored) >= 2 and (not saved_state or saved_state_has_a_result(run_dirs[0].parent))
+    return len(stored) >= 2 and (not saved_state or saved_state_names_a_checkpoint(run_dirs[0].parent))
 
 
-def saved_state_has_a_result(tune_run: Path) -> bool:
+def saved_state_names_a_checkpoint(tune_run: Path) -> bool:
+    """Whether a trial's checkpoint manager in Tune's newest saved state holds a checkpoint: it is saved as a
+    cloudpickle in hex, which names the checkpoint's folder (read as bytes here, not unpickled)."""
     states = sorted(tune_run.glob("experiment_state*.json"))
     try:
         trials = json.loads(states[-1].read_text())["trial_data"] if states else []
     except json.JSONDecodeError:  # read while it was being written
         return False
-    return any(json.loads(metadata)["last_result"].get("training_iteration", 0) >= 1 for _, metadata in trials)
+    managers = [json.loads(metadata)["checkpoint_manager"]["value"] for _, metadata in trials]
+    return any(b"/checkpoint_0" in bytes.fromhex(manager) for manager in managers)
 
 
 @pytest.fixture
