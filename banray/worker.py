@@ -30,7 +30,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from banray import checkpoint, teacher_cache
+from banray import checkpoint, ray_internals, teacher_cache
 from banray.losses import get_objective
 from banray.storage import checkpoint_uri, with_retries
 from banray.models import build_model
@@ -157,18 +157,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _quiet_train_reports() -> None:
-    """Train V2 logs every report at INFO under a logger named after its source file, outside the
-    "ray.train" hierarchy that RunConfig.logging_config filters; banray logs metrics to MLflow instead."""
-    from ray.train.v2._internal.execution import context as train_context
-
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> TrialSummary:
     """The TorchTrainer's function: the worker loop on a Ray Train worker. `config` holds the trial's
     settings in their serialised form, read back here once."""
-    _quiet_train_reports()
+    ray_internals.train_report_logger().setLevel(logging.WARNING)  # banray logs metrics to MLflow instead
     settings = TrialSettings.model_validate(config["settings"])
     return train_loop(settings, TrainSession(), config.get("cpus_per_worker", 1))
 
