@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from banray import checkpoint, teacher_cache
+from banray.checkpoint import CheckpointIdentity, CheckpointRecord
 from banray.losses import get_objective
 from banray.storage import checkpoint_uri, with_retries
 from banray.models import MODELS, build_model
 from banray.session import Session, TrainSession, checkpoint_folder
-from banray.checkpoint import CheckpointIdentity, CheckpointRecord
 from banray.records import TrialSummary
 from banray.selection import MODE, epoch_improves
 from banray.spec import Arm, ModelSpec, TrainSpec, TrialSettings
