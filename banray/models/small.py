@@ -7,7 +7,7 @@ from torch import nn
 from banray.models.registry import MODELS
 
 
-@MODELS.register("cnn")
+@MODELS.register("cnn", revision=1)
 def small_cnn(*, num_classes: int, input_shape: tuple[int, ...], width: int = 32, dropout: float = 0.0) -> nn.Module:
     """Two 3×3 conv-BN-ReLU stages, pooled to 4×4 and a linear classifier: about a second per epoch on digits."""
     channels = input_shape[0]
@@ -25,7 +25,7 @@ def small_cnn(*, num_classes: int, input_shape: tuple[int, ...], width: int = 32
     )
 
 
-@MODELS.register("mlp")
+@MODELS.register("mlp", revision=1)
 def mlp(
     *, num_classes: int, input_shape: tuple[int, ...], hidden: int = 128, depth: int = 2, dropout: float = 0.0
 ) -> nn.Module:

@@ -32,7 +32,7 @@ def _wide_block(in_channels: int, out_channels: int, stride: int, dropout: float
     return block
 
 
-@MODELS.register("wrn")
+@MODELS.register("wrn", revision=2)  # 2: dropout after the second BN-ReLU, not the first conv
 def wrn(
     *, num_classes: int, input_shape: tuple[int, ...], depth: int = 28, widen_factor: int = 10, dropout: float = 0.0
 ) -> nn.Module:
