@@ -109,32 +109,61 @@ def no_leaked_placement_groups(ray_cluster):
             ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.placement_group_id)))
 
 
+def chain_state(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "state.json").read_text())["chains"]["0"]
+
+
+def generation_one_started(sweep_dir: Path, engine: str) -> bool:
+    """Generation 1's group runs, before its trials have reported anything: no trial has a folder yet."""
+    running = chain_state(sweep_dir)["running"]
+    return running is not None and running["generation"] == 1
+
+
+def generation_one_checkpointed(sweep_dir: Path, engine: str) -> bool:
+    """Generation 1's group runs and Tune's saved state names one of its trials' checkpoints."""
+    return generation_one_started(sweep_dir, engine) and has_checkpoint(
+        train_runs(sweep_dir, 0, 1, engine), engine, saved_state=True)
+
+
+def generation_one_reported(sweep_dir: Path, engine: str) -> bool:
+    """Generation 1's trials have reported, with or without a checkpoint Tune's saved state names yet."""
+    return generation_one_started(sweep_dir, engine) and has_checkpoint(train_runs(sweep_dir, 0, 1, engine), engine)
+
+
+def generation_one_finished(sweep_dir: Path, engine: str) -> bool:
+    """Generation 1's group has ended (its record is in the sweep state); generation 2's may be starting."""
+    return [g["generation"] for g in chain_state(sweep_dir)["generations"]] == [0, 1]
+
+
+# Where the driver is killed: as generation 1's group starts, once its trials report (Tune may hold a result
+# and not yet its checkpoint), once Tune's saved state names a checkpoint, and as generation 2's group starts.
+KILL_POINTS = {
+    "group-start": generation_one_started,
+    "first-reports": generation_one_reported,
+    "checkpoint-saved": generation_one_checkpointed,
+    "group-end": generation_one_finished,
+}
+
+
 @ENGINES
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 @pytest.mark.usefixtures("no_leaked_placement_groups")
-def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, engine):
+def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, engine, kill_point):
     spec = tiny_spec(name="killed", storage=str(tmp_path / "runs"), generations=2,
                      train={"epochs": 20, "lr": 0.05, "checkpoint_every_s": 0}, search={"trials": 2},
                      resources={"trainer": engine})
     sweep_dir = tmp_path / "runs" / "killed"
     driver, log = start_driver(spec, tmp_path, ray_cluster)
-
-    def generation_one_is_training() -> bool:
-        state = json.loads((sweep_dir / "state.json").read_text())
-        running = state["chains"]["0"]["running"]
-        return running is not None and running["generation"] == 1 and has_checkpoint(
-            train_runs(sweep_dir, 0, 1, engine), engine, saved_state=True)
-
-    wait_until(generation_one_is_training, 300, "generation 1's first checkpoint")
+    wait_until(lambda: KILL_POINTS[kill_point](sweep_dir, engine), 300, f"the kill point {kill_point}")
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
     killed_at = time.time() * 1000
-    state = json.loads((sweep_dir / "state.json").read_text())
-    assert not state["finished"] and [g["generation"] for g in state["chains"]["0"]["generations"]] == [0]
+    finished_before = [g["generation"] for g in chain_state(sweep_dir)["generations"]]
+    assert not json.loads((sweep_dir / "state.json").read_text())["finished"] and finished_before in ([0], [0, 1])
 
     resumed, log = start_driver(spec, tmp_path, ray_cluster, "--resume")
     output = finish(resumed, log)
-    assert "chain 0: 1 generation(s) finished before; they are not retrained" in output
-    assert "continuing its interrupted Tune run" in output
+    assert f"chain 0: {len(finished_before)} generation(s) finished before; they are not retrained" in output
 
     report = json.loads((sweep_dir / "report.json").read_text())
     records = report["chains"][0]["generations"]
@@ -156,9 +185,11 @@ def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, e
         assert all(r.info.status == "FINISHED" for r in runs[generation]["trials"] + runs[generation]["generation"])
     assert all(r.info.start_time < killed_at for r in runs["0"]["trials"])
     assert runs["1"]["generation"][0].info.start_time < killed_at
-    # The interrupted trial went on from its last checkpoint rather than from scratch.
-    resumed_after = [r.data.metrics.get("resumed_after_epoch") for r in runs["1"]["trials"]]
-    assert any(epoch is not None and epoch >= 1 for epoch in resumed_after), resumed_after
+    if kill_point == "checkpoint-saved":
+        assert "chain 0 generation 1: continuing its interrupted Tune run" in output
+        # The interrupted trial went on from its last checkpoint rather than from scratch.
+        resumed_after = [r.data.metrics.get("resumed_after_epoch") for r in runs["1"]["trials"]]
+        assert any(epoch is not None and epoch >= 1 for epoch in resumed_after), resumed_after
 
 
 @pytest.mark.parametrize("engine, killed", [("train", "RayTrainWorker"), ("trial", "TrialHost"),
