@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
-import yaml
 
 from banray import lock, tracking
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.selection import best_generation
-from banray.spec import MAX_SPEC_BYTES, SpecError, SweepSpec, cut, parse_spec
+from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
 from banray.storage import MARKER_FILE, RETRY_BUDGET_VARIABLE, STATE_FILE, SweepStorage, is_remote
 
 REPORT_FILE = "report.json"
@@ -149,14 +148,8 @@ def _spec(storage: SweepStorage) -> SweepSpec:
     where = storage.child("spec.yaml")
     if data is None:
         raise NotASweep(f"{where}: missing, so the sweep's chains and generations are unknown")
-    if len(data) > MAX_SPEC_BYTES:
-        raise NotASweep(f"{where}: larger than a spec can be")
     try:
-        raw = yaml.safe_load(data.decode())
-    except (ValueError, yaml.YAMLError) as exc:
-        raise NotASweep(f"{where}: not readable YAML ({cut(' '.join(str(exc).split()), 80)})") from None
-    try:
-        return parse_spec(raw, where)
+        return parse_spec(spec_document(data, where), where)
     except SpecError as exc:
         raise NotASweep(exc.lines[0]) from None
 
