@@ -38,6 +38,7 @@ class LossParams:
 
 
 TermsFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, LossParams], Terms]
+WeightsFn = Callable[[LossParams], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,31 @@ class Objective:
     name: str
     needs_teacher: bool
     terms_fn: TermsFn
+    # An objective whose terms' weights are settings declares them: each term's weight, the LossParams fields
+    # they read, and its terms that carry the teacher. Validation asks it which settings it cannot train with.
+    weights: WeightsFn | None = None
+    weighted_by: tuple[str, ...] = ()
+    teacher_terms: frozenset[str] = frozenset()
+
+    def refusal(self, params: LossParams) -> str | None:
+        """Why this objective cannot train with `params`, or None: every term weighted 0 makes the loss a
+        constant (the student learns nothing); a distillation objective whose teacher terms are all weighted 0
+        ignores its teacher (the student learns from labels alone: generation 0's recipe, not distillation)."""
+        if self.weights is None:
+            return None
+        weights = self.weights(params)
+        given = ", ".join(f"{name} {getattr(params, name):g}" for name in self.weighted_by)
+        if not any(weights.values()):
+            return (
+                f"'{self.name}' with {given} weighs every term 0: the loss is constant and the student learns "
+                "nothing; give the teacher term a weight above 0"
+            )
+        if self.needs_teacher and not any(weights[term] for term in self.teacher_terms):
+            return (
+                f"'{self.name}' with {given} weighs its teacher term 0: the student learns from the labels alone, "
+                "which is generation 0's recipe, not distillation; give the teacher term a weight above 0"
+            )
+        return None
 
     def terms(self, student_logits, teacher_logits, labels, params: LossParams) -> Terms:
         """The loss as named terms, each already weighted."""
@@ -57,9 +83,9 @@ class Objective:
 OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
-def _register(name: str, *, needs_teacher: bool):
+def _register(name: str, *, needs_teacher: bool, **weighting):
     def add(fn: TermsFn) -> TermsFn:
-        OBJECTIVES.register(name)(Objective(name, needs_teacher, fn))
+        OBJECTIVES.register(name)(Objective(name, needs_teacher, fn, **weighting))
         return fn
 
     return add
@@ -110,11 +136,19 @@ def _ban_l(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
 
 
 # The paper writes "BAN+L"; `ban_l` is the same objective for places where "+" is awkward.
-_register("ban+l", needs_teacher=True)(_ban_l)
-_register("ban_l", needs_teacher=True)(_ban_l)
+_BAN_L_WEIGHTS = dict(
+    weights=lambda p: {"teacher_ce": p.teacher_weight, "ce": p.label_weight},
+    weighted_by=("teacher_weight", "label_weight"),
+    teacher_terms=frozenset({"teacher_ce"}),
+)
+_register("ban+l", needs_teacher=True, **_BAN_L_WEIGHTS)(_ban_l)
+_register("ban_l", needs_teacher=True, **_BAN_L_WEIGHTS)(_ban_l)
 
 
-@_register("kd", needs_teacher=True)
+@_register(
+    "kd", needs_teacher=True, weights=lambda p: {"kd": p.alpha, "ce": 1.0 - p.alpha}, weighted_by=("alpha",),
+    teacher_terms=frozenset({"kd"}),
+)
 def _kd(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     """Hinton KD: α·T²·KL(p_T ‖ q_T) + (1 − α)·CE(y, q), KL averaged over the batch."""
     temperature = params.temperature

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -74,6 +75,9 @@ MAX_WORKERS = 4_096
 MAX_CPUS_PER_WORKER = 1_024
 MAX_GPUS_PER_WORKER = 64
 MAX_FAILURES = 1_000
+# Ray counts resources in units of 0.0001 (ray_constants.MIN_RESOURCE_GRANULARITY), that is 4 decimals.
+RESOURCE_DECIMALS = 4
+RESOURCE_UNIT = 10**-RESOURCE_DECIMALS
 
 
 def _known(registry, name: str) -> str:
@@ -326,6 +330,22 @@ class DistillSpec(_SearchableSection):
     def _objective_known(cls, name: str | Range) -> str | Range:
         return name if isinstance(name, Range) else _known(OBJECTIVES, name)
 
+    @model_validator(mode="after")
+    def _objective_can_train(self) -> DistillSpec:
+        """Ask each objective the search can pick whether it trains with every combination of the values its
+        weights can take (the bounds or choices of their ranges: a weight is linear in them)."""
+        names = self.objective.values() if isinstance(self.objective, Range) else [self.objective]
+        base = self.at_midpoints().loss_params()
+        for objective in map(OBJECTIVES.__getitem__, names):
+            fields = objective.weighted_by
+            options = [getattr(self, f).values() if isinstance(getattr(self, f), Range) else [getattr(self, f)]
+                       for f in fields]
+            for combination in itertools.product(*options):
+                refusal = objective.refusal(dataclasses.replace(base, **dict(zip(fields, combination))))
+                if refusal:
+                    raise ValueError(f"objective {refusal}")
+        return self
+
     def loss_params(self) -> LossParams:
         """What every objective reads, once per trial (the search has filled in searched values by then)."""
         return LossParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossParams)})
@@ -376,6 +396,17 @@ class ResourcesSpec(_Section):
         "keep torch and the data loaded across generations (a fresh process costs 3-4 s of CPU per group); false: "
         "in each Tune trial's own process, as trials with a GPU always do",
     )
+
+    @field_validator("cpus_per_worker", "gpus_per_worker")
+    @classmethod
+    def _schedulable(cls, value: float) -> float:
+        # Ray would round a finer request to its unit, and 0.00004 CPUs to none at all.
+        if not math.isclose(round(value, RESOURCE_DECIMALS), value, rel_tol=0, abs_tol=1e-12):
+            raise ValueError(
+                f"a request finer than {RESOURCE_UNIT:g}, the unit Ray counts CPUs and GPUs in (it would round it); "
+                f"allowed: a multiple of {RESOURCE_UNIT:g}"
+            )
+        return value
 
     def engine(self) -> Literal["train", "trial"]:
         if self.trainer != "auto":
