@@ -34,7 +34,7 @@ from pydantic import (
 
 from banray.data import DATASETS, dataset_kind
 from banray.losses import OBJECTIVES, LossParams
-from banray.models import MODELS, model_defaults
+from banray.models import MODELS, argument_problem, model_defaults
 from banray.models.registry import model_task
 
 
@@ -227,6 +227,9 @@ def _check_model_argument(arch: str, name: str, value: Any, default: Any) -> Non
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name}: {value!r} is not allowed for arch '{arch}': give a finite number")
+    problem = argument_problem(arch, name, value)  # the range the builder declares
+    if problem:
+        raise ValueError(f"{name}: {shorten(value, 40)} is not allowed for arch '{arch}': {problem[:1].lower()}{problem[1:]}")
 
 
 class ModelSpec(_Section):

@@ -25,7 +25,7 @@ from banray.models import build_model
 from banray.records import SweepResult
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
 from banray.state import SweepState
-from banray.storage import STATE_FILE, SweepStorage, use_endpoint
+from banray.storage import STATE_FILE, StorageRefused, SweepStorage, use_endpoint
 from banray.tasks import make_task
 from banray.slots import slot_capacity
 
@@ -64,8 +64,10 @@ def open_storage(spec: SweepSpec) -> SweepStorage:
     try:
         storage = SweepStorage(spec.storage, spec.name)
         storage.check_reachable()
+    except StorageRefused as exc:
+        raise SpecError(f"storage: cannot use {exc}") from None
     except (OSError, ValueError) as exc:
-        raise SpecError(f"storage: cannot reach {spec.storage.rstrip('/')}/{spec.name}: {exc}") from None
+        raise SpecError(f"storage: cannot reach {cut(spec.storage.rstrip('/'))}/{spec.name}: {exc}") from None
     if storage.remote and not (spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise SpecError(
             f"tracking.uri: storage is {spec.storage}, so the MLflow store cannot live in the sweep folder; "
@@ -260,6 +262,8 @@ def run(
             return _run_on_ray(spec, sweep_storage, started, echo, previous)
     except lock.SweepLocked as exc:
         raise SpecError(str(exc)) from None
+    except StorageRefused as exc:  # the folder, its lock or a file in it cannot be made there
+        raise SpecError(f"storage: cannot use {exc}") from None
 
 
 def _run_on_ray(
