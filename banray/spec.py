@@ -493,7 +493,7 @@ def check_storage_root(storage: str) -> str:
 def check_http_url(url: str) -> str:
     """`url` if it is an http(s)://host[:port][/path] URL; else ValueError saying what is allowed. boto3 and
     MLflow take a malformed one and fail late, with a traceback, or at a host nobody meant."""
-    allowed = "allowed: http://host:port or https://host"
+    allowed = "give a URL: http://host:port or https://host"
     if any(ord(c) <= 32 for c in url):
         raise ValueError(f"a URL cannot hold spaces or control characters; {allowed}")
     parts = urlsplit(url)
