@@ -392,8 +392,10 @@ def test_hostile_input_exits_2_with_one_line_and_changes_nothing(workdir, spec, 
         (["sweep", "{spec}", "--bogus"], "error: No such option '--bogus'. (see banray sweep --help)"),
         (["plan", "{spec}", "--calibrate", "-3"], "error: Invalid value for '--calibrate'"),
         (["plan", "{spec}", "--detect", "0"], "error: Invalid value for '--detect'"),
-        # A model torch warns about as it builds it (zero-width layers): the warning is not printed before the error.
-        (["sweep", "{zero_width}"], "error: model: cnn with {'width': 0} cannot take synthetic's input of shape"),
+        # A model torch warns about as it builds it (a transition compressed to zero channels): the warning is not
+        # printed before the error.
+        (["sweep", "{zero_width}"], "error: model: densenet_bc with {'compression': 0.01, 'depth': 10, 'growth_rate': "
+                                    "1} cannot take synthetic's input of shape"),
     ],
     ids=["bad-option-value", "missing-argument", "unknown-command", "unknown-option", "negative-calibrate",
          "zero-detect", "torch-warning-before-the-error"],
@@ -406,7 +408,8 @@ def test_the_real_command_says_one_line(tmp_path, args, expected):
     spec = write_spec(tiny_spec(), tmp_path)
     zero_width = tmp_path / "zero.yaml"
     zero_width.write_text(yaml.safe_dump({**tiny_spec(), "storage": str(tmp_path / "runs"),
-                                          "model": {"arch": "cnn", "kwargs": {"width": 0}}}))
+                                          "model": {"arch": "densenet_bc",
+                                                    "kwargs": {"depth": 10, "growth_rate": 1, "compression": 0.01}}}))
     before = snapshot(tmp_path)
     args = [a.format(spec=spec, zero_width=zero_width) for a in args]
     done = subprocess.run([sys.executable, "-m", "banray", *args], cwd=tmp_path, capture_output=True, text=True,
