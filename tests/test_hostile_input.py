@@ -444,11 +444,6 @@ def folder_command(command: str, location: str) -> list[str]:
     return ["promote", "tiny", "-g", "0", "--sweep-dir", location] if command == "promote" else [command, location]
 
 
-def spec_with(dotted: str, value) -> dict:
-    """tiny_spec with `dotted` (one or two levels) set to `value`."""
-    return with_value(dotted, value)
-
-
 def control_character_cases():
     """Every kind of character YAML's reader refuses, in a key, a value and a comment."""
     for code in (0x00, 0x01, 0x07, 0x08, 0x0B, 0x0C, 0x1B, 0x7F, 0xFFFE):
@@ -474,17 +469,17 @@ def yaml_syntax_cases():
 def uri_cases():
     """Mistyped URIs where a local folder or a URL belongs: refused with what is allowed."""
     for value in ("s3:/bucket/x", "s3:bucket/x", "S3:/bucket", "gs:/b/x", "minio:runs", "c:runs"):
-        yield spec_with("storage", value), [f"storage: {value!r} is not allowed", "a URI needs '://'",
+        yield with_value("storage", value), [f"storage: {value!r} is not allowed", "a URI needs '://'",
                                              "allowed: s3://bucket/prefix"], f"storage-{value}"
     urls = {"http://": "names no host", "http://:9000": "names no host", "http:/minio:9000": "not an http(s):// URL",
             "ftp://minio": "not an http(s):// URL", "minio:9000": "not an http(s):// URL",
             "http://minio:99999": "port is not one of 1-65535", "http://minio:0": "port is not one of 1-65535",
             "http://minio:x": "port is not one of 1-65535", "http://mi nio": "spaces or control characters"}
     for value, reason in urls.items():
-        yield spec_with("storage_endpoint", value), [f"storage_endpoint: {value!r} is not allowed", reason,
+        yield with_value("storage_endpoint", value), [f"storage_endpoint: {value!r} is not allowed", reason,
                                                       "give a URL: http://host:port"], f"endpoint-{value}"
     for value in ("http://", "http:/mlflow:5000", "https://:443", "http://mlflow:70000", "HTTP://"):
-        yield spec_with("tracking", {"uri": value}), [f"tracking.uri: {value!r} is not allowed",
+        yield with_value("tracking", {"uri": value}), [f"tracking.uri: {value!r} is not allowed",
                                                       "give a URL"], f"tracking-{value}"
 
 
@@ -509,11 +504,11 @@ def number_cases():
         yield {**tiny_spec(), "distill": section}, ["distill", reason], name
     for field in ("cpus_per_worker", "gpus_per_worker"):
         for value in (0.00005, 1e-9, 0.33333, 1.00001):
-            yield spec_with(f"resources.{field}", value), [f"resources.{field}: {value!r} is not allowed",
+            yield with_value(f"resources.{field}", value), [f"resources.{field}: {value!r} is not allowed",
                                                             "allowed: a multiple of 0.0001"], f"{field}-{value}"
-    yield spec_with("tracking", {"experiment": "e" * 257}), ["tracking.experiment: 'eeee", "at most 256"], \
+    yield with_value("tracking", {"experiment": "e" * 257}), ["tracking.experiment: 'eeee", "at most 256"], \
         "experiment-257"
-    yield spec_with("name", "n" * 101), ["name: 'nnnn", "at most 100"], "sweep-name-101"
+    yield with_value("name", "n" * 101), ["name: 'nnnn", "at most 100"], "sweep-name-101"
 
 
 def outside(hint) -> list:
