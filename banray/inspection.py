@@ -37,8 +37,8 @@ from banray.storage import (
 
 REPORT_FILE = "report.json"
 CONTROL = "control"
-LOOK_RETRY_S = "10"
-T = TypeVar("T")  # a command a person waits on gives up on unreachable storage in seconds, not minutes
+LOOK_RETRY_S = "10"  # a command a person waits on gives up on unreachable storage in seconds, not minutes
+T = TypeVar("T")
 
 
 class NotASweep(Exception):

@@ -229,7 +229,8 @@ def _check_model_argument(arch: str, name: str, value: Any, default: Any) -> Non
         raise ValueError(f"{name}: {value!r} is not allowed for arch '{arch}': give a finite number")
     problem = argument_problem(arch, name, value)  # the range the builder declares
     if problem:
-        raise ValueError(f"{name}: {shorten(value, 40)} is not allowed for arch '{arch}': {problem[:1].lower()}{problem[1:]}")
+        reason = problem[:1].lower() + problem[1:]
+        raise ValueError(f"{name}: {shorten(value, 40)} is not allowed for arch '{arch}': {reason}")
 
 
 class ModelSpec(_Section):
@@ -338,13 +339,12 @@ class DistillSpec(_SearchableSection):
         """Ask each objective the search can pick whether it trains with every combination of the values its
         weights can take (the bounds or choices of their ranges: a weight is linear in them)."""
         names = self.objective.values() if isinstance(self.objective, Range) else [self.objective]
-        base = self.at_midpoints().loss_params()
         for objective in map(OBJECTIVES.__getitem__, names):
             fields = objective.weighted_by
             options = [getattr(self, f).values() if isinstance(getattr(self, f), Range) else [getattr(self, f)]
                        for f in fields]
             for combination in itertools.product(*options):
-                refusal = objective.refusal(dataclasses.replace(base, **dict(zip(fields, combination))))
+                refusal = objective.refusal(**dict(zip(fields, combination)))
                 if refusal:
                     raise ValueError(f"objective {refusal}")
         return self

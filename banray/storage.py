@@ -72,7 +72,8 @@ def refusal(exc: OSError, path: str) -> StorageRefused:
 def _transient(exc: BaseException) -> bool:
     # pyarrow reports network and S3 service errors as OSError; a missing file is an answer, not an outage,
     # and a path the OS refuses stays refused.
-    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, StorageUnavailable)) and not refused(exc)
+    answers = (FileNotFoundError, StorageUnavailable)
+    return isinstance(exc, OSError) and not isinstance(exc, answers) and not refused(exc)
 
 
 def retry_budget_s() -> float:

@@ -7,6 +7,9 @@ Kwargs come from specs and from checkpoints' metadata, so `build_model` first bu
 meta device (shapes only, no memory) and refuses one with more than MAX_PARAMETERS parameters before
 allocating anything (ModelTooLarge). Builders create their tensors without naming a device and never read
 a tensor's values (the meta device has none), which is what lets the meta device hold them.
+
+Each builder declares the range of its arguments in its signature (`width: Count`, `depth: at_least(10)`);
+a spec's kwargs are checked against it before anything is built (argument_problem).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ Scale = Annotated[float, pydantic.Field(gt=0)]  # a factor on channel counts
 Share = Annotated[float, pydantic.Field(gt=0, le=1)]  # a share of channels kept
 
 
-def at_least(minimum: int) -> type:
+def at_least(minimum: int) -> Any:
     """A whole-number argument of `minimum` or more (a depth below it has no block)."""
     return Annotated[int, pydantic.Field(ge=minimum)]
 
