@@ -388,7 +388,9 @@ def load_report(location: str, spec: SweepSpec) -> dict:
                 report = json.loads(stream.read())
         else:
             report = json.loads(Path(location).expanduser().read_text())
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise PlanCheckFailed(f"--from-report: cannot read {refusal(exc, location)}") from None
+    except ValueError as exc:
         raise PlanCheckFailed(f"--from-report: cannot read {location}: {exc}") from None
     if not isinstance(report, dict) or not {"rows", "columns", "dataset"} <= report.keys():
         raise PlanCheckFailed(f"--from-report: {location} is not a banray report.json (no rows, columns, dataset)")

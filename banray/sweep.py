@@ -25,7 +25,7 @@ from banray.models import build_model
 from banray.records import SweepResult
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
 from banray.state import SweepState
-from banray.storage import STATE_FILE, StorageRefused, SweepStorage, use_endpoint
+from banray.storage import STATE_FILE, StorageRefused, SweepStorage, refusal, use_endpoint
 from banray.tasks import make_task
 from banray.slots import slot_capacity
 
@@ -81,12 +81,12 @@ def check_folder(storage: SweepStorage, overwrite: bool, resume: bool) -> None:
     --resume continues; files that are not a banray sweep's are never replaced."""
     try:
         taken = storage.holds_anything()
-        refusal = storage.why_not_a_sweep() if taken else None
+        objection = storage.why_not_a_sweep() if taken else None
     except OSError as exc:
-        raise SpecError(f"storage: cannot use {storage.uri}: {exc}") from None
-    if refusal is not None:
+        raise SpecError(f"storage: cannot use {refusal(exc, storage.uri)}") from None
+    if objection is not None:
         raise SpecError(
-            f"storage: {storage.uri} already exists and {refusal}; banray will not write into it or delete it: "
+            f"storage: {storage.uri} already exists and {objection}; banray will not write into it or delete it: "
             "give the sweep another name, or pass --storage elsewhere"
         )
     if taken and not overwrite and not resume:

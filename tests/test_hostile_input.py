@@ -5,8 +5,11 @@ no Ray, and leaves every file as it was (nothing written, nothing deleted, nothi
 Classes: the spec reader's bounds (size, aliases, depth, encoding, duplicate keys); booleans, infinities
 and absurd values where numbers belong; search ranges that cannot fit their field; storage roots, given in
 the spec or with --storage; sweep folders that are not banray's own or not this user's; state and report
-files that --resume cannot read. Checkpoints are covered in tests/test_checkpoints.py, `plan` and
-`promote` in tests/test_look_only.py."""
+files that --resume cannot read. Then the classes of issue 31, each a generator of cases run through the
+command in its own process: characters YAML's reader refuses and YAML syntax errors (line and column),
+mistyped URIs, numbers a run cannot honour, every builder's arguments just outside the ranges it declares,
+storage paths the OS refuses, URIs given as options and a sweep folder's unreadable spec.yaml. Checkpoints
+are covered in tests/test_checkpoints.py, `plan` and `promote` in tests/test_look_only.py."""
 
 from __future__ import annotations
 
