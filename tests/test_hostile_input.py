@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import tiny_spec
+from conftest import one_error_line, tiny_spec
 from test_bad_input import TMP, substitute  # the same placeholder for the test's folder
 
 from banray import sweep
@@ -406,8 +408,6 @@ def test_hostile_input_exits_2_with_one_line_and_changes_nothing(workdir, spec, 
 )
 def test_the_real_command_says_one_line(tmp_path, args, expected):
     """The installed entry point in its own process: click's usage errors and torch's warnings included."""
-    import subprocess
-    import sys
 
     spec = write_spec(tiny_spec(), tmp_path)
     zero_width = tmp_path / "zero.yaml"
@@ -432,12 +432,9 @@ SPEC_COMMANDS = ("validate", "plan", "sweep")  # the commands that read a spec f
 FOLDER_COMMANDS = ("status", "ls", "report", "ui", "promote")  # the commands that read a sweep folder
 
 
-def run_banray(args: list[str], cwd: Path):
+def run_banray(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`python -m banray ARGS` in a fresh process. RAY_ADDRESS points nowhere: a refusal that came too late would
-    fail to connect instead of starting a cluster."""
-    import subprocess
-    import sys
-
+    fail to connect instead of starting a cluster; and a refusal taken for an outage fails at once, as one."""
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "BANRAY_STORAGE_RETRY_S": "0"}
     return subprocess.run([sys.executable, "-m", "banray", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False, env=env)
@@ -555,14 +552,10 @@ def spec_file(spec, folder: Path, name: str) -> Path:
     return path
 
 
-def one_line(done, *expected: str) -> str:
-    assert "Traceback" not in done.stderr + done.stdout, done.stderr
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    assert len(lines[0]) < 1000, lines[0]
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
+def one_line(done, *expected: str) -> None:
+    """A refused command's output: one short `error: ` line holding each of `expected`, and no traceback."""
+    assert "Traceback" not in done.stdout, done.stdout
+    assert len(one_error_line(done.stderr, *expected)) < 1000, done.stderr
 
 
 @pytest.mark.parametrize("name", SPEC_CLASSES)
