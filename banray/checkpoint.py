@@ -1,9 +1,11 @@
-"""Checkpoints: weights as data plus the metadata that identifies and rebuilds the model.
+"""Checkpoints: weights as data plus the typed record that identifies and rebuilds the model.
 
-A checkpoint directory holds `model.pt` (a state dict, loaded with `weights_only=True`) and Ray's
-checkpoint metadata: arch, kwargs, num_classes, input_shape, spec hash, sweep, chain, generation,
-trial, seed, epoch and validation metrics. A teacher is rebuilt from that metadata and checked
-against what the chain expects, never recognised by its path.
+A checkpoint directory holds `model.pt` (a state dict, loaded with `weights_only=True`) and Ray's checkpoint
+metadata, which is one CheckpointRecord: the model (arch, kwargs, the revision of its code, classes, input
+shape), what it was trained on (dataset, the hash of its train/validation split), where in the sweep it comes
+from (sweep, spec hash, chain, generation, arm, trial, seed) and its epoch with its validation metrics. A
+teacher is rebuilt from that record and checked against the identity the chain expects, never recognised by
+its path.
 """
 
 from __future__ import annotations
@@ -17,18 +19,80 @@ from typing import Any
 
 import pyarrow.fs
 import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 from ray.train import Checkpoint
 from torch import nn
 
 from banray.models import MODELS, build_model
+from banray.spec import Arm
 
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = ".metadata.json"  # where ray.train.Checkpoint.set_metadata writes the metadata, as JSON
-# The metadata keys that rebuild the model.
-MODEL_KEYS = ("arch", "kwargs", "num_classes", "input_shape")
+# The version of CheckpointRecord's fields; checkpoints from before the record (plain dicts) have none.
+SCHEMA_VERSION = 1
 
-# Metadata keys that must match what the consumer of a teacher expects.
-IDENTITY_KEYS = ("sweep", "spec_hash", "chain", "generation", "num_classes")
+
+class _Record(BaseModel):
+    # Strict: metadata is read from files, and 4.0 or "4" classes are a damaged record, not 4.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ModelIdentity(_Record):
+    """What rebuilds a model and which function it computes: its arch and kwargs, the revision of the arch's
+    code (banray.models.registry) and the dataset's arguments."""
+
+    arch: str
+    kwargs: dict[str, Any]
+    revision: PositiveInt
+    num_classes: PositiveInt
+    input_shape: list[PositiveInt] = Field(min_length=1)
+
+
+class CheckpointIdentity(ModelIdentity):
+    """Which model of which sweep a checkpoint holds, and on which data it was trained: what a teacher is
+    checked against, field by field."""
+
+    sweep: str
+    spec_hash: str
+    chain: NonNegativeInt
+    generation: NonNegativeInt
+    arm: Arm
+    dataset: str
+    split_hash: str  # banray.data.split_hash of its train/validation split
+
+
+class TeacherReference(_Record):
+    """What a student's checkpoint records of its teacher's."""
+
+    sweep: str
+    spec_hash: str
+    chain: NonNegativeInt
+    generation: NonNegativeInt
+    trial: NonNegativeInt
+    seed: int
+    epoch: PositiveInt
+    arch: str
+    revision: PositiveInt
+    num_classes: PositiveInt
+    val_error: float
+
+
+class CheckpointRecord(CheckpointIdentity):
+    """A checkpoint's metadata: its identity, the trial and epoch that made it, and that epoch's metrics."""
+
+    schema_version: int = SCHEMA_VERSION
+    trial: NonNegativeInt
+    seed: int
+    objective: str
+    teacher: TeacherReference | None
+    node_id: str  # provenance: which node trained it
+    epoch: PositiveInt
+    val_error: float
+    val_nll: float
+
+    def as_teacher(self) -> TeacherReference:
+        """What a student taught by this checkpoint records of it."""
+        return TeacherReference.model_validate(self.model_dump(include=set(TeacherReference.model_fields)))
 
 
 class TeacherMismatch(RuntimeError):
@@ -38,15 +102,16 @@ class TeacherMismatch(RuntimeError):
 
 class BadCheckpoint(RuntimeError):
     """A checkpoint banray refuses to load: a file missing or linked out of the checkpoint folder, metadata that
-    is not a JSON object describing a model banray can build (within the parameter cap), or a weights file that
-    is not an intact state dict of plain tensors (unpickling anything else could run code). A RuntimeError, not
-    an OSError: storage retries re-raise it at once. Its message is one line, "checkpoint <uri>: <what is wrong>"."""
+    is not a CheckpointRecord of this schema version describing a model the current code builds (within the
+    parameter cap) as the function it was trained as, or a weights file that is not an intact state dict of
+    plain tensors (unpickling anything else could run code). A RuntimeError, not an OSError: storage retries
+    re-raise it at once. Its message is one line, "checkpoint <uri>: <what is wrong>"."""
 
 
-def save(directory: str | Path, model: nn.Module, metadata: dict[str, Any]) -> Checkpoint:
+def save(directory: str | Path, model: nn.Module, record: CheckpointRecord) -> Checkpoint:
     torch.save(model.state_dict(), Path(directory) / WEIGHTS_FILE)
     checkpoint = Checkpoint.from_directory(str(directory))
-    checkpoint.set_metadata(metadata)
+    checkpoint.set_metadata(record.model_dump(mode="json"))
     return checkpoint
 
 
@@ -74,10 +139,6 @@ def _bad(checkpoint_uri: str, what: str) -> BadCheckpoint:
 def _json(value: Any) -> Any:
     """`value` as it comes back from JSON (tuples become lists), for comparing with metadata."""
     return json.loads(json.dumps(value))
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class _Files:
@@ -130,8 +191,8 @@ class _Files:
             raise _bad(self.uri, f"{name} cannot be read ({exc.strerror})") from None
 
 
-def _read_metadata(files: _Files) -> dict[str, Any]:
-    """The checkpoint's Ray metadata (what `Checkpoint.set_metadata` wrote), checked to describe a model."""
+def _read_json(files: _Files) -> dict[str, Any]:
+    """The checkpoint's Ray metadata (what `Checkpoint.set_metadata` wrote), checked to be a JSON object."""
     uri = files.uri
     raw = files.read(METADATA_FILE)
     if raw is None:
@@ -144,22 +205,45 @@ def _read_metadata(files: _Files) -> dict[str, Any]:
         raise _bad(uri, f"its metadata ({METADATA_FILE}) is not valid JSON ({_reason(exc)})") from None
     if not isinstance(metadata, dict):
         raise _bad(uri, f"its metadata ({METADATA_FILE}) is a JSON {type(metadata).__name__}, not an object")
-    missing = [key for key in MODEL_KEYS if key not in metadata]
-    if missing:
-        raise _bad(uri, f"its metadata lacks {', '.join(missing)}; not a banray checkpoint")
-    arch, kwargs, num_classes, input_shape = (metadata[key] for key in MODEL_KEYS)
-    wrong = []
-    if not isinstance(arch, str):
-        wrong.append(f"arch must be a string, not {_short(arch)}")
-    if not isinstance(kwargs, dict):
-        wrong.append(f"kwargs must be an object of keyword arguments, not {_short(kwargs)}")
-    if not _positive_int(num_classes):
-        wrong.append(f"num_classes must be a positive integer, not {_short(num_classes)}")
-    if not (isinstance(input_shape, list) and input_shape and all(_positive_int(size) for size in input_shape)):
-        wrong.append(f"input_shape must be a non-empty list of positive integers, not {_short(input_shape)}")
-    if wrong:
-        raise _bad(uri, f"its metadata does not describe a model: {'; '.join(wrong)}")
     return metadata
+
+
+def _schema_problem(metadata: dict[str, Any]) -> str | None:
+    """Why the metadata is not of this banray's schema version, if it is not."""
+    if "schema_version" not in metadata:
+        return ("its metadata has no schema_version: not a banray checkpoint, or one written before its metadata "
+                f"was a versioned record (this banray reads schema_version {SCHEMA_VERSION})")
+    version = metadata["schema_version"]
+    if version != SCHEMA_VERSION:  # 1.0 or true pass here, and the record's strict int refuses them
+        return f"its metadata has schema_version={_short(version)}; this banray reads only {SCHEMA_VERSION}"
+    return None
+
+
+def _invalid(exc: ValidationError) -> str:
+    """What is wrong with a record, every field named, on one line."""
+    errors = exc.errors()
+    missing = [_field(error) for error in errors if error["type"] == "missing"]
+    wrong = [f"{_field(error)}: {error['msg'][0].lower()}{error['msg'][1:]} (got {_short(error['input'])})"
+             for error in errors if error["type"] != "missing"]
+    return "its metadata is not a checkpoint record: " + "; ".join(
+        ([f"it lacks {', '.join(missing)}"] if missing else []) + wrong
+    )
+
+
+def _field(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"])
+
+
+def _read_record(files: _Files) -> CheckpointRecord:
+    """The checkpoint's record, parsed from its metadata; any problem with it is a BadCheckpoint."""
+    metadata = _read_json(files)
+    problem = _schema_problem(metadata)
+    if problem is not None:
+        raise _bad(files.uri, problem)
+    try:
+        return CheckpointRecord.model_validate(metadata)
+    except ValidationError as exc:
+        raise _bad(files.uri, _invalid(exc)) from None
 
 
 def decode_tensors(checkpoint_uri: str, data: bytes, file: str = WEIGHTS_FILE) -> Any:
@@ -187,42 +271,20 @@ def decode_tensors(checkpoint_uri: str, data: bytes, file: str = WEIGHTS_FILE) -
         ) from None
 
 
-def load(checkpoint_uri: str, expected: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint from its metadata; raise TeacherMismatch if it is not `expected`.
+def load(checkpoint_uri: str, expected: CheckpointIdentity | None = None) -> tuple[nn.Module, CheckpointRecord]:
+    """Rebuild the model of a checkpoint from its record; raise TeacherMismatch if it is not `expected`.
 
-    Every problem with the checkpoint's contents (missing or misplaced files, metadata that does not describe
-    a buildable model of at most MAX_PARAMETERS parameters, weights that are not an intact state dict of that
-    model) is a BadCheckpoint, a RuntimeError: `with_retries` re-raises it at once. Only errors while fetching
-    the files from storage are OSErrors, which it retries as outages.
+    Every problem with the checkpoint's contents (missing or misplaced files, metadata that is not a record of
+    this schema version describing a model of the current code that builds with at most MAX_PARAMETERS
+    parameters, weights that are not an intact state dict of that model) is a BadCheckpoint, a RuntimeError:
+    `with_retries` re-raises it at once. Only errors while fetching the files from storage are OSErrors, which
+    it retries as outages.
     """
-    checkpoint = Checkpoint(checkpoint_uri)
-    files = _Files(checkpoint_uri, checkpoint)
-    metadata = _read_metadata(files)
-    for key, want in (expected or {}).items():
-        have = metadata.get(key)
-        if _json(have) != _json(want):
-            raise TeacherMismatch(
-                f"checkpoint {checkpoint_uri}: its metadata has {key}={_short(have)}, expected {_short(want)}: "
-                "it is not the teacher this generation was planned with"
-            )
-    arch, kwargs = metadata["arch"], metadata["kwargs"]
-    if arch not in MODELS:
-        raise _bad(
-            checkpoint_uri,
-            f"its metadata names arch {_short(arch)}, which is not a registered model; "
-            f"allowed: {', '.join(MODELS.names())}",
-        )
-    try:
-        # Checked on the meta device first: kwargs asking for an absurd model are refused before allocating.
-        model = build_model(
-            arch, num_classes=metadata["num_classes"], input_shape=tuple(metadata["input_shape"]), **kwargs
-        )
-    except (TypeError, ValueError) as exc:  # what build_model raises, ModelTooLarge and ModelBuildError included
-        reason = getattr(exc, "reason", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise _bad(
-            checkpoint_uri,
-            f"arch {arch!r} cannot be built with its metadata's kwargs {_short(kwargs)}: {_one_line(reason, 300)}",
-        ) from None
+    files = _Files(checkpoint_uri, Checkpoint(checkpoint_uri))
+    record = _read_record(files)
+    if expected is not None:
+        _check_identity(checkpoint_uri, record, expected)
+    model = _build(checkpoint_uri, record)
     data = files.read(WEIGHTS_FILE)  # fetching: storage errors propagate (OSError) and are retried
     if data is None:
         raise _bad(checkpoint_uri, f"it has no {WEIGHTS_FILE}")
@@ -232,11 +294,43 @@ def load(checkpoint_uri: str, expected: dict[str, Any] | None = None) -> tuple[n
     except Exception as exc:  # RuntimeError for wrong keys or shapes, TypeError or AttributeError for a non-dict
         raise _bad(
             checkpoint_uri,
-            f"{WEIGHTS_FILE} does not fit arch {arch!r} with kwargs {_short(kwargs)}: {_one_line(str(exc), 200)}",
+            f"{WEIGHTS_FILE} does not fit arch {record.arch!r} with kwargs {_short(record.kwargs)}: "
+            f"{_one_line(str(exc), 200)}",
         ) from None
-    return model, metadata
+    return model, record
 
 
-def identity(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The part of a checkpoint's metadata a student records about its teacher."""
-    return {k: metadata[k] for k in (*IDENTITY_KEYS, "trial", "seed", "epoch", "arch", "val_error")}
+def _check_identity(checkpoint_uri: str, record: CheckpointRecord, expected: CheckpointIdentity) -> None:
+    for name in CheckpointIdentity.model_fields:
+        have, want = getattr(record, name), getattr(expected, name)
+        if _json(have) != _json(want):  # kwargs as JSON: 0 and 0.0 are one value
+            raise TeacherMismatch(
+                f"checkpoint {checkpoint_uri}: its metadata has {name}={_short(have)}, expected {_short(want)}: "
+                "it is not the teacher this generation was planned with"
+            )
+
+
+def _build(checkpoint_uri: str, record: CheckpointRecord) -> nn.Module:
+    """The record's model with fresh weights, if the current code computes the function it was trained as."""
+    arch, kwargs = record.arch, record.kwargs
+    if arch not in MODELS:
+        raise _bad(
+            checkpoint_uri,
+            f"its metadata names arch {_short(arch)}, which is not a registered model; "
+            f"allowed: {', '.join(MODELS.names())}",
+        )
+    if record.revision != MODELS.revision(arch):
+        raise _bad(
+            checkpoint_uri,
+            f"its metadata has revision={record.revision}, but the code of arch {arch!r} is at revision "
+            f"{MODELS.revision(arch)}: it computes another function than the one these weights were trained as",
+        )
+    try:
+        # Checked on the meta device first: kwargs asking for an absurd model are refused before allocating.
+        return build_model(arch, num_classes=record.num_classes, input_shape=tuple(record.input_shape), **kwargs)
+    except (TypeError, ValueError) as exc:  # what build_model raises, ModelTooLarge and ModelBuildError included
+        reason = getattr(exc, "reason", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _bad(
+            checkpoint_uri,
+            f"arch {arch!r} cannot be built with its metadata's kwargs {_short(kwargs)}: {_one_line(reason, 300)}",
+        ) from None

@@ -55,6 +55,8 @@ class Splits:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    dataset: str
+    split_hash: str  # which samples are in train and validation (see split_hash)
     # The training augmentation, if any; `set_epoch` makes its draws depend only on (data seed, epoch, sample).
     augmented: Augmented | None = None
 
@@ -62,6 +64,11 @@ class Splits:
     def augmentation(self) -> str:
         """The augmentation policy's name ('none' when the training view is the data as it is)."""
         return self.augmented.augment.policy if self.augmented is not None else "none"
+
+    @property
+    def augmentation_seed(self) -> int | None:
+        """The seed the augmentation draws its views from (with the epoch and the sample); None without one."""
+        return self.augmented.seed if self.augmented is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         if self.augmented is not None:
@@ -80,6 +87,11 @@ class Corpus:
     @property
     def num_classes(self) -> int:
         return len(self.vocabulary)
+
+    @functools.cached_property
+    def split_hash(self) -> str:
+        """The identity of its train/validation split: the token ids of both files (see split_hash)."""
+        return split_hash(self.train.numpy(), self.valid.numpy())
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,17 @@ def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[n
 
     found = cached_arrays(_sklearn(f"split-{key}"), split)
     return found["kept"], found["held_out"]
+
+
+def split_hash(train: np.ndarray, val: np.ndarray) -> str:
+    """What a train/validation split is, whatever seed or library version drew it: sha256 of its training
+    then its validation indices (a corpus's token ids), each as 64-bit integers behind its length."""
+    digest = hashlib.sha256()
+    for part in (train, val):
+        values = np.ascontiguousarray(part, dtype=np.int64)
+        digest.update(len(values).to_bytes(8, "little"))
+        digest.update(values.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _tensor_pool(x: np.ndarray, y: np.ndarray, num_classes: int) -> Pool:
@@ -471,5 +494,7 @@ def load_splits(dataset: str, root: str, val_fraction: float, seed: int, downloa
         test=pool.test,
         num_classes=pool.num_classes,
         input_shape=pool.input_shape,
+        dataset=dataset,
+        split_hash=split_hash(train_idx, val_idx),
         augmented=augmented,
     )

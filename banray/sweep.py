@@ -8,7 +8,9 @@ their last checkpoints) under the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ from typing import Any, Callable, Literal
 import ray
 import torch
 
-from banray import lock, tracking
+from banray import lock, ray_internals, tracking
 from banray.data import DatasetMissing, SplitTooSmall
 from banray.models import build_model
 from banray.records import SweepResult
@@ -56,7 +58,7 @@ class _TokenAuthNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
-logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenAuthNotice())
+logging.getLogger(ray_internals.TOKEN_NOTICE_LOGGER).addFilter(_TokenAuthNotice())
 
 
 def open_storage(spec: SweepSpec) -> SweepStorage:
@@ -178,6 +180,17 @@ def _check_model(key: str, model, dataset: str, task) -> None:
             ) from None
 
 
+def on_loopback(cluster: str | None) -> bool:
+    """Whether a cluster address (None: a new local cluster) names this machine's loopback interface."""
+    if cluster is None:
+        return True
+    host = cluster.rpartition(":")[0].strip("[]") if "://" not in cluster else ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, "auto", a URL
+        return False
+
+
 def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> bool:
     """Connect to (or start) Ray; returns whether this call started the connection. `env_vars` reach
     every Ray process of the sweep; secrets never go there (a cluster's nodes bring their own).
@@ -198,18 +211,17 @@ def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> b
     # quickstart), so it is only for clusters that run elsewhere.
     runtime_env = {"env_vars": env} if cluster else None
     local = {} if cluster else {"include_dashboard": dashboard}
-    # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
-    ray.init(address=address, runtime_env=runtime_env, logging_config=ray.LoggingConfig(log_level="WARNING"), **local)
+    # A cluster of this machine alone listens on loopback only (Ray's token is then not its only guard), and
+    # one reached at a loopback address is such a cluster: Ray would look for it at the network address.
+    with ray_internals.loopback_only() if on_loopback(cluster) else contextlib.nullcontext():
+        # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
+        ray.init(address=address, runtime_env=runtime_env, logging_config=ray.LoggingConfig(log_level="WARNING"), **local)
     return True
 
 
 def disconnect() -> None:
-    """ray.shutdown(), less the second it spends on a local cluster's autoscaler monitor: Ray stops the GCS
-    first, and the monitor's SIGTERM handler then waits on the GCS until Ray kills it a second later. A
-    local cluster has nothing to autoscale, so its monitor is killed at once, before the rest."""
-    node = ray._private.worker._global_node  # set only where this process started the cluster
-    if node is not None and node.is_head():
-        node.kill_monitor(check_alive=False)
+    """ray.shutdown(), less the second it spends on a local cluster's autoscaler monitor."""
+    ray_internals.stop_monitor_first()
     ray.shutdown()
 
 

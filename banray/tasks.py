@@ -36,6 +36,7 @@ Step = Callable[[torch.Tensor], None]  # back-propagates a loss and updates the 
 class Task(Protocol):
     num_classes: int
     input_shape: tuple[int, ...]
+    split_hash: str  # which samples train and which validate (banray.data.split_hash)
 
     def train_epoch(
         self, model, teacher, objective: Objective, loss_params: LossParams, step: Step, device, epoch: int
@@ -141,6 +142,7 @@ class ClassificationTask:
     ):
         self.splits = load_splits(data.dataset, data.root, data.val_fraction, data.seed, data.download)
         self.num_classes, self.input_shape = self.splits.num_classes, self.splits.input_shape
+        self.split_hash = self.splits.split_hash
         self._train_loader = None
         self._shuffle = torch.Generator()
         self._sampler: DistributedSampler | None = None
@@ -255,6 +257,7 @@ class LanguageModelTask:
     def __init__(self, data: DataSpec, train: TrainSpec, *, rank: int, world_size: int):
         self.corpus = load_corpus(data.dataset, data.root, data.download)
         self.num_classes = self.corpus.num_classes
+        self.split_hash = self.corpus.split_hash
         self.bptt = train.bptt
         self._train = train
         self.input_shape = (train.bptt,)

@@ -12,9 +12,10 @@ its top k: a smaller cache, no longer exact.
 
 Layout: `<root>/<key>/epoch-<e>.pt` holds the (train samples, classes) logits of epoch e in the
 training split's sample order — or a single `epoch-all.pt` when the dataset has no augmentation, since
-every epoch then shows the same inputs. The key hashes the teacher's weights and architecture, the
-augmentation policy, the dataset and its split (data seed, validation fraction) and the dtype. `root`
-is the sweep's storage (local or s3://) or node-local disk.
+every epoch then shows the same inputs. The key (CacheKey) hashes what the logits depend on: the teacher
+(arch, kwargs, code revision, weights), the views (dataset, split hash, augmentation policy and the seed its
+draws come from) and how they are stored (dtype, top_k), so a cache is never read for another split, model
+code or view. `root` is the sweep's storage (local or s3://) or node-local disk.
 
 The trials build the cache themselves, on their own devices, one epoch's file at a time as they need
 it: a trial that finds the file of its next epoch missing claims the first missing file nobody is
@@ -34,14 +35,16 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader
 
+from banray.checkpoint import ModelIdentity
 from banray.data import Splits
-from banray.spec import DataSpec
 from banray.storage import SweepStorage
 from banray.teacher import Frozen
 
@@ -63,18 +66,34 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(teacher: nn.Module, data: DataSpec, augmentation: str, dtype: str, top_k: int | None = None) -> str:
-    identity = {
-        "top_k": top_k,
-        "teacher": weights_digest(teacher),
-        "teacher_class": type(teacher).__qualname__,
-        "augmentation": augmentation,
-        "dataset": data.dataset,
-        "val_fraction": data.val_fraction,
-        "data_seed": data.seed,
-        "dtype": dtype,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+class CacheKey(BaseModel):
+    """Everything a cache's logits depend on; its hash names the cache's folder."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arch: str
+    kwargs: dict[str, Any]
+    revision: int  # of the arch's code: the function the weights compute
+    weights: str  # weights_digest of the teacher
+    dataset: str
+    split_hash: str  # which samples are the training split, in which order
+    augmentation: str
+    augmentation_seed: int | None  # with the epoch and the sample index, it draws each view
+    dtype: str
+    top_k: int | None
+
+    def folder(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_key(teacher: nn.Module, identity: ModelIdentity, splits: Splits, dtype: str,
+              top_k: int | None = None) -> CacheKey:
+    """The key of the cache of `teacher` (the model `identity` describes) on the training views of `splits`."""
+    return CacheKey(
+        arch=identity.arch, kwargs=identity.kwargs, revision=identity.revision, weights=weights_digest(teacher),
+        dataset=splits.dataset, split_hash=splits.split_hash, augmentation=splits.augmentation,
+        augmentation_seed=splits.augmentation_seed, dtype=dtype, top_k=top_k,
+    )
 
 
 def _epoch_file(epoch: int | None) -> str:
@@ -131,20 +150,20 @@ def _teacher_logits(teacher: nn.Module, splits: Splits, epoch: int | None, dtype
 
 
 class CachedTeacher:
-    """A trial's view of the cache of `teacher`'s logits on the training split of `splits` (loaded from
-    `data`) under `root`: the logits of one epoch by training-sample index, built first if no trial
-    built them yet; a banray.teacher.Teacher. `teacher` is held frozen (banray.teacher.Frozen)."""
+    """A trial's view of the cache of `teacher`'s logits (the model `identity` describes) on the training
+    split of `splits` under `root`: the logits of one epoch by training-sample index, built first if no
+    trial built them yet; a banray.teacher.Teacher. `teacher` is held frozen (banray.teacher.Frozen)."""
 
     POLL_S = 0.2  # how often a trial waiting for another's build looks for the file
     MIN_STALE_S = 120.0  # a claim is taken over after max(this, 3 × this trial's slowest build)
 
-    def __init__(self, teacher: nn.Module, data: DataSpec, splits: Splits, root: str, epochs: int,
+    def __init__(self, teacher: nn.Module, identity: ModelIdentity, splits: Splits, root: str, epochs: int,
                  dtype: str = "float16", device="cpu", top_k: int | None = None):
         self.model = teacher if isinstance(teacher, Frozen) else Frozen(teacher)
         self.teacher = self.model.module
         self.splits, self.device, self.dtype = splits, device, DTYPES[dtype]
         self.top_k = top_k
-        self.folder = _Folder(root, cache_key(teacher, data, splits.augmentation, dtype, top_k))
+        self.folder = _Folder(root, cache_key(teacher, identity, splits, dtype, top_k).folder())
         self.uri = self.folder.uri
         self.epochs = _epochs(splits, epochs)
         self.built: list[int | None] = []  # the epochs this trial built, in order

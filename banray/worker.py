@@ -30,15 +30,16 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from banray import checkpoint, teacher_cache
+from banray import checkpoint, ray_internals, teacher_cache
+from banray.checkpoint import CheckpointIdentity, CheckpointRecord
 from banray.losses import get_objective
 from banray.storage import checkpoint_uri, with_retries
-from banray.models import build_model
+from banray.models import MODELS, build_model
 from banray.session import Session, TrainSession, checkpoint_folder
 from banray.records import TrialSummary
 from banray.selection import MODE, epoch_improves
-from banray.spec import TrainSpec, TrialSettings
-from banray.tasks import make_task, use_channels_last
+from banray.spec import Arm, ModelSpec, TrainSpec, TrialSettings
+from banray.tasks import Task, make_task, use_channels_last
 from banray.teacher import Frozen, OnlineTeacher, Teacher
 
 
@@ -129,46 +130,40 @@ def non_finite_terms(term_means: dict[str, float]) -> str | None:
     return ", ".join(f"{name} = {value}" for name, value in bad.items()) or None
 
 
-def load_teacher(settings: TrialSettings, num_classes: int, device: torch.device) -> tuple[Frozen, dict]:
-    """The previous generation's best model, checked by its metadata and frozen. A broken checkpoint
+def load_teacher(settings: TrialSettings, task: Task, device: torch.device) -> tuple[Frozen, CheckpointRecord]:
+    """The previous generation's best model, checked by its record and frozen. A broken checkpoint
     (checkpoint.BadCheckpoint) or another model than planned (TeacherMismatch) fails at once; only storage
     errors while fetching it are retried."""
     if settings.teacher_model is None:
         raise ValueError(f"trial settings of generation {settings.generation} name a teacher checkpoint "
                          "but not the teacher's model (teacher_model)")
-    expected = {
-        "sweep": settings.sweep,
-        "spec_hash": settings.spec_hash,
-        "chain": settings.chain,
-        "generation": settings.generation - 1,
-        "arm": "main",  # never the control arm's teacher′
-        "num_classes": num_classes,
-        "arch": settings.teacher_model.arch,  # the spec's model of generation - 1
-        "kwargs": settings.teacher_model.kwargs,  # compared as JSON: the metadata went through it
-    }
-    teacher, metadata = with_retries(
+    # The spec's model of generation - 1, as the current code computes it, trained on this trial's split.
+    expected = _identity(settings, task, settings.teacher_model, settings.generation - 1, "main")  # never teacher′
+    teacher, record = with_retries(
         f"loading teacher {settings.teacher_checkpoint}",
         lambda: checkpoint.load(settings.teacher_checkpoint, expected=expected),
     )
-    return Frozen(teacher.to(device)), metadata
+    return Frozen(teacher.to(device)), record
+
+
+def _identity(settings: TrialSettings, task: Task, model: ModelSpec, generation: int, arm: Arm) -> CheckpointIdentity:
+    """The identity of a checkpoint of `model` in `generation` of the trial's chain, on the trial's data."""
+    return CheckpointIdentity(
+        arch=model.arch, kwargs=model.kwargs, revision=MODELS.revision(model.arch), num_classes=task.num_classes,
+        input_shape=list(task.input_shape), sweep=settings.sweep, spec_hash=settings.spec_hash,
+        chain=settings.chain, generation=generation, arm=arm, dataset=settings.data.dataset,
+        split_hash=task.split_hash,
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _quiet_train_reports() -> None:
-    """Train V2 logs every report at INFO under a logger named after its source file, outside the
-    "ray.train" hierarchy that RunConfig.logging_config filters; banray logs metrics to MLflow instead."""
-    from ray.train.v2._internal.execution import context as train_context
-
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> TrialSummary:
     """The TorchTrainer's function: the worker loop on a Ray Train worker. `config` holds the trial's
     settings in their serialised form, read back here once."""
-    _quiet_train_reports()
+    ray_internals.train_report_logger().setLevel(logging.WARNING)  # banray logs metrics to MLflow instead
     settings = TrialSettings.model_validate(config["settings"])
     return train_loop(settings, TrainSession(), config.get("cpus_per_worker", 1))
 
@@ -240,7 +235,7 @@ class _Training:
                               **settings.model.kwargs)
         self.objective = get_objective(settings.distill.objective)
         self.loss_params = settings.distill.loss_params()
-        self.teacher, teacher_metadata = _teacher(settings, self.objective, task, device)
+        self.teacher, teacher_record = _teacher(settings, self.objective, task, device)
         resumed = session.restored()  # set when the engine restarts this trial after a failure
         state: dict[str, Any] = {}
         if resumed is not None:
@@ -257,7 +252,7 @@ class _Training:
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.first_report = _first_report_extras(self.teacher, task, device, session.rank, self.done_epochs,
                                                  self.history)
-        self.metadata_base = _metadata_base(settings, task, teacher_metadata)
+        self.record_base = _record_base(settings, task, teacher_record)
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -302,9 +297,9 @@ class _Training:
             self.policy.saved(best, self.session.report(metrics, directory))
 
     def _save(self, directory: str, epoch: int, metrics: dict[str, Any], best: dict[str, Any]) -> None:
-        metadata = {**self.metadata_base, "epoch": epoch, "val_error": metrics["val_error"],
-                    "val_nll": metrics["val_nll"]}
-        checkpoint.save(directory, _unwrap(self.model), metadata)
+        record = CheckpointRecord(**self.record_base, epoch=epoch, val_error=metrics["val_error"],
+                                  val_nll=metrics["val_nll"])
+        checkpoint.save(directory, _unwrap(self.model), record)
         state = {**training_state(epoch, self.optimizer, self.scheduler), "best": best, "history": self.history}
         torch.save(state, Path(directory) / TRAINING_STATE_FILE)
 
@@ -321,37 +316,29 @@ def _first_report_extras(teacher: Teacher | None, task, device, rank: int, done_
     return extras
 
 
-def _teacher(settings: TrialSettings, objective, task, device: torch.device) -> tuple[Teacher | None, dict | None]:
-    """(the teacher the student learns from, its checkpoint's metadata); (None, None) for generation 0 and
+def _teacher(
+    settings: TrialSettings, objective, task: Task, device: torch.device
+) -> tuple[Teacher | None, CheckpointRecord | None]:
+    """(the teacher the student learns from, its checkpoint's record); (None, None) for generation 0 and
     for objectives that need no teacher."""
     if settings.teacher_checkpoint is None or not objective.needs_teacher:
         return None, None
-    model, metadata = load_teacher(settings, task.num_classes, device)
+    model, record = load_teacher(settings, task, device)
     if settings.distill.teacher != "cached":
-        return OnlineTeacher(model), metadata
+        return OnlineTeacher(model), record
     # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
     cached = teacher_cache.CachedTeacher(
-        model, settings.data, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
+        model, record, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
         settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k,
     )
-    return cached, metadata
+    return cached, record
 
 
-def _metadata_base(settings: TrialSettings, task, teacher_metadata: dict | None) -> dict[str, Any]:
-    """What every checkpoint of the trial says about itself (the epoch and its metrics are added per epoch)."""
+def _record_base(settings: TrialSettings, task: Task, teacher: CheckpointRecord | None) -> dict[str, Any]:
+    """What every checkpoint of the trial records (the epoch and its metrics are added per epoch)."""
+    identity = _identity(settings, task, settings.model, settings.generation, settings.arm)
     return {
-        "arch": settings.model.arch,
-        "kwargs": settings.model.kwargs,
-        "num_classes": task.num_classes,
-        "input_shape": list(task.input_shape),
-        "sweep": settings.sweep,
-        "spec_hash": settings.spec_hash,
-        "chain": settings.chain,
-        "generation": settings.generation,
-        "arm": settings.arm,
-        "trial": settings.trial,
-        "seed": settings.seed,
-        "objective": settings.distill.objective,
-        "teacher": checkpoint.identity(teacher_metadata) if teacher_metadata else None,
-        "node_id": ray.get_runtime_context().get_node_id(),  # provenance: which node trained it
+        **dict(identity), "trial": settings.trial, "seed": settings.seed, "objective": settings.distill.objective,
+        "teacher": teacher.as_teacher() if teacher else None,
+        "node_id": ray.get_runtime_context().get_node_id(),
     }

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from banray import tracking
+from banray import ray_internals, sweep, tracking
 from banray.group import SweepContext, run_group, run_groups_here, start_generation_run
 from banray.models import build_model
 from banray.spec import TrainSpec, parse_spec
@@ -126,8 +126,9 @@ def main() -> None:
 
     ray.cloudpickle.register_pickle_by_value(fakedata)  # the trials' processes cannot import tests/
     # The generated CIFAR files cannot match torchvision's checksums, in the trials' processes too.
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": fakedata.allow_unverified_cifar})
+    with ray_internals.loopback_only():
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": fakedata.allow_unverified_cifar})
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for case in cases(Path(folder) / "data"):
@@ -136,7 +137,7 @@ def main() -> None:
             median = next(r for r in rounds if r["ratio"] == middle)
             results.append({"case": case["name"], "epochs": case["train"]["epochs"], **median,
                             "ratios": [r["ratio"] for r in rounds], "rounds": rounds})
-    ray.shutdown()
+    sweep.disconnect()
     write("whole_epoch", {
         "what": "an epoch as a banray trial runs it (train + validation + checkpoint when at least as good + report "
                 "+ MLflow, in a one-trial group run by group.run_group) vs a plain loop (train + validation + "

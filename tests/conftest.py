@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import fakedata
+from banray import ray_internals
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,14 @@ def short_temp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="banray-ray-", dir="/tmp"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_on_loopback():
+    """Every cluster the tests start listens on loopback only, and Ray calls made here (the State API)
+    reach one at 127.0.0.1 as given."""
+    with ray_internals.loopback_as_given():
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_temp_dir() -> Path:
     """The session cluster's temp dir: its session folder holds every log Ray writes."""
@@ -98,14 +107,15 @@ def ray_cluster(s3_endpoint, ray_temp_dir):
 
     ray.cloudpickle.register_pickle_by_value(fakedata)  # workers cannot import the tests folder
     temp_dir = str(ray_temp_dir)
-    ray.init(
-        num_cpus=2,
-        _temp_dir=temp_dir,
-        runtime_env={
-            "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AIR_NEW_OUTPUT": "0"},
-            "worker_process_setup_hook": fakedata.allow_unverified_cifar,
-        },
-    )
+    with ray_internals.loopback_only():
+        ray.init(
+            num_cpus=2,
+            _temp_dir=temp_dir,
+            runtime_env={
+                "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AIR_NEW_OUTPUT": "0"},
+                "worker_process_setup_hook": fakedata.allow_unverified_cifar,
+            },
+        )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

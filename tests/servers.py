@@ -3,6 +3,7 @@ every Ray process on the machine): moto's S3 server, an MLflow tracking server a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -98,10 +99,15 @@ def mlflow_server(folder: Path, artifacts: str):
         log.close()
 
 
+RAY_CLI_ON_LOOPBACK = "from banray import ray_internals; ray_internals.ray_cli_on_given_address()"
+
+
 def ray_start(temp_dir: Path, *, head_address: str | None, num_cpus: int, log: Path, **ports: int) -> subprocess.Popen:
     """`ray start --block` as its own process group: a head (head_address None) or a node joining one."""
     # Each node its own temp dir: nodes sharing one would clean up each other's runtime-env files.
-    command = [str(BIN / "ray"), "start", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+    # Ray's CLI through banray.ray_internals: plain `ray start` turns 127.0.0.1 into the machine's network
+    # address and its servers then listen on every interface.
+    command = [sys.executable, "-c", RAY_CLI_ON_LOOPBACK, "start", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
                "--disable-usage-stats", "--object-store-memory=150000000", f"--temp-dir={temp_dir}"]
     if head_address is None:
         command += ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
@@ -118,3 +124,87 @@ def node_ports() -> dict[str, int]:
     names = ["node_manager_port", "object_manager_port", "metrics_export_port", "dashboard_agent_listen_port",
              "dashboard_agent_grpc_port", "runtime_env_agent_port"]
     return {name: free_port() for name in names}
+
+
+def _process_tree(root: int) -> set[int]:
+    """`root` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # gone since listed
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def _socket_owners(pids: set[int]) -> dict[str, int]:
+    """Socket inode -> pid, for the sockets the processes `pids` hold."""
+    owners = {}
+    for pid in pids:
+        for link in map(_link, _entries(Path(f"/proc/{pid}/fd"))):
+            if link.startswith("socket:["):
+                owners[link[8:-1]] = pid
+    return owners
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:  # the process is gone
+        return []
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # a file descriptor closed since it was listed
+        return ""
+
+
+def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of /proc/net/tcp{,6}: 32-bit words in host (little-endian) byte order."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(words)
+
+
+def listening_sockets(root: int) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket listening in process `root` or below it, read from /proc."""
+    owners = _socket_owners(_process_tree(root))
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in owners:  # 0A: LISTEN
+                hex_address, hex_port = local.split(":")
+                found.append((str(_address(hex_address)), int(hex_port, 16), owners[inode]))
+    return found
+
+
+def command_name(pid: int) -> str:
+    return _proc_text(pid, "comm").strip()
+
+
+def command_line(pid: int) -> str:
+    return _proc_text(pid, "cmdline").replace("\0", " ")
+
+
+def _proc_text(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:  # gone
+        return ""
+
+
+def on_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address) and bool(ip.ipv4_mapped) and ip.ipv4_mapped.is_loopback)

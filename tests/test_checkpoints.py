@@ -13,13 +13,14 @@ import re
 import pyarrow.fs as pafs
 import pytest
 import torch
-from test_security import SPEC, metadata, student_settings, write_checkpoint
+from test_security import SPEC, identity, metadata, student_settings, task, write_checkpoint
 
 from banray import checkpoint, worker
 from banray.checkpoint import BadCheckpoint, TeacherMismatch
 from banray.models import MODELS, build_model, registry
 from banray.models.registry import ModelBuildError, ModelTooLarge, count_parameters
 from banray.storage import StorageUnavailable
+from banray.tasks import make_task
 from servers import free_port
 
 CPU = torch.device("cpu")
@@ -35,10 +36,11 @@ def refused(directory, **load_kwargs) -> str:
 
 
 def save_model(directory: pathlib.Path, arch: str, kwargs: dict, **overrides) -> str:
-    """A checkpoint of a real `arch` model for the synthetic data, metadata as the worker writes it."""
+    """A checkpoint of a real `arch` model for the synthetic data, its record as the worker writes it."""
     directory.mkdir()
     model = build_model(arch, num_classes=4, input_shape=(1, 8, 8), **kwargs)
-    checkpoint.save(directory, model, metadata(arch=arch, kwargs=kwargs, **overrides))
+    record = checkpoint.CheckpointRecord.model_validate(metadata(arch=arch, kwargs=kwargs, **overrides))
+    checkpoint.save(directory, model, record)
     return str(directory)
 
 
@@ -90,7 +92,7 @@ def test_a_truncated_teacher_fails_at_once_and_is_not_retried_as_a_storage_outag
 
     monkeypatch.setattr(checkpoint, "load", load_once)
     with pytest.raises(BadCheckpoint, match=r"is not a readable torch\.save file, truncated or damaged"):
-        worker.load_teacher(student_settings(directory), num_classes=4, device=CPU)
+        worker.load_teacher(student_settings(directory), task(), CPU)
     assert len(calls) == 1
 
 
@@ -105,8 +107,8 @@ def test_an_io_error_while_fetching_a_teacher_is_still_retried(tmp_path, monkeyp
         return real_read_bytes(path)
 
     monkeypatch.setattr(pathlib.Path, "read_bytes", flaky_read_bytes)
-    teacher, meta = worker.load_teacher(student_settings(directory), num_classes=4, device=CPU)
-    assert failures and meta["arch"] == "cnn" and not teacher.training
+    teacher, meta = worker.load_teacher(student_settings(directory), task(), CPU)
+    assert failures and meta.arch == "cnn" and not teacher.training
 
 
 def test_a_weights_link_out_of_the_checkpoint_folder_is_refused(tmp_path):
@@ -181,31 +183,66 @@ def test_metadata_that_is_not_a_json_object_is_a_bad_checkpoint(tmp_path, conten
 @pytest.mark.parametrize(
     "overrides, reason",
     [
-        ({"kwargs": [["width", 8]]}, "kwargs must be an object of keyword arguments, not [['width', 8]]"),
-        ({"kwargs": "width=8"}, "kwargs must be an object of keyword arguments, not 'width=8'"),
-        ({"num_classes": 0}, "num_classes must be a positive integer, not 0"),
-        ({"num_classes": -4}, "num_classes must be a positive integer, not -4"),
-        ({"num_classes": "4"}, "num_classes must be a positive integer, not '4'"),
-        ({"num_classes": 4.0}, "num_classes must be a positive integer, not 4.0"),
-        ({"num_classes": True}, "num_classes must be a positive integer, not True"),
-        ({"input_shape": "1,8,8"}, "input_shape must be a non-empty list of positive integers, not '1,8,8'"),
-        ({"input_shape": [1, 0, 8]}, "input_shape must be a non-empty list of positive integers, not [1, 0, 8]"),
-        ({"input_shape": [1, 8.5, 8]}, "input_shape must be a non-empty list of positive integers, not [1, 8.5, 8]"),
-        ({"input_shape": []}, "input_shape must be a non-empty list of positive integers, not []"),
-        ({"input_shape": {"c": 1}}, "input_shape must be a non-empty list of positive integers, not {'c': 1}"),
-        ({"arch": 5}, "arch must be a string, not 5"),
-        ({"arch": ["cnn"]}, "arch must be a string, not ['cnn']"),
-        ({"arch": None}, "arch must be a string, not None"),
+        ({"kwargs": [["width", 8]]}, "kwargs: input should be a valid dictionary (got [['width', 8]])"),
+        ({"kwargs": "width=8"}, "kwargs: input should be a valid dictionary (got 'width=8')"),
+        ({"num_classes": 0}, "num_classes: input should be greater than 0 (got 0)"),
+        ({"num_classes": -4}, "num_classes: input should be greater than 0 (got -4)"),
+        ({"num_classes": "4"}, "num_classes: input should be a valid integer (got '4')"),
+        ({"num_classes": 4.0}, "num_classes: input should be a valid integer (got 4.0)"),
+        ({"num_classes": True}, "num_classes: input should be a valid integer (got True)"),
+        ({"input_shape": "1,8,8"}, "input_shape: input should be a valid list (got '1,8,8')"),
+        ({"input_shape": [1, 0, 8]}, "input_shape.1: input should be greater than 0 (got 0)"),
+        ({"input_shape": [1, 8.5, 8]}, "input_shape.1: input should be a valid integer (got 8.5)"),
+        ({"input_shape": []}, "input_shape: list should have at least 1 item after validation, not 0 (got [])"),
+        ({"input_shape": {"c": 1}}, "input_shape: input should be a valid list (got {'c': 1})"),
+        ({"arch": 5}, "arch: input should be a valid string (got 5)"),
+        ({"arch": ["cnn"]}, "arch: input should be a valid string (got ['cnn'])"),
+        ({"arch": None}, "arch: input should be a valid string (got None)"),
+        ({"revision": "2"}, "revision: input should be a valid integer (got '2')"),
+        ({"arm": "other"}, "arm: input should be 'main' or 'control' (got 'other')"),
+        ({"teacher": {"arch": "cnn"}}, "it lacks teacher.sweep, teacher.spec_hash, teacher.chain, teacher.generation, "
+         "teacher.trial, teacher.seed, teacher.epoch, teacher.revision, teacher.num_classes, teacher.val_error"),
+        ({"schema_version": 1.0}, "schema_version: input should be a valid integer (got 1.0)"),
+        ({"colour": "red"}, "colour: extra inputs are not permitted (got 'red')"),
     ],
 )
 def test_metadata_of_the_wrong_types_is_a_bad_checkpoint(tmp_path, overrides, reason):
     directory = write_checkpoint(tmp_path / "ckpt", **overrides)
-    assert refused(directory) == f"its metadata does not describe a model: {reason}"
+    assert refused(directory) == f"its metadata is not a checkpoint record: {reason}"
+
+
+@pytest.mark.parametrize(
+    "drop, reason",
+    [(["split_hash"], "it lacks split_hash"), (["revision", "dataset"], "it lacks revision, dataset"),
+     (["arch", "kwargs", "num_classes", "input_shape"], "it lacks arch, kwargs, num_classes, input_shape")],
+)
+def test_metadata_missing_a_field_is_a_bad_checkpoint_naming_it(tmp_path, drop, reason):
+    directory = write_checkpoint(tmp_path / "ckpt", drop=drop)
+    assert refused(directory) == f"its metadata is not a checkpoint record: {reason}"
+
+
+@pytest.mark.parametrize(
+    "drop, overrides, reason",
+    [
+        (["schema_version"], {}, "its metadata has no schema_version: not a banray checkpoint, or one written before "
+         f"its metadata was a versioned record (this banray reads schema_version {checkpoint.SCHEMA_VERSION})"),
+        ([], {"schema_version": 0}, f"its metadata has schema_version=0; this banray reads only {checkpoint.SCHEMA_VERSION}"),
+        ([], {"schema_version": checkpoint.SCHEMA_VERSION + 1},
+         f"its metadata has schema_version={checkpoint.SCHEMA_VERSION + 1}; this banray reads only "
+         f"{checkpoint.SCHEMA_VERSION}"),
+    ],
+    ids=["none", "older", "newer"],
+)
+def test_metadata_of_another_schema_version_is_a_bad_checkpoint(tmp_path, drop, overrides, reason):
+    directory = write_checkpoint(tmp_path / "ckpt", drop=drop, **overrides)
+    assert refused(directory) == reason
+    with pytest.raises(BadCheckpoint, match="schema_version"):  # never taken for a teacher either
+        worker.load_teacher(student_settings(directory), task(), CPU)
 
 
 def test_every_wrong_type_is_named_at_once(tmp_path):
     directory = write_checkpoint(tmp_path / "ckpt", arch=1, kwargs=None, num_classes=None, input_shape=None)
-    assert refused(directory).count("must be") == 4
+    assert refused(directory).count("input should be") == 4
 
 
 @pytest.mark.parametrize(
@@ -327,7 +364,7 @@ def test_the_meta_build_changes_nothing_about_the_model(arch, num_classes, input
 def test_a_teacher_of_another_arch_than_the_spec_is_refused(tmp_path):
     directory = save_model(tmp_path / "mlp", "mlp", {"hidden": 16})
     with pytest.raises(TeacherMismatch) as mismatch:
-        worker.load_teacher(student_settings(directory), num_classes=4, device=CPU)
+        worker.load_teacher(student_settings(directory), task(), CPU)
     assert str(mismatch.value) == (
         f"checkpoint {directory}: its metadata has arch='mlp', expected 'cnn': "
         "it is not the teacher this generation was planned with"
@@ -337,19 +374,54 @@ def test_a_teacher_of_another_arch_than_the_spec_is_refused(tmp_path):
 def test_a_teacher_with_other_kwargs_than_the_spec_is_refused(tmp_path):
     directory = save_model(tmp_path / "wide", "cnn", {"width": 16})
     with pytest.raises(TeacherMismatch, match=r"its metadata has kwargs=\{'width': 16\}, expected \{'width': 8\}"):
-        worker.load_teacher(student_settings(directory), num_classes=4, device=CPU)
+        worker.load_teacher(student_settings(directory), task(), CPU)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("revision", 2), ("split_hash", "0123456789abcdef"), ("arch", "mlp"), ("dataset", "digits")],
+)
+def test_a_teacher_of_another_model_revision_split_or_arch_is_refused_naming_the_field(tmp_path, field, value):
+    directory = write_checkpoint(tmp_path / "ckpt", **{field: value})
+    with pytest.raises(TeacherMismatch) as mismatch:
+        worker.load_teacher(student_settings(directory), task(), CPU)
+    assert str(mismatch.value) == (
+        f"checkpoint {directory}: its metadata has {field}={value!r}, expected {metadata()[field]!r}: "
+        "it is not the teacher this generation was planned with"
+    )
+
+
+def test_a_checkpoint_made_by_older_model_code_is_not_taken_for_the_current_model(tmp_path, monkeypatch):
+    directory = write_checkpoint(tmp_path / "ckpt")  # cnn at revision 1
+    monkeypatch.setitem(MODELS._revisions, "cnn", 2)  # the cnn's code changed what it computes since
+    with pytest.raises(TeacherMismatch, match=r": its metadata has revision=1, expected 2: it is not the teacher"):
+        worker.load_teacher(student_settings(directory), task(), CPU)
+    assert refused(directory) == (  # nor loaded for anything else
+        "its metadata has revision=1, but the code of arch 'cnn' is at revision 2: it computes another function "
+        "than the one these weights were trained as"
+    )
+
+
+def test_a_teacher_trained_on_another_split_of_the_same_data_is_refused(tmp_path):
+    """Chain 1 draws its own split: chain 0's students must not take chain 1's teacher, and the split hash,
+    not only the chain number, says so."""
+    other_split = make_task(SPEC.chain_data(1), SPEC.train).split_hash
+    assert other_split != task().split_hash
+    directory = write_checkpoint(tmp_path / "ckpt", split_hash=other_split)
+    with pytest.raises(TeacherMismatch, match=f"its metadata has split_hash='{other_split}', expected "):
+        worker.load_teacher(student_settings(directory), task(), CPU)
 
 
 def test_the_teacher_the_spec_plans_is_accepted(tmp_path):
     assert SPEC.model.kwargs == {"width": 8}
     settings = student_settings(write_checkpoint(tmp_path / "ckpt"))
-    teacher, meta = worker.load_teacher(settings, num_classes=4, device=CPU)
-    assert meta["kwargs"] == {"width": 8} and not any(p.requires_grad for p in teacher.parameters())
+    teacher, meta = worker.load_teacher(settings, task(), CPU)
+    assert meta.kwargs == {"width": 8} and not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_expected_values_are_compared_as_json(tmp_path):
+def test_expected_kwargs_are_compared_as_json(tmp_path):
     directory = write_checkpoint(tmp_path / "ckpt", kwargs={"width": 8, "dropout": 0.0})
-    checkpoint.load(directory, expected={"input_shape": (1, 8, 8), "kwargs": {"dropout": 0, "width": 8}})
+    checkpoint.load(directory, expected=identity(kwargs={"dropout": 0, "width": 8}))
 
 
 # --- object storage ----------------------------------------------------------------------------------------
@@ -366,7 +438,7 @@ def test_checkpoints_in_object_storage_fail_fast_when_broken_and_retry_when_unre
     good = "s3://banray/checkpoints-test/good"
     _upload(write_checkpoint(tmp_path / "good"), good)
     model, meta = checkpoint.load(good)
-    assert meta["arch"] == "cnn" and model(torch.zeros(1, 1, 8, 8)).shape == (1, 4)
+    assert meta.arch == "cnn" and model(torch.zeros(1, 1, 8, 8)).shape == (1, 4)
 
     truncated = write_checkpoint(tmp_path / "truncated")
     _truncate(weights(truncated))
@@ -385,7 +457,7 @@ def test_checkpoints_in_object_storage_fail_fast_when_broken_and_retry_when_unre
     monkeypatch.setenv("BANRAY_STORAGE_RETRY_S", "1")
     settings = student_settings(good)
     with pytest.raises(StorageUnavailable, match=f"storage: loading teacher {good} kept failing for 1 s"):
-        worker.load_teacher(settings, num_classes=4, device=CPU)
+        worker.load_teacher(settings, task(), CPU)
 
 
 def test_a_damaged_resume_checkpoint_is_refused_at_once(tmp_path):

@@ -26,7 +26,7 @@ def token_env(**extra: str) -> dict[str, str]:
 
 
 def cluster_nodes(address: str) -> int:
-    status = subprocess.run([str(servers.BIN / "ray"), "status", f"--address={address}"],
+    status = subprocess.run([sys.executable, "-c", servers.RAY_CLI_ON_LOOPBACK, "status", f"--address={address}"],
                             env=token_env(), capture_output=True, text=True)
     return status.stdout.count(" node_") if status.returncode == 0 else 0
 
@@ -60,6 +60,14 @@ def two_nodes(s3_endpoint, tracking_server):
         os.environ.pop("MLFLOW_TRACKING_URI")
     leftovers = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], f"Ray processes left behind: {leftovers}"
+
+
+def test_both_nodes_listen_on_loopback_only(two_nodes):
+    temp_dir = str(two_nodes[2])
+    sockets = servers.listening_sockets(os.getpid())
+    raylets = {pid for *_, pid in sockets if servers.command_name(pid) == "raylet" and temp_dir in servers.command_line(pid)}
+    assert len(raylets) == 2, sockets  # both nodes' servers are seen
+    assert not [s for s in sockets if not servers.on_loopback(s[0])], sockets
 
 
 def test_sweep_with_address_trains_on_both_nodes(two_nodes, tracking_server, tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from banray.data import DATASETS, load_splits
+from banray.data import DATASETS, load_splits, split_hash
 from banray.models import MODELS, build_model, model_arguments
 
 
@@ -26,6 +26,25 @@ def test_validation_split_follows_the_seed_and_test_split_never_moves():
     assert indices(a.val) == indices(b.val)
     assert indices(a.val) != indices(c.val)
     assert torch.equal(a.test.tensors[0], c.test.tensors[0])  # selection can never leak into the test set
+
+
+def test_the_split_hash_is_of_the_indices_not_the_seed():
+    a, b, c = (load_splits("digits", "", 0.2, seed) for seed in (0, 0, 1))
+    assert a.split_hash == b.split_hash == split_hash(np.array(a.train.indices), np.array(a.val.indices))
+    assert c.split_hash != a.split_hash
+    # The same samples in another order, or one moved from validation to training, are another split.
+    assert split_hash(np.array(a.train.indices[::-1]), np.array(a.val.indices)) != a.split_hash
+    moved = split_hash(np.array(a.train.indices + a.val.indices[:1]), np.array(a.val.indices[1:]))
+    assert moved != a.split_hash
+
+
+def test_models_declare_the_revision_of_their_code():
+    assert {name: MODELS.revision(name) for name in MODELS.names()} == {
+        "cnn": 1, "cnn1d": 1, "densenet_bc": 1, "lstm_lm": 1, "mlp": 1, "mlp1d": 1, "preact_resnet": 2,
+        "resnet1d": 1, "wrn": 2,
+    }
+    with pytest.raises(KeyError, match="unknown model 'nope'; allowed: cnn, "):
+        MODELS.revision("nope")
 
 
 def test_digits_values_are_scaled_to_unit_range():

@@ -2,6 +2,8 @@
 runs, and a teacher is accepted only if its metadata says it is the one expected. (That secrets never
 reach MLflow, storage or the output is checked on a real sweep in tests/test_storage_s3.py.)"""
 
+import functools
+import json
 import os
 import pathlib
 import pickle
@@ -11,27 +13,47 @@ import torch
 from conftest import tiny_spec
 
 from banray import checkpoint, worker
-from banray.checkpoint import BadCheckpoint, TeacherMismatch
-from banray.models import build_model
+from banray.checkpoint import BadCheckpoint, CheckpointIdentity, TeacherMismatch
+from banray.models import MODELS, build_model
 from banray.spec import TrialSettings, parse_spec
+from banray.tasks import make_task
 
 SPEC = parse_spec(tiny_spec())
 
 
-def metadata(**overrides) -> dict:
-    """What the worker writes for a synthetic-data teacher (generation 0 of chain 0)."""
-    return {
-        "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8],
-        "sweep": SPEC.name, "spec_hash": SPEC.spec_hash(), "chain": 0, "generation": 0, "arm": "main", "trial": 0, "seed": 1,
-        "epoch": 2, "val_error": 0.1, "val_nll": 0.3, "objective": "ce", "teacher": None, **overrides,
+@functools.cache
+def task():
+    """Chain 0's task: a generation-1 trial of SPEC and its teacher train on its split."""
+    return make_task(SPEC.chain_data(0), SPEC.train)
+
+
+def metadata(drop=(), **overrides) -> dict:
+    """The record the worker writes for a synthetic-data teacher (generation 0 of chain 0), as JSON, with
+    `overrides` and without the fields in `drop`; the revision is the current one of a registered arch."""
+    arch = overrides.get("arch", "cnn")
+    record = {
+        "schema_version": checkpoint.SCHEMA_VERSION, "arch": "cnn", "kwargs": {"width": 8},
+        "revision": MODELS.revision(arch) if isinstance(arch, str) and arch in MODELS else 1,
+        "num_classes": 4, "input_shape": [1, 8, 8], "sweep": SPEC.name, "spec_hash": SPEC.spec_hash(), "chain": 0,
+        "generation": 0, "arm": "main", "dataset": "synthetic", "split_hash": task().split_hash, "trial": 0,
+        "seed": 1, "objective": "ce", "teacher": None, "node_id": "node-1", "epoch": 2, "val_error": 0.1,
+        "val_nll": 0.3, **overrides,
     }
+    return {key: value for key, value in record.items() if key not in drop}
 
 
-def write_checkpoint(directory: pathlib.Path, **overrides) -> str:
+def identity(**overrides) -> CheckpointIdentity:
+    """What a generation-1 trial of SPEC expects of its teacher: the identity of `metadata()`."""
+    fields = metadata(**overrides)
+    return CheckpointIdentity.model_validate({key: fields[key] for key in CheckpointIdentity.model_fields})
+
+
+def write_checkpoint(directory: pathlib.Path, drop=(), **overrides) -> str:
+    """A checkpoint of the cnn teacher whose metadata is `metadata(drop, **overrides)`, valid or not."""
     directory.mkdir()
-    meta = metadata(**overrides)
     model = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8)
-    checkpoint.save(directory, model, meta)
+    checkpoint.save(directory, model, checkpoint.CheckpointRecord.model_validate(metadata()))
+    (directory / checkpoint.METADATA_FILE).write_text(json.dumps(metadata(drop, **overrides)))
     return str(directory)
 
 
@@ -60,8 +82,9 @@ def student_settings(teacher_checkpoint: str) -> TrialSettings:
 
 
 def test_a_valid_checkpoint_loads(tmp_path):
-    model, meta = checkpoint.load(write_checkpoint(tmp_path / "ckpt"), expected={"arch": "cnn", "generation": 0})
-    assert meta["arch"] == "cnn" and model(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+    model, record = checkpoint.load(write_checkpoint(tmp_path / "ckpt"), expected=identity())
+    assert record == checkpoint.CheckpointRecord.model_validate(metadata())
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
 
 
 @pytest.mark.parametrize("kind", ["os.system", "pathlib.touch"])
@@ -86,7 +109,7 @@ def test_a_checkpoint_that_runs_code_is_refused_and_the_code_never_runs(tmp_path
 
     # The same file through the teacher path of a student trial.
     with pytest.raises(BadCheckpoint, match="holds something other than tensors"):
-        worker.load_teacher(student_settings(directory), num_classes=4, device=torch.device("cpu"))
+        worker.load_teacher(student_settings(directory), task(), torch.device("cpu"))
     assert not marker.exists()
 
     # The payload is live: an unsafe load (never done by banray) runs it.
@@ -106,15 +129,14 @@ def test_a_weights_file_that_is_not_a_state_dict_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("arch", "mlp"), ("num_classes", 10), ("spec_hash", "0123456789abcdef"), ("generation", 1), ("sweep", "other"),
-     ("chain", 3)],
+    [("arch", "mlp"), ("kwargs", {"width": 16}), ("revision", 2), ("num_classes", 10), ("input_shape", [1, 4, 4]),
+     ("spec_hash", "0123456789abcdef"), ("generation", 1), ("sweep", "other"), ("chain", 3), ("arm", "control"),
+     ("dataset", "digits"), ("split_hash", "0123456789abcdef")],
 )
 def test_a_teacher_whose_metadata_differs_is_refused(tmp_path, key, value):
     directory = write_checkpoint(tmp_path / "ckpt")
-    expected = {"arch": "cnn", "sweep": SPEC.name, "spec_hash": SPEC.spec_hash(), "chain": 0, "generation": 0,
-                "num_classes": 4}
     with pytest.raises(TeacherMismatch) as mismatch:
-        checkpoint.load(directory, expected={**expected, key: value})
+        checkpoint.load(directory, expected=identity(**{key: value}))
     actual = metadata()[key]
     assert str(mismatch.value) == (
         f"checkpoint {directory}: its metadata has {key}={actual!r}, expected {value!r}: "
@@ -125,7 +147,7 @@ def test_a_teacher_whose_metadata_differs_is_refused(tmp_path, key, value):
 def test_the_teacher_path_checks_the_spec_hash(tmp_path):
     directory = write_checkpoint(tmp_path / "ckpt", spec_hash="0123456789abcdef")
     with pytest.raises(TeacherMismatch, match=f"spec_hash='0123456789abcdef', expected '{SPEC.spec_hash()}'"):
-        worker.load_teacher(student_settings(directory), num_classes=4, device=torch.device("cpu"))
+        worker.load_teacher(student_settings(directory), task(), torch.device("cpu"))
 
 
 def test_a_checkpoint_of_an_unregistered_arch_is_reported_clearly(tmp_path):
@@ -150,7 +172,7 @@ def test_a_checkpoint_without_banray_metadata_is_reported_clearly(tmp_path):
 
     # Ray metadata, but not banray's.
     (directory / checkpoint.METADATA_FILE).write_text('{"epoch": 3}')
-    with pytest.raises(BadCheckpoint, match="its metadata lacks arch, kwargs, num_classes, input_shape; not a banray"):
+    with pytest.raises(BadCheckpoint, match="its metadata has no schema_version: not a banray checkpoint, or one"):
         checkpoint.load(str(directory))
 
 

@@ -1,6 +1,8 @@
 """The teacher-logit cache: exact (same student weights as with the online teacher), keyed, built once and
 shared by trials training side by side."""
 
+import copy
+import dataclasses
 import io
 import os
 import threading
@@ -14,15 +16,18 @@ import torch
 from conftest import tiny_spec
 from torch.utils.data import DataLoader
 
-from banray import teacher_cache
+from banray import data, teacher_cache
+from banray.checkpoint import ModelIdentity
 from banray.data import load_splits
 from banray.losses import get_objective
-from banray.models import build_model
+from banray.models import MODELS, build_model
 from banray.spec import DistillSpec, parse_spec
 from banray.tasks import make_task
 from banray.teacher import OnlineTeacher
 
 WRN = {"arch": "wrn", "kwargs": {"depth": 10, "widen_factor": 1}}
+WRN_IDENTITY = ModelIdentity(**WRN, revision=MODELS.revision("wrn"), num_classes=10, input_shape=[3, 32, 32])
+CNN_IDENTITY = ModelIdentity(arch="cnn", kwargs={"width": 8}, revision=1, num_classes=4, input_shape=[1, 8, 8])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,7 @@ def test_a_student_taught_from_the_cache_is_the_one_taught_online(cifar_root, tm
     task = make_task(spec.data, spec.train, seed=3)
     assert task.splits.augmentation != "none"  # random crops and flips: views differ per epoch
     teacher = wrn(seed=0).eval()
-    cache = teacher_cache.CachedTeacher(teacher, spec.data, task.splits, str(tmp_path), 2, dtype="float32")
+    cache = teacher_cache.CachedTeacher(teacher, WRN_IDENTITY, task.splits, str(tmp_path), 2, dtype="float32")
     online, online_losses = train_student(task, OnlineTeacher(teacher))
     cached, cached_losses = train_student(task, cache)
     assert cache.built == [1, 2]  # each epoch's views were built by this trial when it needed them
@@ -71,11 +76,10 @@ def test_a_student_taught_from_the_cache_is_the_one_taught_online(cifar_root, tm
 
 
 def test_float16_cache_holds_the_logits_to_half_precision(tmp_path):
-    spec = parse_spec(tiny_spec())
     splits = load_splits("synthetic", "", 0.2, 0)
     torch.manual_seed(0)
     teacher = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8).eval()
-    cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path), epochs=5, dtype="float16")
+    cache = teacher_cache.CachedTeacher(teacher, CNN_IDENTITY, splits, str(tmp_path), epochs=5, dtype="float16")
     table = cache.for_epoch(3)
     assert cache.for_epoch(5) is table and cache.built == [None]
     assert table.dtype == torch.float16 and table.shape == (len(splits.train), 4)
@@ -90,8 +94,8 @@ def test_a_top_k_cache_keeps_the_k_largest_logits_and_renormalises_over_them(cif
     spec = cifar_spec(cifar_root)
     task = make_task(spec.data, spec.train, seed=3)
     teacher = wrn(seed=0).eval()
-    full = teacher_cache.CachedTeacher(teacher, spec.data, task.splits, str(tmp_path), 2, dtype="float32")
-    top3 = teacher_cache.CachedTeacher(teacher, spec.data, task.splits, str(tmp_path), 2, dtype="float32", top_k=3)
+    full = teacher_cache.CachedTeacher(teacher, WRN_IDENTITY, task.splits, str(tmp_path), 2, dtype="float32")
+    top3 = teacher_cache.CachedTeacher(teacher, WRN_IDENTITY, task.splits, str(tmp_path), 2, dtype="float32", top_k=3)
     exact, table = full.for_epoch(2), top3.for_epoch(2)
     assert table.shape == exact.shape == (len(task.splits.train), 10)
     kept = exact.topk(3, dim=1)
@@ -107,23 +111,58 @@ def test_a_top_k_cache_keeps_the_k_largest_logits_and_renormalises_over_them(cif
     assert (stored["values"].dtype, stored["indices"].dtype, stored["classes"]) == (torch.float32, torch.int16, 10)
 
 
-def test_the_key_changes_with_teacher_policy_data_seed_and_dtype(cifar_root):
-    teacher, other = wrn(seed=0), wrn(seed=1)
-    spec = cifar_spec(cifar_root)
-    key = teacher_cache.cache_key(teacher, spec.data, "crop-pad4-reflect+hflip", "float16")
-    assert key == teacher_cache.cache_key(wrn(seed=0), spec.data, "crop-pad4-reflect+hflip", "float16")
+def test_the_key_changes_with_the_teacher_its_views_and_their_storage(cifar_root):
+    teacher = wrn(seed=0)
+    splits = load_splits("cifar10", str(cifar_root), 0.2, 0)
+
+    def folder(model=teacher, identity=WRN_IDENTITY, views=splits, dtype="float16", top_k=None):
+        return teacher_cache.cache_key(model, identity, views, dtype, top_k).folder()
+
+    key = folder()
+    assert key == folder(model=wrn(seed=0), views=load_splits("cifar10", str(cifar_root), 0.2, 0))
+    unaugmented = dataclasses.replace(splits, augmented=None)
+    other_draws = dataclasses.replace(splits, augmented=copy.copy(splits.augmented))
+    other_draws.augmented.seed += 1
     changed = [
-        teacher_cache.cache_key(other, spec.data, "crop-pad4-reflect+hflip", "float16"),
-        teacher_cache.cache_key(teacher, spec.data, "none", "float16"),
-        teacher_cache.cache_key(teacher, cifar_spec(cifar_root, **{"data.seed": 1}).data, "crop-pad4-reflect+hflip", "float16"),
-        teacher_cache.cache_key(teacher, spec.data, "crop-pad4-reflect+hflip", "float32"),
-        teacher_cache.cache_key(teacher, spec.data, "crop-pad4-reflect+hflip", "float16", top_k=3),
+        folder(model=wrn(seed=1)),  # other weights
+        folder(identity=WRN_IDENTITY.model_copy(update={"revision": WRN_IDENTITY.revision + 1})),  # other code
+        folder(identity=WRN_IDENTITY.model_copy(update={"arch": "preact_resnet"})),
+        folder(identity=WRN_IDENTITY.model_copy(update={"kwargs": {"depth": 10, "widen_factor": 2}})),
+        folder(views=unaugmented),  # other augmentation policy
+        folder(views=other_draws),  # the same split and policy, other draws
+        folder(views=load_splits("cifar10", str(cifar_root), 0.2, 1)),  # other split and draws
+        folder(views=dataclasses.replace(splits, split_hash="0123456789abcdef")),  # other split, same seed
+        folder(views=dataclasses.replace(splits, dataset="cifar100")),
+        folder(dtype="float32"),
+        folder(top_k=3),
     ]
     assert key not in changed and len(set(changed)) == len(changed)
-    # What does not change the numbers does not change the key.
-    assert key == teacher_cache.cache_key(
-        teacher, cifar_spec(cifar_root, **{"data.loader_workers": 2}).data, "crop-pad4-reflect+hflip", "float16"
-    )
+
+
+def test_a_cache_is_not_read_for_another_split_revision_or_augmentation_policy(cifar_root, tmp_path, monkeypatch):
+    """The split of one data seed drawn in another order (another scikit-learn) is another split."""
+    root = str(tmp_path)
+
+    def reads(splits, identity=WRN_IDENTITY) -> bool:
+        cache = teacher_cache.CachedTeacher(wrn(seed=0), identity, splits, root, epochs=1, dtype="float32")
+        cache.for_epoch(1)
+        return cache.built == []
+
+    splits = load_splits("cifar10", str(cifar_root), 0.2, 0)
+    assert not reads(splits) and reads(splits)  # built once, then read
+    assert not reads(splits, WRN_IDENTITY.model_copy(update={"revision": WRN_IDENTITY.revision + 1}))
+    assert not reads(dataclasses.replace(splits, augmented=None))
+    real_split = data.stratified_split
+
+    def reordered(labels, test_size, seed):
+        kept, held_out = real_split(labels, test_size, seed)
+        return kept[::-1].copy(), held_out
+
+    monkeypatch.setattr(data, "stratified_split", reordered)
+    reordered_splits = load_splits("cifar10", str(cifar_root), 0.2, 0)
+    assert reordered_splits.split_hash != splits.split_hash
+    assert not reads(reordered_splits)
+    assert len(list(tmp_path.iterdir())) == 4  # one folder each
 
 
 def slow_counted_builds(monkeypatch, seconds=0.3):
@@ -149,7 +188,7 @@ def trials_side_by_side(spec, cifar_root, root: str, epochs: int, trials: int) -
     def trial():
         # Each trial has its own splits, as each Train worker loads its own.
         splits = load_splits("cifar10", str(cifar_root), spec.data.val_fraction, spec.data.seed)
-        cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, root, epochs)
+        cache = teacher_cache.CachedTeacher(teacher, WRN_IDENTITY, splits, root, epochs)
         start.wait()
         tables[threading.current_thread().name] = [cache.for_epoch(e).clone() for e in range(1, epochs + 1)]
 
@@ -183,7 +222,7 @@ def test_the_cache_on_object_storage_is_shared_and_left_clean(s3_endpoint, cifar
     # Claims on S3 are not exclusive: two trials may build one epoch, never a different one.
     assert {epoch for _, epoch in builds} == set(range(1, epochs + 1)) and len({n for n, _ in builds}) > 1
     splits = load_splits("cifar10", str(cifar_root), spec.data.val_fraction, spec.data.seed)
-    later = teacher_cache.CachedTeacher(wrn(seed=0), spec.data, splits, root, epochs)
+    later = teacher_cache.CachedTeacher(wrn(seed=0), WRN_IDENTITY, splits, root, epochs)
     assert torch.equal(later.for_epoch(epochs), tables["trial0"][-1]) and later.built == []
     fs, path = pafs.FileSystem.from_uri(later.uri)
     names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
@@ -191,11 +230,10 @@ def test_the_cache_on_object_storage_is_shared_and_left_clean(s3_endpoint, cifar
 
 
 def test_a_stale_claim_is_taken_over_and_a_fresh_one_waited_for(tmp_path, monkeypatch):
-    spec = parse_spec(tiny_spec())
     splits = load_splits("synthetic", "", 0.2, 0)
     torch.manual_seed(0)
     teacher = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8)
-    cache = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path), epochs=3)
+    cache = teacher_cache.CachedTeacher(teacher, CNN_IDENTITY, splits, str(tmp_path), epochs=3)
     claim = Path(cache.uri) / ".claim-epoch-all.pt"
     claim.parent.mkdir(parents=True)
     claim.touch()
@@ -203,7 +241,7 @@ def test_a_stale_claim_is_taken_over_and_a_fresh_one_waited_for(tmp_path, monkey
     assert cache.for_epoch(1).shape == (384, 4) and cache.built == [None]  # the training split of 480
 
     # A fresh claim: its builder is at work, so a reader waits for the file instead of building it.
-    waiting = teacher_cache.CachedTeacher(teacher, spec.data, splits, str(tmp_path / "other"), epochs=3)
+    waiting = teacher_cache.CachedTeacher(teacher, CNN_IDENTITY, splits, str(tmp_path / "other"), epochs=3)
     folder = waiting.folder
     assert folder.claim("epoch-all.pt", stale_after_s=60)
     expected = torch.full((384, 4), 7.0, dtype=torch.float16)  # not what the teacher says: proves who wrote it

@@ -80,15 +80,17 @@ def save_teacher(spec, directory, trained: bool, **metadata_overrides):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
-    metadata = {
-        "arch": "cnn", "kwargs": {"width": 8}, "num_classes": 4, "input_shape": [1, 8, 8], "sweep": spec.name,
-        "spec_hash": spec.spec_hash(), "chain": 0, "generation": 0, "arm": "main", "trial": 1, "seed": 3, "epoch": 1,
+    task = make_task(spec.chain_data(0), spec.train)
+    record = checkpoint.CheckpointRecord(
+        arch="cnn", kwargs={"width": 8}, revision=1, num_classes=4, input_shape=[1, 8, 8], sweep=spec.name,
+        spec_hash=spec.spec_hash(), chain=0, generation=0, arm="main", dataset="synthetic",
+        split_hash=task.split_hash, trial=1, seed=3, objective="ce", teacher=None, node_id="node-1", epoch=1,
         # Measured on its chain's own validation split, the one it was selected on.
-        "val_error": make_task(spec.chain_data(0), spec.train).score(model, "val").error, **metadata_overrides,
-    }
+        val_error=task.score(model, "val").error, val_nll=1.0,
+    ).model_copy(update=metadata_overrides)
     directory.mkdir()
-    checkpoint.save(directory, model, metadata)
-    return str(directory), metadata
+    checkpoint.save(directory, model, record)
+    return str(directory), record
 
 
 def test_generation_zero_learns_the_labels_and_reports_every_epoch(tmp_path):
@@ -110,7 +112,7 @@ def test_student_learns_from_the_teacher_not_the_labels(tmp_path):
     assert result.metrics["val_error"] < 0.1
     first, second = reports(spec, generation=1, teacher_checkpoint=good)
     # The first epoch's report carries it: the frozen teacher, in eval mode, scores as it was selected.
-    assert first["teacher_val_error"] == pytest.approx(good_meta["val_error"]) and "teacher_val_error" not in second
+    assert first["teacher_val_error"] == pytest.approx(good_meta.val_error) and "teacher_val_error" not in second
 
     # A teacher that knows nothing (untrained) teaches nothing: the labels never reach a BAN student.
     bad, bad_meta = save_teacher(spec, tmp_path / "untrained", trained=False)

@@ -42,7 +42,7 @@ def _transition(in_channels: int, out_channels: int, drop_rate: float) -> nn.Seq
     )
 
 
-@MODELS.register("densenet_bc")
+@MODELS.register("densenet_bc", revision=1)
 def densenet_bc(
     *,
     num_classes: int,

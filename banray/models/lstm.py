@@ -33,7 +33,7 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(self.drop(output)), state
 
 
-@MODELS.register("lstm_lm")
+@MODELS.register("lstm_lm", revision=1)
 def lstm_lm(
     *,
     num_classes: int,

@@ -47,7 +47,7 @@ def _bottleneck(in_channels: int, planes: int, stride: int) -> PreActBlock:
     )
 
 
-@MODELS.register("preact_resnet")
+@MODELS.register("preact_resnet", revision=2)  # 2: the bottleneck strides in its first 1×1 conv
 def preact_resnet(
     *,
     num_classes: int,

@@ -3,6 +3,10 @@
 Every builder takes `num_classes` and `input_shape` (C, H, W) from the dataset plus its own keyword
 arguments from the spec; a checkpoint stores exactly these to rebuild the model.
 
+Each model is registered with its code revision (`MODELS.register(name, revision=n)`): the number to bump
+when a change to its code changes the function that the same kwargs and weights compute. A checkpoint
+records it, and a teacher or a teacher-logit cache made by another revision is never taken for the model.
+
 Kwargs come from specs and from checkpoints' metadata, so `build_model` first builds the model on torch's
 meta device (shapes only, no memory) and refuses one with more than MAX_PARAMETERS parameters before
 allocating anything (ModelTooLarge). Builders create their tensors without naming a device and never read
@@ -26,7 +30,32 @@ from torch import nn
 from banray.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
-MODELS: Registry[ModelBuilder] = Registry("model")
+
+
+class ModelRegistry(Registry[ModelBuilder]):
+    """The models by name, each with the revision of the function its code computes."""
+
+    def __init__(self):
+        super().__init__("model")
+        self._revisions: dict[str, int] = {}
+
+    def register(self, name: str, *, revision: int) -> Callable[[ModelBuilder], ModelBuilder]:
+        add = super().register(name)
+
+        def add_with_revision(builder: ModelBuilder) -> ModelBuilder:
+            add(builder)
+            self._revisions[name] = revision
+            return builder
+
+        return add_with_revision
+
+    def revision(self, name: str) -> int:
+        """The revision of model `name`'s code."""
+        self[name]  # an unknown name: the KeyError that names the allowed models
+        return self._revisions[name]
+
+
+MODELS = ModelRegistry()
 
 # Filled in from the dataset, never by the spec.
 DATASET_ARGS = ("num_classes", "input_shape")

@@ -37,7 +37,7 @@ class _ResidualMLP(nn.Module):
         return self.classifier(h)
 
 
-@MODELS.register("mlp1d")
+@MODELS.register("mlp1d", revision=1)
 def mlp1d(
     *, num_classes: int, input_shape: tuple[int, ...], hidden: Count = 100, depth: Count = 2, residual: bool = True
 ) -> nn.Module:
@@ -54,7 +54,7 @@ def _conv_length(length: int, kernel: int, stride: int, padding: int) -> int:
     return (length + 2 * padding - kernel) // stride + 1
 
 
-@MODELS.register("cnn1d")
+@MODELS.register("cnn1d", revision=1)
 def cnn1d(*, num_classes: int, input_shape: tuple[int, ...], channels: Count = 25) -> nn.Module:
     """The reference ConvBase: Conv1d kernels 5, 3, 3, each stride 2, padding 1, `channels` wide, ReLU after
     each, then a linear classifier on the flattened features (length 40 → 19 → 10 → 5: 5,210 parameters)."""
@@ -87,7 +87,7 @@ def _preact_block_1d(in_channels: int, out_channels: int, stride: int) -> PreAct
     return PreActBlock(in_channels, out_channels, stride, body, dims=1)
 
 
-@MODELS.register("resnet1d")
+@MODELS.register("resnet1d", revision=1)
 def resnet1d(*, num_classes: int, input_shape: tuple[int, ...], width: Count = 16, depth: at_least(8) = 8) -> nn.Module:
     """Pre-activation ResNet-`depth` for 1-D signals: a kernel-3 conv to `width` channels, three stages of
     n = (depth − 2) / 6 basic blocks (strides 1, 2, 2; widths `width`, 2·`width`, 4·`width`), BN-ReLU, global

@@ -7,7 +7,7 @@ from torch import nn
 from banray.models.registry import MODELS, Count, Dropout, at_least
 
 
-@MODELS.register("cnn")
+@MODELS.register("cnn", revision=1)
 def small_cnn(
     *, num_classes: int, input_shape: tuple[int, ...], width: Count = 32, dropout: Dropout = 0.0
 ) -> nn.Module:
@@ -27,7 +27,7 @@ def small_cnn(
     )
 
 
-@MODELS.register("mlp")
+@MODELS.register("mlp", revision=1)
 def mlp(
     *, num_classes: int, input_shape: tuple[int, ...], hidden: Count = 128, depth: at_least(0) = 2,
     dropout: Dropout = 0.0,

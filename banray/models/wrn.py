@@ -32,7 +32,7 @@ def _wide_block(in_channels: int, out_channels: int, stride: int, dropout: float
     return block
 
 
-@MODELS.register("wrn")
+@MODELS.register("wrn", revision=2)  # 2: dropout after the second BN-ReLU, not the first conv
 def wrn(
     *, num_classes: int, input_shape: tuple[int, ...], depth: at_least(10) = 28, widen_factor: Count = 10,
     dropout: Dropout = 0.0,
