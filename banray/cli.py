@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _exit_status: list[int] = []  # set by main() as the command exits
 
@@ -28,7 +28,15 @@ atexit.register(_exit_without_teardown)
 
 import click  # noqa: E402
 
-from banray.spec import SpecError, SweepSpec, load_spec, with_storage  # noqa: E402
+from banray.spec import (  # noqa: E402
+    SpecError,
+    SweepSpec,
+    check_http_url,
+    check_tracking_uri,
+    load_spec,
+    shorten,
+    with_storage,
+)
 
 SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 
@@ -69,10 +77,23 @@ def _looking(endpoint: str | None = None) -> Iterator[None]:
         _error(str(exc), 1)
 
 
+def _checked(check: Callable[[str], str]) -> Callable:
+    """A click callback that refuses an option's value as `check` (one of the spec's checks) does."""
+
+    def callback(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+        try:
+            return value if value is None else check(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{shorten(value)} is not allowed: {exc}") from None
+
+    return callback
+
+
 ENDPOINT_OPTION = click.option(
-    "--endpoint", metavar="URL", default=None,
+    "--endpoint", metavar="URL", default=None, callback=_checked(check_http_url),
     help="S3-compatible endpoint for s3:// locations (MinIO, ...); default $AWS_ENDPOINT_URL_S3.",
 )
+CHECK_TRACKING_URI = _checked(check_tracking_uri)
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
@@ -255,7 +276,8 @@ def plan(spec_path: str, storage: str | None, calibrate: int, detect: float | No
 @click.option("--generation", "-g", type=click.IntRange(min=0), required=True, help="Generation to mark as best.")
 @click.option("--chain", "-c", type=click.IntRange(min=0), default=None,
               help="Chain of that generation; default: the chain that alias gen-<K> points at.")
-@click.option("--tracking-uri", metavar="URI", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI.")
+@click.option("--tracking-uri", metavar="URI", default=None, callback=CHECK_TRACKING_URI,
+              help="MLflow tracking URI; default $MLFLOW_TRACKING_URI.")
 @click.option(
     "--sweep-dir", metavar="PATH", default=None,
     help="The sweep's folder (local or s3://): promote in the store it tracked to, its own SQLite store for a "
@@ -413,7 +435,7 @@ def report(location: str, endpoint: str | None) -> None:
 @click.argument("location", metavar="SWEEP")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
               help="Port on 127.0.0.1 for the MLflow UI.")
-@click.option("--tracking-uri", metavar="URI", default=None,
+@click.option("--tracking-uri", metavar="URI", default=None, callback=CHECK_TRACKING_URI,
               help="The sweep's MLflow store, if its folder does not record it (it ran with $MLFLOW_TRACKING_URI).")
 @ENDPOINT_OPTION
 def ui(location: str, port: int, tracking_uri: str | None, endpoint: str | None) -> None:

@@ -16,20 +16,29 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import pyarrow.fs as pafs
-import yaml
 
 from banray import lock, tracking
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.selection import best_generation
-from banray.spec import MAX_SPEC_BYTES, SpecError, SweepSpec, cut, parse_spec
-from banray.storage import MARKER_FILE, RETRY_BUDGET_VARIABLE, STATE_FILE, SweepStorage, is_remote
+from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
+from banray.storage import (
+    MARKER_FILE,
+    RETRY_BUDGET_VARIABLE,
+    STATE_FILE,
+    StorageRefused,
+    SweepStorage,
+    is_remote,
+    refusal,
+    refused,
+)
 
 REPORT_FILE = "report.json"
 CONTROL = "control"
 LOOK_RETRY_S = "10"  # a command a person waits on gives up on unreachable storage in seconds, not minutes
+T = TypeVar("T")
 
 
 class NotASweep(Exception):
@@ -48,6 +57,8 @@ def impatient_storage() -> Iterator[None]:
         os.environ[RETRY_BUDGET_VARIABLE] = LOOK_RETRY_S
     try:
         yield
+    except StorageRefused as exc:  # a path the OS refuses: the location given is wrong
+        raise NotASweep(str(exc)) from None
     except OSError as exc:  # an outage that outlasted the budget, a refused connection, a denied read
         raise Unavailable(f"storage: {' '.join(str(exc).split())}") from None
     finally:
@@ -66,12 +77,22 @@ def _folder(location: str) -> tuple[str, pafs.FileSystem, str]:
         fs, path = pafs.FileSystem.from_uri(uri)
     except ValueError as exc:  # not a URI pyarrow knows; an unreachable one is an OSError, for the caller
         raise NotASweep(f"{location}: cannot open it ({' '.join(str(exc).split())})") from None
-    kind = fs.get_file_info(path).type
+    kind = _look(uri, lambda: fs.get_file_info(path)).type
     if kind == pafs.FileType.NotFound:
         raise NotASweep(f"{uri}: no such folder")
     if kind != pafs.FileType.Directory:
         raise NotASweep(f"{uri}: a file, not a sweep folder or a storage root")
     return uri, fs, path
+
+
+def _look(uri: str, call: Callable[[], T]) -> T:
+    """`call()`, a look at `uri`; a path the OS refuses (a name too long, below a file) as StorageRefused."""
+    try:
+        return call()
+    except OSError as exc:
+        if refused(exc):
+            raise refusal(exc, uri) from None
+        raise
 
 
 def _is_sweep(storage: SweepStorage) -> bool:
@@ -91,7 +112,7 @@ def as_sweep(location: str) -> SweepStorage | None:
 def sweeps_under(location: str) -> list[SweepStorage]:
     """The sweep folders right under a storage root, by name; other folders and files are left out."""
     uri, fs, path = _folder(location)
-    names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path))
+    names = sorted(info.base_name for info in _look(uri, lambda: fs.get_file_info(pafs.FileSelector(path)))
                    if info.type == pafs.FileType.Directory)
     return [storage for storage in (SweepStorage(uri, name) for name in names) if _is_sweep(storage)]
 
@@ -149,14 +170,8 @@ def _spec(storage: SweepStorage) -> SweepSpec:
     where = storage.child("spec.yaml")
     if data is None:
         raise NotASweep(f"{where}: missing, so the sweep's chains and generations are unknown")
-    if len(data) > MAX_SPEC_BYTES:
-        raise NotASweep(f"{where}: larger than a spec can be")
     try:
-        raw = yaml.safe_load(data.decode())
-    except (ValueError, yaml.YAMLError) as exc:
-        raise NotASweep(f"{where}: not readable YAML ({cut(' '.join(str(exc).split()), 80)})") from None
-    try:
-        return parse_spec(raw, where)
+        return parse_spec(spec_document(data, where), where)
     except SpecError as exc:
         raise NotASweep(exc.lines[0]) from None
 

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from banray.storage import SweepStorage, with_retries
+from banray.storage import SweepStorage, refusal, with_retries
 
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
@@ -80,10 +80,14 @@ def hold(storage: SweepStorage) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _flock(storage: SweepStorage, path: Path) -> Iterator[None]:
-    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
+    created = [p for p in [path.parent, *path.parent.parents] if not os.path.exists(p)]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a folder the OS will not make there (below /proc, read-only): nothing is left behind
+        _remove(created)
+        raise refusal(exc, str(path)) from None
+    while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -94,6 +98,7 @@ def _flock(storage: SweepStorage, path: Path) -> Iterator[None]:
         if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
             break
         os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_owner()).encode(), 0)
@@ -101,9 +106,14 @@ def _flock(storage: SweepStorage, path: Path) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
-        for folder in created:  # a sweep that wrote nothing leaves no empty folders behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove(created)  # a sweep that wrote nothing leaves no empty folders behind
+
+
+def _remove(folders: list[Path]) -> None:
+    """Remove those of `folders` (deepest first) that are empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _read_lease(fs, path: str) -> dict | None:

@@ -15,6 +15,7 @@ loss) so the worker loop can log every term separately.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,7 @@ class LossParams:
 
 
 TermsFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, LossParams], Terms]
+WeightsFn = Callable[..., dict[str, float]]  # the LossParams fields it reads, by keyword → each term's weight
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,35 @@ class Objective:
     name: str
     needs_teacher: bool
     terms_fn: TermsFn
+    # An objective whose terms' weights are settings declares them (and which of its terms carry the teacher);
+    # validation asks it which settings it cannot train with.
+    weights: WeightsFn | None = None
+    teacher_terms: frozenset[str] = frozenset()
+
+    @property
+    def weighted_by(self) -> tuple[str, ...]:
+        """The LossParams fields its terms' weights depend on."""
+        return tuple(inspect.signature(self.weights).parameters) if self.weights else ()
+
+    def refusal(self, **values: float) -> str | None:
+        """Why this objective cannot train with these `weighted_by` values, or None: every term weighted 0 makes
+        the loss a constant (the student learns nothing); a distillation objective whose teacher terms are all
+        weighted 0 ignores its teacher (the student learns from labels alone: generation 0's recipe)."""
+        if self.weights is None:
+            return None
+        weights = self.weights(**values)
+        given = ", ".join(f"{name} {value:g}" for name, value in values.items())
+        if not any(weights.values()):
+            return (
+                f"'{self.name}' with {given} weighs every term 0: the loss is constant and the student learns "
+                "nothing; give the teacher term a weight above 0"
+            )
+        if self.needs_teacher and not any(weights[term] for term in self.teacher_terms):
+            return (
+                f"'{self.name}' with {given} weighs its teacher term 0: the student learns from the labels alone, "
+                "which is generation 0's recipe, not distillation; give the teacher term a weight above 0"
+            )
+        return None
 
     def terms(self, student_logits, teacher_logits, labels, params: LossParams) -> Terms:
         """The loss as named terms, each already weighted."""
@@ -57,9 +88,9 @@ class Objective:
 OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
-def _register(name: str, *, needs_teacher: bool):
+def _register(name: str, *, needs_teacher: bool, **weighting):
     def add(fn: TermsFn) -> TermsFn:
-        OBJECTIVES.register(name)(Objective(name, needs_teacher, fn))
+        OBJECTIVES.register(name)(Objective(name, needs_teacher, fn, **weighting))
         return fn
 
     return add
@@ -110,11 +141,17 @@ def _ban_l(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
 
 
 # The paper writes "BAN+L"; `ban_l` is the same objective for places where "+" is awkward.
-_register("ban+l", needs_teacher=True)(_ban_l)
-_register("ban_l", needs_teacher=True)(_ban_l)
+_BAN_L_WEIGHTS = dict(
+    weights=lambda teacher_weight, label_weight: {"teacher_ce": teacher_weight, "ce": label_weight},
+    teacher_terms=frozenset({"teacher_ce"}),
+)
+_register("ban+l", needs_teacher=True, **_BAN_L_WEIGHTS)(_ban_l)
+_register("ban_l", needs_teacher=True, **_BAN_L_WEIGHTS)(_ban_l)
 
 
-@_register("kd", needs_teacher=True)
+@_register(
+    "kd", needs_teacher=True, weights=lambda alpha: {"kd": alpha, "ce": 1.0 - alpha}, teacher_terms=frozenset({"kd"})
+)
 def _kd(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     """Hinton KD: α·T²·KL(p_T ‖ q_T) + (1 − α)·CE(y, q), KL averaged over the batch."""
     temperature = params.temperature

@@ -21,7 +21,7 @@ from banray.models import build_model
 from banray.columns import BASELINE, CONTROL, generation_column
 from banray.report import VARIATION
 from banray.spec import Range, SpecError, SweepSpec
-from banray.storage import is_remote, use_endpoint
+from banray.storage import is_remote, refusal, use_endpoint
 
 # The fixed cost of a trial by what trains it (resources.trainer), measured on a 2-core machine: a Tune trial
 # that starts and stops a TorchTrainer; one that trains on a warm host, 0.1 s of its own and its share of its
@@ -134,7 +134,7 @@ def check_storage(spec: SweepSpec) -> str:
     created = []
     if not is_remote(root):
         probe = Path(root)
-        while not probe.exists():
+        while not os.path.exists(probe):  # False, not an error, for a name too long
             created.append(probe)
             probe = probe.parent
     marker = f"{path}/.banray-plan-{uuid.uuid4().hex[:8]}"
@@ -147,14 +147,14 @@ def check_storage(spec: SweepSpec) -> str:
             if stream.read() != text:
                 raise OSError("the marker read back differs from what was written")
     except OSError as exc:
-        raise PlanCheckFailed(f"storage: cannot write to {root}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise PlanCheckFailed(f"storage: cannot write to {refusal(exc, root)}") from None
     finally:
         try:
             fs.delete_file(marker)
         except OSError:
             pass  # it was never written
         for folder in created:
-            if folder.is_dir():
+            if os.path.isdir(folder):
                 folder.rmdir()
     return f"{root} is writable (a marker was written, read back and removed)"
 
@@ -388,7 +388,9 @@ def load_report(location: str, spec: SweepSpec) -> dict:
                 report = json.loads(stream.read())
         else:
             report = json.loads(Path(location).expanduser().read_text())
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise PlanCheckFailed(f"--from-report: cannot read {refusal(exc, location)}") from None
+    except ValueError as exc:
         raise PlanCheckFailed(f"--from-report: cannot read {location}: {exc}") from None
     if not isinstance(report, dict) or not {"rows", "columns", "dataset"} <= report.keys():
         raise PlanCheckFailed(f"--from-report: {location} is not a banray report.json (no rows, columns, dataset)")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
 import re
 import typing
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -32,7 +34,7 @@ from pydantic import (
 
 from banray.data import DATASETS, dataset_kind
 from banray.losses import OBJECTIVES, LossParams
-from banray.models import MODELS, model_defaults
+from banray.models import MODELS, argument_problem, model_defaults
 from banray.models.registry import model_task
 
 
@@ -73,6 +75,9 @@ MAX_WORKERS = 4_096
 MAX_CPUS_PER_WORKER = 1_024
 MAX_GPUS_PER_WORKER = 64
 MAX_FAILURES = 1_000
+# Ray counts resources in units of 0.0001 (ray_constants.MIN_RESOURCE_GRANULARITY), that is 4 decimals.
+RESOURCE_DECIMALS = 4
+RESOURCE_UNIT = 10**-RESOURCE_DECIMALS
 
 
 def _known(registry, name: str) -> str:
@@ -222,6 +227,10 @@ def _check_model_argument(arch: str, name: str, value: Any, default: Any) -> Non
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name}: {value!r} is not allowed for arch '{arch}': give a finite number")
+    problem = argument_problem(arch, name, value)  # the range the builder declares
+    if problem:
+        reason = problem[:1].lower() + problem[1:]
+        raise ValueError(f"{name}: {shorten(value, 40)} is not allowed for arch '{arch}': {reason}")
 
 
 class ModelSpec(_Section):
@@ -325,6 +334,21 @@ class DistillSpec(_SearchableSection):
     def _objective_known(cls, name: str | Range) -> str | Range:
         return name if isinstance(name, Range) else _known(OBJECTIVES, name)
 
+    @model_validator(mode="after")
+    def _objective_can_train(self) -> DistillSpec:
+        """Ask each objective the search can pick whether it trains with every combination of the values its
+        weights can take (the bounds or choices of their ranges: a weight is linear in them)."""
+        names = self.objective.values() if isinstance(self.objective, Range) else [self.objective]
+        for objective in map(OBJECTIVES.__getitem__, names):
+            fields = objective.weighted_by
+            options = [getattr(self, f).values() if isinstance(getattr(self, f), Range) else [getattr(self, f)]
+                       for f in fields]
+            for combination in itertools.product(*options):
+                refusal = objective.refusal(**dict(zip(fields, combination)))
+                if refusal:
+                    raise ValueError(f"objective {refusal}")
+        return self
+
     def loss_params(self) -> LossParams:
         """What every objective reads, once per trial (the search has filled in searched values by then)."""
         return LossParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossParams)})
@@ -376,6 +400,17 @@ class ResourcesSpec(_Section):
         "in each Tune trial's own process, as trials with a GPU always do",
     )
 
+    @field_validator("cpus_per_worker", "gpus_per_worker")
+    @classmethod
+    def _schedulable(cls, value: float) -> float:
+        # Ray would round a finer request to its unit, and 0.00004 CPUs to none at all.
+        if not math.isclose(round(value, RESOURCE_DECIMALS), value, rel_tol=0, abs_tol=1e-12):
+            raise ValueError(
+                f"a request finer than {RESOURCE_UNIT:g}, the unit Ray counts CPUs and GPUs in (it would round it); "
+                f"allowed: a multiple of {RESOURCE_UNIT:g}"
+            )
+        return value
+
     def engine(self) -> Literal["train", "trial"]:
         if self.trainer != "auto":
             return self.trainer
@@ -395,11 +430,23 @@ class ResourcesSpec(_Section):
         return self
 
 
+# The longest name MLflow's SQL store keeps (experiments.name is String(256); MLflow's own check allows 500,
+# which MySQL and PostgreSQL then refuse mid-sweep).
+MAX_EXPERIMENT_NAME = 256
+
+
 class TrackingSpec(_Section):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else a local store in the sweep folder"
     )
-    experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the sweep name")
+    experiment: str | None = Field(
+        None, min_length=1, max_length=MAX_EXPERIMENT_NAME, description="MLflow experiment; default: the sweep name"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _server_is_a_url(cls, uri: str | None) -> str | None:
+        return uri if uri is None else check_tracking_uri(uri)
 
 
 # Sections and fields that do not change what is trained; they stay out of the spec hash.
@@ -412,11 +459,20 @@ Arm = Literal["main", "control"]
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")  # what a URI starts with (RFC 3986)
+
+
 def check_storage_root(storage: str) -> str:
     """`storage` if it is a local folder or an s3://bucket/prefix URI that banray can use; else ValueError."""
     if any(ord(c) < 32 for c in storage):
         raise ValueError("a storage path cannot hold control characters")
     scheme, sep, rest = storage.partition("://")
+    looks_like_a_uri = _SCHEME.match(storage)
+    if looks_like_a_uri and not sep:  # s3:/bucket/x would otherwise become a local folder named 's3:'
+        raise ValueError(
+            f"'{looks_like_a_uri[1]}:' starts a URI, but a URI needs '://'; allowed: s3://bucket/prefix, or a local "
+            f"folder (write ./{cut(storage, 60)} if its name holds a colon)"
+        )
     if sep and scheme != "s3":
         raise ValueError(f"use a local folder or an s3://bucket/prefix URI, not {scheme}://")
     if sep:
@@ -432,6 +488,34 @@ def check_storage_root(storage: str) -> str:
         user = storage[1:].split("/", 1)[0]
         raise ValueError(f"there is no user '{user}' whose home folder ~{user} could stand for")
     return storage
+
+
+def check_http_url(url: str) -> str:
+    """`url` if it is an http(s)://host[:port][/path] URL; else ValueError saying what is allowed. boto3 and
+    MLflow take a malformed one and fail late, with a traceback, or at a host nobody meant."""
+    allowed = "give a URL: http://host:port or https://host"
+    if any(ord(c) <= 32 for c in url):
+        raise ValueError(f"a URL cannot hold spaces or control characters; {allowed}")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or "://" not in url:
+        raise ValueError(f"not an http(s):// URL; {allowed}")
+    if not parts.hostname:
+        raise ValueError(f"the URL names no host; {allowed}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0  # urllib refuses ports above 65535 and non-numbers
+    if port == 0:
+        raise ValueError(f"the URL's port is not one of 1-65535; {allowed}")
+    return url
+
+
+def check_tracking_uri(uri: str) -> str:
+    """`uri`, checked as a URL if it names an MLflow server (http or https); MLflow's other schemes (sqlite:,
+    file:, databricks, a plugin's) are its own to judge."""
+    if urlsplit(uri).scheme.lower() in ("http", "https"):
+        check_http_url(uri)
+    return uri
 
 
 class SweepSpec(_Section):
@@ -470,10 +554,7 @@ class SweepSpec(_Section):
     @field_validator("storage_endpoint")
     @classmethod
     def _endpoint_is_url(cls, endpoint: str | None) -> str | None:
-        # boto3 (MLflow's artifact store) rejects an endpoint without a scheme, late and with a traceback.
-        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-            raise ValueError("give the endpoint as a URL: http://host:port or https://host")
-        return endpoint
+        return endpoint if endpoint is None else check_http_url(endpoint)
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> SweepSpec:
@@ -736,30 +817,52 @@ def _read_yaml(path: Path) -> Any:
             data = file.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec: {exc.strerror or exc}") from None
+    return spec_document(data, str(path))
+
+
+def spec_document(data: bytes, path: str) -> Any:
+    """The YAML document in a spec file's bytes, within the reader's bounds; SpecError naming the file (and
+    the line and column of a YAML error) otherwise."""
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(f"{path}: not a spec: larger than {MAX_SPEC_BYTES >> 20} MiB (a spec is a page of YAML)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
-    loader = _SpecLoader(text)
+    return _parse_yaml(text, path)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """Where and what a YAML error of any stage is: the scanner, parser, composer and constructor mark the
+    spot; the reader (a control character) gives only an offset into the text."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position)
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1)
+        return f" at line {line + 1}, column {column + 1}: character {exc.character:#06x} is not allowed ({exc.reason})"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    return f"{where}: {problem}"
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    loader = None
     try:
+        loader = _SpecLoader(text)  # the reader checks every character here
         node = loader.get_single_node()
         if node is None:
             return None
         _shape(node, set(), {})
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise SpecError(f"{path}: not valid YAML{_yaml_problem(exc, text)}") from None
     except _TooLarge as exc:
         raise SpecError(f"{path}: not a spec: {exc}") from None
     except RecursionError:
         raise SpecError(f"{path}: not a spec: it is nested more than {MAX_SPEC_DEPTH} levels deep") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_spec(path: str | Path) -> SweepSpec:

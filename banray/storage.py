@@ -13,6 +13,7 @@ and downloads) is retried with exponential backoff for up to BANRAY_STORAGE_RETR
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -38,9 +39,41 @@ class StorageUnavailable(OSError):
     """Storage kept failing for the whole retry budget."""
 
 
+class StorageRefused(OSError):
+    """The OS refused a storage path for good (see refused): its message is one line naming the path and why."""
+
+
+# The OS's answers that a path cannot be used as given: it lies below a file or in a filesystem that holds no
+# folders of ours (/proc), its name is too long, it is not permitted or read-only. No retry changes them.
+PATH_REFUSALS = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM,
+    errno.EROFS, errno.ELOOP,
+})
+_PATH_SHOWN = 160  # characters of a path a refusal shows: its start and its end
+
+
+def refused(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in PATH_REFUSALS
+
+
+def refusal(exc: OSError, path: str) -> StorageRefused:
+    """The one line of an OS error of a storage path (creating, writing, renaming or listing it): the path the
+    OS names (else `path`), shortened in the middle, and the OS's reason. pyarrow's own messages name the call
+    and repeat the path; its errno says the same in words."""
+    path = exc.filename or path
+    if len(path) > _PATH_SHOWN:
+        path = f"{path[:_PATH_SHOWN // 2]}…{path[-_PATH_SHOWN // 2:]}"
+    reason = os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())
+    refusal = StorageRefused(f"{path}: {reason}")
+    refusal.errno = exc.errno
+    return refusal
+
+
 def _transient(exc: BaseException) -> bool:
-    # pyarrow reports network and S3 service errors as OSError; a missing file is an answer, not an outage.
-    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, StorageUnavailable))
+    # pyarrow reports network and S3 service errors as OSError; a missing file is an answer, not an outage,
+    # and a path the OS refuses stays refused.
+    answers = (FileNotFoundError, StorageUnavailable)
+    return isinstance(exc, OSError) and not isinstance(exc, answers) and not refused(exc)
 
 
 def retry_budget_s() -> float:
@@ -63,6 +96,8 @@ def with_retries(what: str, call: Callable[[], T]) -> T:
     try:
         return retrying(call)
     except OSError as exc:
+        if refused(exc) and not isinstance(exc, (FileNotFoundError, StorageRefused)):
+            raise refusal(exc, what) from exc
         if not _transient(exc):
             raise
         raise StorageUnavailable(
@@ -269,12 +304,16 @@ class SweepStorage:
                 raise OSError(f"bucket '{bucket}' does not exist; create it first")
             return
         existing = Path(self.path)
-        while not existing.exists() and existing != existing.parent:
+        while not os.path.exists(existing) and existing != existing.parent:  # False, not an error, for a name too long
             existing = existing.parent
         if not existing.is_dir():
             raise OSError(f"{existing} is a file, not a folder")
         if existing == Path(self.path):
             return
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+        for name in Path(self.path).relative_to(existing).parts:
+            if len(os.fsencode(name)) > longest:
+                raise refusal(OSError(errno.ENAMETOOLONG, "", f"{existing}/{name}"), self.path)
         if not os.access(existing, os.W_OK | os.X_OK):
             raise OSError(f"{existing} is not writable by this user")
 

@@ -27,7 +27,7 @@ from banray.models import build_model
 from banray.records import SweepResult
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
 from banray.state import SweepState
-from banray.storage import STATE_FILE, SweepStorage, use_endpoint
+from banray.storage import STATE_FILE, StorageRefused, SweepStorage, refusal, use_endpoint
 from banray.tasks import make_task
 from banray.slots import slot_capacity
 
@@ -66,8 +66,10 @@ def open_storage(spec: SweepSpec) -> SweepStorage:
     try:
         storage = SweepStorage(spec.storage, spec.name)
         storage.check_reachable()
+    except StorageRefused as exc:
+        raise SpecError(f"storage: cannot use {exc}") from None
     except (OSError, ValueError) as exc:
-        raise SpecError(f"storage: cannot reach {spec.storage.rstrip('/')}/{spec.name}: {exc}") from None
+        raise SpecError(f"storage: cannot reach {cut(spec.storage.rstrip('/'))}/{spec.name}: {exc}") from None
     if storage.remote and not (spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise SpecError(
             f"tracking.uri: storage is {spec.storage}, so the MLflow store cannot live in the sweep folder; "
@@ -81,12 +83,12 @@ def check_folder(storage: SweepStorage, overwrite: bool, resume: bool) -> None:
     --resume continues; files that are not a banray sweep's are never replaced."""
     try:
         taken = storage.holds_anything()
-        refusal = storage.why_not_a_sweep() if taken else None
+        objection = storage.why_not_a_sweep() if taken else None
     except OSError as exc:
-        raise SpecError(f"storage: cannot use {storage.uri}: {exc}") from None
-    if refusal is not None:
+        raise SpecError(f"storage: cannot use {refusal(exc, storage.uri)}") from None
+    if objection is not None:
         raise SpecError(
-            f"storage: {storage.uri} already exists and {refusal}; banray will not write into it or delete it: "
+            f"storage: {storage.uri} already exists and {objection}; banray will not write into it or delete it: "
             "give the sweep another name, or pass --storage elsewhere"
         )
     if taken and not overwrite and not resume:
@@ -272,6 +274,8 @@ def run(
             return _run_on_ray(spec, sweep_storage, started, echo, previous)
     except lock.SweepLocked as exc:
         raise SpecError(str(exc)) from None
+    except StorageRefused as exc:  # the folder, its lock or a file in it cannot be made there
+        raise SpecError(f"storage: cannot use {exc}") from None
 
 
 def _run_on_ray(

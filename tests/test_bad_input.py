@@ -125,7 +125,7 @@ CASES = [
          id="storage-ftp"),
     case(tiny_spec(storage="s3://"), "storage: 's3://' is not allowed: an s3:// storage URI needs a bucket", id="s3-no-bucket"),
     case(tiny_spec(storage_endpoint="minio:9000"),
-         "storage_endpoint: 'minio:9000' is not allowed: give the endpoint as a URL: http://host:port", id="endpoint-no-scheme"),
+         "storage_endpoint: 'minio:9000' is not allowed: not an http(s):// URL; give a URL: http://host:port", id="endpoint-no-scheme"),
     # Models that cannot take the dataset's input.
     case(tiny_spec(data={"dataset": "digits"}, model={"arch": "lstm_lm"}),
          "model.arch 'lstm_lm' is a language_model model but data.dataset 'digits' is a classification dataset; "
@@ -140,8 +140,8 @@ CASES = [
     case(tiny_spec(student={"arch": "preact_resnet", "kwargs": {"depth": 21}}),
          "student.kwargs: preact_resnet cannot be built with {'depth': 21}", stage="start",
          id="student-cannot-be-built"),
-    case(tiny_spec(model={"arch": "cnn", "kwargs": {"width": 0}}),
-         "model: cnn with {'width': 0} cannot take synthetic's input of shape (1, 8, 8)", stage="start",
+    case(tiny_spec(model={"arch": "resnet1d"}),
+         "model: resnet1d with {} cannot take synthetic's input of shape (1, 8, 8)", stage="start",
          id="model-cannot-take-the-input"),
     # Data files.
     case(tiny_spec(data={"dataset": "cifar100", "root": f"{TMP}/data", "download": False}),

@@ -5,20 +5,26 @@ no Ray, and leaves every file as it was (nothing written, nothing deleted, nothi
 Classes: the spec reader's bounds (size, aliases, depth, encoding, duplicate keys); booleans, infinities
 and absurd values where numbers belong; search ranges that cannot fit their field; storage roots, given in
 the spec or with --storage; sweep folders that are not banray's own or not this user's; state and report
-files that --resume cannot read. Checkpoints are covered in tests/test_checkpoints.py, `plan` and
-`promote` in tests/test_look_only.py."""
+files that --resume cannot read. Then the classes of issue 31, each a generator of cases run through the
+command in its own process: characters YAML's reader refuses and YAML syntax errors (line and column),
+mistyped URIs, numbers a run cannot honour, every builder's arguments just outside the ranges it declares,
+storage paths the OS refuses, URIs given as options and a sweep folder's unreadable spec.yaml. Checkpoints
+are covered in tests/test_checkpoints.py, `plan` and `promote` in tests/test_look_only.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import tiny_spec
+from conftest import one_error_line, tiny_spec
 from test_bad_input import TMP, substitute  # the same placeholder for the test's folder
 
 from banray import sweep
@@ -392,21 +398,22 @@ def test_hostile_input_exits_2_with_one_line_and_changes_nothing(workdir, spec, 
         (["sweep", "{spec}", "--bogus"], "error: No such option '--bogus'. (see banray sweep --help)"),
         (["plan", "{spec}", "--calibrate", "-3"], "error: Invalid value for '--calibrate'"),
         (["plan", "{spec}", "--detect", "0"], "error: Invalid value for '--detect'"),
-        # A model torch warns about as it builds it (zero-width layers): the warning is not printed before the error.
-        (["sweep", "{zero_width}"], "error: model: cnn with {'width': 0} cannot take synthetic's input of shape"),
+        # A model torch warns about as it builds it (a transition compressed to zero channels): the warning is not
+        # printed before the error.
+        (["sweep", "{zero_width}"], "error: model: densenet_bc with {'compression': 0.01, 'depth': 10, 'growth_rate': "
+                                    "1} cannot take synthetic's input of shape"),
     ],
     ids=["bad-option-value", "missing-argument", "unknown-command", "unknown-option", "negative-calibrate",
          "zero-detect", "torch-warning-before-the-error"],
 )
 def test_the_real_command_says_one_line(tmp_path, args, expected):
     """The installed entry point in its own process: click's usage errors and torch's warnings included."""
-    import subprocess
-    import sys
 
     spec = write_spec(tiny_spec(), tmp_path)
     zero_width = tmp_path / "zero.yaml"
     zero_width.write_text(yaml.safe_dump({**tiny_spec(), "storage": str(tmp_path / "runs"),
-                                          "model": {"arch": "cnn", "kwargs": {"width": 0}}}))
+                                          "model": {"arch": "densenet_bc",
+                                                    "kwargs": {"depth": 10, "growth_rate": 1, "compression": 0.01}}}))
     before = snapshot(tmp_path)
     args = [a.format(spec=spec, zero_width=zero_width) for a in args]
     done = subprocess.run([sys.executable, "-m", "banray", *args], cwd=tmp_path, capture_output=True, text=True,
@@ -414,4 +421,247 @@ def test_the_real_command_says_one_line(tmp_path, args, expected):
     assert (done.returncode, done.stdout) == (2, "")
     (line,) = done.stderr.splitlines()
     assert line.startswith(expected), line
+    assert snapshot(tmp_path) == before
+
+
+# The classes of issue 31, each a generator of cases, through the real command in its own process: exit 2 (a
+# failed `plan` check exits 1, as `plan` documents), exactly one line on stderr naming the file or the field,
+# nothing on stdout, no traceback, and no file created, changed or removed.
+
+SPEC_COMMANDS = ("validate", "plan", "sweep")  # the commands that read a spec file, all through one loader
+FOLDER_COMMANDS = ("status", "ls", "report", "ui", "promote")  # the commands that read a sweep folder
+
+
+def run_banray(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m banray ARGS` in a fresh process. RAY_ADDRESS points nowhere: a refusal that came too late would
+    fail to connect instead of starting a cluster; and a refusal taken for an outage fails at once, as one."""
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "BANRAY_STORAGE_RETRY_S": "0"}
+    return subprocess.run([sys.executable, "-m", "banray", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False, env=env)
+
+
+def folder_command(command: str, location: str) -> list[str]:
+    return ["promote", "tiny", "-g", "0", "--sweep-dir", location] if command == "promote" else [command, location]
+
+
+def control_character_cases():
+    """Every kind of character YAML's reader refuses, in a key, a value and a comment."""
+    for code in (0x00, 0x01, 0x07, 0x08, 0x0B, 0x0C, 0x1B, 0x7F, 0xFFFE):
+        char = chr(code)
+        yield f"name: ti{char}ny\n", ["not valid YAML at line 1, column 9", f"character {code:#06x}"], f"value-{code:#x}"
+        yield f"na{char}me: tiny\n", ["not valid YAML at line 1, column 3"], f"key-{code:#x}"
+        yield f"name: tiny\n# a {char}\n", ["not valid YAML at line 2, column 5"], f"comment-{code:#x}"
+
+
+def yaml_syntax_cases():
+    """The scanner's, parser's and composer's errors: each names its line and column."""
+    yield "name: tiny\ndata: [a, b\n", ["not valid YAML at line 3, column 1"], "unclosed-flow"
+    yield "name: 'tiny\n", ["not valid YAML at line 2, column 1", "found unexpected end of stream"], "unclosed-quote"
+    yield "name: tiny\n\tdata: x\n", ["not valid YAML at line 2, column 1", "cannot start any token"], "tab-indent"
+    yield "a: b: c\n", ["not valid YAML at line 1, column 5", "mapping values are not allowed"], "nested-mapping"
+    yield "name: *nope\n", ["not valid YAML at line 1, column 7", "undefined alias 'nope'"], "undefined-alias"
+    yield "name: tiny\n  data: x\n", ["not valid YAML at line 2, column 7"], "bad-indent"
+    yield "- a\nb: c\n", ["not valid YAML at line 2, column 1"], "sequence-then-mapping"
+    yield "name: !!binary x\n", ["not valid YAML at line 1, column 7"], "bad-binary"
+    yield "{a: 1, a: 2}\n", ["not valid YAML at line 1, column 8", "duplicate key 'a'"], "flow-duplicate"
+
+
+def uri_cases():
+    """Mistyped URIs where a local folder or a URL belongs: refused with what is allowed."""
+    for value in ("s3:/bucket/x", "s3:bucket/x", "S3:/bucket", "gs:/b/x", "minio:runs", "c:runs"):
+        yield with_value("storage", value), [f"storage: {value!r} is not allowed", "a URI needs '://'",
+                                             "allowed: s3://bucket/prefix"], f"storage-{value}"
+    urls = {"http://": "names no host", "http://:9000": "names no host", "http:/minio:9000": "not an http(s):// URL",
+            "ftp://minio": "not an http(s):// URL", "minio:9000": "not an http(s):// URL",
+            "http://minio:99999": "port is not one of 1-65535", "http://minio:0": "port is not one of 1-65535",
+            "http://minio:x": "port is not one of 1-65535", "http://mi nio": "spaces or control characters"}
+    for value, reason in urls.items():
+        yield with_value("storage_endpoint", value), [f"storage_endpoint: {value!r} is not allowed", reason,
+                                                      "give a URL: http://host:port"], f"endpoint-{value}"
+    for value in ("http://", "http:/mlflow:5000", "https://:443", "http://mlflow:70000", "HTTP://"):
+        yield with_value("tracking", {"uri": value}), [f"tracking.uri: {value!r} is not allowed",
+                                                      "give a URL"], f"tracking-{value}"
+
+
+def number_cases():
+    """Numbers the run cannot honour: weights that make the objective constant or ignore the teacher, in values
+    and in search ranges, resource requests finer than Ray's unit, names longer than MLflow keeps."""
+    ignores, constant = "weighs its teacher term 0", "weighs every term 0: the loss is constant"
+    distill = {
+        "kd-alpha-0": ({"objective": "kd", "alpha": 0}, ignores),
+        "ban+l-both-0": ({"objective": "ban+l", "teacher_weight": 0, "label_weight": 0}, constant),
+        "ban+l-teacher-0": ({"objective": "ban+l", "teacher_weight": 0.0}, ignores),
+        "ban_l-teacher-0": ({"objective": "ban_l", "teacher_weight": 0}, ignores),
+        "ban+l-choice-only-0": ({"objective": "ban+l", "teacher_weight": {"choice": [0]}}, ignores),
+        "ban+l-choice-with-0": ({"objective": "ban+l", "teacher_weight": {"choice": [0.5, 0]}}, ignores),
+        "ban+l-range-from-0": ({"objective": "ban+l", "teacher_weight": {"uniform": [0, 1]}}, ignores),
+        "ban+l-both-choices-0": ({"objective": "ban+l", "teacher_weight": {"choice": [0]},
+                                  "label_weight": {"choice": [0]}}, constant),
+        "kd-alpha-range-from-0": ({"objective": "kd", "alpha": {"uniform": [0, 0.5]}}, ignores),
+        "objective-choice-kd-0": ({"objective": {"choice": ["ban", "kd"]}, "alpha": 0}, ignores),
+    }
+    for name, (section, reason) in distill.items():
+        yield {**tiny_spec(), "distill": section}, ["distill", reason], name
+    for field in ("cpus_per_worker", "gpus_per_worker"):
+        for value in (0.00005, 1e-9, 0.33333, 1.00001):
+            yield with_value(f"resources.{field}", value), [f"resources.{field}: {value!r} is not allowed",
+                                                            "allowed: a multiple of 0.0001"], f"{field}-{value}"
+    yield with_value("tracking", {"experiment": "e" * 257}), ["tracking.experiment: 'eeee", "at most 256"], \
+        "experiment-257"
+    yield with_value("name", "n" * 101), ["name: 'nnnn", "at most 100"], "sweep-name-101"
+
+
+def outside(hint) -> list:
+    """Values just outside the range a builder's argument annotation declares."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return ["bogus"]
+    if typing.get_origin(hint) is typing.Union:
+        return [v for a in args if a is not type(None) for v in outside(a)]
+    values = []
+    for constraint in (c for info in getattr(hint, "__metadata__", ()) for c in info.metadata):
+        bound = getattr(constraint, type(constraint).__name__.lower())  # Ge(ge=1).ge
+        whole = args[0] is int
+        step = 1 if whole else 0.5
+        values += {"Ge": [bound - step, -1 if bound >= 0 else bound - 2], "Gt": [bound, -step],
+                   "Lt": [bound, bound + step], "Le": [bound + step]}[type(constraint).__name__]
+    return sorted(set(values), key=str)
+
+
+def model_argument_cases():
+    """Each builder's arguments just outside the range it declares, found by asking the builder."""
+    from banray.models import MODELS
+
+    for arch in MODELS.names():
+        for name, hint in typing.get_type_hints(MODELS[arch], include_extras=True).items():
+            for value in outside(hint):
+                yield ({**tiny_spec(), "model": {"arch": arch, "kwargs": {name: value}}},
+                       [f"model.kwargs: {name}: {value!r} is not allowed for arch '{arch}'"], f"{arch}-{name}-{value}")
+
+
+SPEC_CLASSES = {"control-characters": control_character_cases, "yaml-syntax": yaml_syntax_cases, "uris": uri_cases,
+                "numbers": number_cases, "model-arguments": model_argument_cases}
+
+
+def spec_file(spec, folder: Path, name: str) -> Path:
+    """The case's spec file, its storage inside the test's folder unless the case sets its own."""
+    path = folder / f"{name}.yaml"
+    if isinstance(spec, dict):
+        spec = yaml.safe_dump({"storage": str(folder / "runs"), **spec}, sort_keys=False)
+    path.write_bytes(spec.encode("utf-8", "surrogatepass"))
+    return path
+
+
+def one_line(done, *expected: str) -> None:
+    """A refused command's output: one short `error: ` line holding each of `expected`, and no traceback."""
+    assert "Traceback" not in done.stdout, done.stdout
+    assert len(one_error_line(done.stderr, *expected)) < 1000, done.stderr
+
+
+@pytest.mark.parametrize("name", SPEC_CLASSES)
+def test_every_case_of_a_spec_class_is_one_line_of_validate(tmp_path, name):
+    """A class's specs, all in one `validate`: one line for each file, naming it."""
+    cases = list(SPEC_CLASSES[name]())
+    assert len({case_id for *_, case_id in cases}) == len(cases) >= 5
+    files = {case_id: spec_file(spec, tmp_path, f"case{i}") for i, (spec, _, case_id) in enumerate(cases)}
+    before = snapshot(tmp_path)
+    done = run_banray(["validate", *map(str, files.values())], tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    for (spec, expected, case_id), path in zip(cases, files.values()):
+        mine = [line for line in lines if line.startswith(f"error: {path}: ")]
+        assert len(mine) == 1, (case_id, mine)
+        assert len(mine[0]) < 1000, mine[0]
+        for text in expected:
+            assert text in mine[0], (case_id, mine[0])
+    assert len(lines) == len(cases), done.stderr
+    assert snapshot(tmp_path) == before
+
+
+def first_cases():
+    """Each spec class's first case through `plan` or `sweep`, in turn: they share `validate`'s loader."""
+    for index, (name, cases) in enumerate(SPEC_CLASSES.items()):
+        spec, expected, case_id = next(cases())
+        command = ("plan", "sweep")[index % 2]
+        yield pytest.param(command, spec, expected, id=f"{command}-{name}-{case_id}")
+
+
+@pytest.mark.parametrize("command, spec, expected", list(first_cases()))
+def test_plan_and_sweep_refuse_a_spec_class_as_validate_does(tmp_path, command, spec, expected):
+    path = spec_file(spec, tmp_path, "spec")
+    before = snapshot(tmp_path)
+    done = run_banray([command, str(path)], tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    one_line(done, f"error: {path}: ", *expected)
+    assert snapshot(tmp_path) == before
+
+
+LONG_NAME = "n" * 300  # beyond the 255 bytes every common filesystem allows a name
+
+
+def storage_path_cases():
+    """Storage folders the OS refuses to create or list: each command says so in one line, naming the path."""
+    refused = {
+        "name-too-long": (f"{TMP}/{LONG_NAME}", "File name too long"),
+        "path-too-long": (TMP + "/d" * 3000, "File name too long"),
+        "below-proc": ("/proc/banray-no-such/runs", "No such file or directory"),
+        "below-a-file": (f"{TMP}/a-file/runs", "Not a directory"),
+    }
+    for index, (name, (storage, reason)) in enumerate(refused.items()):
+        checked = "is a file, not a folder" if name == "below-a-file" else reason  # seen before the OS is asked
+        yield pytest.param(["sweep", "{spec}", "--storage", storage], ["error: storage: cannot ", checked], 2,
+                           id=f"sweep-{name}")
+        # `plan` prints the plan, then its storage check fails: exit 1, as for any failed check.
+        yield pytest.param(["plan", "{spec}", "--storage", storage], ["error: storage: cannot write to ", reason], 1,
+                           id=f"plan-{name}")
+        # A folder that cannot exist is not found, or refused, in the OS's words.
+        command = FOLDER_COMMANDS[index]
+        named = storage[:len(TMP) + 2] if storage.startswith(TMP) else storage  # a long path is shortened
+        yield pytest.param(folder_command(command, storage), ["error: ", named], 2, id=f"{command}-{name}")
+
+
+def option_cases():
+    """Mistyped URIs given on the command line."""
+    for index, value in enumerate(("s3:/bucket/x", "minio:runs")):
+        command = SPEC_COMMANDS[1 + index]
+        yield pytest.param([command, "{spec}", "--storage", value], [f"error: --storage: {value!r} is not allowed",
+                                                                    "a URI needs '://'"], 2, id=f"{command}-{value}")
+    endpoints = ("http://", "http:/minio", "ftp://minio", "http://minio:99999", "minio:9000")
+    for command, value in zip(FOLDER_COMMANDS, endpoints):  # each command, one kind of mistake each
+        yield pytest.param([*folder_command(command, "{tmp}"), "--endpoint", value],
+                           ["error: Invalid value for '--endpoint': ", "give a URL"], 2, id=f"{command}-endpoint-{value}")
+    for command, value in (("promote", "http:/mlflow"), ("ui", "https://:1")):
+        args = ["promote", "tiny", "-g", "0"] if command == "promote" else ["ui", "{tmp}"]
+        yield pytest.param([*args, "--tracking-uri", value], ["error: Invalid value for '--tracking-uri': ",
+                                                               "give a URL"], 2, id=f"{command}-tracking-{value}")
+
+
+def stored_spec_cases():
+    """A sweep folder whose spec.yaml the reader refuses: each command that reads one sweep (`ls` lists it as
+    unreadable), one line."""
+    for command, code in zip(("status", "report", "ui", "promote"), (0x00, 0x07, 0x1B, 0x7F)):
+        yield pytest.param(folder_command(command, "{tmp}/runs/tiny"), code, id=f"{command}-spec-yaml-{code:#x}")
+
+
+@pytest.mark.parametrize("args, code", list(stored_spec_cases()))
+def test_a_sweep_folders_spec_yaml_the_reader_refuses_is_one_line(tmp_path, args, code):
+    earlier_sweep(tmp_path, state=state_of(finished=True), report=b"{}")
+    (tmp_path / "runs" / "tiny" / "spec.yaml").write_text(f"name: ti{chr(code)}ny\n")
+    before = snapshot(tmp_path)
+    done = run_banray([a.replace(TMP, str(tmp_path)) for a in args], tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    one_line(done, "spec.yaml: not valid YAML at line 1, column 9", f"character {code:#06x}")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, expected, status", [*storage_path_cases(), *option_cases()])
+def test_commands_refuse_a_storage_or_uri_class_in_one_line(tmp_path, args, expected, status):
+    (tmp_path / "a-file").write_text("mine")
+    spec = spec_file(tiny_spec(), tmp_path, "spec")
+    before = snapshot(tmp_path)
+    done = run_banray([a.replace("{spec}", str(spec)).replace(TMP, str(tmp_path)) for a in args], tmp_path)
+    assert done.returncode == status, done.stderr
+    assert done.stdout == "" or args[0] == "plan", done.stdout  # plan prints the plan before its checks
+    one_line(done, *[substitute(text, tmp_path) for text in expected])
     assert snapshot(tmp_path) == before

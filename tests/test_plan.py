@@ -62,8 +62,8 @@ def test_an_unreadable_report_fails_clearly(tmp_path):
      "error: model.kwargs: wrn cannot be built with {'depth': 27, 'widen_factor': 1}: wrn depth must be 6n + 4"),
     (tiny_spec(student={"arch": "preact_resnet", "kwargs": {"depth": 21}}), ["--calibrate", "1"],
      "error: student.kwargs: preact_resnet cannot be built with {'depth': 21}"),
-    (tiny_spec(model={"arch": "cnn", "kwargs": {"width": 0}}), ["--calibrate", "1"],
-     "error: model: cnn with {'width': 0} cannot take synthetic's input of shape (1, 8, 8)"),
+    (tiny_spec(model={"arch": "resnet1d"}), ["--calibrate", "1"],
+     "error: model: resnet1d with {} cannot take synthetic's input of shape (1, 8, 8)"),
 ], ids=["from-report-without-detect", "unreadable-report", "model-cannot-be-built", "student-cannot-be-built",
         "model-cannot-take-the-input"])
 def test_bad_input_to_plan_exits_2_with_one_line(tmp_path, monkeypatch, spec, arguments, expected):

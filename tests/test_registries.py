@@ -90,7 +90,7 @@ def test_plan_times_models_built_for_the_registered_classes_and_shape(toy, monke
     assert seconds > 0
     assert built == [("mlp", 7, (2, 6, 6)), ("mlp", 7, (2, 6, 6))]
     # A model that cannot take the registered shape is refused in its words.
-    narrow = parse_spec(tiny_spec(data={"dataset": "toy"}, model={"arch": "cnn", "kwargs": {"width": 0}}))
+    narrow = parse_spec(tiny_spec(data={"dataset": "toy"}, model={"arch": "resnet1d"}))
     with pytest.raises(plan.SpecError, match=r"cannot take toy's input of shape \(2, 6, 6\)"):
         plan.time_steps(narrow, 0, 1)
 

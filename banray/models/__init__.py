@@ -14,6 +14,7 @@ from banray.models.registry import (
     MODELS,
     ModelBuildError,
     ModelTooLarge,
+    argument_problem,
     build_model,
     count_parameters,
     model_arguments,
@@ -21,6 +22,7 @@ from banray.models.registry import (
 )
 
 __all__ = [
-    "MAX_PARAMETERS", "MODELS", "ModelBuildError", "ModelTooLarge", "build_model", "count_parameters",
+    "MAX_PARAMETERS", "MODELS", "ModelBuildError", "ModelTooLarge", "argument_problem", "build_model",
+    "count_parameters",
     "model_arguments", "model_defaults",
 ]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from banray.models.layers import with_preact_head
-from banray.models.registry import MODELS
+from banray.models.registry import MODELS, Count, Dropout, Share, at_least
 
 
 class _DenseUnit(nn.Module):
@@ -47,12 +47,12 @@ def densenet_bc(
     *,
     num_classes: int,
     input_shape: tuple[int, ...],
-    depth: int = 100,
-    growth_rate: int = 12,
-    compression: float = 0.5,
-    bottleneck_width: int = 4,
-    block_units: int | None = None,
-    drop_rate: float = 0.0,
+    depth: at_least(10) = 100,
+    growth_rate: Count = 12,
+    compression: Share = 0.5,
+    bottleneck_width: Count = 4,
+    block_units: Count | None = None,
+    drop_rate: Dropout = 0.0,
 ) -> nn.Module:
     """DenseNet-BC-`depth`-`growth_rate` for CIFAR.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from banray.models.registry import MODELS
+from banray.models.registry import MODELS, Count, Dropout
 
 
 class LSTMLanguageModel(nn.Module):
@@ -38,9 +38,9 @@ def lstm_lm(
     *,
     num_classes: int,
     input_shape: tuple[int, ...],
-    hidden: int = 1500,
-    layers: int = 1,
-    dropout: float = 0.65,
+    hidden: Count = 1500,
+    layers: Count = 1,
+    dropout: Dropout = 0.65,
     tie_weights: bool = True,
 ) -> nn.Module:
     """The paper's PTB LSTM by default: one layer of 1500 units, 65% dropout, tied weights.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
 from banray.models.layers import PreActBlock, with_preact_head
-from banray.models.registry import MODELS
+from banray.models.registry import MODELS, Scale, at_least
 
 def _basic(in_channels: int, planes: int, stride: int) -> PreActBlock:
     """3×3 conv, BN-ReLU-3×3 conv; outputs `planes` channels."""
@@ -47,7 +49,12 @@ def _bottleneck(in_channels: int, planes: int, stride: int) -> PreActBlock:
 
 @MODELS.register("preact_resnet", revision=2)  # 2: the bottleneck strides in its first 1×1 conv
 def preact_resnet(
-    *, num_classes: int, input_shape: tuple[int, ...], depth: int = 164, block: str = "bottleneck", width: float = 1.0
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    depth: at_least(8) = 164,
+    block: Literal["basic", "bottleneck"] = "bottleneck",
+    width: Scale = 1.0,
 ) -> nn.Module:
     """Pre-activation ResNet-`depth` for CIFAR.
 

@@ -11,14 +11,19 @@ Kwargs come from specs and from checkpoints' metadata, so `build_model` first bu
 meta device (shapes only, no memory) and refuses one with more than MAX_PARAMETERS parameters before
 allocating anything (ModelTooLarge). Builders create their tensors without naming a device and never read
 a tensor's values (the meta device has none), which is what lets the meta device hold them.
+
+Each builder declares the range of its arguments in its signature (`width: Count`, `depth: at_least(10)`);
+a spec's kwargs are checked against it before anything is built (argument_problem).
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
-from typing import Any, Callable
+import typing
+from typing import Annotated, Any, Callable
 
+import pydantic
 import torch
 from torch import nn
 
@@ -54,6 +59,18 @@ MODELS = ModelRegistry()
 
 # Filled in from the dataset, never by the spec.
 DATASET_ARGS = ("num_classes", "input_shape")
+
+# A builder declares the range of each argument in its signature, as pydantic bounds (`depth: at_least(10)`);
+# spec validation checks a spec's kwargs against them (argument_problem), so a new builder declares its own.
+Count = Annotated[int, pydantic.Field(ge=1)]  # channels, units, layers: zero builds no network
+Dropout = Annotated[float, pydantic.Field(ge=0, lt=1)]  # 1 drops every activation: the output is constant
+Scale = Annotated[float, pydantic.Field(gt=0)]  # a factor on channel counts
+Share = Annotated[float, pydantic.Field(gt=0, le=1)]  # a share of channels kept
+
+
+def at_least(minimum: int) -> Any:
+    """A whole-number argument of `minimum` or more (a depth below it has no block)."""
+    return Annotated[int, pydantic.Field(ge=minimum)]
 
 # The most parameters build_model allocates: far above every paper model (WRN-28-10 has 36.5 M), far below
 # what would exhaust a node's memory before the first batch.
@@ -162,3 +179,13 @@ def model_defaults(name: str) -> dict[str, Any]:
     params = inspect.signature(MODELS[name]).parameters
     return {p: (v.default if v.default is not inspect.Parameter.empty else None) for p, v in params.items()
             if p not in DATASET_ARGS}
+
+
+def argument_problem(name: str, argument: str, value: Any) -> str | None:
+    """Why `value` lies outside the range model `name`'s builder declares for `argument`, or None."""
+    hint = typing.get_type_hints(MODELS[name], include_extras=True).get(argument, Any)
+    try:
+        pydantic.TypeAdapter(hint).validate_python(value)
+    except pydantic.ValidationError as exc:
+        return exc.errors()[0]["msg"]
+    return None

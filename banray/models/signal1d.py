@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from banray.models.layers import PreActBlock
-from banray.models.registry import MODELS
+from banray.models.registry import MODELS, Count, at_least
 
 
 def _positive(model: str, **values) -> None:
@@ -39,7 +39,7 @@ class _ResidualMLP(nn.Module):
 
 @MODELS.register("mlp1d", revision=1)
 def mlp1d(
-    *, num_classes: int, input_shape: tuple[int, ...], hidden: int = 100, depth: int = 2, residual: bool = True
+    *, num_classes: int, input_shape: tuple[int, ...], hidden: Count = 100, depth: Count = 2, residual: bool = True
 ) -> nn.Module:
     """`depth` hidden layers of `hidden` ReLU units on the flattened signal. As the reference MLPBase, every
     hidden layer after the first adds its output to its input (`residual`); 40-100-100-10 has 15,210 parameters."""
@@ -55,7 +55,7 @@ def _conv_length(length: int, kernel: int, stride: int, padding: int) -> int:
 
 
 @MODELS.register("cnn1d", revision=1)
-def cnn1d(*, num_classes: int, input_shape: tuple[int, ...], channels: int = 25) -> nn.Module:
+def cnn1d(*, num_classes: int, input_shape: tuple[int, ...], channels: Count = 25) -> nn.Module:
     """The reference ConvBase: Conv1d kernels 5, 3, 3, each stride 2, padding 1, `channels` wide, ReLU after
     each, then a linear classifier on the flattened features (length 40 → 19 → 10 → 5: 5,210 parameters)."""
     _positive("cnn1d", channels=channels)
@@ -88,7 +88,7 @@ def _preact_block_1d(in_channels: int, out_channels: int, stride: int) -> PreAct
 
 
 @MODELS.register("resnet1d", revision=1)
-def resnet1d(*, num_classes: int, input_shape: tuple[int, ...], width: int = 16, depth: int = 8) -> nn.Module:
+def resnet1d(*, num_classes: int, input_shape: tuple[int, ...], width: Count = 16, depth: at_least(8) = 8) -> nn.Module:
     """Pre-activation ResNet-`depth` for 1-D signals: a kernel-3 conv to `width` channels, three stages of
     n = (depth − 2) / 6 basic blocks (strides 1, 2, 2; widths `width`, 2·`width`, 4·`width`), BN-ReLU, global
     average pooling and a linear classifier. depth 8, width 16 has 28,314 parameters."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from banray.models.registry import MODELS
+from banray.models.registry import MODELS, Count, Dropout, at_least
 
 
 @MODELS.register("cnn", revision=1)
-def small_cnn(*, num_classes: int, input_shape: tuple[int, ...], width: int = 32, dropout: float = 0.0) -> nn.Module:
+def small_cnn(
+    *, num_classes: int, input_shape: tuple[int, ...], width: Count = 32, dropout: Dropout = 0.0
+) -> nn.Module:
     """Two 3×3 conv-BN-ReLU stages, pooled to 4×4 and a linear classifier: about a second per epoch on digits."""
     channels = input_shape[0]
     return nn.Sequential(
@@ -27,7 +29,8 @@ def small_cnn(*, num_classes: int, input_shape: tuple[int, ...], width: int = 32
 
 @MODELS.register("mlp", revision=1)
 def mlp(
-    *, num_classes: int, input_shape: tuple[int, ...], hidden: int = 128, depth: int = 2, dropout: float = 0.0
+    *, num_classes: int, input_shape: tuple[int, ...], hidden: Count = 128, depth: at_least(0) = 2,
+    dropout: Dropout = 0.0,
 ) -> nn.Module:
     """`depth` hidden layers of `hidden` ReLU units on the flattened input."""
     in_features = 1

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from torch import nn
 
 from banray.models.layers import PreActBlock, with_preact_head
-from banray.models.registry import MODELS
+from banray.models.registry import MODELS, Count, Dropout, at_least
 
 
 def _wide_block(in_channels: int, out_channels: int, stride: int, dropout: float) -> PreActBlock:
@@ -34,7 +34,8 @@ def _wide_block(in_channels: int, out_channels: int, stride: int, dropout: float
 
 @MODELS.register("wrn", revision=2)  # 2: dropout after the second BN-ReLU, not the first conv
 def wrn(
-    *, num_classes: int, input_shape: tuple[int, ...], depth: int = 28, widen_factor: int = 10, dropout: float = 0.0
+    *, num_classes: int, input_shape: tuple[int, ...], depth: at_least(10) = 28, widen_factor: Count = 10,
+    dropout: Dropout = 0.0,
 ) -> nn.Module:
     """WRN-`depth`-`widen_factor` for CIFAR.
 
