@@ -5,7 +5,7 @@ the evaluations' runner's calls (a thread per evaluation, a chain's ensembles ea
 call holds a connection of the store's SQLAlchemy pool (5 + 10 overflow by default) or of the HTTP
 session; 32 chains' ensembles side by side once exhausted the pool (`QueuePool limit ... reached`) and
 ended a sweep before its report. So every call goes through `call`: at most `calls_at_once()` of a
-process's calls run at a time (BANRAY_MLFLOW_CALLS, default 4), the SQL store's pool is sized to that,
+process's calls run at a time (BANRAY_MLFLOW_CALLS, default 4), the SQL store's pool has a connection for each,
 and a call that fails on something that passes (a locked SQLite store, a pool timeout, a tracking server
 that is away, slow or answering 5xx after MLflow's own retries) is retried with backoff for up to
 BANRAY_MLFLOW_RETRY_S seconds (default 300). `impatient_http` in banray.tracking turns the retries off
@@ -28,6 +28,7 @@ RETRY_BUDGET_VARIABLE = "BANRAY_MLFLOW_RETRY_S"
 DEFAULT_CALLS = 4
 # MLflow reads these when it creates a SQL store's engine, once per store URI and process.
 POOL_SIZE_VARIABLE = "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"
+SQLALCHEMY_POOL_SIZE = 5  # SQLAlchemy's default, which MLflow keeps unless POOL_SIZE_VARIABLE is set
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,9 +49,11 @@ def retry_budget_s() -> float:
 
 
 def size_pool() -> None:
-    """Size the SQL store's connection pool to the bound, unless the environment sizes it: every call holds a
-    pooled connection, and MLflow's overflow (10) is left for a call that opens a second session."""
-    os.environ.setdefault(POOL_SIZE_VARIABLE, str(calls_at_once()))
+    """Give the SQL store's connection pool a connection per call of the bound, unless the environment sizes
+    it: SQLAlchemy's default pool (5) already does for the default bound. MLflow's overflow (10) is left for
+    a call that opens a second session."""
+    if calls_at_once() > SQLALCHEMY_POOL_SIZE:
+        os.environ.setdefault(POOL_SIZE_VARIABLE, str(calls_at_once()))
 
 
 def _semaphore() -> threading.BoundedSemaphore:
