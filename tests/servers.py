@@ -166,10 +166,16 @@ def slow_proxy(upstream: str, answer):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    with serving(Handler) as uri:
+        yield uri
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]):
+    """An HTTP server of `handler` on 127.0.0.1, in a thread of this process; yields its URI."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
