@@ -1,4 +1,4 @@
-"""bench/results/summary.md from the JSON results of the three benches.
+"""bench/results/summary.md from the JSON results of the benches.
 
 Run: .venv/bin/python -m bench.summary   (after the benches)
 """
@@ -10,7 +10,7 @@ import json
 from bench.common import RESULTS, machine
 
 TARGETS = {"whole_epoch": 0.90, "distill_step": 1.10, "sweep_makespan": 1.10, "gpu_throughput": 0.97,
-           "quickstart": 3.0}
+           "quickstart": 3.0, "scale": 1.10}
 
 
 def _rounds(case: dict) -> str:
@@ -73,6 +73,8 @@ def main() -> None:
                 f"| (e) median per-group overhead (group span − its trials) | {group:.2f} s | ≤ 2 s | "
                 f"{'yes' if group <= 2 else 'no'} |",
             ]
+    if "scale" in results:
+        lines += _scale_lines(results["scale"])
     if "gpu_throughput" in results:
         r = results["gpu_throughput"]
         gpu = r["machine"]["gpu"]
@@ -90,6 +92,17 @@ def main() -> None:
     lines += NOTES
     (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _scale_lines(result: dict) -> list[str]:
+    runs = result["runs"]
+    lines = [f"| (f) `banray sweep` of {r['chains']} chains ({r['groups']} one-epoch groups): makespan ÷ groups "
+             f"({r['makespan_s']:.0f} s ÷ {r['groups']}; wall {r['wall_s']:.0f} s, {r['after_dag_s']:.0f} s after the "
+             f"DAG) | {r['makespan_per_group_s']:.2f} s | – | – |" for r in runs]
+    ratio = result["per_group_ratio_largest_to_smallest"]
+    lines.append(f"| (f) makespan per group at {runs[-1]['chains']} chains ÷ at {runs[0]['chains']} chains | "
+                 f"{ratio:.2f} | ≤ 1.10 | {'yes' if ratio <= 1.10 else 'no'} |")
+    return lines
 
 
 NOTES = [
