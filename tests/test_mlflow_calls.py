@@ -9,6 +9,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+import mlflow
 import pytest
 import sqlalchemy
 import sqlalchemy.exc
@@ -19,12 +20,12 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UN
 from banray import mlflow_calls, tracking
 import servers
 
-THREADS = 32  # more than the pool's 6 + 10 connections, as 32 chains' ensembles were
+THREADS = 32  # more than a pool's 5 + 10 connections, as 32 chains' ensembles were
 
 
 @pytest.fixture
 def bound(monkeypatch):
-    """A fresh bound of 6 calls, over SQLAlchemy's default pool of 5: the pool sized by banray."""
+    """A fresh bound of 6 calls, over SQLAlchemy's default pool of 5: the pool sized by banray (6 + 10)."""
     monkeypatch.setenv(mlflow_calls.CALLS_VARIABLE, "6")
     monkeypatch.delenv(mlflow_calls.POOL_SIZE_VARIABLE, raising=False)
     monkeypatch.setattr(mlflow_calls, "_slots", None)
@@ -66,15 +67,51 @@ def in_threads(function, count):
     return errors
 
 
-def test_more_threads_than_the_pool_has_connections_never_exhaust_it(tmp_path, bound, caplog):
-    """32 chains' ensembles side by side once ran SQLAlchemy's pool out (`QueuePool limit of size 5 overflow
-    10 reached`). Through the bound, no more calls than it allows hold connections, so nothing waits for one
-    and nothing needs a retry."""
-    track = tracking.resolve(None, "bound", tmp_path)
+@pytest.fixture
+def impatient_pool(monkeypatch):
+    """SQL stores made from now on give up waiting for a connection after 1 s, not 30."""
+    create_engine = sqlalchemy.create_engine
+    monkeypatch.setattr(sqlalchemy, "create_engine", lambda *args, **kwargs: create_engine(*args, pool_timeout=1,
+                                                                                            **kwargs))
+
+
+def busy_store():
+    """Every statement 5 ms slower, as on a machine whose cores train: MLflow opens the same sessions, slower."""
+    return listening(sqlalchemy.engine.Engine, "before_cursor_execute", lambda *_: time.sleep(0.005))
+
+
+def chains(tmp_path, count):
+    """A store with `count` chains' runs, each with its BAN-2 run nested under it."""
+    track = tracking.resolve(None, "chains", tmp_path)
     experiment_id = tracking.ensure_experiment(track)
     generations = [tracking.start_run(track, experiment_id, f"chain{c}-gen2", {},
-                                      parent_run_id=tracking.start_chain_run(track, experiment_id, "bound", c, "main", 2))
-                   for c in range(THREADS)]
+                                      parent_run_id=tracking.start_chain_run(track, experiment_id, "chains", c, "main", 2))
+                   for c in range(count)]
+    return track, experiment_id, generations
+
+
+def test_mlflows_own_client_runs_a_busy_stores_pool_out(tmp_path, impatient_pool):
+    """The failure: 32 chains' ensembles side by side through MLflow's client alone wait for the pool's 15
+    connections until they give up."""
+    track, experiment_id, generations = chains(tmp_path, THREADS)
+
+    def unbounded_ensembles_run(chain):
+        client = mlflow.MlflowClient(track.uri)
+        parent = client.get_run(generations[chain]).data.tags[tracking.PARENT]
+        run = client.create_run(experiment_id, run_name=f"chain{chain}-ensembles", tags={tracking.PARENT: parent})
+        client.log_param(run.info.run_id, "ens2.members", [1, 2])
+        client.set_terminated(run.info.run_id)
+
+    with busy_store():
+        errors = in_threads(unbounded_ensembles_run, THREADS)
+    assert any("QueuePool limit of size" in str(e) for e in errors), errors
+
+
+def test_through_the_bound_more_threads_than_the_pool_has_connections_never_exhaust_it(tmp_path, bound,
+                                                                                     impatient_pool, caplog):
+    """Through the bound, no more calls than it allows hold connections, so nothing waits for one and nothing
+    needs a retry."""
+    track, experiment_id, generations = chains(tmp_path, THREADS)
     held, most = [0], [0]
     counted = threading.Lock()
 
@@ -87,12 +124,9 @@ def test_more_threads_than_the_pool_has_connections_never_exhaust_it(tmp_path, b
         with counted:
             held[0] -= 1
 
-    def slow_statement(*_):
-        time.sleep(0.005)  # a store on a busy machine: the threads' calls overlap
-
     caplog.set_level(logging.WARNING, logger=mlflow_calls.__name__)
     with (listening(sqlalchemy.pool.Pool, "checkout", checkout), listening(sqlalchemy.pool.Pool, "checkin", checkin),
-          listening(sqlalchemy.engine.Engine, "before_cursor_execute", slow_statement)):
+          busy_store()):
         errors = in_threads(lambda c: ensembles_run(track, experiment_id, generations[c], c), THREADS)
     assert errors == []
     # MLflow opens a second session inside some calls (create_run reads the experiment): two per call at most.
