@@ -5,11 +5,11 @@ the evaluations' runner's calls (a thread per evaluation, a chain's ensembles ea
 call holds a connection of the store's SQLAlchemy pool (5 + 10 overflow by default) or of the HTTP
 session; 32 chains' ensembles side by side once exhausted the pool (`QueuePool limit ... reached`) and
 ended a sweep before its report. So every call goes through `call`: at most `calls_at_once()` of a
-process's calls run at a time (BANRAY_MLFLOW_CALLS, default 4), the SQL store's pool has a connection for each,
-and a call that fails on something that passes (a locked SQLite store, a pool timeout, a tracking server
-that is away, slow or answering 5xx after MLflow's own retries) is retried with backoff for up to
-BANRAY_MLFLOW_RETRY_S seconds (default 300). `impatient_http` in banray.tracking turns the retries off
-for commands a person waits on.
+process's calls run at a time (BANRAY_MLFLOW_CALLS, default 4, read once per process), the SQL store's
+pool has a connection for each, and a call that fails on something that passes (a locked SQLite store, a
+pool timeout, a tracking server that is away, slow or answering 5xx after MLflow's own retries) is
+retried with backoff for up to BANRAY_MLFLOW_RETRY_S seconds (default 300). `impatient_http` in
+banray.tracking turns the retries off for commands a person waits on.
 """
 
 from __future__ import annotations
