@@ -162,6 +162,14 @@ NOTES = [
     "Xeon), is not <= 2 s. Before this "
     "run the bench counted the control arms' whole spans (4.5-5 s) as overhead: it looked for their "
     "generation runs under the wrong name.",
+    "- (f): sweeps of 8, 32 and 64 chains of one-epoch groups (teacher + BAN-1, Ens*2 per chain) on a 2-core AMD "
+    "EPYC shared with three other engineers' tests and sweeps (load average 8-28 during the run; the 64-chain "
+    "sweep's last minute at 28): 2.21, 2.07 and 2.38 s of makespan per group, 1.07x from 8 to 64 chains, as flat "
+    "as this machine measures (issue 31 gives 2.3 s per group at 8 and 32 chains before every MLflow call went "
+    "through one bound per process). A one-epoch group's span is mostly waiting: 9-16% worker-slot utilisation, every chain's "
+    "Tune run side by side in the driver. The time after the DAG (each chain's ensembles in the evaluations' "
+    "runner, the registry's versions, the report) grew from 5 s to 11 s and 38 s, more than the chains; it is "
+    "where 32 chains once died on MLflow's connection pool, and the first place to look at larger sweeps.",
 ]
 
 if __name__ == "__main__":
