@@ -100,9 +100,20 @@ def passes(exc: BaseException) -> bool:
 
 
 def call(what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`function(*args, **kwargs)` in a turn of the process's bound, retried while it fails on what passes
-    (jittered exponential backoff, 0.5 s up to 15 s, outside the turn) for up to the retry budget. A write
-    retried after a server timed out may have been made: MLflow's own HTTP retries take that risk too."""
+    """`function(*args, **kwargs)` in a turn of the process's bound, retried as `retried` retries (the backoff
+    outside the turn)."""
+
+    def in_turn() -> T:
+        with turn():
+            return function(*args, **kwargs)
+
+    return retried(what, in_turn)
+
+
+def retried(what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`function(*args, **kwargs)`, retried while it fails on what passes (jittered exponential backoff, 0.5 s
+    up to 15 s) for up to the retry budget; `function` takes its own turn. A write retried after a server timed
+    out may have been made: MLflow's own HTTP retries take that risk too."""
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(passes),
         wait=tenacity.wait_random_exponential(multiplier=0.5, max=15),
@@ -112,12 +123,7 @@ def call(what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         ),
         reraise=True,
     )
-
-    def in_turn() -> T:
-        with turn():
-            return function(*args, **kwargs)
-
-    return retrying(in_turn)
+    return retrying(function, *args, **kwargs)
 
 
 class BoundedClient:

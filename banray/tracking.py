@@ -532,11 +532,12 @@ _fluent_turn = threading.RLock()
 def _fluent(tracking: Tracking):
     """Point MLflow's fluent API at `tracking` for a moment. MLflow also exports the global tracking URI
     to os.environ (and so to every later subprocess): put back what was there. The fluent state is one per
-    process, so its threads (the driver's groups, the evaluations' runner's calls) take turns; a turn of the
-    MLflow calls' bound first, the one the client calls made in the block then use."""
+    process, so its threads (the driver's groups, the evaluations' runner's calls) take turns: the fluent
+    state's first, then one of the MLflow calls' bound, which the client calls made in the block use too (a
+    thread waiting for the fluent state holds none of the bound's turns)."""
     import mlflow
 
-    with mlflow_calls.turn(), _fluent_turn:
+    with _fluent_turn, mlflow_calls.turn():
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(tracking.uri)
         try:
@@ -548,7 +549,8 @@ def _fluent(tracking: Tracking):
 def log_model(tracking: Tracking, run_id: str, model, input_example) -> str:
     """Log `model` as an MLflow PyTorch model of run `run_id`, retried as a whole through outages; returns its
     model URI."""
-    return mlflow_calls.call(f"logging the model of run {run_id}", _log_model, tracking, run_id, model, input_example)
+    return mlflow_calls.retried(f"logging the model of run {run_id}", _log_model, tracking, run_id, model,
+                                input_example)
 
 
 def _log_model(tracking: Tracking, run_id: str, model, input_example) -> str:

@@ -14,10 +14,12 @@ import pytest
 import sqlalchemy
 import sqlalchemy.exc
 import sqlalchemy.pool
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
 from banray import mlflow_calls, tracking
+from banray.records import GenerationRecord
 import servers
 
 THREADS = 32  # more than a pool's 5 + 10 connections, as 32 chains' ensembles were
@@ -241,3 +243,32 @@ def test_evaluations_and_the_report_survive_a_tracking_server_that_answers_slowl
     assert {f"chain{c}-ensembles" for c in range(6)} <= set(runs)
     assert all(runs[f"chain{c}-ensembles"].data.metrics["ens2_test_error"] == 0.1 for c in range(6))
     assert {a.path for a in direct.list_artifacts(runs["summary"].info.run_id)} == {"report.md", "paired.json"}
+
+
+@pytest.mark.timeout(300)  # a guard: a thread that never gets its turn hangs the test
+def test_models_and_registry_versions_logged_side_by_side_through_a_bound_of_one(tmp_path, monkeypatch):
+    """The fluent API's block (a model's logging, the registry's versions) holds a turn of the bound while its
+    client calls run: with a single turn, threads that log models, versions and metrics at once each get theirs."""
+    monkeypatch.setenv(mlflow_calls.CALLS_VARIABLE, "1")
+    monkeypatch.setattr(mlflow_calls, "_slots", None)
+    track, experiment_id, generations = chains(tmp_path, 4)
+    uris = {}
+
+    def model_and_metrics(chain):
+        uris[chain] = tracking.log_model(track, generations[chain], torch.nn.Linear(2, 2), torch.zeros(1, 2).numpy())
+        tracking.log_metrics(track.client(), generations[chain], {"test_error": 0.1}, step=2)
+
+    assert in_threads(model_and_metrics, 4) == []
+    records = [GenerationRecord(chain=c, generation=2, role="student", arch="linear", objective="ban",
+                                status="finished", mlflow_run_id=generations[c], teacher_checkpoint=None,
+                                teacher_run_id=None, val_error=0.1 + c / 100, model_uri=uris[c]) for c in range(4)]
+    aliases = {}
+
+    def versions_or_metrics(k):
+        if k == 0:
+            aliases.update(tracking.register_generations(track, "chains", records, "val_error", experiment_id))
+        else:
+            tracking.log_metrics(track.client(), generations[k], {"test_nll": 0.2}, step=2)
+
+    assert in_threads(versions_or_metrics, 4) == []
+    assert aliases["best"] == aliases["chain0-gen-2"]
