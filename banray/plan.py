@@ -174,7 +174,8 @@ def check_tracking(spec: SweepSpec) -> str:
     store = tracking.local_store(uri)
     if store is None:  # a database server (postgresql://, mysql://, …) or a plugin's scheme
         try:
-            tracking.Tracking(uri, spec.name, None).client().search_experiments(max_results=1)
+            with tracking.impatient_http():  # a database that is away fails the check now, not after retries
+                tracking.Tracking(uri, spec.name, None).client().search_experiments(max_results=1)
         except Exception as exc:  # any backend's failure means the sweep could not track
             raise PlanCheckFailed(f"tracking.uri: {uri} cannot be used: {exc}") from None
         return f"{uri} answers"

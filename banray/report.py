@@ -34,6 +34,7 @@ VARIATION = {
 }
 SELECTION = "best trial by {metric} on the validation split, at its best-validation epoch; test split evaluated once on it"
 PLOT_FILE = "report.png"
+LEGEND_CHAINS = 10  # the most chains the plot's legend names one by one
 # Metric → (factor to its display unit, the unit of a difference, decimals shown).
 DISPLAY = {
     "test_error": (100, "points", 2),
@@ -506,9 +507,17 @@ def _lineage(axis, report: dict[str, Any], x: dict[str, int]) -> None:
     xs = [x[c] for c in generations]
     for chain, row in report["rows"].items():
         axis.plot(xs, [_number(row.get(c)) for c in generations], marker="o", linewidth=0.8, alpha=0.6,
-                  label=f"chain {chain}", gid=f"lineage:{chain}")
+                  label=_chain_label(chain, report["rows"]), gid=f"lineage:{chain}")
     axis.plot(xs, [_number(report["summary"][c]["mean"]) for c in generations], color="black", marker="s",
               linewidth=2.5, label="mean over chains (black)", gid="lineage:mean")
+
+
+def _chain_label(chain: str, rows: dict[str, Any]) -> str:
+    """A legend entry per chain for a few chains; past LEGEND_CHAINS one for them all, on the first: 48 entries
+    once took the plot's whole height."""
+    if len(rows) <= LEGEND_CHAINS:
+        return f"chain {chain}"
+    return f"{len(rows)} chains, a line each" if chain == next(iter(rows)) else "_nolegend_"
 
 
 def _side_markers(axis, report: dict[str, Any], x: dict[str, int]) -> None:

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from banray import mlflow_calls
 from banray.columns import BASELINE, CONTROL_ENSEMBLE, report_column
 from banray.selection import best_generation
 from banray.storage import user_cache
@@ -47,10 +48,12 @@ class Tracking:
     experiment: str
     artifact_location: str | None  # set only for the local store, so artifacts stay in the sweep folder
 
-    def client(self):
+    def client(self) -> mlflow_calls.BoundedClient:
+        """MLflow's client, each of its calls in a turn of the process's bound and retried (banray.mlflow_calls)."""
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.uri)
+        mlflow_calls.size_pool()
+        return mlflow_calls.BoundedClient(MlflowClient(tracking_uri=self.uri))
 
 
 def import_client() -> None:
@@ -84,13 +87,15 @@ def server_problem(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
 @contextmanager
 def impatient_http(retries: int = 2, timeout_s: int = 10):
     """MLflow's HTTP client retries a request 7 times with exponential backoff and waits up to 120 s for
-    each answer (about 4 minutes before a dead server is given up on). For a command a person waits on:
-    `retries` retries, 1 s backoff, `timeout_s` per request, each unless the environment sets its own;
-    the environment is put back afterwards."""
+    each answer (about 4 minutes before a dead server is given up on), and banray retries an MLflow call
+    that failed on an outage for minutes more. For a command a person waits on: `retries` retries, 1 s
+    backoff, `timeout_s` per request, none of banray's, each unless the environment sets its own; the
+    environment is put back afterwards."""
     settings = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+        mlflow_calls.RETRY_BUDGET_VARIABLE: "0",
     }
     added = [name for name in settings if name not in os.environ]
     os.environ.update({name: settings[name] for name in added})
@@ -253,9 +258,7 @@ def _empty_store() -> Path | None:
     try:
         cache.mkdir(parents=True, exist_ok=True)
         partial = cache / f"{template.name}.partial-{uuid.uuid4().hex}"
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments()  # sets the tables up
+        Tracking(f"sqlite:///{partial}", "", None).client().search_experiments()  # sets the tables up
         os.replace(partial, template)
     except OSError:
         return None
@@ -529,10 +532,12 @@ _fluent_turn = threading.RLock()
 def _fluent(tracking: Tracking):
     """Point MLflow's fluent API at `tracking` for a moment. MLflow also exports the global tracking URI
     to os.environ (and so to every later subprocess): put back what was there. The fluent state is one per
-    process, so its threads (the driver's groups, the evaluations' runner's calls) take turns."""
+    process, so its threads (the driver's groups, the evaluations' runner's calls) take turns: the fluent
+    state's first, then one of the MLflow calls' bound, which the client calls made in the block use too (a
+    thread waiting for the fluent state holds none of the bound's turns)."""
     import mlflow
 
-    with _fluent_turn:
+    with _fluent_turn, mlflow_calls.turn():
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(tracking.uri)
         try:
@@ -542,7 +547,13 @@ def _fluent(tracking: Tracking):
 
 
 def log_model(tracking: Tracking, run_id: str, model, input_example) -> str:
-    """Log `model` as an MLflow PyTorch model of run `run_id`; returns its model URI."""
+    """Log `model` as an MLflow PyTorch model of run `run_id`, retried as a whole through outages; returns its
+    model URI."""
+    return mlflow_calls.retried(f"logging the model of run {run_id}", _log_model, tracking, run_id, model,
+                                input_example)
+
+
+def _log_model(tracking: Tracking, run_id: str, model, input_example) -> str:
     import mlflow.pytorch
 
     # MLflow warns about pickle on every call; banray picks it knowingly (see below) and loads its own

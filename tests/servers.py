@@ -1,5 +1,6 @@
 """Servers the tests start themselves, on 127.0.0.1, and stop by PID (never `ray stop`, which would end
-every Ray process on the machine): moto's S3 server, an MLflow tracking server and Ray nodes."""
+every Ray process on the machine): moto's S3 server, an MLflow tracking server, a slow proxy in front of it
+and Ray nodes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import count
 from pathlib import Path
 
 import requests
@@ -208,3 +212,62 @@ def _proc_text(pid: int, name: str) -> str:
 def on_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address) and bool(ip.ipv4_mapped) and ip.ipv4_mapped.is_loopback)
+
+
+@contextmanager
+def slow_proxy(upstream: str, answer):
+    """An HTTP proxy on 127.0.0.1 in front of `upstream`, in a thread of this process. `answer(n)` says what
+    its n-th request (from 0) gets: (seconds to wait, None) and then the upstream's answer, or (seconds to
+    wait, status) and then that status with an MLflow error body, the request never forwarded. Yields its URI."""
+    numbers = count()
+
+    class Handler(BaseHTTPRequestHandler):
+        def handle_one_request(self):
+            self.close_connection = True
+            super().handle_one_request()
+
+        def forward(self):
+            wait_s, status = answer(next(numbers))
+            time.sleep(wait_s)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if status is not None:
+                self.reply(status, b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "slow proxy"}',
+                           {"Content-Type": "application/json"})
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            response = requests.request(self.command, upstream + self.path, data=body, headers=headers, timeout=60)
+            kept = {k: v for k, v in response.headers.items()
+                    if k.lower() not in ("connection", "transfer-encoding", "content-encoding", "content-length")}
+            self.reply(response.status_code, response.content, kept)
+
+        def reply(self, status, content, headers):
+            try:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                pass
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *args):
+            pass
+
+    with serving(Handler) as uri:
+        yield uri
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]):
+    """An HTTP server of `handler` on 127.0.0.1, in a thread of this process; yields its URI."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,7 +7,6 @@ import http.server
 import os
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 
 import pytest
@@ -199,14 +198,8 @@ def healthy_but_failing_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with servers.serving(Handler) as uri:
+        yield uri
 
 
 @pytest.mark.timeout(60)  # a guard: with MLflow's own retry settings this takes about 4 minutes

@@ -354,3 +354,14 @@ def test_markdown_escapes_hostile_names(built):
     assert "chain 2 stopped after generation 1: boom \\| \\</table\\> \\# owned" in text
     assert not re.search(r"(?<!\\)<", text) and "\n# owned" not in text
 
+
+
+def test_the_figure_of_many_chains_names_them_in_one_legend_entry(recwarn):
+    """48 chains' entries once took the lineage panel's whole height (matplotlib: 'axes sizes collapsed')."""
+    chains = [ChainResult(c, [record(c, 0, 0.1), record(c, 1, 0.09 + c / 1000)], [], None) for c in range(48)]
+    lineage, _ = panels(build(parse_spec(tiny_spec(chains=48)), chains))
+    labels = lineage.get_legend_handles_labels()[1]
+    assert [label for label in labels if label.startswith(("chain", "48"))] == ["48 chains, a line each"]
+    assert len(lineage.get_lines()) == 49
+    lineage.figure.canvas.draw()  # where constrained layout gives up
+    assert not [w for w in recwarn if "collapsed" in str(w.message)]
