@@ -145,8 +145,9 @@ KILL_POINTS = {
 }
 
 
-@ENGINES
-@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+# Every kill point on warm hosts; on Ray Train (2-3 minutes a case) the two inside a group's training.
+@pytest.mark.parametrize("engine, kill_point", [("trial", point) for point in KILL_POINTS] +
+                         [("train", "first-reports"), ("train", "checkpoint-saved")])
 @pytest.mark.usefixtures("no_leaked_placement_groups")
 def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, engine, kill_point):
     spec = tiny_spec(name="killed", storage=str(tmp_path / "runs"), generations=2,
