@@ -248,12 +248,14 @@ def test_every_wrong_type_is_named_at_once(tmp_path):
 @pytest.mark.parametrize(
     "arch, kwargs, reason",
     [
-        ("cnn", {"width": -3}, "{'width': -3}: RuntimeError: Trying to create tensor with negative dimension -3"),
+        ("cnn", {"width": -3}, "{'width': -3}: width -3 is not allowed: Input should be greater than or equal to 1"),
+        ("mlp", {"dropout": 1.0}, "dropout 1.0 is not allowed: Input should be less than 1"),
+        ("wrn", {"depth": -2}, "depth -2 is not allowed"),
         ("cnn", {"width": "wide"}, ""),  # TypeError from inside torch
         ("cnn", {"height": 3}, "small_cnn() got an unexpected keyword argument 'height'"),
         ("cnn", {"num_classes": 3}, "got multiple values for keyword argument 'num_classes'"),
         ("wrn", {"depth": 27}, "wrn depth must be 6n + 4"),
-        ("preact_resnet", {"block": "huge"}, "preact_resnet block must be 'basic' or 'bottleneck'"),
+        ("preact_resnet", {"block": "huge"}, "block 'huge' is not allowed: Input should be 'basic' or 'bottleneck'"),
         ("cnn", {"width": 10**30}, ""),  # torch cannot even represent the size
     ],
 )

@@ -80,10 +80,10 @@ def test_densenet_depths_round_down_and_block_units_override_them():
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("densenet_bc", {"depth": 9}, "at least 1 unit per dense block"),
-        ("densenet_bc", {"block_units": 0}, "at least 1 unit per dense block"),
+        ("densenet_bc", {"depth": 9}, "depth 9 is not allowed: Input should be greater than or equal to 10"),
+        ("densenet_bc", {"block_units": 0}, "block_units 0 is not allowed"),  # the range the builder declares
         ("wrn", {"depth": 27}, r"6n \+ 4 with n ≥ 1 \(10, 16, 22, 28"),
-        ("wrn", {"depth": 4}, r"6n \+ 4"),
+        ("wrn", {"depth": 4}, "depth 4 is not allowed"),
         ("preact_resnet", {"depth": 32}, r"bottleneck blocks must be 9n \+ 2 .*164, 1001"),
         ("preact_resnet", {"depth": 29, "block": "basic"}, r"basic blocks must be 6n \+ 2 .*110"),
         ("preact_resnet", {"block": "wide"}, "'basic' or 'bottleneck'"),

@@ -96,6 +96,10 @@ class ModelBuildError(_ModelError):
     IndexError on a short input_shape, ...): the kwargs cannot build the model."""
 
 
+class ModelArgumentOutOfRange(_ModelError):
+    """A kwarg outside the range its builder declares (a zero width, a negative depth, dropout 1)."""
+
+
 def _describe(name: str, kwargs: dict[str, Any]) -> str:
     text = f"model {name!r} with kwargs {kwargs!r}"
     return text if len(text) <= 300 else text[:297] + "..."
@@ -134,8 +138,10 @@ def _call(name: str, builder: ModelBuilder, num_classes: int, input_shape: tuple
 
 def count_parameters(name: str, *, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> int:
     """The number of parameters of model `name` with these arguments, from a build on the meta device that
-    allocates nothing; ModelTooLarge above MAX_PARAMETERS, and the builder's errors as build_model raises them."""
+    allocates nothing; ModelArgumentOutOfRange for a kwarg outside its builder's declared range, ModelTooLarge
+    above MAX_PARAMETERS, and the builder's errors as build_model raises them."""
     builder = MODELS[name]
+    _check_ranges(name, kwargs)
     input_shape = tuple(input_shape)
     outer = getattr(_counting, "limit", None), getattr(_counting, "tensors", 0)  # a builder may build others
     _counting.limit, _counting.tensors = MAX_PARAMETER_TENSORS, 0
@@ -157,7 +163,8 @@ def count_parameters(name: str, *, num_classes: int, input_shape: tuple[int, ...
 def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
     """The model `name` built from the dataset's arguments and its kwargs. Raises KeyError for an unknown
     name; TypeError or ValueError as the builder raises them (unknown or ill-typed kwargs, invalid values);
-    ModelTooLarge (a ValueError) above the parameter cap, checked on the meta device before allocating;
+    ModelArgumentOutOfRange (a ValueError) for a kwarg outside the range its builder declares; ModelTooLarge
+    (a ValueError) above the parameter cap, checked on the meta device before allocating;
     ModelBuildError (a ValueError) for any other error of the builder."""
     builder = MODELS[name]
     count_parameters(name, num_classes=num_classes, input_shape=input_shape, **kwargs)
@@ -179,6 +186,16 @@ def model_defaults(name: str) -> dict[str, Any]:
     params = inspect.signature(MODELS[name]).parameters
     return {p: (v.default if v.default is not inspect.Parameter.empty else None) for p, v in params.items()
             if p not in DATASET_ARGS}
+
+
+def _check_ranges(name: str, kwargs: dict[str, Any]) -> None:
+    """ModelArgumentOutOfRange for the first kwarg outside its builder's declared range: kwargs from a spec are
+    checked at validation already, those from a checkpoint's metadata only here."""
+    for argument, value in kwargs.items():
+        problem = argument_problem(name, argument, value)
+        if problem is not None:
+            reason = f"{argument} {value!r} is not allowed: {problem}"
+            raise ModelArgumentOutOfRange(f"{_describe(name, kwargs)}: {reason}", reason)
 
 
 def argument_problem(name: str, argument: str, value: Any) -> str | None:
