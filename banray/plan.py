@@ -275,13 +275,15 @@ def check_cluster(spec: SweepSpec, address: str) -> str:
     has connected; a host:port that does not accept connections fails in seconds (ray.init waits minutes)."""
     import ray
 
+    from banray import ray_internals
     from banray.slots import slot_capacity
 
     _reachable(address)
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=False)
+            with ray_internals.connecting_to(address):
+                ray.init(address=address, logging_config=ray.LoggingConfig(log_level="ERROR"), log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise PlanCheckFailed(f"--address: cannot connect to Ray at {address}: {exc}") from None
     try:

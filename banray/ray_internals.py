@@ -14,6 +14,7 @@ fails when a Ray upgrade moves or changes it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Iterator
@@ -22,6 +23,24 @@ from ray._private import ray_constants, services
 from ray._private import worker as ray_worker
 
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def connecting_to(cluster: str | None) -> contextlib.AbstractContextManager:
+    """What `ray.init(address=cluster)` runs within (None: a new local cluster): a cluster of this machine
+    alone listens on loopback only (Ray's token is then not its only guard), and one reached at a loopback
+    address is such a cluster, which Ray would look for at the network address."""
+    return loopback_only() if on_loopback(cluster) else contextlib.nullcontext()
+
+
+def on_loopback(cluster: str | None) -> bool:
+    """Whether a cluster address (None: a new local cluster) names this machine's loopback interface."""
+    if cluster is None:
+        return True
+    host = cluster.rpartition(":")[0].strip("[]") if "://" not in cluster else ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, "auto", a URL
+        return False
 
 
 @contextlib.contextmanager

@@ -8,9 +8,7 @@ their last checkpoints) under the same MLflow run.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import ipaddress
 import json
 import logging
 import os
@@ -180,17 +178,6 @@ def _check_model(key: str, model, dataset: str, task) -> None:
             ) from None
 
 
-def on_loopback(cluster: str | None) -> bool:
-    """Whether a cluster address (None: a new local cluster) names this machine's loopback interface."""
-    if cluster is None:
-        return True
-    host = cluster.rpartition(":")[0].strip("[]") if "://" not in cluster else ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name, "auto", a URL
-        return False
-
-
 def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> bool:
     """Connect to (or start) Ray; returns whether this call started the connection. `env_vars` reach
     every Ray process of the sweep; secrets never go there (a cluster's nodes bring their own).
@@ -211,9 +198,7 @@ def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> b
     # quickstart), so it is only for clusters that run elsewhere.
     runtime_env = {"env_vars": env} if cluster else None
     local = {} if cluster else {"include_dashboard": dashboard}
-    # A cluster of this machine alone listens on loopback only (Ray's token is then not its only guard), and
-    # one reached at a loopback address is such a cluster: Ray would look for it at the network address.
-    with ray_internals.loopback_only() if on_loopback(cluster) else contextlib.nullcontext():
+    with ray_internals.connecting_to(cluster):
         # Ray's own INFO lines (one per reported epoch and checkpoint) would bury banray's progress lines.
         ray.init(address=address, runtime_env=runtime_env, logging_config=ray.LoggingConfig(log_level="WARNING"), **local)
     return True

@@ -114,7 +114,9 @@ def test_model_arguments_and_bad_values():
     assert model_defaults("cnn1d") == {"channels": 25}
     assert model_defaults("resnet1d") == {"width": 16, "depth": 8}
     for arch, kwargs, message in [
-        ("resnet1d", {"depth": 9}, "6n \\+ 2"), ("cnn1d", {"channels": 0}, "at least 1"), ("mlp1d", {"depth": 0}, "at least 1"),
+        ("resnet1d", {"depth": 9}, "6n \\+ 2"),  # the builder's own rule across its arguments
+        ("cnn1d", {"channels": 0}, "channels 0 is not allowed: Input should be greater than or equal to 1"),
+        ("mlp1d", {"depth": 0}, "depth 0 is not allowed: Input should be greater than or equal to 1"),
     ]:
         with pytest.raises(ValueError, match=message):
             build_model(arch, num_classes=10, input_shape=SHAPE, **kwargs)

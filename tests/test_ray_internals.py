@@ -84,3 +84,11 @@ def test_the_token_notice_logger_is_rays():
 @pytest.mark.slow
 def test_the_head_node_is_that_of_the_cluster_this_process_started(ray_cluster):
     assert ray_internals.started_head_node().gcs_address == ray_cluster
+
+
+@pytest.mark.parametrize("cluster, local", [
+    (None, True), ("127.0.0.1:6379", True), ("localhost:6379", True), ("[::1]:6379", True),
+    ("10.0.0.5:6379", False), ("head:6379", False), ("auto", False), ("ray://127.0.0.1:10001", False),
+])
+def test_a_cluster_of_this_machine_is_one_started_here_or_at_a_loopback_address(cluster, local):
+    assert ray_internals.on_loopback(cluster) is local
