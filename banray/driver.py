@@ -17,7 +17,8 @@ from banray.evaluation import evaluate_group, needs_evaluation, run_ensembles
 from banray.group import SweepContext, run_group, run_groups_here, start_generation_run, stop_reason, tune_verbosity
 from banray.records import ChainResult, GenerationRecord, SweepResult
 from banray.runners import start_runner
-from banray.slots import WorkerSlots, warm_hosts
+from banray.hosts import start_host, warm_hosts
+from banray.slots import WorkerSlots
 from banray.spec import SweepSpec
 from banray.state import SweepState
 from banray.storage import SweepStorage
@@ -47,7 +48,7 @@ def _start_slots(spec: SweepSpec, storage: SweepStorage, capacity: int) -> tuple
     # Started here rather than by the pool, whose own process would start first: the hosts are the first
     # group's critical path.
     hosts = warm_hosts(spec.resources, capacity) if spec.resources.on_host() else {}
-    return name, WorkerSlots.options(name=name, get_if_exists=True).remote(capacity, hosts)
+    return name, WorkerSlots.options(name=name, get_if_exists=True).remote(capacity, start_host, hosts)
 
 
 # What the evaluations' runner imports as it starts. MLflow's PyTorch flavour too: two evaluations' threads

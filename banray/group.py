@@ -32,7 +32,8 @@ from banray.storage import (
     save_tune_state_only_between_uploads,
     with_retries,
 )
-from banray.trial import TrialRuntime, group_name, trainable, trial_resources
+from banray.hosts import drive_host
+from banray.trial import TrialRuntime, group_name, run_trial, trial_class, trial_resources
 from banray.trial_runs import TrialRuns, trial_run_ids
 
 
@@ -86,15 +87,21 @@ def run_groups_here(tune_state_every_s: float) -> None:
 _registering = threading.Lock()
 
 
+def trainable(resources: ResourcesSpec) -> type[tune.Trainable]:
+    """The Tune trainable of a trial: the driver of a warm host (banray.hosts, a function of its own so
+    that its process imports no torch), or `run_trial`."""
+    return trial_class(drive_host if resources.on_host() else run_trial)
+
+
 def registered_trainable(resources: ResourcesSpec) -> str:
     """The name of the trial trainable with its resources in Tune's registry. The registry is one per
     process and not thread-safe, and the driver's Tune runs start side by side in its threads: they
     register here, one at a time, and hand Tune the name."""
-    wanted, trial_class = trial_resources(resources), trainable(resources)
+    wanted, trial_trainable = trial_resources(resources), trainable(resources)
     # Tune's registry is cluster-wide: the name says everything the registered object holds.
-    name = "-".join(["banray", trial_class.__name__.replace("_", "-"), *(f"{k}{v:g}" for k, v in sorted(wanted.items()))])
+    name = "-".join(["banray", trial_trainable.__name__.replace("_", "-"), *(f"{k}{v:g}" for k, v in sorted(wanted.items()))])
     with _registering:
-        tune.register_trainable(name, tune.with_resources(trial_class, wanted))
+        tune.register_trainable(name, tune.with_resources(trial_trainable, wanted))
     return name
 
 

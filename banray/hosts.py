@@ -25,13 +25,16 @@ from typing import TYPE_CHECKING, Any
 import ray
 import ray.train
 import ray.tune as tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from banray.records import TrialSummary
-from banray.slots import holding_a_slot, slot_priority
-from banray.storage import checkpoint_uri
+from banray.slots import holding_a_slot, slot_capacity, slot_priority
+from banray.tune_report import report_to_tune
 
 if TYPE_CHECKING:
     import torch
+
+    from banray.spec import ResourcesSpec
 
 
 class _Cancelled(Exception):
@@ -207,12 +210,23 @@ def _train_on(host: ray.actor.ActorHandle, config: dict[str, Any]) -> TrialSumma
             ray.get(host.stored.remote(uri))
 
 
-def report_to_tune(metrics: dict, directory: str | None) -> str | None:
-    """Report an epoch as this Tune trial's result, with the checkpoint in `directory` if given; returns where
-    Tune stored it (through the run's retrying storage filesystem)."""
-    if directory is None:
-        tune.report(metrics)
-        return None
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-    storage = tune.get_context().get_storage()
-    return checkpoint_uri(ray.train.Checkpoint(storage.checkpoint_fs_path, filesystem=storage.storage_filesystem))
+def start_host(node: str) -> ray.actor.ActorHandle:
+    """A new TrialHost on `node`."""
+    return TrialHost.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+
+
+def warm_hosts(resources: ResourcesSpec, capacity: int) -> dict[tuple[str, int], ray.actor.ActorHandle]:
+    """The hosts that each alive node can use (host_slots), started now, before any trial asks for one."""
+    return {(node, index): start_host(node) for node, count in host_slots(resources, capacity).items()
+            for index in range(count)}
+
+
+def host_slots(resources: ResourcesSpec, capacity: int) -> dict[str, int]:
+    """How many warm trial processes to start on each alive node: the trials it can run at once, `capacity`
+    in all. Nodes that join later get theirs when a trial there first asks."""
+    per_node, left = {}, capacity
+    for node in ray.nodes():
+        if node["Alive"] and left > 0:
+            per_node[node["NodeID"]] = count = min(left, slot_capacity(resources, node["Resources"]))
+            left -= count
+    return {node: count for node, count in per_node.items() if count}

@@ -21,7 +21,7 @@ import ray.tune as tune
 import torch
 from torch import nn
 
-from banray.hosts import report_to_tune
+from banray.tune_report import report_to_tune
 
 
 class Session(Protocol):

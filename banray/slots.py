@@ -8,10 +8,9 @@ import asyncio
 import itertools
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 if TYPE_CHECKING:
     from banray.spec import ResourcesSpec
@@ -35,13 +34,15 @@ class WorkerSlots:
     RECLAIM_EVERY_S = 2.0
     POLL_S = 0.05
 
-    def __init__(self, capacity: int, hosts: dict[tuple[str, int], ray.actor.ActorHandle] | None = None):
+    def __init__(self, capacity: int, start_host: Callable[[str], ray.actor.ActorHandle],
+                 hosts: dict[tuple[str, int], ray.actor.ActorHandle] | None = None):
         self.capacity = capacity
         self.holders: dict[str, float] = {}  # actor id → when it took its slot
         self.waiting: set[tuple[tuple, float, str]] = set()  # (priority, since, actor id)
         self.busy_s = 0.0
         self.last_reclaim = 0.0
         self.hosts = dict(hosts or {})  # (node id, index) → its TrialHost
+        self.start_host = start_host  # banray.hosts.start_host: a host on a node, for those that join later
         self.host_of: dict[str, tuple[str, int]] = {}  # holder → the host it trains on
         # Explicit, since the State API would otherwise refuse to guess between several Ray instances.
         self.cluster = ray.get_runtime_context().gcs_address
@@ -74,7 +75,7 @@ class WorkerSlots:
 
     def _host(self, key: tuple[str, int]) -> ray.actor.ActorHandle:
         if key not in self.hosts:  # a node that joined after the sweep started
-            self.hosts[key] = start_host(key[0])
+            self.hosts[key] = self.start_host(key[0])
         return self.hosts[key]
 
     def _reclaim_dead(self) -> None:
@@ -103,30 +104,6 @@ def slot_capacity(resources: ResourcesSpec, cluster: dict[str, float]) -> int:
     if resources.gpus_per_worker:
         per_trial["GPU"] = resources.workers_per_trial * resources.gpus_per_worker
     return int(min(cluster.get(name, 0.0) // need for name, need in per_trial.items()))
-
-
-def start_host(node: str) -> ray.actor.ActorHandle:
-    """A new TrialHost on `node`."""
-    from banray.hosts import TrialHost  # banray.hosts holds its trials' slots with this module
-
-    return TrialHost.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-
-
-def warm_hosts(resources: ResourcesSpec, capacity: int) -> dict[tuple[str, int], ray.actor.ActorHandle]:
-    """The hosts that each alive node can use (host_slots), started now, before any trial asks for one."""
-    return {(node, index): start_host(node) for node, count in host_slots(resources, capacity).items()
-            for index in range(count)}
-
-
-def host_slots(resources: ResourcesSpec, capacity: int) -> dict[str, int]:
-    """How many warm trial processes to start on each alive node: the trials it can run at once, `capacity`
-    in all. Nodes that join later get theirs when a trial there first asks."""
-    per_node, left = {}, capacity
-    for node in ray.nodes():
-        if node["Alive"] and left > 0:
-            per_node[node["NodeID"]] = count = min(left, slot_capacity(resources, node["Resources"]))
-            left -= count
-    return {node: count for node, count in per_node.items() if count}
 
 
 def slot_priority(arm: str, generation: int) -> tuple:

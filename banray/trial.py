@@ -31,7 +31,6 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.trainable.function_trainable import wrap_function
 
-from banray.hosts import drive_host
 from banray.records import TrialSummary
 from banray.selection import MODE, best_checkpoint
 from banray.slots import holding_a_slot, slot_priority
@@ -85,12 +84,6 @@ def trial_settings(config: dict[str, Any]) -> tuple[TrialSettings, TrialRuntime]
     arm_path = (1,) if config["arm"] == "control" else ()
     seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"], *arm_path)
     return TrialSettings.model_validate({**settings_fields, "seed": seed}), runtime
-
-
-def trainable(resources: ResourcesSpec) -> type[tune.Trainable]:
-    """The Tune trainable of a trial: the driver of a warm host (banray.hosts, a function of its own so
-    that its process imports no torch), or `run_trial`."""
-    return trial_class(drive_host if resources.on_host() else run_trial)
 
 
 @functools.cache

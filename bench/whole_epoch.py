@@ -34,6 +34,7 @@ from banray.group import SweepContext, run_group, run_groups_here, start_generat
 from banray.models import build_model
 from banray.spec import TrainSpec, parse_spec
 from banray.tasks import make_task
+from banray.hosts import start_host
 from banray.slots import WorkerSlots
 from banray.worker import make_optimizer, make_scheduler, seed_everything
 from bench.common import write
@@ -63,7 +64,7 @@ def banray_epoch_s(case: dict, storage: Path) -> float:
     track = tracking.resolve(None, spec.name, storage)
     experiment_id = tracking.ensure_experiment(track)
     slots = f"bench-slots-{storage.name}"
-    pool = WorkerSlots.options(name=slots).remote(1)  # held until the group is over: an unheld actor is collected
+    pool = WorkerSlots.options(name=slots).remote(1, start_host)  # held until the group is over: an unheld actor is collected
     ctx = SweepContext(spec=spec, sweep_dir=str(storage / spec.name), tracking=track, experiment_id=experiment_id,
                        slots_actor=slots, capacity=1, tune_verbose=0)
     run_id = start_generation_run(ctx, 0, 0, None)

@@ -280,9 +280,10 @@ def test_tune_writes_no_files_per_result(finished):
 
 
 def test_holders_on_one_node_get_hosts_of_their_own_and_a_released_host_serves_again(ray_cluster):
+    from banray.hosts import start_host
     from banray.slots import WorkerSlots
 
-    slots = WorkerSlots.remote(2)
+    slots = WorkerSlots.remote(2, start_host)
     node = ray.get_runtime_context().get_node_id()
     for holder in ("a", "b"):
         ray.get(slots.acquire.remote(holder))
