@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import tenacity
 
+from banray.storage import backoff
+
 CALLS_VARIABLE = "BANRAY_MLFLOW_CALLS"
 RETRY_BUDGET_VARIABLE = "BANRAY_MLFLOW_RETRY_S"
 DEFAULT_CALLS = 4
@@ -114,16 +116,8 @@ def retried(what: str, function: Callable[..., T], *args: Any, **kwargs: Any) ->
     """`function(*args, **kwargs)`, retried while it fails on what passes (jittered exponential backoff, 0.5 s
     up to 15 s) for up to the retry budget; `function` takes its own turn. A write retried after a server timed
     out may have been made: MLflow's own HTTP retries take that risk too."""
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(passes),
-        wait=tenacity.wait_random_exponential(multiplier=0.5, max=15),
-        stop=tenacity.stop_after_delay(retry_budget_s()),
-        before_sleep=lambda state: logger.warning(
-            "MLflow: %s failed (%s); retrying (attempt %d)", what, state.outcome.exception(), state.attempt_number
-        ),
-        reraise=True,
-    )
-    return retrying(function, *args, **kwargs)
+    wait = tenacity.wait_random_exponential(multiplier=0.5, max=15)
+    return backoff(f"MLflow: {what}", passes, retry_budget_s(), wait, logger)(function, *args, **kwargs)
 
 
 class BoundedClient:

@@ -80,21 +80,28 @@ def retry_budget_s() -> float:
     return float(os.environ.get(RETRY_BUDGET_VARIABLE, "300"))
 
 
+def backoff(what: str, passes: Callable[[BaseException], bool], budget_s: float, wait,
+            log: logging.Logger) -> tenacity.Retrying:
+    """banray's retry policy: retry while the failure `passes`, waiting `wait` between tries (from 0.5 s up to
+    15 s), for up to `budget_s` seconds, each retry a warning on `log` naming `what`; then the last error."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(passes),
+        wait=wait,
+        stop=tenacity.stop_after_delay(budget_s),
+        before_sleep=lambda state: log.warning(
+            "%s failed (%s); retrying (attempt %d)", what, state.outcome.exception(), state.attempt_number
+        ),
+        reraise=True,
+    )
+
+
 def with_retries(what: str, call: Callable[[], T]) -> T:
     """`call()`, retried with exponential backoff (0.5 s doubling to 15 s) while storage errors are
     transient, for up to the retry budget; then StorageUnavailable naming `what`."""
     budget = retry_budget_s()
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(_transient),
-        wait=tenacity.wait_exponential(multiplier=0.5, max=15),
-        stop=tenacity.stop_after_delay(budget),
-        before_sleep=lambda state: logger.warning(
-            "storage: %s failed (%s); retrying (attempt %d)", what, state.outcome.exception(), state.attempt_number
-        ),
-        reraise=True,
-    )
     try:
-        return retrying(call)
+        wait = tenacity.wait_exponential(multiplier=0.5, max=15)
+        return backoff(f"storage: {what}", _transient, budget, wait, logger)(call)
     except OSError as exc:
         if refused(exc) and not isinstance(exc, (FileNotFoundError, StorageRefused)):
             raise refusal(exc, what) from exc
