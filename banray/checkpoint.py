@@ -27,6 +27,8 @@ from banray.models import MODELS, build_model
 from banray.spec import Arm
 
 WEIGHTS_FILE = "model.pt"
+# The training state (epoch, optimizer, schedule, RNG states) a restarted trial goes on from.
+TRAINING_STATE_FILE = "training_state.pt"
 METADATA_FILE = ".metadata.json"  # where ray.train.Checkpoint.set_metadata writes the metadata, as JSON
 # The version of CheckpointRecord's fields; checkpoints from before the record (plain dicts) have none.
 SCHEMA_VERSION = 1
@@ -244,6 +246,11 @@ def _read_record(files: _Files) -> CheckpointRecord:
         return CheckpointRecord.model_validate(metadata)
     except ValidationError as exc:
         raise _bad(files.uri, _invalid(exc)) from None
+
+
+def read_record(checkpoint_uri: str) -> CheckpointRecord:
+    """A checkpoint's record alone, without its weights; any problem with it is a BadCheckpoint."""
+    return _read_record(_Files(checkpoint_uri, Checkpoint(checkpoint_uri)))
 
 
 def decode_tensors(checkpoint_uri: str, data: bytes, file: str = WEIGHTS_FILE) -> Any:

@@ -22,8 +22,9 @@ import ray.tune as tune
 
 from banray import tracking
 from banray.columns import report_column
+from banray.earlier_trials import earlier_settings, last_checkpoints
 from banray.records import GenerationRecord, TrialSummary
-from banray.search import make_search, searched_values, warm_start_point
+from banray.search import make_search, optuna_name, searched_values, warm_start_point
 from banray.selection import MODE, best_trial
 from banray.spec import ResourcesSpec, SweepSpec
 from banray.storage import (
@@ -256,9 +257,12 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
         return tune.Tuner.restore(
             f"{tune_root}/{name}", trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=tune_fs
         )
+    earlier_checkpoints, first_points = {}, []
     if restore:
-        say(label, f"its interrupted Tune run in {ctx.tune_storage}/{name} left no whole state to continue; "
-                   "its trials start again")
+        earlier_checkpoints, searched = _earlier_trials(ctx, name, run_id, generation, settings)
+        first_points = [{optuna_name(key): value for key, value in values.items()} for values in searched]
+        say(label, f"its interrupted Tune run in {ctx.tune_storage}/{name} left no whole state to continue; its "
+                   f"trials start again with their settings, {_continuing(earlier_checkpoints)}")
     spec = ctx.spec
     if teacher is not None and spec.distill.teacher == "cached":
         # One cache of the teacher's logits per generation, in the sweep's storage; its trials build it.
@@ -267,8 +271,8 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
         section, field_name = key.split(".")
         del settings[section][field_name]
     start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
-    search_alg, trial_space, scheduler = make_search(spec, chain, generation, start)
-    runtime = TrialRuntime(ctx.train_storage, spec.resources, ctx.slots_actor)
+    search_alg, trial_space, scheduler = make_search(spec, chain, generation, first_points or ([start] if start else []))
+    runtime = TrialRuntime(ctx.train_storage, spec.resources, ctx.slots_actor, earlier_checkpoints)
     in_trial = spec.resources.engine() == "trial"
     return tune.Tuner(
         trainable,
@@ -299,6 +303,28 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
             # train.checkpoint_every_s (TUNE_GLOBAL_CHECKPOINT_S, set by run_groups_here).
         ),
     )
+
+
+def _earlier_trials(ctx: SweepContext, name: str, run_id: str, generation: int, settings: dict[str, Any]
+                    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """What a group's lost Tune run left: its trials' own last checkpoints, by trial number with the searched
+    values each was trained with (TrialRuntime.earlier_checkpoints), and those values in trial order."""
+    if ctx.spec.resources.engine() == "train":
+        checkpoints = last_checkpoints(ctx.train_storage, f"{name}-*", settings)
+    else:
+        checkpoints = last_checkpoints(f"{ctx.tune_storage}/{name}", "trial_*", settings)
+    searched = earlier_settings(ctx.tracking, ctx.experiment_id, run_id, ctx.spec, generation)
+    if not ctx.spec.search_space(generation):  # nothing searched: every trial's settings are known
+        searched = [{}] * max([len(searched), *(trial + 1 for trial in checkpoints)])
+    return {str(trial): {"checkpoint": found.uri, "settings": searched[trial], "epoch": found.epoch}
+            for trial, found in sorted(checkpoints.items()) if trial < len(searched)}, searched
+
+
+def _continuing(earlier_checkpoints: dict[str, dict[str, Any]]) -> str:
+    if not earlier_checkpoints:
+        return "from scratch: none had a whole checkpoint"
+    after = ", ".join(f"trial {trial} after epoch {found['epoch']}" for trial, found in earlier_checkpoints.items())
+    return f"each from its own last checkpoint where it has one ({after})"
 
 
 def _saved_state(run_path: str, fs: pafs.FileSystem) -> bool:

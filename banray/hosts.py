@@ -29,7 +29,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from banray.records import TrialSummary
 from banray.slots import holding_a_slot, slot_capacity, slot_priority
-from banray.tune_report import report_to_tune
+from banray.tune_report import continued_from, report_to_tune
 
 if TYPE_CHECKING:
     import torch
@@ -195,7 +195,7 @@ def drive_host(config: dict[str, Any]) -> None:
 
 
 def _train_on(host: ray.actor.ActorHandle, config: dict[str, Any]) -> TrialSummary:
-    ray.get(host.start.remote(config, tune.get_checkpoint()))
+    ray.get(host.start.remote(config, continued_from(config)))
     while True:
         try:
             item = ray.get(host.next_report.remote())

@@ -84,8 +84,9 @@ def warm_start_point(spec: SweepSpec, generation: int, previous_best: dict[str, 
     return {optuna_name(key): previous_best.get(key, value_range.midpoint()) for key, value_range in space.items()}
 
 
-def make_search(spec: SweepSpec, chain: int, generation: int, start: dict[str, Any] | None):
-    """(search_alg, param_space additions, scheduler) for one generation's Tune run."""
+def make_search(spec: SweepSpec, chain: int, generation: int, first_points: list[dict[str, Any]]):
+    """(search_alg, param_space additions, scheduler) for one generation's Tune run; the search suggests
+    `first_points` (Optuna names) first, in order."""
     space = spec.search_space(generation)
     metric = spec.search.metric
     scheduler = None
@@ -105,7 +106,7 @@ def make_search(spec: SweepSpec, chain: int, generation: int, start: dict[str, A
         metric=metric,
         mode=MODE,
         seed=derive_seed(spec.seed, chain, generation),
-        points_to_evaluate=[start] if start else None,
+        points_to_evaluate=first_points or None,
     )
     return NumberedSearcher(optuna), {}, scheduler
 

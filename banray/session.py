@@ -17,7 +17,6 @@ from typing import Callable, Iterator, Protocol
 
 import ray.train
 import ray.train.torch
-import ray.tune as tune
 import torch
 from torch import nn
 
@@ -50,9 +49,10 @@ class TrainSession:
         # banray.tasks shards the loader itself, seeded by the trial; Ray's sampler is seeded 0.
         return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
 
-    def __init__(self) -> None:
+    def __init__(self, earlier: ray.train.Checkpoint | None = None) -> None:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.earlier = earlier  # the trial's own checkpoint from a lost Tune run, to start from
 
     def device(self) -> torch.device:
         return ray.train.torch.get_device()
@@ -61,7 +61,7 @@ class TrainSession:
         return ray.train.torch.prepare_model(model)
 
     def restored(self) -> ray.train.Checkpoint | None:
-        return ray.train.get_checkpoint()
+        return ray.train.get_checkpoint() or self.earlier
 
     def report(self, metrics: dict, directory: str | None) -> str | None:
         # Uploaded through the trial's retrying storage filesystem (banray.storage.ray_storage).
@@ -74,8 +74,8 @@ class TuneSession:
 
     rank, world_size, prepare_loader = 0, 1, None
 
-    def __init__(self, use_gpu: bool) -> None:
-        self.use_gpu = use_gpu
+    def __init__(self, use_gpu: bool, restored: ray.train.Checkpoint | None) -> None:
+        self.use_gpu, self._restored = use_gpu, restored
 
     def device(self) -> torch.device:
         return torch.device("cuda", 0) if self.use_gpu and torch.cuda.is_available() else torch.device("cpu")
@@ -84,7 +84,7 @@ class TuneSession:
         return model.to(self.device())
 
     def restored(self) -> ray.train.Checkpoint | None:
-        return tune.get_checkpoint()
+        return self._restored
 
     def report(self, metrics: dict, directory: str | None) -> str | None:
         return report_to_tune(metrics, directory)

@@ -472,22 +472,30 @@ def start_run(
     return run.info.run_id
 
 
-def start_or_resume_run(
+def start_or_resume_trial_run(
     tracking: Tracking,
     experiment_id: str,
     run_name: str,
     tags: dict[str, str],
-    params: Mapping[str, Any] | None = None,
-    parent_run_id: str | None = None,
+    params: Mapping[str, Any],
+    parent_run_id: str,
 ) -> str:
-    """The run tagged with the same `banray.tune_trial_id`, set running again, if one exists (a trial
-    restored by a resumed sweep); else a new run."""
+    """The run of the same trial number under the same generation run, set running again and tagged with the
+    trial's current Tune trial id, if one exists (a trial restored by a resumed sweep, or started again from
+    its own checkpoint when its group's Tune state was lost); else a new run."""
     client = tracking.client()
-    trial_id = tags[f"{TAG_PREFIX}tune_trial_id"]
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PREFIX}tune_trial_id` = '{trial_id}'")
-    if found:
-        return reopen_run(tracking, found[0].info.run_id)
-    return start_run(tracking, experiment_id, run_name, tags, params, parent_run_id)
+    trial = tags[f"{TAG_PREFIX}trial"]
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT}` = '{parent_run_id}' and tags.`{TAG_PREFIX}trial` = '{trial}'",
+    )
+    if not found:
+        return start_run(tracking, experiment_id, run_name, tags, params, parent_run_id)
+    run_id = found[0].info.run_id
+    tune_trial_id = f"{TAG_PREFIX}tune_trial_id"
+    if found[0].data.tags.get(tune_trial_id) != tags[tune_trial_id]:
+        client.set_tag(run_id, tune_trial_id, tags[tune_trial_id])
+    return reopen_run(tracking, run_id)
 
 
 def reopen_run(tracking: Tracking, run_id: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ray
@@ -37,6 +37,7 @@ from banray.slots import holding_a_slot, slot_priority
 from banray.spec import ResourcesSpec, TrialSettings, derive_seed
 from banray.session import TuneSession
 from banray.storage import checkpoint_uri, ray_storage
+from banray.tune_report import continued_from, earlier_checkpoint
 from banray.worker import train_loop, train_loop_per_worker
 
 
@@ -51,6 +52,9 @@ class TrialRuntime:
     train_storage: str
     resources: ResourcesSpec
     slots_actor: str  # name of the sweep's WorkerSlots actor
+    # Trial number (a str: Tune flattens configs by key) → {"checkpoint": URI, "settings": its searched
+    # values}: where a group's Tune state was lost, each trial's own last checkpoint (banray.earlier_trials).
+    earlier_checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_config(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "resources": self.resources.model_dump()}
@@ -108,22 +112,24 @@ def run_trial(config: dict[str, Any]) -> None:
     settings, runtime = trial_settings(config)
     with holding_a_slot(runtime.slots_actor, slot_priority(settings.arm, settings.generation)):
         if runtime.resources.engine() == "train":
-            summary = _fit_trainer(settings, runtime)
+            summary = _fit_trainer(settings, runtime, earlier_checkpoint(config))
         else:
-            session = TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0)
+            session = TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0, restored=continued_from(config))
             summary = train_loop(settings, session, runtime.resources.cpus_per_worker)
     tune.report(summary.to_report(settings.metric))
 
 
-def _fit_trainer(settings: TrialSettings, runtime: TrialRuntime) -> TrialSummary:
-    """The worker loop on a TorchTrainer's worker group, which Ray Train restarts from the last checkpoint."""
+def _fit_trainer(settings: TrialSettings, runtime: TrialRuntime, earlier: ray.train.Checkpoint | None) -> TrialSummary:
+    """The worker loop on a TorchTrainer's worker group, which Ray Train restarts from the last checkpoint, and
+    starts from `earlier` (the trial's own checkpoint from a lost Tune run) if given."""
     resources = runtime.resources
     context = tune.get_context()
     storage_path, storage_filesystem = ray_storage(runtime.train_storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
         # The settings cross to the workers in their one serialised form, read back there once.
-        train_loop_config={"settings": settings.model_dump(mode="json"), "cpus_per_worker": resources.cpus_per_worker},
+        train_loop_config={"settings": settings.model_dump(mode="json"), "cpus_per_worker": resources.cpus_per_worker,
+                           "earlier_checkpoint": earlier},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.gpus_per_worker > 0,

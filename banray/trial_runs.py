@@ -4,10 +4,11 @@ process by a Tune callback, never by the trial.
 Every report a trial makes reaches Tune's controller in the group's process anyway. Logging them there
 keeps MLflow (its import, its store, its connections) out of every trial process, which on a small node
 costs seconds of CPU per trial, and gives one place that knows each trial's run: created when the trial
-first starts, found again by its Tune trial id when a resumed sweep restores it. An epoch's metrics are
-logged once, even when a restarted trial reports that epoch again. Epochs reach MLflow in batches, each
-with the time it was reported: a trial's first at once, then at most every `FLUSH_S` seconds (one write
-per epoch of longer epochs), and whatever is left when the trial ends.
+first starts, found again by its trial number when a resumed sweep restores the trial (or starts it again
+from its own checkpoint). An epoch's metrics are logged once, even when a restarted trial reports that
+epoch again. Epochs reach MLflow in batches, each with the time it was reported: a trial's first at once,
+then at most every `FLUSH_S` seconds (one write per epoch of longer epochs), and whatever is left when the
+trial ends.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class TrialRuns(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         settings, _ = trial_settings(trial.config)
-        run_id = tracking.start_or_resume_run(
+        run_id = tracking.start_or_resume_trial_run(
             self.track,
             self.experiment_id,
             run_name=f"{tracking.run_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",

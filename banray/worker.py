@@ -81,9 +81,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-TRAINING_STATE_FILE = "training_state.pt"
-
-
 def training_state(epoch: int, optimizer, scheduler) -> dict[str, Any]:
     """What besides the weights a restarted worker needs to go on exactly: plain data only, so it loads
     with weights_only=True (numpy's RNG state as lists)."""
@@ -121,7 +118,7 @@ def load_latest(resumed: ray.train.Checkpoint) -> tuple[dict[str, torch.Tensor],
         folder = Path(directory)
         return tuple(  # a damaged file is a BadCheckpoint at once, not a failure the trial retries
             checkpoint.decode_tensors(resumed.path, (folder / name).read_bytes(), name)
-            for name in (checkpoint.WEIGHTS_FILE, TRAINING_STATE_FILE)
+            for name in (checkpoint.WEIGHTS_FILE, checkpoint.TRAINING_STATE_FILE)
         )
 
 
@@ -165,7 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> TrialSummary:
     settings in their serialised form, read back here once."""
     ray_internals.train_report_logger().setLevel(logging.WARNING)  # banray logs metrics to MLflow instead
     settings = TrialSettings.model_validate(config["settings"])
-    return train_loop(settings, TrainSession(), config.get("cpus_per_worker", 1))
+    return train_loop(settings, TrainSession(config.get("earlier_checkpoint")), config.get("cpus_per_worker", 1))
 
 
 class CheckpointPolicy:
@@ -301,7 +298,7 @@ class _Training:
                                   val_nll=metrics["val_nll"])
         checkpoint.save(directory, _unwrap(self.model), record)
         state = {**training_state(epoch, self.optimizer, self.scheduler), "best": best, "history": self.history}
-        torch.save(state, Path(directory) / TRAINING_STATE_FILE)
+        torch.save(state, Path(directory) / checkpoint.TRAINING_STATE_FILE)
 
 
 def _first_report_extras(teacher: Teacher | None, task, device, rank: int, done_epochs: int,

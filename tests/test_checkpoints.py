@@ -471,11 +471,11 @@ def test_a_damaged_resume_checkpoint_is_refused_at_once(tmp_path):
     folder = tmp_path / "latest"
     folder.mkdir()
     torch.save({"w": torch.zeros(2)}, folder / checkpoint.WEIGHTS_FILE)
-    torch.save({"epoch": 3}, folder / worker.TRAINING_STATE_FILE)
+    torch.save({"epoch": 3}, folder / checkpoint.TRAINING_STATE_FILE)
     weights, state = worker.load_latest(RayCheckpoint.from_directory(str(folder)))
     assert state == {"epoch": 3} and torch.equal(weights["w"], torch.zeros(2))
 
-    data = (folder / worker.TRAINING_STATE_FILE).read_bytes()
-    (folder / worker.TRAINING_STATE_FILE).write_bytes(data[: len(data) // 2])
+    data = (folder / checkpoint.TRAINING_STATE_FILE).read_bytes()
+    (folder / checkpoint.TRAINING_STATE_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(BadCheckpoint, match=r"training_state\.pt \(\d+ bytes\) is not a readable torch.save file"):
         worker.load_latest(RayCheckpoint.from_directory(str(folder)))

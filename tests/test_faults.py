@@ -193,6 +193,44 @@ def test_killed_driver_resumes_without_rerunning_trials(ray_cluster, tmp_path, e
         assert any(epoch is not None and epoch >= 1 for epoch in resumed_after), resumed_after
 
 
+@ENGINES
+@pytest.mark.usefixtures("no_leaked_placement_groups")
+def test_a_group_whose_tune_state_is_lost_starts_its_trials_from_their_own_checkpoints(ray_cluster, tmp_path, engine):
+    """The driver is killed while generation 1 trains and its Tune state is lost (as a state cut short or
+    never saved is): the resumed group starts its trials again with their searched settings, each from its
+    own last checkpoint, and says so; each trial keeps one MLflow run with every epoch logged once."""
+    spec = tiny_spec(name="state-lost", storage=str(tmp_path / "runs"), generations=1,
+                     train={"epochs": 20, "lr": {"uniform": [0.03, 0.06]}, "checkpoint_every_s": 0},
+                     search={"trials": 2}, resources={"trainer": engine})
+    sweep_dir = tmp_path / "runs" / "state-lost"
+    driver, log = start_driver(spec, tmp_path, ray_cluster)
+    wait_until(lambda: generation_one_reported(sweep_dir, engine), 300, "generation 1's first checkpoint")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    for state in (sweep_dir / "tune" / "chain0-gen1").glob("experiment_state-*.json"):
+        state.unlink()
+    runs_before = runs_by_generation(f"sqlite:///{sweep_dir / 'mlflow.db'}", "state-lost")["1"]["trials"]
+    lr_before = {r.data.tags["banray.trial"]: r.data.params["train.lr"] for r in runs_before}
+
+    resumed, log = start_driver(spec, tmp_path, ray_cluster, "--resume")
+    output = finish(resumed, log)
+    assert "chain 0 generation 1: its interrupted Tune run" in output and "left no whole state" in output
+    assert "each from its own last checkpoint where it has one (trial " in output, output[-3000:]
+
+    report = json.loads((sweep_dir / "report.json").read_text())
+    assert [g["status"] for g in report["chains"][0]["generations"]] == ["finished", "finished"]
+    client = mlflow.MlflowClient(report["mlflow"]["tracking_uri"])
+    trial_runs = runs_by_generation(report["mlflow"]["tracking_uri"], "state-lost")["1"]["trials"]
+    assert sorted(r.data.tags["banray.trial"] for r in trial_runs) == ["0", "1"]
+    for run in trial_runs:
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_error")) == list(range(1, 21))
+        assert run.info.status == "FINISHED"
+        if run.data.tags["banray.trial"] in lr_before:  # started before the kill: the same searched settings
+            assert run.data.params["train.lr"] == lr_before[run.data.tags["banray.trial"]]
+    resumed_after = [r.data.metrics.get("resumed_after_epoch") for r in trial_runs]
+    assert any(epoch is not None and epoch >= 1 for epoch in resumed_after), resumed_after
+
+
 @pytest.mark.parametrize("engine, killed", [("train", "RayTrainWorker"), ("trial", "TrialHost"),
                                             ("trial", "drive_host")],  # its Tune class is named after it
                          ids=["Train-worker", "warm-host", "Tune-trial-driving-a-host"])

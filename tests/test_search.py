@@ -24,7 +24,7 @@ search: {trials: 8}
 
 
 def suggestions(spec, generation=1, count=8, start=None):
-    searcher, trial_space, _ = make_search(spec, chain=0, generation=generation, start=start)
+    searcher, trial_space, _ = make_search(spec, chain=0, generation=generation, first_points=[start] if start else [])
     assert trial_space == {}  # trials are numbered by the searcher, not a grid
     return [searcher.suggest(f"t{i}") for i in range(count)]
 
@@ -76,10 +76,10 @@ def test_warm_start_makes_the_previous_best_the_first_trial():
 
 def test_asha_is_on_by_default_above_two_trials_with_max_t_past_the_last_epoch():
     spec = parse_spec(tiny_spec(search={"trials": 3}))
-    _, _, scheduler = make_search(spec, 0, 0, None)
+    _, _, scheduler = make_search(spec, 0, 0, [])
     assert scheduler is not None and scheduler._max_t == spec.train.epochs + 1
-    assert make_search(parse_spec(tiny_spec(search={"trials": 2})), 0, 0, None)[2] is None
-    assert make_search(parse_spec(tiny_spec(search={"trials": 2, "early_stopping": "on"})), 0, 0, None)[2] is not None
+    assert make_search(parse_spec(tiny_spec(search={"trials": 2})), 0, 0, [])[2] is None
+    assert make_search(parse_spec(tiny_spec(search={"trials": 2, "early_stopping": "on"})), 0, 0, [])[2] is not None
 
 
 @pytest.mark.parametrize(

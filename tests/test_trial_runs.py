@@ -76,6 +76,24 @@ def test_epochs_whose_reports_were_lost_are_logged_from_the_restarted_trials_rep
     assert {m.step: m.value for m in history}[3] == 0.5 / 3
 
 
+def test_a_trial_started_again_under_a_new_tune_trial_id_continues_its_run(tmp_path):
+    """A group whose Tune state was lost starts its trials again (new Tune trial ids) from their own
+    checkpoints: each trial number keeps one run, now tagged with the new id."""
+    track, experiment_id, parent, trial = setup(tmp_path)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], trial)
+    runs.on_trial_result(0, [], trial, epoch(1))
+    runs.on_experiment_end([])
+    again = SimpleNamespace(trial_id="t9", config=trial.config, last_result=None)
+    runs = TrialRuns(track, experiment_id, parent)
+    runs.on_trial_start(0, [], again)
+    runs.on_trial_result(0, [], again, epoch(2, resumed_after_epoch=1, replayed_epochs=[epoch(1)]))
+    runs.on_experiment_end([])
+    assert list(trial_run_ids(track, experiment_id, parent)) == ["t9"]
+    (run_id,) = trial_run_ids(track, experiment_id, parent).values()
+    assert [m.step for m in track.client().get_metric_history(run_id, "val_error")] == [1, 2]
+
+
 def test_a_failed_trial_and_one_asha_stopped_are_closed_with_their_reason(tmp_path):
     track, experiment_id, parent, trial = setup(tmp_path)
     runs = TrialRuns(track, experiment_id, parent)

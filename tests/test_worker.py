@@ -208,7 +208,7 @@ def test_a_checkpoint_uri_that_comes_later_reaches_the_next_state_and_the_summar
             self.reports.append(metrics)
             if directory is None:
                 return None
-            states.append(torch.load(f"{directory}/{worker.TRAINING_STATE_FILE}", weights_only=True)["best"])
+            states.append(torch.load(f"{directory}/{checkpoint.TRAINING_STATE_FILE}", weights_only=True)["best"])
             uri = Future()
             threading.Timer(0.2, uri.set_result, [f"file:///storage/epoch-{metrics['epoch']}"]).start()
             return uri  # before the URI is known, as a warm host's session does
