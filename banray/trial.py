@@ -115,7 +115,10 @@ def run_trial(config: dict[str, Any]) -> None:
             summary = _fit_trainer(settings, runtime, earlier_checkpoint(config))
         else:
             session = TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0, restored=continued_from(config))
-            summary = train_loop(settings, session, runtime.resources.cpus_per_worker)
+            try:
+                summary = train_loop(settings, session, runtime.resources.cpus_per_worker)
+            finally:  # ended, failed or stopped by ASHA
+                session.release_device_memory()
     tune.report(summary.to_report(settings.metric))
 
 
