@@ -35,10 +35,10 @@ from banray.records import TrialSummary
 from banray.selection import MODE, best_checkpoint
 from banray.slots import holding_a_slot, slot_priority
 from banray.spec import ResourcesSpec, TrialSettings, derive_seed
-from banray.session import TuneSession
+from banray.session import TuneSession, train_loop_per_worker
 from banray.storage import checkpoint_uri, ray_storage
+from banray.training.loop import train_loop
 from banray.tune_report import continued_from, earlier_checkpoint
-from banray.worker import train_loop, train_loop_per_worker
 
 
 @dataclass(frozen=True)
