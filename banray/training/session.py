@@ -66,14 +66,16 @@ class LocalSession:
         self._since = time.monotonic()
 
     def prepare_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        """Called as the first epoch starts: its time counts from here, not from the warm-up before it."""
         self.train_samples = len(loader.dataset)  # for samples per second; the loader stays as it is
+        self._since = time.monotonic()
         return loader
 
     def device(self) -> torch.device:
         return self._device
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        self._since = time.monotonic()  # the first epoch's time counts from here, not from loading the data
+        self._since = time.monotonic()  # for tasks without a loader to prepare (language models)
         return model.to(self._device)
 
     def restored(self) -> None:
