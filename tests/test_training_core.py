@@ -40,6 +40,7 @@ sys.meta_path.insert(0, FullInstallMissing())
 CORE_TRIALS = """
 import json, sys
 import torch
+import banray.evaluate, banray.records, banray.registry, banray.selection  # the Ray-free modules the core leaves out
 from banray.spec import parse_spec
 from banray.training import checkpoint
 from banray.training.local import run_trial, trial_folder, trial_settings
