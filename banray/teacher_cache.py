@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
