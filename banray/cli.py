@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -193,6 +194,92 @@ def sweep(
         )
     except SpecError as exc:
         _fail(exc)
+
+
+def _device(context: click.Context, parameter: click.Parameter, value: str | None):
+    """--device as a torch device this machine has; default: cuda where there is one, else cpu."""
+    import torch
+
+    if value is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise click.BadParameter(f"{shorten(value)} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{value}: this machine has no CUDA device")
+    return device
+
+
+@cli.command()
+@SPEC_ARGUMENT
+@click.option("--chain", "-c", type=click.IntRange(min=0), required=True, help="Chain of the trial (0 .. chains-1).")
+@click.option("--generation", "-g", type=click.IntRange(min=0), required=True,
+              help="Generation of the trial: 0 trains the teacher on the labels, K ≥ 1 a student of --teacher.")
+@click.option("--teacher", metavar="CHECKPOINT", default=None,
+              help="Generation K-1's checkpoint folder (local or s3://), written by `banray trial` or a sweep; "
+              "needed for K ≥ 1.")
+@click.option("--trial", "trial_number", metavar="N", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Trial number (0 .. search.trials-1): the trial's seed is the one a sweep's trial N gets.")
+@click.option("--device", metavar="DEVICE", default=None, callback=_device,
+              help="torch device to train on (cpu, cuda, cuda:1, mps); default: cuda if there is one, else cpu.")
+@click.option("--out", metavar="DIR", default=None,
+              help="Folder for the checkpoints, kept as DIR/chain<C>-gen<K>/trial<N>/epoch-<E>; default "
+              "./trials/<spec name>.")
+def trial(spec_path: str, chain: int, generation: int, teacher: str | None, trial_number: int, device,
+          out: str | None) -> None:
+    """Train one trial of SPEC here, without Ray or MLflow, and say where its best checkpoint is.
+
+    The trial gets the settings and seed that trial N of (chain C, generation K) gets in a sweep of SPEC,
+    except that every searched range takes its midpoint (the geometric mean for loguniform, the first value
+    of a choice), not a sampled value. It prints one line per epoch (training loss, validation error,
+    training samples per second) and keeps a checkpoint whenever the validation metric is at least as good
+    as the best so far, at the last epoch, and every train.checkpoint_every_s seconds. A checkpoint is a
+    teacher for generation K+1, here (--teacher) or in a sweep of the same spec; the teacher given here is
+    checked by its record as a sweep checks it. Exits 2, with one line naming the option, on bad input (a
+    folder that holds this trial's checkpoints already included), before anything is written.
+    """
+    from banray.storage import SWEEP_FILES
+    from banray.training import checkpoint, local
+
+    spec = _load(spec_path)
+    _check_trial_options(spec, chain, generation, teacher, trial_number)
+    settings = local.trial_settings(spec, chain, generation, trial_number, teacher)
+    folder = local.trial_folder(Path(out or Path("trials") / spec.name).resolve(), settings)
+    if folder.exists():
+        _error(f"--out: {folder} holds checkpoints of this trial already; remove it or choose another --out")
+    click.echo(f"banray: trial {trial_number} of chain {chain} generation {generation} of '{spec.name}' on "
+               f"{device} (seed {settings.seed}); checkpoints in {folder}")
+    try:
+        summary = local.run_trial(settings, folder, device, spec.resources.cpus_per_worker, SWEEP_FILES,
+                                  functools.partial(_echo_epoch, settings.train.epochs))
+    except (checkpoint.TeacherMismatch, checkpoint.BadCheckpoint) as exc:
+        _error(f"--teacher: {exc}")
+    if not summary.finished:
+        _error(summary.failure, 1)
+    click.echo(f"Best: epoch {summary.best_epoch}, val_error {summary.val_error:.2%}; checkpoint {summary.checkpoint}")
+
+
+def _check_trial_options(spec: SweepSpec, chain: int, generation: int, teacher: str | None, trial_number: int) -> None:
+    """Exit 2 with one line naming the option that does not fit the spec."""
+    if chain >= spec.chains:
+        _error(f"--chain: {chain} is out of range: '{spec.name}' has chains 0..{spec.chains - 1}")
+    if generation > spec.generations:
+        _error(f"--generation: {generation} is out of range: '{spec.name}' has generations 0..{spec.generations}")
+    if trial_number >= spec.search.trials:
+        _error(f"--trial: {trial_number} is out of range: '{spec.name}' has trials 0..{spec.search.trials - 1}")
+    if generation == 0 and teacher is not None:
+        _error("--teacher: generation 0 learns from the labels and takes no teacher")
+    if generation > 0 and teacher is None:
+        _error(f"--teacher: generation {generation} needs the checkpoint of generation {generation - 1} "
+               "(a folder written by `banray trial` or a sweep)")
+
+
+def _echo_epoch(epochs: int, row: dict) -> None:
+    rate = f"{row['samples_per_s']:,.0f} samples/s" if row["samples_per_s"] else "samples/s unknown"
+    kept = "; checkpoint kept" if row["checkpoint"] else ""
+    click.echo(f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, val_error {row['val_error']:.2%}, "
+               f"{rate} ({row['seconds']:.1f} s){kept}")
 
 
 @cli.command()

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from banray.registry import Registry
-from banray.storage import user_cache
+from banray.local_cache import user_cache
 
 Kind = Literal["classification", "language_model"]
 

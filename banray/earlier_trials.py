@@ -14,9 +14,10 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray.train import Checkpoint
 
-from banray import checkpoint, tracking
+from banray import tracking
 from banray.spec import Range, SweepSpec
-from banray.storage import checkpoint_uri, ray_storage, with_retries
+from banray.storage import SWEEP_FILES, checkpoint_uri, ray_storage, with_retries
+from banray.training import checkpoint
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def last_checkpoints(trial_folders: str, pattern: str, settings: dict[str, Any])
                 continue
             uri = checkpoint_uri(Checkpoint(path, filesystem=fs))
             try:
-                record = with_retries(f"reading {uri}", lambda: checkpoint.read_record(uri))
+                record = with_retries(f"reading {uri}", lambda: checkpoint.read_record(uri, SWEEP_FILES))
             except checkpoint.BadCheckpoint:
                 continue
             if not _for_group(record, settings):

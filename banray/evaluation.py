@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from banray import checkpoint, tracking
+from banray import tracking
 from banray.columns import CONTROL_ENSEMBLE, ensemble_column
 from banray.evaluate import ensemble_members, ensemble_scores
 from banray.group import SweepContext, generation_note, group_label, say
 from banray.records import ChainEnsembles, EnsembleRecord, GenerationRecord
-from banray.storage import with_retries
+from banray.storage import SWEEP_FILES, with_retries
 from banray.tasks import make_task
+from banray.training import checkpoint
 
 
 def needs_evaluation(record: GenerationRecord) -> bool:
@@ -22,7 +23,7 @@ def needs_evaluation(record: GenerationRecord) -> bool:
 def evaluate_group(ctx: SweepContext, record: GenerationRecord) -> GenerationRecord:
     """A selected generation's test evaluation and MLflow model. It runs beside the next generation (which
     needs only the checkpoint), so it adds nothing to the chain's critical path."""
-    model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint))
+    model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint, storage=SWEEP_FILES))
     # Eval mode for good: MLflow runs the model on its input example, which in train mode would move
     # BatchNorm's running statistics away from the checkpoint's.
     model.eval()
@@ -71,7 +72,7 @@ def run_ensembles(
     task = make_task(ctx.spec.data, ctx.spec.train)
 
     def test_predictions(record: GenerationRecord):
-        model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint))
+        model, _ = with_retries(f"loading {record.checkpoint}", lambda: checkpoint.load(record.checkpoint, storage=SWEEP_FILES))
         return task.predict(model, "test")
 
     predictions = {g: test_predictions(r) for g, r in finished.items()}

@@ -26,7 +26,7 @@ from banray.earlier_trials import earlier_settings, last_checkpoints
 from banray.records import GenerationRecord, TrialSummary
 from banray.search import make_search, optuna_name, searched_values, warm_start_point
 from banray.selection import MODE, best_trial
-from banray.spec import ResourcesSpec, SweepSpec
+from banray.spec import ResourcesSpec, SweepSpec, group_name
 from banray.storage import (
     keep_credentials_out_of_tune,
     ray_storage,
@@ -34,7 +34,7 @@ from banray.storage import (
     with_retries,
 )
 from banray.hosts import drive_host
-from banray.trial import TrialRuntime, group_name, run_trial, trial_class, trial_resources
+from banray.trial import TrialRuntime, run_trial, trial_class, trial_resources
 from banray.trial_runs import TrialRuns, trial_run_ids
 
 

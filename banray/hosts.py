@@ -29,6 +29,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from banray.records import TrialSummary
 from banray.slots import holding_a_slot, slot_capacity, slot_priority
+from banray.storage import SWEEP_FILES, checkpoint_uri
 from banray.tune_report import continued_from, report_to_tune
 
 if TYPE_CHECKING:
@@ -47,13 +48,14 @@ class HostSession:
     the URI the trial stores them at: the training thread waits on the trial's round trip (storing, and
     Tune's controller taking the result) only where it needs that URI. The files are deleted once stored."""
 
-    rank, world_size, prepare_loader = 0, 1, None
+    rank, world_size, prepare_loader, storage = 0, 1, None, SWEEP_FILES
     WAIT_S = 0.2  # how often a waiting hand-over checks whether its trial is gone
 
     def __init__(self, restored: ray.train.Checkpoint | None):
         self.reports: queue.Queue = queue.Queue(maxsize=1)  # the loop trains one epoch ahead of its trial
         self.cancelled = threading.Event()
-        self._restored = restored
+        self._restored = None if restored is None else checkpoint_uri(restored)
+        self.node_id = ray.get_runtime_context().get_node_id()
         self._unstored: collections.deque[tuple[str, Future]] = collections.deque()  # oldest first
 
     def device(self) -> torch.device:
@@ -64,7 +66,7 @@ class HostSession:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
-    def restored(self) -> ray.train.Checkpoint | None:
+    def restored(self) -> str | None:
         return self._restored
 
     def report(self, metrics: dict, directory: str | None) -> Future | None:
@@ -130,7 +132,7 @@ class TrialHost:
     def __init__(self):
         import torch
 
-        import banray.worker  # noqa: F401  (imported once per host, not once per trial)
+        import banray.training.loop  # noqa: F401  (imported once per host, not once per trial)
 
         self.session: HostSession | None = None
         self.thread: threading.Thread | None = None
@@ -153,7 +155,7 @@ class TrialHost:
 
     @staticmethod
     def _train(settings, session: HostSession, cpus: float) -> None:
-        from banray.worker import train_loop
+        from banray.training.loop import train_loop
 
         try:
             outcome: Any = train_loop(settings, session, cpus)

@@ -658,6 +658,18 @@ def derive_seed(root: int, *path: int) -> int:
     return int(np.random.SeedSequence([root, *path]).generate_state(1)[0] >> 1)
 
 
+def trial_seed(root: int, chain: int, generation: int, trial: int, arm: Arm = "main") -> int:
+    """A trial's seed. The control arm's trials draw from their own branch of the seed tree: same recipe,
+    fresh seeds."""
+    return derive_seed(root, chain, generation, trial, *((1,) if arm == "control" else ()))
+
+
+def group_name(chain: int, generation: int, arm: Arm = "main") -> str:
+    """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train, MLflow and the
+    folders of `banray trial`."""
+    return f"chain{chain}-control" if arm == "control" else f"chain{chain}-gen{generation}"
+
+
 class TrialSettings(_Section):
     """Everything one trial trains with: the spec resolved for a (chain, generation, trial)."""
 

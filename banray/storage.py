@@ -6,6 +6,10 @@ S3 credentials come only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACC
 source the AWS SDK reads); `storage_endpoint` (or AWS_ENDPOINT_URL_S3) points at MinIO or another
 S3-compatible service.
 
+`SWEEP_FILES` is the training core's storage (banray.training.files.Storage) as the Ray sessions hand it to
+the loop: checkpoints and the teacher-logit cache on object storage through pyarrow, every access retried;
+local folders through the core's own local files.
+
 Object storage has outages: every read and write of banray's own (state, reports, checkpoint uploads
 and downloads) is retried with exponential backoff for up to BANRAY_STORAGE_RETRY_S seconds (default
 300), then fails with a StorageUnavailable error naming the path.
@@ -13,18 +17,23 @@ and downloads) is retried with exponential backoff for up to BANRAY_STORAGE_RETR
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import tenacity
+
+from banray.training.files import LocalCacheFolder, LocalCheckpointFiles, Refused
 
 MARKER_FILE = ".banray-sweep"  # written first into every sweep folder banray creates
 STATE_FILE = "state.json"  # the sweep state the driver keeps current (banray.state), which `status` reads
@@ -110,12 +119,6 @@ def with_retries(what: str, call: Callable[[], T]) -> T:
         raise StorageUnavailable(
             f"storage: {what} kept failing for {budget:g} s ({RETRY_BUDGET_VARIABLE}): {exc}"
         ) from exc
-
-
-def user_cache() -> Path:
-    """This user's local cache of things banray derives once and reuses (an empty MLflow store, dataset arrays
-    and splits): $XDG_CACHE_HOME/banray, else ~/.cache/banray."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "banray"
 
 
 def checkpoint_uri(checkpoint) -> str:
@@ -402,3 +405,60 @@ class SweepStorage:
 
     def local_dir(self) -> Path | None:
         return None if self.remote else Path(self.path)
+
+
+class _ObjectCheckpointFiles:
+    """A checkpoint folder in object storage (banray.training.files.CheckpointFiles)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.path = pafs.FileSystem.from_uri(uri)
+
+    def folder_exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def read(self, name: str) -> bytes | None:
+        path = f"{self.path.rstrip('/')}/{name}"
+        kind = self.fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            return None
+        if kind != pafs.FileType.File:
+            raise Refused(f"{name} is not a file")
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:  # deleted since it was listed
+            return None
+
+
+class _ObjectCacheFolder(SweepStorage):
+    """A cache folder in object storage (banray.training.files.CacheFolder), every access retried. Claims
+    are objects: two builders may race for one, and then write identical files."""
+
+    def claim(self, name: str, stale_after_s: float) -> bool:
+        info = self.info(f".claim-{name}")
+        if info.type != pafs.FileType.NotFound and time.time() - info.mtime.timestamp() < stale_after_s:
+            return False
+        self.write_bytes(f".claim-{name}", b"")  # a new claim, or a stale one taken over with a fresh time
+        return True
+
+    def release(self, name: str) -> None:
+        with contextlib.suppress(OSError):  # FileNotFoundError included
+            self.fs.delete_file(f"{self.path}/.claim-{name}")
+
+
+class SweepFiles:
+    """The training core's storage on a sweep's storage: object storage through pyarrow, local folders
+    through the core's local files; `retried` retries through outages (with_retries)."""
+
+    def checkpoint_files(self, uri: str) -> _ObjectCheckpointFiles | LocalCheckpointFiles:
+        return _ObjectCheckpointFiles(uri) if is_remote(uri) else LocalCheckpointFiles(uri)
+
+    def cache_folder(self, root: str, name: str) -> _ObjectCacheFolder | LocalCacheFolder:
+        return _ObjectCacheFolder(root, name) if is_remote(root) else LocalCacheFolder(root, name)
+
+    def retried(self, what: str, call: Callable[[], T]) -> T:
+        return with_retries(what, call)
+
+
+SWEEP_FILES = SweepFiles()

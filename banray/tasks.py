@@ -3,7 +3,7 @@
 A task owns its data and knows how batches flow through a model: `train_epoch` runs one epoch of
 student (and frozen teacher) forward passes and hands each loss to `step`, `score` measures a model
 on the validation or test split, `predict` gives test-set probabilities for ensembles. The worker
-loop (banray.worker) stays the same for every task.
+loop (banray.training.loop) stays the same for every task.
 
 - classification: images or vectors → class; the objectives see (batch, classes) logits.
 - language_model: token streams, truncated back-propagation through time with the hidden state

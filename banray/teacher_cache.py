@@ -21,32 +21,28 @@ The trials build the cache themselves, on their own devices, one epoch's file at
 it: a trial that finds the file of its next epoch missing claims the first missing file nobody is
 building (its own epoch, or a later one while others build the earlier ones) and builds it. Trials
 of a group that train side by side thus split the teacher's passes between them. Files are written
-whole (SweepStorage.write_bytes), so a reader never sees half a file. Claims are files too: exclusive on local disk; on
+whole (banray.training.files.CacheFolder, local or object storage), so a reader never sees half a file. Claims are files too: exclusive on local disk; on
 object storage two builders may race for one, and then write identical files (the build is
 deterministic). A claim whose builder died (e.g. a trial stopped by ASHA) is taken over once stale.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from banray.checkpoint import ModelIdentity
 from banray.data import Splits
-from banray.storage import SweepStorage
 from banray.teacher import Frozen
+from banray.training.checkpoint import ModelIdentity
+from banray.training.files import LOCAL, Storage
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 BUILD_BATCH_SIZE = 128  # larger batches run slower on CPU (activations fall out of cache)
@@ -104,41 +100,6 @@ def _epochs(splits: Splits, epochs: int) -> list[int | None]:
     return [None] if splits.augmentation == "none" else list(range(1, epochs + 1))
 
 
-class _Folder(SweepStorage):
-    """One cache folder `<root>/<key>` (local or object storage), every access retried, with claims."""
-
-    def __init__(self, root: str, key: str):
-        super().__init__(root, key)
-        self._present: set[str] = set()  # files seen written: they never change or go away
-
-    def exists(self, name: str) -> bool:
-        if name not in self._present and super().exists(name):
-            self._present.add(name)
-        return name in self._present
-
-    def claim(self, name: str, stale_after_s: float) -> bool:
-        """Whether this caller may build `name`: nobody claimed it, or its claim is older than
-        `stale_after_s` (its builder is gone)."""
-        claim = f".claim-{name}"
-        if not self.remote:
-            Path(self.path).mkdir(parents=True, exist_ok=True)
-            try:
-                os.close(os.open(f"{self.path}/{claim}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return True
-            except FileExistsError:
-                pass
-        info = self.info(claim)
-        if info.type != pafs.FileType.NotFound and time.time() - info.mtime.timestamp() < stale_after_s:
-            return False
-        self.write_bytes(claim, b"")  # a new claim, or a stale one taken over with a fresh time
-        return True
-
-    def release(self, name: str) -> None:
-        """Drop the claim on `name` once its file is written (readers look for the file, not the claim)."""
-        with contextlib.suppress(FileNotFoundError, OSError):
-            self.fs.delete_file(f"{self.path}/.claim-{name}")
-
-
 @torch.inference_mode()
 def _teacher_logits(teacher: nn.Module, splits: Splits, epoch: int | None, dtype: torch.dtype, device) -> torch.Tensor:
     if epoch is not None:
@@ -158,13 +119,14 @@ class CachedTeacher:
     MIN_STALE_S = 120.0  # a claim is taken over after max(this, 3 × this trial's slowest build)
 
     def __init__(self, teacher: nn.Module, identity: ModelIdentity, splits: Splits, root: str, epochs: int,
-                 dtype: str = "float16", device="cpu", top_k: int | None = None):
+                 dtype: str = "float16", device="cpu", top_k: int | None = None, storage: Storage = LOCAL):
         self.model = teacher if isinstance(teacher, Frozen) else Frozen(teacher)
         self.teacher = self.model.module
         self.splits, self.device, self.dtype = splits, device, DTYPES[dtype]
         self.top_k = top_k
-        self.folder = _Folder(root, cache_key(teacher, identity, splits, dtype, top_k).folder())
+        self.folder = storage.cache_folder(root, cache_key(teacher, identity, splits, dtype, top_k).folder())
         self.uri = self.folder.uri
+        self._present: set[str] = set()  # files seen written: they never change or go away
         self.epochs = _epochs(splits, epochs)
         self.built: list[int | None] = []  # the epochs this trial built, in order
         self._slowest_build_s = 0.0
@@ -184,9 +146,14 @@ class CachedTeacher:
             self._epoch = key
         return self._table
 
+    def _written(self, name: str) -> bool:
+        if name not in self._present and self.folder.exists(name):
+            self._present.add(name)
+        return name in self._present
+
     def _fetch(self, epoch: int | None) -> torch.Tensor:
         name = _epoch_file(epoch)
-        while not self.folder.exists(name):
+        while not self._written(name):
             if not self._build_one(self.epochs[self.epochs.index(epoch):]):
                 time.sleep(self.POLL_S)  # every missing file from here on is being built by another trial
         stored = torch.load(io.BytesIO(self.folder.read_bytes(name)), map_location="cpu", weights_only=True)
@@ -210,9 +177,9 @@ class CachedTeacher:
         stale_after_s = max(self.MIN_STALE_S, 3 * self._slowest_build_s)
         for epoch in candidates:
             name = _epoch_file(epoch)
-            if self.folder.exists(name) or not self.folder.claim(name, stale_after_s):
+            if self._written(name) or not self.folder.claim(name, stale_after_s):
                 continue
-            if self.folder.exists(name):  # written and released between the look and the claim
+            if self._written(name):  # written and released between the look and the claim
                 self.folder.release(name)
                 continue
             started = time.monotonic()

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 from banray import mlflow_calls
 from banray.columns import BASELINE, CONTROL_ENSEMBLE, report_column
 from banray.selection import best_generation
-from banray.storage import user_cache
+from banray.local_cache import user_cache
 
 TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"

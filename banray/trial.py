@@ -34,11 +34,11 @@ from ray.tune.trainable.function_trainable import wrap_function
 from banray.records import TrialSummary
 from banray.selection import MODE, best_checkpoint
 from banray.slots import holding_a_slot, slot_priority
-from banray.spec import ResourcesSpec, TrialSettings, derive_seed
-from banray.session import TuneSession
+from banray.spec import ResourcesSpec, TrialSettings, trial_seed
+from banray.session import TuneSession, train_loop_per_worker
 from banray.storage import checkpoint_uri, ray_storage
+from banray.training.loop import train_loop
 from banray.tune_report import continued_from, earlier_checkpoint
-from banray.worker import train_loop, train_loop_per_worker
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,6 @@ class TrialRuntime:
         return cls(**{**config, "resources": ResourcesSpec.model_validate(config["resources"])})
 
 
-def group_name(chain: int, generation: int, arm: str = "main") -> str:
-    """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train and MLflow."""
-    return f"chain{chain}-control" if arm == "control" else f"chain{chain}-gen{generation}"
-
-
 def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
     """What a trial's Tune actor reserves. A trial that trains in its own process holds its worker's CPUs
     and GPUs; one that drives a TorchTrainer holds almost nothing (a Tune trial needs a non-empty bundle,
@@ -83,10 +78,8 @@ def trial_settings(config: dict[str, Any]) -> tuple[TrialSettings, TrialRuntime]
     the same in the trial's process and in its group's (which tracks it)."""
     settings_fields = dict(config)
     runtime = TrialRuntime.from_config(settings_fields.pop("runtime"))
-    seed_root = settings_fields.pop("seed_root")
-    # The control arm's trials draw from their own branch of the seed tree: same recipe, fresh seeds.
-    arm_path = (1,) if config["arm"] == "control" else ()
-    seed = derive_seed(seed_root, config["chain"], config["generation"], config["trial"], *arm_path)
+    seed = trial_seed(settings_fields.pop("seed_root"), config["chain"], config["generation"], config["trial"],
+                      config["arm"])
     return TrialSettings.model_validate({**settings_fields, "seed": seed}), runtime
 
 

@@ -29,7 +29,7 @@ from banray.models import build_model
 from banray.spec import DataSpec, DistillSpec, TrainSpec
 from banray.tasks import make_task
 from banray.teacher import OnlineTeacher
-from banray.worker import make_optimizer
+from banray.training.loop import make_optimizer
 from bench.common import write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -36,7 +36,7 @@ from banray.spec import TrainSpec, parse_spec
 from banray.tasks import make_task
 from banray.hosts import start_host
 from banray.slots import WorkerSlots
-from banray.worker import make_optimizer, make_scheduler, seed_everything
+from banray.training.loop import make_optimizer, make_scheduler, seed_everything
 from bench.common import write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

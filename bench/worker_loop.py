@@ -24,7 +24,7 @@ from banray.losses import get_objective
 from banray.models import build_model
 from banray.spec import DataSpec, DistillSpec, TrainSpec
 from banray.tasks import make_task
-from banray.worker import fast_path_student, make_optimizer
+from banray.training.loop import fast_path_student, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import fakedata

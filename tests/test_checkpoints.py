@@ -15,12 +15,13 @@ import pytest
 import torch
 from test_security import SPEC, identity, metadata, student_settings, task, write_checkpoint
 
-from banray import checkpoint, worker
-from banray.checkpoint import BadCheckpoint, TeacherMismatch
 from banray.models import MODELS, build_model, registry
 from banray.models.registry import ModelBuildError, ModelTooLarge, count_parameters
-from banray.storage import StorageUnavailable
+from banray.storage import SWEEP_FILES, StorageUnavailable
 from banray.tasks import make_task
+from banray.training import checkpoint, loop
+from banray.training.checkpoint import BadCheckpoint, TeacherMismatch
+from banray.training.files import LOCAL
 from servers import free_port
 
 CPU = torch.device("cpu")
@@ -92,7 +93,7 @@ def test_a_truncated_teacher_fails_at_once_and_is_not_retried_as_a_storage_outag
 
     monkeypatch.setattr(checkpoint, "load", load_once)
     with pytest.raises(BadCheckpoint, match=r"is not a readable torch\.save file, truncated or damaged"):
-        worker.load_teacher(student_settings(directory), task(), CPU)
+        loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
     assert len(calls) == 1
 
 
@@ -107,7 +108,7 @@ def test_an_io_error_while_fetching_a_teacher_is_still_retried(tmp_path, monkeyp
         return real_read_bytes(path)
 
     monkeypatch.setattr(pathlib.Path, "read_bytes", flaky_read_bytes)
-    teacher, meta = worker.load_teacher(student_settings(directory), task(), CPU)
+    teacher, meta = loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
     assert failures and meta.arch == "cnn" and not teacher.training
 
 
@@ -237,7 +238,7 @@ def test_metadata_of_another_schema_version_is_a_bad_checkpoint(tmp_path, drop, 
     directory = write_checkpoint(tmp_path / "ckpt", drop=drop, **overrides)
     assert refused(directory) == reason
     with pytest.raises(BadCheckpoint, match="schema_version"):  # never taken for a teacher either
-        worker.load_teacher(student_settings(directory), task(), CPU)
+        loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
 
 
 def test_every_wrong_type_is_named_at_once(tmp_path):
@@ -366,7 +367,7 @@ def test_the_meta_build_changes_nothing_about_the_model(arch, num_classes, input
 def test_a_teacher_of_another_arch_than_the_spec_is_refused(tmp_path):
     directory = save_model(tmp_path / "mlp", "mlp", {"hidden": 16})
     with pytest.raises(TeacherMismatch) as mismatch:
-        worker.load_teacher(student_settings(directory), task(), CPU)
+        loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
     assert str(mismatch.value) == (
         f"checkpoint {directory}: its metadata has arch='mlp', expected 'cnn': "
         "it is not the teacher this generation was planned with"
@@ -376,7 +377,7 @@ def test_a_teacher_of_another_arch_than_the_spec_is_refused(tmp_path):
 def test_a_teacher_with_other_kwargs_than_the_spec_is_refused(tmp_path):
     directory = save_model(tmp_path / "wide", "cnn", {"width": 16})
     with pytest.raises(TeacherMismatch, match=r"its metadata has kwargs=\{'width': 16\}, expected \{'width': 8\}"):
-        worker.load_teacher(student_settings(directory), task(), CPU)
+        loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
 
 
 @pytest.mark.parametrize(
@@ -386,7 +387,7 @@ def test_a_teacher_with_other_kwargs_than_the_spec_is_refused(tmp_path):
 def test_a_teacher_of_another_model_revision_split_or_arch_is_refused_naming_the_field(tmp_path, field, value):
     directory = write_checkpoint(tmp_path / "ckpt", **{field: value})
     with pytest.raises(TeacherMismatch) as mismatch:
-        worker.load_teacher(student_settings(directory), task(), CPU)
+        loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
     assert str(mismatch.value) == (
         f"checkpoint {directory}: its metadata has {field}={value!r}, expected {metadata()[field]!r}: "
         "it is not the teacher this generation was planned with"
@@ -397,7 +398,7 @@ def test_a_checkpoint_made_by_older_model_code_is_not_taken_for_the_current_mode
     directory = write_checkpoint(tmp_path / "ckpt")  # cnn at revision 1
     monkeypatch.setitem(MODELS._revisions, "cnn", 2)  # the cnn's code changed what it computes since
     with pytest.raises(TeacherMismatch, match=r": its metadata has revision=1, expected 2: it is not the teacher"):
-        worker.load_teacher(student_settings(directory), task(), CPU)
+        loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
     assert refused(directory) == (  # nor loaded for anything else
         "its metadata has revision=1, but the code of arch 'cnn' is at revision 2: it computes another function "
         "than the one these weights were trained as"
@@ -411,13 +412,13 @@ def test_a_teacher_trained_on_another_split_of_the_same_data_is_refused(tmp_path
     assert other_split != task().split_hash
     directory = write_checkpoint(tmp_path / "ckpt", split_hash=other_split)
     with pytest.raises(TeacherMismatch, match=f"its metadata has split_hash='{other_split}', expected "):
-        worker.load_teacher(student_settings(directory), task(), CPU)
+        loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
 
 
 def test_the_teacher_the_spec_plans_is_accepted(tmp_path):
     assert SPEC.model.kwargs == {"width": 8}
     settings = student_settings(write_checkpoint(tmp_path / "ckpt"))
-    teacher, meta = worker.load_teacher(settings, task(), CPU)
+    teacher, meta = loop.load_teacher(settings, task(), CPU, SWEEP_FILES)
     assert meta.kwargs == {"width": 8} and not any(p.requires_grad for p in teacher.parameters())
 
 
@@ -439,43 +440,39 @@ def test_checkpoints_in_object_storage_fail_fast_when_broken_and_retry_when_unre
 ):
     good = "s3://banray/checkpoints-test/good"
     _upload(write_checkpoint(tmp_path / "good"), good)
-    model, meta = checkpoint.load(good)
+    model, meta = checkpoint.load(good, storage=SWEEP_FILES)
     assert meta.arch == "cnn" and model(torch.zeros(1, 1, 8, 8)).shape == (1, 4)
 
     truncated = write_checkpoint(tmp_path / "truncated")
     _truncate(weights(truncated))
     _upload(truncated, "s3://banray/checkpoints-test/truncated")
     with pytest.raises(BadCheckpoint, match=r"^checkpoint s3://banray/checkpoints-test/truncated: model\.pt \("):
-        checkpoint.load("s3://banray/checkpoints-test/truncated")
+        checkpoint.load("s3://banray/checkpoints-test/truncated", storage=SWEEP_FILES)
 
     listed = write_checkpoint(tmp_path / "list")
     (pathlib.Path(listed) / checkpoint.METADATA_FILE).write_text(json.dumps([1, 2]))
     _upload(listed, "s3://banray/checkpoints-test/list")
     with pytest.raises(BadCheckpoint, match="is a JSON list, not an object"):
-        checkpoint.load("s3://banray/checkpoints-test/list")
+        checkpoint.load("s3://banray/checkpoints-test/list", storage=SWEEP_FILES)
 
     # Storage that does not answer is an outage: retried for the budget, then StorageUnavailable.
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("BANRAY_STORAGE_RETRY_S", "1")
     settings = student_settings(good)
     with pytest.raises(StorageUnavailable, match=f"storage: loading teacher {good} kept failing for 1 s"):
-        worker.load_teacher(settings, task(), CPU)
+        loop.load_teacher(settings, task(), CPU, SWEEP_FILES)
 
 
 def test_a_damaged_resume_checkpoint_is_refused_at_once(tmp_path):
     """A trial restarting from its own latest checkpoint gets a BadCheckpoint for a truncated state file."""
-    from ray.train import Checkpoint as RayCheckpoint
-
-    from banray import worker
-
     folder = tmp_path / "latest"
     folder.mkdir()
     torch.save({"w": torch.zeros(2)}, folder / checkpoint.WEIGHTS_FILE)
     torch.save({"epoch": 3}, folder / checkpoint.TRAINING_STATE_FILE)
-    weights, state = worker.load_latest(RayCheckpoint.from_directory(str(folder)))
+    weights, state = loop.load_latest(str(folder), LOCAL)
     assert state == {"epoch": 3} and torch.equal(weights["w"], torch.zeros(2))
 
     data = (folder / checkpoint.TRAINING_STATE_FILE).read_bytes()
     (folder / checkpoint.TRAINING_STATE_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(BadCheckpoint, match=r"training_state\.pt \(\d+ bytes\) is not a readable torch.save file"):
-        worker.load_latest(RayCheckpoint.from_directory(str(folder)))
+        loop.load_latest(str(folder), LOCAL)

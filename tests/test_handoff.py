@@ -7,7 +7,7 @@ import yaml
 from banray import losses
 from banray.spec import ResourcesSpec, TrialSettings, parse_spec
 from banray.trial import TrialRuntime, trial_settings
-from banray.worker import train_loop
+from banray.training.loop import train_loop
 from conftest import tiny_spec
 from test_worker import RecordingSession
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from banray import checkpoint, worker
-from banray.checkpoint import BadCheckpoint, CheckpointIdentity, TeacherMismatch
 from banray.models import MODELS, build_model
 from banray.spec import TrialSettings, parse_spec
+from banray.storage import SWEEP_FILES
 from banray.tasks import make_task
+from banray.training import checkpoint, loop
+from banray.training.checkpoint import BadCheckpoint, CheckpointIdentity, TeacherMismatch
 
 SPEC = parse_spec(tiny_spec())
 
@@ -109,7 +110,7 @@ def test_a_checkpoint_that_runs_code_is_refused_and_the_code_never_runs(tmp_path
 
     # The same file through the teacher path of a student trial.
     with pytest.raises(BadCheckpoint, match="holds something other than tensors"):
-        worker.load_teacher(student_settings(directory), task(), torch.device("cpu"))
+        loop.load_teacher(student_settings(directory), task(), torch.device("cpu"), SWEEP_FILES)
     assert not marker.exists()
 
     # The payload is live: an unsafe load (never done by banray) runs it.
@@ -147,7 +148,7 @@ def test_a_teacher_whose_metadata_differs_is_refused(tmp_path, key, value):
 def test_the_teacher_path_checks_the_spec_hash(tmp_path):
     directory = write_checkpoint(tmp_path / "ckpt", spec_hash="0123456789abcdef")
     with pytest.raises(TeacherMismatch, match=f"spec_hash='0123456789abcdef', expected '{SPEC.spec_hash()}'"):
-        worker.load_teacher(student_settings(directory), task(), torch.device("cpu"))
+        loop.load_teacher(student_settings(directory), task(), torch.device("cpu"), SWEEP_FILES)
 
 
 def test_a_checkpoint_of_an_unregistered_arch_is_reported_clearly(tmp_path):

@@ -17,13 +17,14 @@ from conftest import tiny_spec
 from torch.utils.data import DataLoader
 
 from banray import data, teacher_cache
-from banray.checkpoint import ModelIdentity
 from banray.data import load_splits
 from banray.losses import get_objective
 from banray.models import MODELS, build_model
 from banray.spec import DistillSpec, parse_spec
+from banray.storage import SWEEP_FILES
 from banray.tasks import make_task
 from banray.teacher import OnlineTeacher
+from banray.training.checkpoint import ModelIdentity
 
 WRN = {"arch": "wrn", "kwargs": {"depth": 10, "widen_factor": 1}}
 WRN_IDENTITY = ModelIdentity(**WRN, revision=MODELS.revision("wrn"), num_classes=10, input_shape=[3, 32, 32])
@@ -188,7 +189,7 @@ def trials_side_by_side(spec, cifar_root, root: str, epochs: int, trials: int) -
     def trial():
         # Each trial has its own splits, as each Train worker loads its own.
         splits = load_splits("cifar10", str(cifar_root), spec.data.val_fraction, spec.data.seed)
-        cache = teacher_cache.CachedTeacher(teacher, WRN_IDENTITY, splits, root, epochs)
+        cache = teacher_cache.CachedTeacher(teacher, WRN_IDENTITY, splits, root, epochs, storage=SWEEP_FILES)
         start.wait()
         tables[threading.current_thread().name] = [cache.for_epoch(e).clone() for e in range(1, epochs + 1)]
 
@@ -222,7 +223,7 @@ def test_the_cache_on_object_storage_is_shared_and_left_clean(s3_endpoint, cifar
     # Claims on S3 are not exclusive: two trials may build one epoch, never a different one.
     assert {epoch for _, epoch in builds} == set(range(1, epochs + 1)) and len({n for n, _ in builds}) > 1
     splits = load_splits("cifar10", str(cifar_root), spec.data.val_fraction, spec.data.seed)
-    later = teacher_cache.CachedTeacher(wrn(seed=0), WRN_IDENTITY, splits, root, epochs)
+    later = teacher_cache.CachedTeacher(wrn(seed=0), WRN_IDENTITY, splits, root, epochs, storage=SWEEP_FILES)
     assert torch.equal(later.for_epoch(epochs), tables["trial0"][-1]) and later.built == []
     fs, path = pafs.FileSystem.from_uri(later.uri)
     names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))

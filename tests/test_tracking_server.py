@@ -15,7 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from banray import checkpoint, sweep, tracking
+from banray import sweep, tracking
+from banray.training import checkpoint
 from banray.cli import cli
 from banray.records import GenerationRecord
 from banray.spec import parse_spec

@@ -9,12 +9,14 @@ import torch
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
-from banray import checkpoint
 from banray.data import load_splits
 from banray.models import build_model
 from banray.spec import TrialSettings, parse_spec
 from banray.tasks import make_task
-from banray.worker import train_loop, train_loop_per_worker
+from banray.session import train_loop_per_worker
+from banray.training import checkpoint, loop
+from banray.training.files import LOCAL
+from banray.training.loop import train_loop
 from conftest import tiny_spec
 
 
@@ -44,7 +46,7 @@ def fit(spec, tmp_path, generation=0, teacher_checkpoint=None, teacher_cache=Non
 class RecordingSession:
     """The worker loop's session in this process, keeping every report (Train's local mode keeps only the last)."""
 
-    rank, world_size, prepare_loader = 0, 1, None
+    rank, world_size, prepare_loader, storage, node_id = 0, 1, None, LOCAL, "node-1"
 
     def __init__(self):
         self.reports = []
@@ -155,11 +157,9 @@ def test_a_top_k_cached_teacher_reaches_the_worker(tmp_path):
 
 
 def test_checkpoints_are_kept_for_the_best_epoch_the_last_and_every_interval(monkeypatch):
-    from banray import worker
-
     clock = [0.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: clock[0])
-    policy = worker.CheckpointPolicy(every_s=10, best=None)
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    policy = loop.CheckpointPolicy(every_s=10, best=None)
     chosen = []
     # (validation metric, seconds the epoch took); epochs 1-6
     for epoch, (value, seconds) in enumerate([(0.5, 1), (0.4, 1), (0.45, 1), (0.4, 1), (0.6, 10), (0.7, 1)], 1):
@@ -175,14 +175,12 @@ def test_checkpoints_are_kept_for_the_best_epoch_the_last_and_every_interval(mon
 
 
 def test_a_restarted_trial_knows_its_best_epoch_from_the_checkpoint():
-    from banray import worker
-
     saved_best = {"value": 0.3, "epoch": 7, "val_error": 0.3, "val_nll": 0.9, "checkpoint": None}
     # The restored checkpoint was the best itself (its own URI was not known when it was written).
-    assert worker.CheckpointPolicy(60, saved_best, "s3://b/ckpt-7").best["checkpoint"] == "s3://b/ckpt-7"
+    assert loop.CheckpointPolicy(60, saved_best, "s3://b/ckpt-7").best["checkpoint"] == "s3://b/ckpt-7"
     earlier = {**saved_best, "checkpoint": "s3://b/ckpt-5", "epoch": 5}
-    assert worker.CheckpointPolicy(60, earlier, "s3://b/ckpt-9").best["checkpoint"] == "s3://b/ckpt-5"
-    assert not worker.CheckpointPolicy(60, earlier).wants(0.31, last_epoch=False)
+    assert loop.CheckpointPolicy(60, earlier, "s3://b/ckpt-9").best["checkpoint"] == "s3://b/ckpt-5"
+    assert not loop.CheckpointPolicy(60, earlier).wants(0.31, last_epoch=False)
 
 
 def test_a_worker_of_several_cpus_given_as_a_float_trains_on_that_many_threads():
@@ -198,9 +196,7 @@ def test_a_checkpoint_uri_that_comes_later_reaches_the_next_state_and_the_summar
     epoch's URI, once known, reaches the next checkpoint's training state and the trial's summary."""
     from concurrent.futures import Future
 
-    from banray import worker
-
-    monkeypatch.setattr(worker, "epoch_improves", lambda value, best: best is None)  # epoch 1 stays the best
+    monkeypatch.setattr(loop, "epoch_improves", lambda value, best: best is None)  # epoch 1 stays the best
     states = []
 
     class LaterSession(RecordingSession):

@@ -1,11 +1,13 @@
-"""The worker loop: one trial's training, on a Ray Train worker (TorchTrainer, Train V2) or in the Tune
-trial's own process (banray.session hides which).
+"""The epoch loop: one trial's training, wherever its session runs it: a Ray Train worker (TorchTrainer,
+Train V2), a warm host or the Tune trial's own process (banray.session, banray.hosts), or this process with no
+engine at all (banray.training.session.LocalSession, `banray trial`).
 
 It trains one trial's student for the spec's epochs, with a frozen teacher from generation ≥ 1
 (eval mode, no grad, not in the optimizer), evaluates on the validation split every epoch, and reports
 metrics every epoch; a checkpoint goes with them when the validation metric is at least as good as the
 best so far, at the last epoch, and otherwise every `train.checkpoint_every_s` seconds. Rank 0 writes
-checkpoints; the reports reach MLflow from the group's process (banray.trial_runs), never from here.
+checkpoints; the session stores them. Checkpoints and the teacher-logit cache are read through the session's
+storage (banray.training.files), local or object storage.
 
 Each checkpoint also holds the training state (epoch, optimizer, lr schedule, RNG states, the best epoch
 so far): when Ray Train restarts a lost worker group, Tune a crashed trial, or a resumed sweep an
@@ -15,7 +17,6 @@ training loss ends the trial: the loop returns the reason, which the trial repor
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -24,23 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
-import ray.train
-import ray.train.torch
 import torch
 from torch import nn
 
-from banray import checkpoint, ray_internals, teacher_cache
-from banray.checkpoint import CheckpointIdentity, CheckpointRecord
+from banray import teacher_cache
 from banray.losses import get_objective
-from banray.storage import checkpoint_uri, with_retries
 from banray.models import MODELS, build_model
-from banray.session import Session, TrainSession, checkpoint_folder
 from banray.records import TrialSummary
 from banray.selection import MODE, epoch_improves
 from banray.spec import Arm, ModelSpec, TrainSpec, TrialSettings
 from banray.tasks import Task, make_task, use_channels_last
 from banray.teacher import Frozen, OnlineTeacher, Teacher
+from banray.training import checkpoint
+from banray.training.checkpoint import CheckpointIdentity, CheckpointRecord
+from banray.training.files import Storage
+from banray.training.session import Session, checkpoint_folder
 
 
 def make_optimizer(parameters, train: TrainSpec) -> torch.optim.Optimizer:
@@ -111,15 +110,11 @@ def restore_training_state(state: dict[str, Any], optimizer, scheduler) -> int:
     return state["epoch"]
 
 
-def load_latest(resumed: ray.train.Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(model weights, training state) of the run's latest checkpoint (read through the run's retrying
-    storage filesystem)."""
-    with resumed.as_directory() as directory:
-        folder = Path(directory)
-        return tuple(  # a damaged file is a BadCheckpoint at once, not a failure the trial retries
-            checkpoint.decode_tensors(resumed.path, (folder / name).read_bytes(), name)
-            for name in (checkpoint.WEIGHTS_FILE, checkpoint.TRAINING_STATE_FILE)
-        )
+def load_latest(uri: str, storage: Storage) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model weights, training state) of the run's latest checkpoint. Fetching raises OSError, which the
+    caller retries; a damaged or missing file is a BadCheckpoint at once."""
+    weights = checkpoint.read_tensors(uri, checkpoint.WEIGHTS_FILE, storage)
+    return weights, checkpoint.read_tensors(uri, checkpoint.TRAINING_STATE_FILE, storage)
 
 
 def non_finite_terms(term_means: dict[str, float]) -> str | None:
@@ -127,7 +122,9 @@ def non_finite_terms(term_means: dict[str, float]) -> str | None:
     return ", ".join(f"{name} = {value}" for name, value in bad.items()) or None
 
 
-def load_teacher(settings: TrialSettings, task: Task, device: torch.device) -> tuple[Frozen, CheckpointRecord]:
+def load_teacher(
+    settings: TrialSettings, task: Task, device: torch.device, storage: Storage
+) -> tuple[Frozen, CheckpointRecord]:
     """The previous generation's best model, checked by its record and frozen. A broken checkpoint
     (checkpoint.BadCheckpoint) or another model than planned (TeacherMismatch) fails at once; only storage
     errors while fetching it are retried."""
@@ -136,9 +133,9 @@ def load_teacher(settings: TrialSettings, task: Task, device: torch.device) -> t
                          "but not the teacher's model (teacher_model)")
     # The spec's model of generation - 1, as the current code computes it, trained on this trial's split.
     expected = _identity(settings, task, settings.teacher_model, settings.generation - 1, "main")  # never teacher′
-    teacher, record = with_retries(
+    teacher, record = storage.retried(
         f"loading teacher {settings.teacher_checkpoint}",
-        lambda: checkpoint.load(settings.teacher_checkpoint, expected=expected),
+        lambda: checkpoint.load(settings.teacher_checkpoint, expected=expected, storage=storage),
     )
     return Frozen(teacher.to(device)), record
 
@@ -155,14 +152,6 @@ def _identity(settings: TrialSettings, task: Task, model: ModelSpec, generation:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> TrialSummary:
-    """The TorchTrainer's function: the worker loop on a Ray Train worker. `config` holds the trial's
-    settings in their serialised form, read back here once."""
-    ray_internals.train_report_logger().setLevel(logging.WARNING)  # banray logs metrics to MLflow instead
-    settings = TrialSettings.model_validate(config["settings"])
-    return train_loop(settings, TrainSession(config.get("earlier_checkpoint")), config.get("cpus_per_worker", 1))
 
 
 class CheckpointPolicy:
@@ -232,24 +221,24 @@ class _Training:
                               **settings.model.kwargs)
         self.objective = get_objective(settings.distill.objective)
         self.loss_params = settings.distill.loss_params()
-        self.teacher, teacher_record = _teacher(settings, self.objective, task, device)
+        self.teacher, teacher_record = _teacher(settings, self.objective, task, device, session.storage)
         resumed = session.restored()  # set when the engine restarts this trial after a failure
         state: dict[str, Any] = {}
         if resumed is not None:
-            weights, state = load_latest(resumed)
+            storage = session.storage
+            weights, state = storage.retried(f"loading {resumed}", lambda: load_latest(resumed, storage))
             student.load_state_dict(weights)
         self.model = session.prepare_model(fast_path_student(student, settings.train, device, task.input_shape))
         self.optimizer = make_optimizer(self.model.parameters(), settings.train)
         self.scheduler = make_scheduler(self.optimizer, settings.train)
         self.done_epochs = restore_training_state(state, self.optimizer, self.scheduler) if state else 0
-        self.policy = CheckpointPolicy(settings.train.checkpoint_every_s, state.get("best"),
-                                       checkpoint_uri(resumed) if resumed is not None else None)
+        self.policy = CheckpointPolicy(settings.train.checkpoint_every_s, state.get("best"), resumed)
         # Every epoch's metrics so far: a checkpoint carries them, and a restarted trial reports them again,
         # so that an epoch whose report was lost with a killed driver still reaches MLflow.
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.first_report = _first_report_extras(self.teacher, task, device, session.rank, self.done_epochs,
                                                  self.history)
-        self.record_base = _record_base(settings, task, teacher_record)
+        self.record_base = _record_base(settings, task, teacher_record, session.node_id)
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -314,28 +303,29 @@ def _first_report_extras(teacher: Teacher | None, task, device, rank: int, done_
 
 
 def _teacher(
-    settings: TrialSettings, objective, task: Task, device: torch.device
+    settings: TrialSettings, objective, task: Task, device: torch.device, storage: Storage
 ) -> tuple[Teacher | None, CheckpointRecord | None]:
     """(the teacher the student learns from, its checkpoint's record); (None, None) for generation 0 and
     for objectives that need no teacher."""
     if settings.teacher_checkpoint is None or not objective.needs_teacher:
         return None, None
-    model, record = load_teacher(settings, task, device)
+    model, record = load_teacher(settings, task, device, storage)
     if settings.distill.teacher != "cached":
         return OnlineTeacher(model), record
     # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
     cached = teacher_cache.CachedTeacher(
         model, record, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
-        settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k,
+        settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k, storage,
     )
     return cached, record
 
 
-def _record_base(settings: TrialSettings, task: Task, teacher: CheckpointRecord | None) -> dict[str, Any]:
+def _record_base(settings: TrialSettings, task: Task, teacher: CheckpointRecord | None,
+                 node_id: str) -> dict[str, Any]:
     """What every checkpoint of the trial records (the epoch and its metrics are added per epoch)."""
     identity = _identity(settings, task, settings.model, settings.generation, settings.arm)
     return {
         **dict(identity), "trial": settings.trial, "seed": settings.seed, "objective": settings.distill.objective,
         "teacher": teacher.as_teacher() if teacher else None,
-        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_id": node_id,
     }

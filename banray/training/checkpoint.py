@@ -1,7 +1,7 @@
 """Checkpoints: weights as data plus the typed record that identifies and rebuilds the model.
 
-A checkpoint directory holds `model.pt` (a state dict, loaded with `weights_only=True`) and Ray's checkpoint
-metadata, which is one CheckpointRecord: the model (arch, kwargs, the revision of its code, classes, input
+A checkpoint directory holds `model.pt` (a state dict, loaded with `weights_only=True`) and its metadata
+(`.metadata.json`, which Ray reads as the checkpoint's metadata), one CheckpointRecord: the model (arch, kwargs, the revision of its code, classes, input
 shape), what it was trained on (dataset, the hash of its train/validation split), where in the sweep it comes
 from (sweep, spec hash, chain, generation, arm, trial, seed) and its epoch with its validation metrics. A
 teacher is rebuilt from that record and checked against the identity the chain expects, never recognised by
@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
-from ray.train import Checkpoint
 from torch import nn
 
 from banray.models import MODELS, build_model
 from banray.spec import Arm
+from banray.training.files import LOCAL, Refused, Storage
 
 WEIGHTS_FILE = "model.pt"
 # The training state (epoch, optimizer, schedule, RNG states) a restarted trial goes on from.
 TRAINING_STATE_FILE = "training_state.pt"
-METADATA_FILE = ".metadata.json"  # where ray.train.Checkpoint.set_metadata writes the metadata, as JSON
+# Where ray.train.Checkpoint.set_metadata writes its metadata (json.dumps, UTF-8): written the same way here,
+# so Ray sees a checkpoint's record as its metadata.
+METADATA_FILE = ".metadata.json"
 # The version of CheckpointRecord's fields; checkpoints from before the record (plain dicts) have none.
 SCHEMA_VERSION = 1
 
@@ -110,11 +110,9 @@ class BadCheckpoint(RuntimeError):
     re-raise it at once. Its message is one line, "checkpoint <uri>: <what is wrong>"."""
 
 
-def save(directory: str | Path, model: nn.Module, record: CheckpointRecord) -> Checkpoint:
+def save(directory: str | Path, model: nn.Module, record: CheckpointRecord) -> None:
     torch.save(model.state_dict(), Path(directory) / WEIGHTS_FILE)
-    checkpoint = Checkpoint.from_directory(str(directory))
-    checkpoint.set_metadata(record.model_dump(mode="json"))
-    return checkpoint
+    (Path(directory) / METADATA_FILE).write_bytes(json.dumps(record.model_dump(mode="json")).encode("utf-8"))
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -144,57 +142,25 @@ def _json(value: Any) -> Any:
 
 
 class _Files:
-    """Fetches a checkpoint's files as bytes. Storage errors (OSError) propagate, for the caller's
-    with_retries to retry; a missing, misplaced or unreadable file is a BadCheckpoint."""
+    """A checkpoint's files through `storage`: a file it refuses is a BadCheckpoint; storage errors (OSError)
+    propagate, for the caller's `Storage.retried` to retry."""
 
-    def __init__(self, checkpoint_uri: str, checkpoint: Checkpoint):
-        self.uri, self.checkpoint = checkpoint_uri, checkpoint
-        self.local = isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem)
+    def __init__(self, checkpoint_uri: str, storage: Storage):
+        self.uri, self._files = checkpoint_uri, storage.checkpoint_files(checkpoint_uri)
 
     def folder_exists(self) -> bool:
-        if self.local:
-            return Path(self.checkpoint.path).is_dir()
-        return self.checkpoint.filesystem.get_file_info(self.checkpoint.path).type == pyarrow.fs.FileType.Directory
+        return self._files.folder_exists()
 
     def read(self, name: str) -> bytes | None:
         """The bytes of file `name` of the checkpoint, or None if there is none."""
-        if self.local:
-            return self._read_local(name)
-        fs, path = self.checkpoint.filesystem, f"{self.checkpoint.path.rstrip('/')}/{name}"
-        kind = fs.get_file_info(path).type
-        if kind == pyarrow.fs.FileType.NotFound:
-            return None
-        if kind != pyarrow.fs.FileType.File:
-            raise _bad(self.uri, f"{name} is not a file")
         try:
-            with fs.open_input_stream(path) as stream:
-                return stream.read()
-        except FileNotFoundError:  # deleted since it was listed
-            return None
-
-    def _read_local(self, name: str) -> bytes | None:
-        folder = Path(self.checkpoint.path).resolve()
-        link = folder / name
-        if not os.path.lexists(link):
-            return None
-        try:
-            target = link.resolve()  # a link is followed only as far as it stays inside the checkpoint
-        except (RuntimeError, OSError) as exc:  # a loop of links: RuntimeError up to Python 3.12, OSError after
-            raise _bad(self.uri, f"{name} is a link that does not resolve ({_reason(exc)})") from None
-        if not target.is_relative_to(folder):
-            raise _bad(self.uri, f"{name} is a link to {target}, outside the checkpoint folder; refused")
-        if not target.exists():
-            raise _bad(self.uri, f"{name} is a dangling link")
-        if not target.is_file():
-            raise _bad(self.uri, f"{name} is not a regular file")
-        try:
-            return target.read_bytes()
-        except PermissionError as exc:
-            raise _bad(self.uri, f"{name} cannot be read ({exc.strerror})") from None
+            return self._files.read(name)
+        except Refused as exc:
+            raise _bad(self.uri, str(exc)) from None
 
 
 def _read_json(files: _Files) -> dict[str, Any]:
-    """The checkpoint's Ray metadata (what `Checkpoint.set_metadata` wrote), checked to be a JSON object."""
+    """The checkpoint's metadata, checked to be a JSON object."""
     uri = files.uri
     raw = files.read(METADATA_FILE)
     if raw is None:
@@ -248,12 +214,21 @@ def _read_record(files: _Files) -> CheckpointRecord:
         raise _bad(files.uri, _invalid(exc)) from None
 
 
-def read_record(checkpoint_uri: str) -> CheckpointRecord:
+def read_record(checkpoint_uri: str, storage: Storage = LOCAL) -> CheckpointRecord:
     """A checkpoint's record alone, without its weights; any problem with it is a BadCheckpoint."""
-    return _read_record(_Files(checkpoint_uri, Checkpoint(checkpoint_uri)))
+    return _read_record(_Files(checkpoint_uri, storage))
 
 
-def decode_tensors(checkpoint_uri: str, data: bytes, file: str = WEIGHTS_FILE) -> Any:
+def read_tensors(checkpoint_uri: str, file: str, storage: Storage = LOCAL) -> Any:
+    """File `file` of a checkpoint, loaded as data only. Fetching it raises storage errors (OSError), for the
+    caller to retry; a missing or damaged file is a BadCheckpoint."""
+    data = _Files(checkpoint_uri, storage).read(file)
+    if data is None:
+        raise _bad(checkpoint_uri, f"it has no {file}")
+    return _decode_tensors(checkpoint_uri, data, file)
+
+
+def _decode_tensors(checkpoint_uri: str, data: bytes, file: str = WEIGHTS_FILE) -> Any:
     """torch.load of a checkpoint file's bytes, as data only; any problem with them is a BadCheckpoint."""
     if not data:
         raise _bad(checkpoint_uri, f"{file} is empty")
@@ -278,24 +253,24 @@ def decode_tensors(checkpoint_uri: str, data: bytes, file: str = WEIGHTS_FILE) -
         ) from None
 
 
-def load(checkpoint_uri: str, expected: CheckpointIdentity | None = None) -> tuple[nn.Module, CheckpointRecord]:
-    """Rebuild the model of a checkpoint from its record; raise TeacherMismatch if it is not `expected`.
+def load(
+    checkpoint_uri: str, expected: CheckpointIdentity | None = None, storage: Storage = LOCAL
+) -> tuple[nn.Module, CheckpointRecord]:
+    """Rebuild the model of a checkpoint (read through `storage`) from its record; raise TeacherMismatch if it
+    is not `expected`.
 
     Every problem with the checkpoint's contents (missing or misplaced files, metadata that is not a record of
     this schema version describing a model of the current code that builds with at most MAX_PARAMETERS
     parameters, weights that are not an intact state dict of that model) is a BadCheckpoint, a RuntimeError:
-    `with_retries` re-raises it at once. Only errors while fetching the files from storage are OSErrors, which
+    `Storage.retried` re-raises it at once. Only errors while fetching the files from storage are OSErrors, which
     it retries as outages.
     """
-    files = _Files(checkpoint_uri, Checkpoint(checkpoint_uri))
+    files = _Files(checkpoint_uri, storage)
     record = _read_record(files)
     if expected is not None:
         _check_identity(checkpoint_uri, record, expected)
     model = _build(checkpoint_uri, record)
-    data = files.read(WEIGHTS_FILE)  # fetching: storage errors propagate (OSError) and are retried
-    if data is None:
-        raise _bad(checkpoint_uri, f"it has no {WEIGHTS_FILE}")
-    state = decode_tensors(checkpoint_uri, data)  # decoding: every problem is a BadCheckpoint
+    state = read_tensors(checkpoint_uri, WEIGHTS_FILE, storage)
     try:
         model.load_state_dict(state)
     except Exception as exc:  # RuntimeError for wrong keys or shapes, TypeError or AttributeError for a non-dict
