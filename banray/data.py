@@ -2,9 +2,9 @@
 
 Two kinds of dataset, each registered by name:
 - classification (`digits`, `synthetic`, `mnist1d`, `cifar10`, `cifar100`): a builder returns a training pool
-  and a fixed test set; `load_splits` carves the validation split out of the training pool with
-  `data.seed`. The training split is seen through the dataset's augmentation, the validation split
-  without it.
+  and a fixed test set, each as tensors (images as stored: uint8); `load_splits` carves the validation split
+  out of the training pool with `data.seed`. The training split is seen through the dataset's augmentation,
+  made a batch at once on the training device (Splits.train_views), the validation split without it.
 - language modelling (`ptb`): a builder returns a `Corpus` whose train / valid / test files are the
   splits (PTB's standard Mikolov split).
 Model selection uses validation only; the test split is evaluated once per finished generation.
@@ -18,13 +18,12 @@ import importlib.metadata
 import math
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
 
 from banray.registry import Registry
 from banray.local_cache import user_cache
@@ -37,42 +36,79 @@ class DatasetMissing(Exception):
 
 
 @dataclass
+class Samples:
+    """A split as tensors: its inputs as stored (uint8 images, or float samples), labels, and each sample's index
+    in the pool (what its training views are drawn from)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> Samples:
+        return Samples(*(t.to(device) for t in (self.inputs, self.labels, self.indices)))
+
+
+@dataclass
 class Pool:
     """What a classification builder returns."""
 
-    train_view: Dataset  # the training pool as the model trains on it (augmented)
-    eval_view: Dataset  # the same samples, same order, without augmentation
-    test: Dataset
-    labels: np.ndarray  # labels of the pool, for a stratified validation split
+    train: Samples  # the training pool, as stored
+    test: Samples
     num_classes: int
     input_shape: tuple[int, ...]
+    normalise: Normalise | None = None  # uint8 images → the float inputs a model sees; None: inputs are floats
+    augment: CropFlip | None = None  # the training augmentation, if any
 
 
 @dataclass
 class Splits:
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    train: Samples
+    val: Samples
+    test: Samples
     num_classes: int
     input_shape: tuple[int, ...]
     dataset: str
     split_hash: str  # which samples are in train and validation (see split_hash)
-    # The training augmentation, if any; `set_epoch` makes its draws depend only on (data seed, epoch, sample).
-    augmented: Augmented | None = None
+    seed: int  # the data seed: with the epoch and the sample, it draws each training view
+    normalise: Normalise | None = None
+    augment: CropFlip | None = None
+    _placed: dict[str, Splits] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def augmentation(self) -> str:
         """The augmentation policy's name ('none' when the training view is the data as it is)."""
-        return self.augmented.augment.policy if self.augmented is not None else "none"
+        return self.augment.policy if self.augment is not None else "none"
 
     @property
     def augmentation_seed(self) -> int | None:
         """The seed the augmentation draws its views from (with the epoch and the sample); None without one."""
-        return self.augmented.seed if self.augmented is not None else None
+        return self.seed if self.augment is not None else None
 
-    def set_epoch(self, epoch: int) -> None:
-        if self.augmented is not None:
-            self.augmented.epoch = epoch
+    def on(self, device) -> Splits:
+        """These splits with every tensor on `device`: moved there once per process and device."""
+        key = str(torch.device(device))
+        if key not in self._placed:
+            self._placed[key] = replace(
+                self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device),
+                normalise=self.normalise.to(device) if self.normalise is not None else None,
+            )
+        return self._placed[key]
+
+    def inputs(self, samples: Samples, positions, dtype=torch.float32) -> torch.Tensor:
+        """The model's inputs of `samples` at `positions` (a slice or an index tensor on their device), unaugmented."""
+        stored = samples.inputs[positions]
+        return self.normalise(stored, dtype) if self.normalise is not None else stored.to(dtype)
+
+    def train_views(self, positions: torch.Tensor, epoch: int | None, dtype=torch.float32) -> torch.Tensor:
+        """The views of the training samples at `positions` (on the splits' device) in `epoch`: each a function of
+        (seed, epoch, pool index) only, whatever batch it is in. `epoch` None, or no augmentation: unaugmented."""
+        if self.augment is None or epoch is None:
+            return self.inputs(self.train, positions, dtype)
+        images = self.augment(self.train.inputs[positions], self.train.indices[positions], self.seed, epoch)
+        return self.normalise(images, dtype)
 
 
 @dataclass
@@ -214,11 +250,13 @@ def split_hash(train: np.ndarray, val: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def _samples(x: np.ndarray, y: np.ndarray) -> Samples:
+    return Samples(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), torch.arange(len(y)))
+
+
 def _tensor_pool(x: np.ndarray, y: np.ndarray, num_classes: int) -> Pool:
     kept, held_out = stratified_split(y, _TEST_FRACTION, _TEST_SPLIT_SEED)
-    pool = TensorDataset(torch.from_numpy(x[kept]), torch.from_numpy(y[kept]))
-    test = TensorDataset(torch.from_numpy(x[held_out]), torch.from_numpy(y[held_out]))
-    return Pool(pool, pool, test, y[kept], num_classes, tuple(x.shape[1:]))
+    return Pool(_samples(x[kept], y[kept]), _samples(x[held_out], y[held_out]), num_classes, tuple(x.shape[1:]))
 
 
 @_register("digits", "classification", num_classes=10, input_shape=(1, 8, 8), train_size=1437)
@@ -277,80 +315,97 @@ def mnist1d(root: str, download: bool) -> Pool:
     by the `mnist1d` package from its default arguments (seed 42), never downloaded. Its own split is kept: the
     4000 training signals are the pool, its 1000 test signals the fixed test split."""
     arrays = _mnist1d_arrays()
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(x.astype(np.float32)[:, None, :]), torch.from_numpy(y.astype(np.int64)))
-
-    pool, test = tensors(arrays["x"], arrays["y"]), tensors(arrays["x_test"], arrays["y_test"])
-    return Pool(pool, pool, test, arrays["y"].astype(np.int64), num_classes=10, input_shape=(1, 40))
+    signals = {key: arrays[key].astype(np.float32)[:, None, :] for key in ("x", "x_test")}
+    return Pool(_samples(signals["x"], arrays["y"]), _samples(signals["x_test"], arrays["y_test"]), num_classes=10,
+                input_shape=(1, 40))
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for one (data seed, epoch, sample index): splitmix64 over the three."""
-    mask = 2**64 - 1
+# The training views' draws come from a counter-based hash of (data seed, epoch, sample index), computed with
+# integer tensor ops: the same numbers on every device, for a whole batch at once. Its name is part of the
+# augmentation policy, hence of the teacher-logit cache's key: change the draws, change VIEW_HASH.
+VIEW_HASH = "lowbias32-v1"
+_MASK32 = 0xFFFFFFFF
+_GOLDEN32 = 0x9E3779B9
+
+
+def _mul32(x, constant: int):
+    """x × constant mod 2^32 for 0 ≤ x < 2^32, by the constant's 16-bit halves: every product stays below 2^49,
+    inside int64 (a whole 32 × 32-bit product may pass 2^63 and overflow)."""
+    return ((((x * (constant >> 16)) & 0xFFFF) << 16) + x * (constant & 0xFFFF)) & _MASK32
+
+
+def mix32(x):
+    """Wellons' lowbias32 finaliser, a well-mixing bijection of 32-bit integers; for Python ints and int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _absorb(state, part):
+    return mix32((state + part + _GOLDEN32) & _MASK32)
+
+
+def view_draws(seed: int, epoch: int, index, span: int):
+    """(top, left, flip) of sample `index`'s view in `epoch`: offsets in [0, span), flip 0 or 1. `index` is an int
+    or an int64 tensor of indices below 2^32 (then each draw is a tensor like it)."""
     state = 0
-    for part in (seed, epoch, index):
-        state = (state + part + 0x9E3779B97F4A7C15) & mask
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        state = z ^ (z >> 31)
-    return state >> 1
+    for part in (seed & _MASK32, (seed >> 32) & _MASK32, epoch & _MASK32):
+        state = _absorb(state, part)
+    state = _absorb(state, index)
+    return _absorb(state, 1) % span, _absorb(state, 2) % span, _absorb(state, 3) >> 31
+
+
+def _reflect(position: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions in [-size + 1, 2 size - 2] mirrored into [0, size) without repeating the edge (reflect padding)."""
+    return (size - 1) - ((size - 1) - position.abs()).abs()
+
+
+class Normalise:
+    """uint8 images → a model's float inputs, computed as torchvision's ToTensor then Normalize compute them
+    (÷255, −mean, ÷std per channel, in float32), then rounded once to the dtype asked for."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean, self.std = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+
+    def to(self, device) -> Normalise:
+        return Normalise(self.mean.to(device), self.std.to(device))
+
+    def __call__(self, images: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        return images.float().div(255).sub(self.mean).div(self.std).to(dtype)
 
 
 class CropFlip:
-    """The standard CIFAR augmentation on a normalised (C, H, W) tensor: reflection-pad by `padding`,
-    random crop back to H×W, horizontal flip with probability 1/2 — all drawn from `generator`.
-    Normalisation is per channel, so cropping after it gives the same images as cropping before."""
+    """The standard CIFAR augmentation, a batch at once on the images' device: reflection-pad by `padding`, crop
+    back to H×W at per-sample offsets, flip horizontally with probability 1/2 — drawn by view_draws. Pure data
+    movement, so it commutes with the per-channel normalisation: applied to the stored uint8 images."""
 
     def __init__(self, padding: int = 4):
         self.padding = padding
-        self.policy = f"crop-pad{padding}-reflect+hflip"
+        self.policy = f"crop-pad{padding}-reflect+hflip/{VIEW_HASH}"
 
-    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+        """The views of `images` (B, C, H, W), sample b's drawn from (seed, epoch, indices[b]): a gather of each
+        view's rows, then of its columns (a few times faster on CPU than one four-index gather)."""
+        count, channels, height, width = images.shape
+        top, left, flip = view_draws(seed, epoch, indices, 2 * self.padding + 1)
+        rows = _reflect(top[:, None] + torch.arange(height, device=images.device) - self.padding, height)
+        columns = torch.arange(width, device=images.device)
+        columns = torch.where(flip[:, None] == 1, width - 1 - columns, columns)  # a flip reads the crop backwards
+        columns = _reflect(left[:, None] + columns - self.padding, width)
+        shape = (count, channels, height, width)
+        cropped = images.gather(2, rows[:, None, :, None].expand(shape))
+        return cropped.gather(3, columns[:, None, None, :].expand(shape))
+
+    def reference(self, image: torch.Tensor, normalise: Normalise, seed: int, epoch: int, index: int) -> torch.Tensor:
+        """One sample's view the plain way (normalise, pad, slice, flip) with the draws in Python integers: what the
+        batched path must equal bit for bit."""
+        top, left, flip = view_draws(seed, epoch, index, 2 * self.padding + 1)
         height, width = image.shape[-2:]
-        padded = torch.nn.functional.pad(image[None], [self.padding] * 4, mode="reflect")[0]
-        top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=generator).tolist()
+        padded = torch.nn.functional.pad(normalise(image[None]), [self.padding] * 4, mode="reflect")[0]
         crop = padded[:, top : top + height, left : left + width]
-        return crop.flip(-1) if torch.rand((), generator=generator).item() < 0.5 else crop
-
-
-class Augmented(Dataset):
-    """`base` (image, label) pairs seen through `augment`. Until `seed` and `epoch` are set each access
-    draws fresh randomness; once set, sample i of epoch e always gets the same view, drawn from
-    sample_seed(seed, e, i) — the same in every trial, process and DataLoader worker, which is what makes
-    a shared teacher-logit cache exact."""
-
-    def __init__(self, base: Dataset, augment: CropFlip):
-        self.base, self.augment = base, augment
-        self.seed: int | None = None
-        self.epoch: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        image, label = self.base[index]
-        generator = torch.Generator()
-        if self.seed is None or self.epoch is None:
-            generator.seed()
-        else:
-            generator.manual_seed(sample_seed(self.seed, self.epoch, index))
-        return self.augment(image, generator), label
-
-
-class Transformed(Dataset):
-    """A view of a dataset of (image, label) pairs with `transform` applied to the image."""
-
-    def __init__(self, base: Dataset, transform: Callable):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        image, label = self.base[index]
-        return self.transform(image), label
+        return crop.flip(-1) if flip else crop
 
 
 # Per-channel statistics of the CIFAR training sets (the values the literature normalises with).
@@ -365,7 +420,6 @@ def _cifar(name: str, root: str, download: bool) -> Pool:
     random 32×32 crop, horizontal flip; see CropFlip) for training, per-channel mean/std normalisation
     everywhere."""
     from torchvision import datasets
-    from torchvision import transforms as T
 
     class_name, folder, mean, std = _CIFAR[name]
     info = dataset_info(name)  # classes and shape, as registered
@@ -388,16 +442,16 @@ def _cifar(name: str, root: str, download: bool) -> Pool:
             f"data.root: {name} is not in {root} and downloading it failed ({exc}); "
             f"put the extracted '{folder}' folder there by hand"
         ) from None
-    eval_transform = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-    eval_view = Transformed(pool, eval_transform)
     return Pool(
-        train_view=Augmented(eval_view, CropFlip(padding=4)),
-        eval_view=eval_view,
-        test=Transformed(test, eval_transform),
-        labels=np.asarray(pool.targets),
-        num_classes=info.num_classes,
-        input_shape=info.input_shape,
+        train=_images(pool), test=_images(test), num_classes=info.num_classes, input_shape=info.input_shape,
+        normalise=Normalise(torch.tensor(mean), torch.tensor(std)), augment=CropFlip(padding=4),
     )
+
+
+def _images(dataset) -> Samples:
+    """A torchvision CIFAR dataset as one uint8 (N, C, H, W) tensor (its `.data` is (N, H, W, C)) and its labels."""
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    return Samples(images, torch.tensor(dataset.targets, dtype=torch.int64), torch.arange(len(images)))
 
 
 @_register("cifar10", "classification", num_classes=10, input_shape=(3, 32, 32), train_size=50_000)
@@ -477,24 +531,24 @@ def _check_split_fits(dataset: str, labels: np.ndarray, val_fraction: float) -> 
     )
 
 
+def _subset(samples: Samples, positions: np.ndarray) -> Samples:
+    index = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64))
+    return Samples(samples.inputs[index], samples.labels[index], samples.indices[index])
+
+
 def load_splits(dataset: str, root: str, val_fraction: float, seed: int, download: bool = False) -> Splits:
-    """Train (augmented) / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`. The
-    training augmentation is drawn per (seed, epoch, sample) once `Splits.set_epoch` has been called."""
+    """Train / validation (stratified, seeded by `seed`) / fixed test splits of `dataset`, as tensors. The training
+    views of each epoch are drawn from (seed, epoch, sample) (Splits.train_views)."""
     entry = DATASETS[dataset]
     assert entry.info.kind == "classification", f"{dataset} is a {entry.info.kind} dataset"
     pool = entry.build(root, download)
-    _check_split_fits(dataset, pool.labels, val_fraction)
-    train_idx, val_idx = stratified_split(pool.labels, val_fraction, seed)
-    augmented = pool.train_view if isinstance(pool.train_view, Augmented) else None
-    if augmented is not None:
-        augmented.seed = seed  # the data seed: augmentation is shared by every trial of a sweep, like the split
+    labels = pool.train.labels.numpy()
+    _check_split_fits(dataset, labels, val_fraction)
+    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
     return Splits(
-        train=Subset(pool.train_view, train_idx.tolist()),
-        val=Subset(pool.eval_view, val_idx.tolist()),
-        test=pool.test,
-        num_classes=pool.num_classes,
-        input_shape=pool.input_shape,
-        dataset=dataset,
+        train=_subset(pool.train, train_idx), val=_subset(pool.train, val_idx), test=pool.test,
+        num_classes=pool.num_classes, input_shape=pool.input_shape, dataset=dataset,
         split_hash=split_hash(train_idx, val_idx),
-        augmented=augmented,
+        seed=seed,  # the data seed: augmentation is shared by every trial of a chain, like the split
+        normalise=pool.normalise, augment=pool.augment,
     )

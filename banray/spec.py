@@ -70,7 +70,6 @@ MAX_CHAINS = 1_000
 MAX_TRIALS = 10_000
 MAX_BATCH_SIZE = 1 << 20
 MAX_BPTT = 10_000
-MAX_LOADER_WORKERS = 64
 MAX_WORKERS = 4_096
 MAX_CPUS_PER_WORKER = 1_024
 MAX_GPUS_PER_WORKER = 64
@@ -189,18 +188,6 @@ class DataSpec(_Section):
     seed: Int = Field(
         0, ge=0, le=SEED_MAX, description="seed of the train/validation split and of each (epoch, sample)'s augmentation"
     )
-    loader_workers: Annotated[int, Field(ge=0, le=MAX_LOADER_WORKERS)] | Literal["auto"] = Field(
-        "auto", description="DataLoader worker processes; 'auto': none on CPU or without augmentation, else up to 4"
-    )
-    pin_memory: Literal["auto", "on", "off"] = Field("auto", description="pinned host memory; 'auto': on with CUDA")
-
-    @field_validator("loader_workers", mode="before")
-    @classmethod
-    def _workers_count(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_LOADER_WORKERS):
-            return value
-        raise ValueError(f"give a number of DataLoader worker processes (0 to {MAX_LOADER_WORKERS}) or 'auto'")
-
     @field_validator("dataset")
     @classmethod
     def _dataset_known(cls, name: str) -> str:
@@ -451,7 +438,13 @@ class TrackingSpec(_Section):
 
 # Sections and fields that do not change what is trained; they stay out of the spec hash.
 _RUNTIME_SECTIONS = {"control", "ensembles", "resources", "storage", "storage_endpoint", "tracking"}
-_RUNTIME_FIELDS = {"data": {"loader_workers", "pin_memory"}, "train": {"checkpoint_every_s"}}
+_RUNTIME_FIELDS = {"train": {"checkpoint_every_s"}}
+
+# Keys that once meant something and no longer do: a spec still giving one is told why, not just "unknown key".
+_REMOVED_KEYS = {
+    ("data", "loader_workers"): "the training batches are made on the device by tensor ops, with no DataLoader workers",
+    ("data", "pin_memory"): "the data are moved to the training device once per process, not copied batch by batch",
+}
 
 Arm = Literal["main", "control"]
 
@@ -545,6 +538,14 @@ class SweepSpec(_Section):
         None, description="S3-compatible endpoint (MinIO, ...) for s3:// storage; default $AWS_ENDPOINT_URL_S3"
     )
     tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_removed_keys(cls, raw: Any) -> Any:
+        for (section, key), reason in _REMOVED_KEYS.items():
+            if isinstance(raw, dict) and isinstance(raw.get(section), dict) and key in raw[section]:
+                raise ValueError(f"{section}.{key}: this setting was removed ({reason}); remove it from the spec")
+        return raw
 
     @field_validator("storage")
     @classmethod

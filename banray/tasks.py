@@ -13,14 +13,12 @@ loop (banray.training.loop) stays the same for every task.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from banray.data import dataset_kind, load_corpus, load_splits
 from banray.evaluate import Scores, calibration_error, expected_calibration_error
@@ -55,10 +53,11 @@ class Task(Protocol):
 def make_task(
     data: DataSpec, train: TrainSpec, *, seed: int = 0, rank: int = 0, world_size: int = 1, prepare_loader=None
 ) -> Task:
-    """The task of `data.dataset`. `prepare_loader` (Ray Train's, in workers) shards the training loader."""
+    """The task of `data.dataset`. Rank `rank` of `world_size` data-parallel workers trains on its shard of each
+    epoch's order. `prepare_loader` is unused: batches are made on the device, there is no DataLoader to wrap."""
     if dataset_kind(data.dataset) == "language_model":
         return LanguageModelTask(data, train, rank=rank, world_size=world_size)
-    return ClassificationTask(data, train, seed=seed, rank=rank, world_size=world_size, prepare_loader=prepare_loader)
+    return ClassificationTask(data, train, seed=seed, rank=rank, world_size=world_size)
 
 
 def bf16_autocast(train: TrainSpec, device) -> bool:
@@ -103,91 +102,47 @@ class _TermMeans:
         }
 
 
-class _Indexed(Dataset):
-    """(input, label, index) triples: the index finds a sample's cached teacher logits."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        x, y = self.base[index]
-        return x, y, index
-
-    def __getitems__(self, indices: list[int]):
-        # The DataLoader fetches a whole batch through this when it exists: no Python call per sample here.
-        getitems = getattr(self.base, "__getitems__", None)
-        samples = getitems(indices) if getitems else [self.base[i] for i in indices]
-        return [(x, y, i) for (x, y), i in zip(samples, indices)]
-
-
 def shuffle_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's sample order: distinct for every (trial seed, epoch) a sweep uses."""
     return seed * 100_003 + epoch
 
 
-def distributed_sampler(dataset: Dataset, seed: int, rank: int, world_size: int) -> DistributedSampler:
-    """Rank `rank`'s shard of the training set. DistributedSampler orders by `seed + epoch` after
-    set_epoch, so seed * 100_003 gives the single-worker seeds (`shuffle_seed`)."""
-    return DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=shuffle_seed(seed, 0)
-    )
+def epoch_order(seed: int, epoch: int, size: int) -> torch.Tensor:
+    """The training split's positions in the order of `epoch`: drawn on the CPU from shuffle_seed(seed, epoch)
+    alone, so a resumed run and every device see the same order (DistributedSampler's permutation)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(shuffle_seed(seed, epoch)))
+
+
+def rank_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank `rank`'s share of an epoch's order as DistributedSampler deals it: the order, continued from its start
+    up to a multiple of world_size, then every world_size-th position from `rank`."""
+    total = -(-len(order) // world_size) * world_size
+    return order.repeat(-(-total // len(order)))[:total][rank::world_size]
+
+
+def compute_dtype(train: TrainSpec, device) -> torch.dtype:
+    """The dtype the student's forward pass runs in: its inputs are made in it."""
+    return torch.bfloat16 if bf16_autocast(train, device) else torch.float32
 
 
 class ClassificationTask:
-    def __init__(
-        self, data: DataSpec, train: TrainSpec, *, seed: int, world_size: int, prepare_loader, rank: int = 0
-    ):
+    def __init__(self, data: DataSpec, train: TrainSpec, *, seed: int, world_size: int, rank: int = 0):
         self.splits = load_splits(data.dataset, data.root, data.val_fraction, data.seed, data.download)
         self.num_classes, self.input_shape = self.splits.num_classes, self.splits.input_shape
         self.split_hash = self.splits.split_hash
-        self._train_loader = None
-        self._shuffle = torch.Generator()
-        self._sampler: DistributedSampler | None = None
         self._seed = seed
         self._rank, self._world_size = rank, world_size
         self._train = train
-        self._data = data
-        self._loader_args = (max(1, train.batch_size // world_size), prepare_loader)
+        self._batch_size = max(1, train.batch_size // world_size)
 
-    def loader_options(self, device) -> dict:
-        """DataLoader workers and pinned memory, resolved for `device` ('auto': workers only to augment
-        on a GPU machine, where the CPU is otherwise idle; in-memory tensors need none)."""
-        cuda = torch.device(device).type == "cuda"
-        workers = self._data.loader_workers
-        if workers == "auto":
-            augmented = self.splits.augmentation != "none"
-            workers = min(4, os.cpu_count() or 1) if cuda and augmented else 0
-        pin = self._data.pin_memory == "on" or (self._data.pin_memory == "auto" and cuda)
-        return {"num_workers": workers, "pin_memory": pin}
+    def batches(self, epoch: int, device) -> tuple[torch.Tensor, ...]:
+        """This rank's batches of `epoch`: positions in the training split, on `device`."""
+        order = rank_shard(epoch_order(self._seed, epoch, len(self.splits.train)), self._rank, self._world_size)
+        return order.to(device).split(self._batch_size)
 
-    def _loader(self, epoch: int, device="cpu") -> DataLoader:
-        if self._train_loader is None:
-            self._train_loader = self._build_loader(device)
-        self.splits.set_epoch(epoch)  # before iterating: DataLoader workers get the dataset as it is then
-        self._shuffle.manual_seed(shuffle_seed(self._seed, epoch))
-        if self._sampler is not None:
-            self._sampler.set_epoch(epoch)
-        return self._train_loader
-
-    def _build_loader(self, device) -> DataLoader:
-        batch_size, prepare = self._loader_args
-        dataset = _Indexed(self.splits.train)
-        if self._world_size > 1:
-            # Our own shards, seeded by the trial: Ray's prepare_data_loader would put in a
-            # DistributedSampler seeded 0, the same order for every trial (it keeps one that is there).
-            self._sampler = distributed_sampler(dataset, self._seed, self._rank, self._world_size)
-            loader = DataLoader(
-                dataset, batch_size=batch_size, sampler=self._sampler, generator=self._shuffle,
-                **self.loader_options(device),
-            )
-        else:
-            loader = DataLoader(
-                dataset, batch_size=batch_size, shuffle=True, generator=self._shuffle, **self.loader_options(device)
-            )
-        return prepare(loader) if prepare else loader
+    def _layout(self, device) -> torch.memory_format:
+        images = len(self.input_shape) == 3
+        return torch.channels_last if images and use_channels_last(self._train, device) else torch.contiguous_format
 
     def train_epoch(self, model, teacher, objective, loss_params, step, device, epoch) -> dict[str, float]:
         """`teacher` is a banray.teacher.Teacher (online or cached), or None."""
@@ -195,30 +150,30 @@ class ClassificationTask:
         model.train()
         if teacher is not None:
             teacher.start_epoch(epoch)
-        channels_last = use_channels_last(self._train, device)
-        for x, y, index in self._loader(epoch, device):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            teacher_logits = teacher.logits(x, index) if teacher is not None else None
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+        splits = self.splits.on(device)
+        dtype, layout = compute_dtype(self._train, device), self._layout(device)
+        # A teacher sees the float32 view, as the cache's builder does; the student the same view rounded once.
+        view_dtype = torch.float32 if teacher is not None else dtype
+        for positions in self.batches(epoch, device):
+            view = splits.train_views(positions, epoch, view_dtype)
+            teacher_logits = teacher.logits(view, positions) if teacher is not None else None
+            x = view.to(dtype=dtype, memory_format=layout)
             with _autocast(self._train, device):
                 student_logits = model(x)
+            y = splits.train.labels[positions]
             step(terms.add(objective.terms(student_logits.float(), teacher_logits, y, loss_params), len(y)))
         return terms.means()
-
-    def _dataset(self, split: str):
-        return {"val": self.splits.val, "test": self.splits.test}[split]
 
     @torch.inference_mode()
     def _logits(self, model: nn.Module, split: str, device) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = model.training
         model.eval()
-        logits, labels = [], []
-        for x, y in DataLoader(self._dataset(split), batch_size=EVAL_BATCH_SIZE):
-            logits.append(model(x.to(device, non_blocking=True)).float().cpu())
-            labels.append(y)
+        splits = self.splits.on(device)
+        samples = {"val": splits.val, "test": splits.test}[split]
+        logits = [model(splits.inputs(samples, slice(start, start + EVAL_BATCH_SIZE))).float()
+                  for start in range(0, len(samples), EVAL_BATCH_SIZE)]
         model.train(was_training)
-        return torch.cat(logits), torch.cat(labels)
+        return torch.cat(logits).cpu(), samples.labels.cpu()
 
     def score(self, model, split, device="cpu") -> Scores:
         logits, labels = self._logits(model, split, torch.device(device))
@@ -233,7 +188,7 @@ class ClassificationTask:
         return F.softmax(logits, dim=1), labels
 
     def input_example(self) -> np.ndarray:
-        return self.splits.test[0][0].unsqueeze(0).numpy()
+        return self.splits.inputs(self.splits.test, slice(0, 1)).numpy()
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """A teacher-logit cache shared by every trial of a generation (`distill.teacher: cached`).
 
 All trials of a generation distil from the same frozen teacher and, since each (sample, epoch)'s
-augmentation is drawn from (data seed, epoch, sample index) only (banray.data.Augmented), they all
+augmentation is drawn from (data seed, epoch, sample index) only (banray.data.Splits.train_views), they all
 show it the same views: the teacher's logits for a view can be computed once and looked up by every
 trial. The cache is then exact, not an approximation — a "consistent teacher" (Beyer et al. 2022) —
 up to its storage dtype: float32 is bit-exact, float16 (the default, half the bytes) rounds each
@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
-from torch.utils.data import DataLoader
 
 from banray.data import Splits
 from banray.teacher import Frozen
@@ -102,11 +101,9 @@ def _epochs(splits: Splits, epochs: int) -> list[int | None]:
 
 @torch.inference_mode()
 def _teacher_logits(teacher: nn.Module, splits: Splits, epoch: int | None, dtype: torch.dtype, device) -> torch.Tensor:
-    if epoch is not None:
-        splits.set_epoch(epoch)
-    chunks = []
-    for x, _ in DataLoader(splits.train, batch_size=BUILD_BATCH_SIZE):
-        chunks.append(teacher(x.to(device, non_blocking=True)).to("cpu", dtype))
+    placed = splits.on(device)
+    positions = torch.arange(len(placed.train), device=device)
+    chunks = [teacher(placed.train_views(batch, epoch)).to("cpu", dtype) for batch in positions.split(BUILD_BATCH_SIZE)]
     return torch.cat(chunks)
 
 
@@ -131,18 +128,21 @@ class CachedTeacher:
         self.built: list[int | None] = []  # the epochs this trial built, in order
         self._slowest_build_s = 0.0
         self._epoch, self._table = None, None
+        self._placed: torch.Tensor | None = None  # the epoch's table on the training device
 
     def start_epoch(self, epoch: int) -> None:
         self.for_epoch(epoch)
 
     def logits(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self._table[index].to(x.device, non_blocking=True).float()
+        if self._placed is None or self._placed.device != x.device:
+            self._placed = self._table.to(x.device)  # once per epoch: `index` is on the training device
+        return self._placed[index].float()
 
     def for_epoch(self, epoch: int) -> torch.Tensor:
         """(train samples, classes) logits as stored; loaded once per epoch (once in all without augmentation)."""
         key = epoch if self.epochs != [None] else None
         if self._table is None or key != self._epoch:
-            self._table = self._fetch(key)
+            self._table, self._placed = self._fetch(key), None
             self._epoch = key
         return self._table
 

@@ -6,7 +6,8 @@ validation, a checkpoint when the validation error is at least as good as the be
 last epoch, the report to Tune) and the group's MLflow logging of every epoch. Its epoch time is the median
 gap between consecutive epochs' reports (MLflow's per-epoch timestamps, logged as each report arrives).
 The plain side, in this process on one thread as the trial's worker is: the same split, model, optimizer
-and schedule; per epoch a DataLoader pass with forward, loss, backward and step, a validation pass, and
+and schedule; per epoch a pass over the split in shuffled batches (the same batched views) with forward, loss,
+backward and step, a validation pass, and
 the best epoch's weights kept (a deep copy of the state dict), timed just before and just after banray's
 group (their mean is the plain time: the machine's speed drifts). Ratio = plain epoch time / banray's; the
 digits case runs five such rounds and reports the median round (the WRN case one: its epochs are long).
@@ -27,7 +28,6 @@ from pathlib import Path
 import ray
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from banray import ray_internals, sweep, tracking
 from banray.group import SweepContext, run_group, run_groups_here, start_generation_run
@@ -85,20 +85,20 @@ def plain_epoch_s(case: dict) -> float:
                         **spec.model.kwargs)
     optimizer = make_optimizer(model.parameters(), spec.train)
     scheduler = make_scheduler(optimizer, spec.train)
-    train = DataLoader(task.splits.train, batch_size=spec.train.batch_size, shuffle=True)
-    val = DataLoader(task.splits.val, batch_size=256)
+    splits = task.splits
     best, best_state, times = float("inf"), None, []
-    for _ in range(spec.train.epochs):
+    for epoch in range(1, spec.train.epochs + 1):
         start = time.perf_counter()
         model.train()
-        for x, y in train:
+        for positions in torch.randperm(len(splits.train)).split(spec.train.batch_size):
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(splits.train_views(positions, epoch)), splits.train.labels[positions]).backward()
             optimizer.step()
         scheduler.step()
         model.eval()
         with torch.no_grad():
-            wrong = sum((model(x).argmax(1) != y).sum().item() for x, y in val)
+            wrong = sum((model(splits.inputs(splits.val, slice(i, i + 256))).argmax(1) != splits.val.labels[i:i + 256])
+                        .sum().item() for i in range(0, len(splits.val), 256))
         error = wrong / len(task.splits.val)
         if error <= best:
             best, best_state = error, copy.deepcopy(model.state_dict())

@@ -3,9 +3,9 @@ bench.gpu_throughput measures with it on a GPU; on CPU, (a) is bench.whole_epoch
 trial runs (validation, checkpoint, report and logging included), not only its training steps.
 
 The banray side is what train_loop_per_worker runs per epoch: ClassificationTask.train_epoch with the
-objective, the worker's step function and its loader (indices, deterministic per-sample augmentation).
+objective, the worker's step function and its batches (views made a batch at once on the device).
 The plain side is a hand-written loop: DataLoader, forward, cross-entropy, backward, step — with
-torchvision's own random crop and flip where the data is augmented. No Ray, no MLflow. The two alternate,
+torchvision's own random crop and flip, per sample, where the data is augmented. No Ray, no MLflow. The two alternate,
 repeated, in one process on one thread; the ratio is the median of the paired ratios.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from banray.losses import get_objective
 from banray.models import build_model
@@ -41,18 +41,23 @@ def cases(root: Path) -> list[dict]:
     ]
 
 
-def plain_dataset(task):
-    """The same training samples with torchvision's usual random augmentation, or as they are."""
-    from torchvision import transforms as T
+class PlainTraining(Dataset):
+    """The same training samples as a plain loop reads them: one at a time, normalised, through torchvision's
+    usual random crop and flip where banray augments."""
 
-    from banray.data import Transformed
+    def __init__(self, splits):
+        from torchvision import transforms as T
 
-    splits = task.splits
-    if splits.augmented is None:
-        return splits.train
-    augment = T.Compose([T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()])
-    eval_view = splits.augmented.base
-    return torch.utils.data.Subset(Transformed(eval_view, augment), splits.train.indices)
+        self.splits = splits
+        self.augment = None if splits.augment is None else T.Compose(
+            [T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.splits.train)
+
+    def __getitem__(self, index: int):
+        x = self.splits.inputs(self.splits.train, slice(index, index + 1))[0]
+        return (x if self.augment is None else self.augment(x)), self.splits.train.labels[index]
 
 
 def synchronize(device: torch.device) -> None:
@@ -83,8 +88,9 @@ def measure(case: dict, repeats: int, device: torch.device, train: TrainSpec) ->
     plain_model = model()
     plain_optimizer = make_optimizer(plain_model.parameters(), train)
     generator = torch.Generator()
-    loader = DataLoader(plain_dataset(task), batch_size=task._loader_args[0], shuffle=True, generator=generator,
-                        **task.loader_options(device))  # the same workers and pinning as banray's loader
+    cuda = device.type == "cuda"  # the workers and pinning banray's DataLoader used on CUDA
+    loader = DataLoader(PlainTraining(task.splits), batch_size=train.batch_size, shuffle=True, generator=generator,
+                        num_workers=4 if cuda and task.splits.augment is not None else 0, pin_memory=cuda)
     ce = get_objective("ce")
     steps_per_epoch = len(loader)
 

@@ -6,8 +6,8 @@ from banray.data import DATASETS, load_splits, split_hash
 from banray.models import MODELS, build_model, model_arguments
 
 
-def indices(subset) -> set[int]:
-    return set(subset.indices)
+def indices(samples) -> set[int]:
+    return set(samples.indices.tolist())
 
 
 @pytest.mark.parametrize("dataset, num_classes, total", [("digits", 10, 1797), ("synthetic", 4, 600)])
@@ -17,7 +17,7 @@ def test_splits_are_disjoint_and_complete(dataset, num_classes, total):
     assert not indices(splits.train) & indices(splits.val)
     assert len(splits.train) + len(splits.val) + len(splits.test) == total
     assert len(splits.val) == pytest.approx(0.25 * (len(splits.train) + len(splits.val)), abs=1)
-    x, y = splits.train[0]
+    x, y = splits.train.inputs[0], splits.train.labels[0]
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= int(y) < num_classes
 
 
@@ -25,16 +25,17 @@ def test_validation_split_follows_the_seed_and_test_split_never_moves():
     a, b, c = (load_splits("digits", "", 0.2, seed) for seed in (0, 0, 1))
     assert indices(a.val) == indices(b.val)
     assert indices(a.val) != indices(c.val)
-    assert torch.equal(a.test.tensors[0], c.test.tensors[0])  # selection can never leak into the test set
+    assert torch.equal(a.test.inputs, c.test.inputs)  # selection can never leak into the test set
 
 
 def test_the_split_hash_is_of_the_indices_not_the_seed():
     a, b, c = (load_splits("digits", "", 0.2, seed) for seed in (0, 0, 1))
-    assert a.split_hash == b.split_hash == split_hash(np.array(a.train.indices), np.array(a.val.indices))
+    train, val = a.train.indices.tolist(), a.val.indices.tolist()
+    assert a.split_hash == b.split_hash == split_hash(np.array(train), np.array(val))
     assert c.split_hash != a.split_hash
     # The same samples in another order, or one moved from validation to training, are another split.
-    assert split_hash(np.array(a.train.indices[::-1]), np.array(a.val.indices)) != a.split_hash
-    moved = split_hash(np.array(a.train.indices + a.val.indices[:1]), np.array(a.val.indices[1:]))
+    assert split_hash(np.array(train[::-1]), np.array(val)) != a.split_hash
+    moved = split_hash(np.array(train + val[:1]), np.array(val[1:]))
     assert moved != a.split_hash
 
 
@@ -49,7 +50,7 @@ def test_models_declare_the_revision_of_their_code():
 
 def test_digits_values_are_scaled_to_unit_range():
     splits = load_splits("digits", "", 0.2, 0)
-    x = splits.test.tensors[0]
+    x = splits.test.inputs
     assert x.min() >= 0 and x.max() == 1
 
 

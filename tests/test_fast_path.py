@@ -9,7 +9,7 @@ from banray.losses import get_objective
 from banray.models import build_model
 from banray.spec import DistillSpec, SpecError, parse_spec
 from banray.sweep import preflight
-from banray.tasks import bf16_autocast, make_task, use_channels_last
+from banray.tasks import bf16_autocast, compute_dtype, make_task, use_channels_last
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,9 @@ def cifar_root(tmp_path_factory):
     [
         ("train.precision", "fp16", "train.precision: 'fp16' is not allowed: input should be 'auto', 'fp32' or 'bf16'"),
         ("train.channels_last", "yes", "train.channels_last: 'yes' is not allowed: input should be 'auto', 'on' or 'off'"),
-        ("data.loader_workers", -1, "data.loader_workers: -1 is not allowed: give a number of DataLoader worker processes"),
-        ("data.pin_memory", True, "data.pin_memory: True is not allowed: input should be 'auto', 'on' or 'off'"),
+        ("data.loader_workers", 2, "data.loader_workers: this setting was removed (the training batches are made on "
+                                   "the device by tensor ops, with no DataLoader workers); remove it from the spec"),
+        ("data.pin_memory", "on", "data.pin_memory: this setting was removed"),
         ("distill.teacher", "offline", "distill.teacher: 'offline' is not allowed: input should be 'online' or 'cached'"),
         ("distill.cache_dtype", "int8", "distill.cache_dtype: 'int8' is not allowed: input should be 'float16' or 'float32'"),
         ("distill.cache_top_k", 0, "distill.cache_top_k: 0 is not allowed: input should be greater than or equal to 1"),
@@ -54,7 +55,7 @@ def test_a_top_k_of_at_least_the_classes_is_refused_before_anything_runs():
 
 def test_only_switches_that_change_the_numbers_are_in_the_spec_hash():
     base = parse_spec(tiny_spec()).spec_hash()
-    for same in ({"data.loader_workers": 3}, {"data.pin_memory": "on"}):
+    for same in ({"train.checkpoint_every_s": 60},):
         assert parse_spec(tiny_spec(**same)).spec_hash() == base
     for different in ({"train.precision": "bf16"}, {"train.channels_last": "on"}, {"train.compile": True},
                       {"distill.teacher": "cached"}, {"distill.cache_dtype": "float32"}):
@@ -68,9 +69,7 @@ def test_auto_means_the_fast_path_on_cuda_only():
     spec = parse_spec(tiny_spec())
     assert not bf16_autocast(spec.train, "cpu") and not use_channels_last(spec.train, "cpu")
     assert bf16_autocast(spec.train, "cuda") and use_channels_last(spec.train, "cuda")
-    task = make_task(spec.data, spec.train)
-    assert task.loader_options("cpu") == {"num_workers": 0, "pin_memory": False}
-    assert task.loader_options("cuda") == {"num_workers": 0, "pin_memory": True}  # in-memory tensors: no workers
+    assert compute_dtype(spec.train, "cpu") == torch.float32 and compute_dtype(spec.train, "cuda") == torch.bfloat16
 
 
 def train(spec, epochs=2):
@@ -113,10 +112,23 @@ def test_channels_last_keeps_the_results_close(cifar_root):
         torch.testing.assert_close(last.state_dict()[name], weight, rtol=1e-2, atol=1e-2)  # float rounding only
 
 
-def test_loader_workers_change_nothing(cifar_root):
-    # Augmentation is drawn per (data seed, epoch, sample) and the order by the trial's seed, so worker
-    # processes see exactly the views the main process would.
-    without, without_losses = train(cifar(cifar_root, **{"data.loader_workers": 0}))
-    with_workers, with_losses = train(cifar(cifar_root, **{"data.loader_workers": 2}))
-    assert with_losses == without_losses
-    assert all(torch.equal(with_workers.state_dict()[k], v) for k, v in without.state_dict().items())
+class InputRecorder(torch.nn.Module):
+    """A model that records the dtype and layout of the inputs it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, set()
+
+    def forward(self, x):
+        self.seen.add((x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        return self.model(x)
+
+
+def test_the_student_gets_its_inputs_in_its_compute_dtype_and_layout(cifar_root):
+    spec = cifar(cifar_root, **{"train.precision": "bf16", "train.channels_last": "on"})
+    task = make_task(spec.data, spec.train, seed=5)
+    model = InputRecorder(build_model("wrn", num_classes=10, input_shape=(3, 32, 32), depth=10, widen_factor=1)
+                          .to(memory_format=torch.channels_last))
+    task.train_epoch(model, None, get_objective("ce"), DistillSpec().loss_params(), lambda loss: loss.backward(),
+                     torch.device("cpu"), 1)
+    assert model.seen == {(torch.bfloat16, True)}

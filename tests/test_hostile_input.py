@@ -54,7 +54,7 @@ NUMBERS = [
     "train.epochs", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay",
     "train.lr_gamma", "train.lr_plateau_threshold", "train.grad_clip", "train.bptt",
     "distill.alpha", "distill.temperature", "distill.teacher_weight", "distill.label_weight",
-    "distill.cache_top_k", "data.val_fraction", "data.seed", "data.loader_workers",
+    "distill.cache_top_k", "data.val_fraction", "data.seed",
     "search.trials", "search.grace_period", "search.reduction_factor",
     "resources.workers_per_trial", "resources.cpus_per_worker", "resources.gpus_per_worker",
     "resources.max_failures", "chain_stop.min_improvement",
@@ -69,9 +69,7 @@ NOT_NUMBERS = {True: "give a number, not true or false", False: "give a number, 
 def number_cases():
     for dotted in NUMBERS:
         for value, reason in NOT_NUMBERS.items():
-            if dotted == "data.loader_workers":
-                reason = "give a number of DataLoader worker processes (0 to 64) or 'auto'"
-            elif dotted in INTEGERS and not isinstance(value, bool):
+            if dotted in INTEGERS and not isinstance(value, bool):
                 reason = "finite number" if value == value and value > 0 else ""
             name = {True: "true", False: "false"}.get(value, repr(value))
             yield case(with_value(dotted, value), f"{dotted}: {value!r} is not allowed", reason,
@@ -86,7 +84,6 @@ ABSURD = {
     "search.trials": (10**8, "less than or equal to 10000"),
     "train.batch_size": (10**12, "less than or equal to 1048576"),
     "train.bptt": (10**9, "less than or equal to 10000"),
-    "data.loader_workers": (10**4, "(0 to 64)"),
     "data.seed": (SEED_MAX + 1, f"less than or equal to {SEED_MAX}"),
     "seed": (2**64, f"less than or equal to {SEED_MAX}"),
     "resources.workers_per_trial": (10**6, "less than or equal to 4096"),
@@ -310,6 +307,9 @@ def value_cases():
     yield case(with_value("model.kwargs", {"width": 10**7}), "model.kwargs: cnn cannot be built with",
                "parameters", stage="start", id="model-absurdly-wide")
     yield case(with_value("model.kwargs", "width=8"), "model.kwargs: 'width=8' is not allowed", id="kwargs-string")
+    for key, value in (("data.loader_workers", 4), ("data.pin_memory", "on")):  # settings of the old DataLoader
+        yield case(with_value(key, value), f"{key}: this setting was removed", "remove it from the spec",
+                   id=f"{key}-removed")
 
 
 def kwargs_cases():

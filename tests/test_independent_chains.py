@@ -21,11 +21,11 @@ def test_each_chain_draws_its_own_split_and_the_test_split_never_moves():
     seeds = [spec.chain_data(chain).seed for chain in range(3)]
     assert len(set(seeds)) == 3 and spec.data.seed not in seeds
     splits = [load_splits("digits", "", 0.2, seed) for seed in seeds]
-    vals = [tuple(s.val.indices) for s in splits]
+    vals = [tuple(s.val.indices.tolist()) for s in splits]
     assert len(set(vals)) == 3  # three different validation splits
-    assert all(sorted(s.val.indices + s.train.indices) == sorted(splits[0].val.indices + splits[0].train.indices)
-               for s in splits)  # drawn from the same training pool
-    tests = [np.asarray(s.test.tensors[1]) for s in splits]
+    pools = [sorted(s.val.indices.tolist() + s.train.indices.tolist()) for s in splits]
+    assert all(pool == pools[0] for pool in pools)  # drawn from the same training pool
+    tests = [np.asarray(s.test.labels) for s in splits]
     assert all((t == tests[0]).all() for t in tests)
 
 

@@ -26,22 +26,21 @@ def _pool():
     return DATASETS["mnist1d"].build("", False)
 
 
-def _arrays(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = dataset.tensors
-    return x, y
+def _arrays(samples) -> tuple[torch.Tensor, torch.Tensor]:
+    return samples.inputs, samples.labels
 
 
 def test_registered_facts_match_what_the_builder_gives():
     info = dataset_info("mnist1d")
     assert (info.kind, info.num_classes, info.input_shape, info.train_size) == ("classification", 10, SHAPE, 4000)
     pool = _pool()
-    x, y = _arrays(pool.train_view)
+    x, y = _arrays(pool.train)
     x_test, y_test = _arrays(pool.test)
     assert (tuple(x.shape), tuple(x_test.shape)) == ((4000, *SHAPE), (1000, *SHAPE))
     assert x.dtype == x_test.dtype == torch.float32 and y.dtype == y_test.dtype == torch.int64
     assert sorted(set(y.tolist())) == sorted(set(y_test.tolist())) == list(range(10))
-    assert pool.eval_view is pool.train_view  # no augmentation
-    assert np.array_equal(pool.labels, y.numpy()) and (pool.num_classes, pool.input_shape) == (10, SHAPE)
+    assert pool.augment is None and pool.normalise is None  # no augmentation: the signals as they are
+    assert (pool.num_classes, pool.input_shape) == (10, SHAPE)
 
 
 def test_the_data_are_the_packages_default_split_and_the_same_every_time():
@@ -51,9 +50,9 @@ def test_the_data_are_the_packages_default_split_and_the_same_every_time():
     first = _pool()
     data._mnist1d_arrays.cache_clear()  # generate again, not from the process's cache
     second = _pool()
-    for view in ("train_view", "test"):
+    for view in ("train", "test"):
         assert all(torch.equal(a, b) for a, b in zip(_arrays(getattr(first, view)), _arrays(getattr(second, view))))
-    x, y = _arrays(first.train_view)
+    x, y = _arrays(first.train)
     x_test, y_test = _arrays(first.test)
     assert np.array_equal(x[:, 0].numpy(), reference["x"].astype(np.float32))
     assert np.array_equal(y.numpy(), reference["y"]) and np.array_equal(y_test.numpy(), reference["y_test"])
@@ -75,9 +74,10 @@ def test_validation_split_follows_data_seed_and_test_split_never_moves():
     a, b = load_splits("mnist1d", "", 0.2, seed=0), load_splits("mnist1d", "", 0.2, seed=1)
     assert (len(a.train), len(a.val), len(a.test)) == (3200, 800, 1000)
     assert a.test is not b.test and all(torch.equal(p, q) for p, q in zip(_arrays(a.test), _arrays(b.test)))
-    assert set(a.train.indices).isdisjoint(a.val.indices) and len(set(a.train.indices) | set(a.val.indices)) == 4000
-    assert a.val.indices != b.val.indices
-    assert a.augmentation == "none" and tuple(a.val[0][0].shape) == SHAPE
+    train, val = set(a.train.indices.tolist()), set(a.val.indices.tolist())
+    assert train.isdisjoint(val) and len(train | val) == 4000
+    assert not torch.equal(a.val.indices, b.val.indices)
+    assert a.augmentation == "none" and tuple(a.val.inputs.shape[1:]) == SHAPE
 
 
 @pytest.mark.parametrize("arch, kwargs, parameters", [
@@ -130,7 +130,7 @@ def paper_recipe_accuracy(arch: str, seed: int, steps: int = 6000, **kwargs) -> 
     """Test accuracy (%) after the MNIST-1D reference training loop (its train.py): Adam, lr 1e-2, no weight
     decay, batch 100 taken in order from all 4000 training signals, steps + 1 updates, the last model scored."""
     pool = _pool()
-    x, y = _arrays(pool.train_view)
+    x, y = _arrays(pool.train)
     x_test, y_test = _arrays(pool.test)
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=10, input_shape=SHAPE, **kwargs)

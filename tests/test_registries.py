@@ -45,8 +45,8 @@ def test_headlines_and_model_input_shapes_follow_the_kind():
 def test_the_registered_facts_are_what_the_embedded_builders_give(name):
     info = dataset_info(name)
     pool = DATASETS[name].build("", False)
-    assert (pool.num_classes, pool.input_shape, len(pool.labels)) == (info.num_classes, info.input_shape, info.train_size)
-    assert len(set(pool.labels.tolist())) == info.num_classes
+    assert (pool.num_classes, pool.input_shape, len(pool.train)) == (info.num_classes, info.input_shape, info.train_size)
+    assert len(set(pool.train.labels.tolist())) == info.num_classes
 
 
 @pytest.mark.parametrize("name, write", [("cifar10", fakedata.write_cifar10), ("cifar100", fakedata.write_cifar100)])
@@ -55,7 +55,7 @@ def test_cifar_splits_carry_the_registered_classes_and_shape(tmp_path, name, wri
     splits = load_splits(name, str(tmp_path), val_fraction=0.5, seed=0)
     info = dataset_info(name)
     assert (splits.num_classes, splits.input_shape) == (info.num_classes, info.input_shape)
-    assert tuple(splits.val[0][0].shape) == info.input_shape
+    assert tuple(splits.inputs(splits.val, slice(0, 1)).shape[1:]) == info.input_shape
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 from conftest import tiny_spec
-from torch.utils.data import DataLoader
 
 from banray import data, teacher_cache
 from banray.data import load_splits
@@ -85,7 +84,7 @@ def test_float16_cache_holds_the_logits_to_half_precision(tmp_path):
     assert cache.for_epoch(5) is table and cache.built == [None]
     assert table.dtype == torch.float16 and table.shape == (len(splits.train), 4)
     with torch.inference_mode():
-        exact = torch.cat([teacher(x) for x, _ in DataLoader(splits.train, batch_size=100)])
+        exact = teacher(splits.train.inputs)
     torch.testing.assert_close(table.float(), exact, rtol=1e-3, atol=1e-3)
     # No augmentation: one pass serves every epoch.
     assert [p.name for p in sorted(Path(cache.uri).glob("*.pt"))] == ["epoch-all.pt"]
@@ -121,9 +120,10 @@ def test_the_key_changes_with_the_teacher_its_views_and_their_storage(cifar_root
 
     key = folder()
     assert key == folder(model=wrn(seed=0), views=load_splits("cifar10", str(cifar_root), 0.2, 0))
-    unaugmented = dataclasses.replace(splits, augmented=None)
-    other_draws = dataclasses.replace(splits, augmented=copy.copy(splits.augmented))
-    other_draws.augmented.seed += 1
+    unaugmented = dataclasses.replace(splits, augment=None)
+    other_draws = dataclasses.replace(splits, seed=splits.seed + 1)
+    other_hash = dataclasses.replace(splits, augment=copy.copy(splits.augment))
+    other_hash.augment.policy = "crop-pad4-reflect+hflip/another-hash"  # the same crops drawn by another function
     changed = [
         folder(model=wrn(seed=1)),  # other weights
         folder(identity=WRN_IDENTITY.model_copy(update={"revision": WRN_IDENTITY.revision + 1})),  # other code
@@ -131,6 +131,7 @@ def test_the_key_changes_with_the_teacher_its_views_and_their_storage(cifar_root
         folder(identity=WRN_IDENTITY.model_copy(update={"kwargs": {"depth": 10, "widen_factor": 2}})),
         folder(views=unaugmented),  # other augmentation policy
         folder(views=other_draws),  # the same split and policy, other draws
+        folder(views=other_hash),
         folder(views=load_splits("cifar10", str(cifar_root), 0.2, 1)),  # other split and draws
         folder(views=dataclasses.replace(splits, split_hash="0123456789abcdef")),  # other split, same seed
         folder(views=dataclasses.replace(splits, dataset="cifar100")),
@@ -152,7 +153,7 @@ def test_a_cache_is_not_read_for_another_split_revision_or_augmentation_policy(c
     splits = load_splits("cifar10", str(cifar_root), 0.2, 0)
     assert not reads(splits) and reads(splits)  # built once, then read
     assert not reads(splits, WRN_IDENTITY.model_copy(update={"revision": WRN_IDENTITY.revision + 1}))
-    assert not reads(dataclasses.replace(splits, augmented=None))
+    assert not reads(dataclasses.replace(splits, augment=None))
     real_split = data.stratified_split
 
     def reordered(labels, test_size, seed):
@@ -258,14 +259,12 @@ def test_a_stale_claim_is_taken_over_and_a_fresh_one_waited_for(tmp_path, monkey
 
 
 def test_augmentation_depends_only_on_data_seed_epoch_and_sample(cifar_root):
-    def views(seed, epoch, workers=0):
+    def views(seed, epoch, batch_size=50):
         splits = load_splits("cifar10", str(cifar_root), 0.2, seed)
-        splits.set_epoch(epoch)
-        return torch.cat([x for x, _ in DataLoader(splits.train, batch_size=50, num_workers=workers)])
+        return torch.cat([splits.train_views(p, epoch) for p in torch.arange(len(splits.train)).split(batch_size)])
 
     first = views(seed=0, epoch=1)
-    assert torch.equal(first, views(seed=0, epoch=1, workers=2))  # per sample, not per worker process
+    assert torch.equal(first, views(seed=0, epoch=1, batch_size=17))  # per sample, not per batch
     assert not torch.equal(first, views(seed=0, epoch=2))
     splits = load_splits("cifar10", str(cifar_root), 0.2, 0)
-    unaugmented = torch.stack([splits.train.dataset.base[i][0] for i in splits.train.indices[:50]])
-    assert not torch.equal(first[:50], unaugmented)
+    assert not torch.equal(first, splits.inputs(splits.train, slice(None)))

@@ -7,7 +7,6 @@ import pytest
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
-from torch.utils.data import DataLoader
 
 from banray.data import load_splits
 from banray.models import build_model
@@ -78,7 +77,8 @@ def save_teacher(spec, directory, trained: bool, **metadata_overrides):
     model = build_model("cnn", num_classes=4, input_shape=(1, 8, 8), width=8)
     if trained:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        for x, y in DataLoader(splits.train, batch_size=32, shuffle=True):
+        for batch in torch.randperm(len(splits.train)).split(32):
+            x, y = splits.train.inputs[batch], splits.train.labels[batch]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
