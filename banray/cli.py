@@ -276,10 +276,9 @@ def _check_trial_options(spec: SweepSpec, chain: int, generation: int, teacher: 
 
 
 def _echo_epoch(epochs: int, row: dict) -> None:
-    rate = f"{row['samples_per_s']:,.0f} samples/s" if row["samples_per_s"] else "samples/s unknown"
     kept = "; checkpoint kept" if row["checkpoint"] else ""
     click.echo(f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, val_error {row['val_error']:.2%}, "
-               f"{rate} ({row['seconds']:.1f} s){kept}")
+               f"{row['samples_per_s']:,.0f} samples/s ({row['seconds']:.1f} s){kept}")
 
 
 @cli.command()

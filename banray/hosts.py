@@ -48,7 +48,7 @@ class HostSession:
     the URI the trial stores them at: the training thread waits on the trial's round trip (storing, and
     Tune's controller taking the result) only where it needs that URI. The files are deleted once stored."""
 
-    rank, world_size, prepare_loader, storage = 0, 1, None, SWEEP_FILES
+    rank, world_size, storage = 0, 1, SWEEP_FILES
     WAIT_S = 0.2  # how often a waiting hand-over checks whether its trial is gone
 
     def __init__(self, restored: ray.train.Checkpoint | None):

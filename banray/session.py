@@ -38,11 +38,6 @@ class TrainSession:
 
     storage = SWEEP_FILES
 
-    @staticmethod
-    def prepare_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-        # banray.tasks shards the loader itself, seeded by the trial; Ray's sampler is seeded 0.
-        return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
-
     def __init__(self, earlier: ray.train.Checkpoint | None = None) -> None:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
@@ -67,7 +62,7 @@ class TrainSession:
 class TuneSession:
     """The Tune trial's own process, one worker: its reports are the trial's results."""
 
-    rank, world_size, prepare_loader, storage = 0, 1, None, SWEEP_FILES
+    rank, world_size, storage = 0, 1, SWEEP_FILES
 
     def __init__(self, use_gpu: bool, restored: ray.train.Checkpoint | None) -> None:
         self.use_gpu, self._restored = use_gpu, _uri(restored)

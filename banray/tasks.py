@@ -35,6 +35,7 @@ class Task(Protocol):
     num_classes: int
     input_shape: tuple[int, ...]
     split_hash: str  # which samples train and which validate (banray.data.split_hash)
+    train_samples: int  # the samples this rank trains on per epoch (for time steps of a language model, each)
 
     def train_epoch(
         self, model, teacher, objective: Objective, loss_params: LossParams, step: Step, device, epoch: int
@@ -51,10 +52,10 @@ class Task(Protocol):
 
 
 def make_task(
-    data: DataSpec, train: TrainSpec, *, seed: int = 0, rank: int = 0, world_size: int = 1, prepare_loader=None
+    data: DataSpec, train: TrainSpec, *, seed: int = 0, rank: int = 0, world_size: int = 1
 ) -> Task:
     """The task of `data.dataset`. Rank `rank` of `world_size` data-parallel workers trains on its shard of each
-    epoch's order. `prepare_loader` is unused: batches are made on the device, there is no DataLoader to wrap."""
+    epoch's order."""
     if dataset_kind(data.dataset) == "language_model":
         return LanguageModelTask(data, train, rank=rank, world_size=world_size)
     return ClassificationTask(data, train, seed=seed, rank=rank, world_size=world_size)
@@ -134,6 +135,7 @@ class ClassificationTask:
         self._rank, self._world_size = rank, world_size
         self._train = train
         self._batch_size = max(1, train.batch_size // world_size)
+        self.train_samples = -(-len(self.splits.train) // world_size)  # rank_shard's length
 
     def batches(self, epoch: int, device) -> tuple[torch.Tensor, ...]:
         """This rank's batches of `epoch`: positions in the training split, on `device`."""
@@ -220,6 +222,7 @@ class LanguageModelTask:
         columns = batchify(self.corpus.train, train.batch_size)
         share = max(1, train.batch_size // world_size)
         self.train_columns = columns[:, rank * share : (rank + 1) * share]
+        self.train_samples = (len(self.train_columns) - 1) * self.train_columns.shape[1]  # predicted tokens
 
     def train_epoch(self, model, teacher, objective, loss_params, step, device, epoch) -> dict[str, float]:
         terms = _TermMeans()  # the column order is fixed, so the epoch changes nothing here

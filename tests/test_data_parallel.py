@@ -1,10 +1,8 @@
 """Data-parallel trials: each rank's shard of the training data is ordered by the trial's seed."""
 
-import ray.train.torch
 import torch
 from conftest import tiny_spec
 
-from banray.session import TrainSession
 from banray.spec import parse_spec
 from banray import tasks
 from banray.tasks import make_task
@@ -44,11 +42,4 @@ def test_a_shard_that_does_not_divide_evenly_repeats_the_order_s_start():
     shards = [tasks.rank_shard(order, rank, 4) for rank in range(4)]
     assert [len(s) for s in shards] == [3, 3, 3, 3]
     assert sorted(torch.cat(shards).tolist()) == sorted(list(range(10)) + [0, 1])
-
-
-def test_ray_train_workers_keep_banray_s_sampler(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(ray.train.torch, "prepare_data_loader", lambda loader, **options: seen.update(options))
-    TrainSession.prepare_loader(object())
-    assert seen == {"add_dist_sampler": False}
 

@@ -45,7 +45,7 @@ def fit(spec, tmp_path, generation=0, teacher_checkpoint=None, teacher_cache=Non
 class RecordingSession:
     """The worker loop's session in this process, keeping every report (Train's local mode keeps only the last)."""
 
-    rank, world_size, prepare_loader, storage, node_id = 0, 1, None, LOCAL, "node-1"
+    rank, world_size, storage, node_id = 0, 1, LOCAL, "node-1"
 
     def __init__(self):
         self.reports = []

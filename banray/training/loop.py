@@ -42,13 +42,14 @@ from banray.training.files import Storage
 from banray.training.session import Session, checkpoint_folder
 
 
-def make_optimizer(parameters, train: TrainSpec) -> torch.optim.Optimizer:
+def make_optimizer(parameters, train: TrainSpec, fused: bool = False) -> torch.optim.Optimizer:
+    """The spec's optimizer; `fused` (for parameters on CUDA): one kernel per step for all parameters rather
+    than a few per parameter, whose launches dominate a small model's step."""
     if train.optimizer == "sgd":
-        return torch.optim.SGD(
-            parameters, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov, weight_decay=train.weight_decay
-        )
+        return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov,
+                               weight_decay=train.weight_decay, fused=fused)
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[train.optimizer]
-    return optimizer_class(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    return optimizer_class(parameters, lr=train.lr, weight_decay=train.weight_decay, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec):
@@ -215,8 +216,10 @@ class _Training:
     def __init__(self, settings: TrialSettings, session: Session):
         self.settings, self.session = settings, session
         self.device = device = session.device()
+        # cuDNN picks the fastest convolution algorithms for the trial's fixed shapes once, then reuses them.
+        torch.backends.cudnn.benchmark = device.type == "cuda"
         self.task = task = make_task(settings.data, settings.train, seed=settings.seed, rank=session.rank,
-                                     world_size=session.world_size, prepare_loader=session.prepare_loader)
+                                     world_size=session.world_size)
         student = build_model(settings.model.arch, num_classes=task.num_classes, input_shape=task.input_shape,
                               **settings.model.kwargs)
         self.objective = get_objective(settings.distill.objective)
@@ -229,7 +232,7 @@ class _Training:
             weights, state = storage.retried(f"loading {resumed}", lambda: load_latest(resumed, storage))
             student.load_state_dict(weights)
         self.model = session.prepare_model(fast_path_student(student, settings.train, device, task.input_shape))
-        self.optimizer = make_optimizer(self.model.parameters(), settings.train)
+        self.optimizer = make_optimizer(self.model.parameters(), settings.train, fused=device.type == "cuda")
         self.scheduler = make_scheduler(self.optimizer, settings.train)
         self.done_epochs = restore_training_state(state, self.optimizer, self.scheduler) if state else 0
         self.policy = CheckpointPolicy(settings.train.checkpoint_every_s, state.get("best"), resumed)
@@ -250,8 +253,11 @@ class _Training:
     def epoch(self, epoch: int) -> str | None:
         """Train and validate one epoch and report it; the reason, if the loss diverged."""
         lr = self.optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        # Reading the means back waits for the device: the time covers the epoch's training work.
         term_means = self.task.train_epoch(self.model, self.teacher, self.objective, self.loss_params, self.step,
                                            self.device, epoch)
+        samples_per_s = self.task.train_samples * self.session.world_size / (time.perf_counter() - started)
         diverged = non_finite_terms(term_means)
         if diverged is not None:
             return f"diverged: training loss not finite in epoch {epoch} ({diverged}) at lr {lr:g}"
@@ -259,7 +265,7 @@ class _Training:
         metrics = {
             "epoch": epoch, "lr": lr, "train_loss": sum(term_means.values()),
             **{f"loss/{name}": value for name, value in term_means.items()},
-            "val_error": val.error, "val_nll": val.nll,
+            "val_error": val.error, "val_nll": val.nll, "samples_per_s": samples_per_s,
         }
         self.history.append(metrics)
         value = metrics[self.settings.metric]

@@ -24,7 +24,6 @@ from banray.training.files import LOCAL, Storage
 class Session(Protocol):
     rank: int
     world_size: int
-    prepare_loader: Callable | None  # wraps a DataLoader for data-parallel workers; None: use it as it is
     storage: Storage  # where the loop reads checkpoints and keeps the teacher-logit cache
     node_id: str  # provenance, recorded in every checkpoint: which machine trained it
 
@@ -62,20 +61,13 @@ class LocalSession:
                  on_epoch: Callable[[dict[str, Any]], None] | None = None):
         self.folder, self._device, self.storage, self.on_epoch = Path(folder), device, storage, on_epoch
         self.node_id = f"local:{socket.gethostname()}"
-        self.train_samples: int | None = None  # known once the task builds its training loader
         self._since = time.monotonic()
-
-    def prepare_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-        """Called as the first epoch starts: its time counts from here, not from the warm-up before it."""
-        self.train_samples = len(loader.dataset)  # for samples per second; the loader stays as it is
-        self._since = time.monotonic()
-        return loader
 
     def device(self) -> torch.device:
         return self._device
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        self._since = time.monotonic()  # for tasks without a loader to prepare (language models)
+        self._since = time.monotonic()  # the first epoch's time counts from here, not from loading the data
         return model.to(self._device)
 
     def restored(self) -> None:
@@ -85,8 +77,7 @@ class LocalSession:
         seconds = time.monotonic() - self._since
         stored = None if directory is None else self._keep(directory, metrics["epoch"])
         if self.on_epoch is not None:
-            rate = self.train_samples / seconds if self.train_samples and seconds > 0 else None
-            self.on_epoch({**metrics, "seconds": seconds, "samples_per_s": rate, "checkpoint": stored})
+            self.on_epoch({**metrics, "seconds": seconds, "checkpoint": stored})
         self._since = time.monotonic()
         return stored
 
