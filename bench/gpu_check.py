@@ -144,9 +144,10 @@ def plain_epoch_rate(arch: str, kwargs: dict, batch: int, root: str, device: tor
     return {"images_per_s": len(dataset) / seconds, "busy_percent": busy}
 
 
-def core_epoch_rate(arch: str, kwargs: dict, batch: int, root: str, device: torch.device) -> dict:
-    """banray's core: the task's epoch as a trial trains it, and the same epoch's views made alone."""
-    train = TrainSpec(epochs=3, batch_size=batch, lr=0.05)
+def core_training(arch: str, kwargs: dict, batch: int, root: str, device: torch.device):
+    """(task, its train settings, train one epoch of the student as a trial's loop does) with the core's fast
+    path on `device`."""
+    train = TrainSpec(epochs=1000, batch_size=batch, lr=0.05)
     task = make_task(DataSpec(dataset="cifar10", root=root), train, seed=0)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     student = build_model(arch, num_classes=task.num_classes, input_shape=task.input_shape, **kwargs).to(device)
@@ -159,8 +160,14 @@ def core_epoch_rate(arch: str, kwargs: dict, batch: int, root: str, device: torc
         optimizer.step()
 
     ce, params = get_objective("ce"), DistillSpec().loss_params()
-    task.train_epoch(student, None, ce, params, step, device, 1)
-    seconds, busy = timed(device, lambda: task.train_epoch(student, None, ce, params, step, device, 2))
+    return task, train, lambda epoch: task.train_epoch(student, None, ce, params, step, device, epoch)
+
+
+def core_epoch_rate(arch: str, kwargs: dict, batch: int, root: str, device: torch.device) -> dict:
+    """banray's core: the task's epoch as a trial trains it, and the same epoch's views made alone."""
+    task, train, train_epoch = core_training(arch, kwargs, batch, root, device)
+    train_epoch(1)
+    seconds, busy = timed(device, lambda: train_epoch(2))
     splits, dtype = task.splits.on(device), compute_dtype(train, device)
     views_s, _ = timed(device, lambda: [splits.train_views(p, 3, dtype) for p in task.batches(3, device)])
     return {"images_per_s": task.train_samples / seconds, "busy_percent": busy, "views_share": views_s / seconds}
@@ -236,20 +243,8 @@ def sharing(models: dict, processes: tuple[int, ...], root: str, seconds: float)
 def worker(arch: str, kwargs: dict, root: str, ready: str, processes: int, seconds: float) -> None:
     """One trial process of (e): warm up, wait until all `processes` are warm, train whole epochs for `seconds`."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train = TrainSpec(epochs=1000, batch_size=128, lr=0.05)
-    task = make_task(DataSpec(dataset="cifar10", root=root), train, seed=0)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    model = fast_path_student(build_model(arch, num_classes=10, input_shape=(3, 32, 32), **kwargs).to(device),
-                              train, device, task.input_shape)
-    optimizer = make_optimizer(model.parameters(), train, fused=device.type == "cuda")
-
-    def step(loss):
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    ce, params = get_objective("ce"), DistillSpec().loss_params()
-    task.train_epoch(model, None, ce, params, step, device, 1)
+    task, _, train_epoch = core_training(arch, kwargs, 128, root, device)
+    train_epoch(1)
     synchronize(device)
     Path(ready, str(os.getpid())).touch()
     while len(os.listdir(ready)) < processes:
@@ -257,7 +252,7 @@ def worker(arch: str, kwargs: dict, root: str, ready: str, processes: int, secon
     start, epoch = time.perf_counter(), 1
     while time.perf_counter() - start < seconds:
         epoch += 1
-        task.train_epoch(model, None, ce, params, step, device, epoch)
+        train_epoch(epoch)
     print(json.dumps(task.train_samples * (epoch - 1) / (time.perf_counter() - start)))
 
 
