@@ -1,3 +1,3 @@
-from banray.cli import main
+from banray.commands.cli import main
 
 main()

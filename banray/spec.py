@@ -32,10 +32,10 @@ from pydantic import (
     model_validator,
 )
 
-from banray.data import DATASETS, dataset_kind
-from banray.losses import OBJECTIVES, LossParams
-from banray.models import MODELS, argument_problem, model_defaults
-from banray.models.registry import model_task
+from banray.catalog.data import DATASETS, dataset_kind
+from banray.catalog.losses import OBJECTIVES, LossParams
+from banray.catalog.models import MODELS, argument_problem, model_defaults
+from banray.catalog.models.registry import model_task
 
 
 class SpecError(Exception):
@@ -404,7 +404,7 @@ class ResourcesSpec(_Section):
         return "train" if self.gpus_per_worker > 0 or self.workers_per_trial > 1 else "trial"
 
     def on_host(self) -> bool:
-        """Whether a trial trains in one of the sweep's warm processes (banray.hosts)."""
+        """Whether a trial trains in one of the sweep's warm processes (banray.trial.hosts)."""
         return self.engine() == "trial" and self.warm_processes and not self.gpus_per_worker
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ S3 credentials come only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACC
 source the AWS SDK reads); `storage_endpoint` (or AWS_ENDPOINT_URL_S3) points at MinIO or another
 S3-compatible service.
 
-`SWEEP_FILES` is the training core's storage (banray.training.files.Storage) as the Ray sessions hand it to
+`SWEEP_FILES` is the training core's storage (banray.files.Storage) as the Ray sessions hand it to
 the loop: checkpoints and the teacher-logit cache on object storage through pyarrow, every access retried;
 local folders through the core's own local files.
 
@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import tenacity
 
-from banray.training.files import LocalCacheFolder, LocalCheckpointFiles, Refused
+from banray.files import LocalCacheFolder, LocalCheckpointFiles, Refused
 
 MARKER_FILE = ".banray-sweep"  # written first into every sweep folder banray creates
-STATE_FILE = "state.json"  # the sweep state the driver keeps current (banray.state), which `status` reads
+STATE_FILE = "state.json"  # the sweep state the driver keeps current (banray.sweep.state), which `status` reads
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_S3"  # honoured by pyarrow, boto3 and MLflow's S3 artifact store
 RETRY_BUDGET_VARIABLE = "BANRAY_STORAGE_RETRY_S"
 
@@ -408,7 +408,7 @@ class SweepStorage:
 
 
 class _ObjectCheckpointFiles:
-    """A checkpoint folder in object storage (banray.training.files.CheckpointFiles)."""
+    """A checkpoint folder in object storage (banray.files.CheckpointFiles)."""
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -432,7 +432,7 @@ class _ObjectCheckpointFiles:
 
 
 class _ObjectCacheFolder(SweepStorage):
-    """A cache folder in object storage (banray.training.files.CacheFolder), every access retried. Claims
+    """A cache folder in object storage (banray.files.CacheFolder), every access retried. Claims
     are objects: two builders may race for one, and then write identical files."""
 
     def claim(self, name: str, stale_after_s: float) -> bool:

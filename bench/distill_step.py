@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from banray import teacher_cache
-from banray.losses import get_objective
-from banray.models import build_model
+from banray.training import teacher_cache
+from banray.catalog.losses import get_objective
+from banray.catalog.models import build_model
 from banray.spec import DataSpec, DistillSpec, TrainSpec
-from banray.tasks import make_task
-from banray.teacher import OnlineTeacher
+from banray.training.tasks import make_task
+from banray.training.teacher import OnlineTeacher
 from banray.training.loop import make_optimizer
 from bench.common import write
 

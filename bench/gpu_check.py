@@ -1,6 +1,6 @@
 """The device check: banray's training core on one GPU, measured on CIFAR-shaped generated data (CIFAR-10's
 on-disk format, tests/fakedata.py). It needs PyTorch and torchvision, pydantic (carried as wheels) and pyyaml,
-and none of Ray, MLflow, Optuna or a network: it runs the core (banray.training, banray.tasks) directly.
+and none of Ray, MLflow, Optuna or a network: it runs the core (banray.training, banray.training.tasks) directly.
 
 (a) images/s of a training epoch of WRN-16-4, WRN-28-10 and DenseNet-BC-100-12 at batch 64 and 128: the plain
     baseline a user would write (torchvision dataset and transforms, a DataLoader with 4 workers, eager fp32)
@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms as T
 
-from banray.losses import get_objective
-from banray.models import build_model
+from banray.catalog.losses import get_objective
+from banray.catalog.models import build_model
 from banray.spec import DataSpec, DistillSpec, TrainSpec, parse_spec
-from banray.tasks import compute_dtype, make_task
+from banray.training.tasks import compute_dtype, make_task
 from banray.training import checkpoint
 from banray.training.local import run_trial, trial_folder, trial_settings
 from banray.training.loop import fast_path_student, make_optimizer

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from banray import tracking
+from banray.results import tracking
 from bench import plain_quickstart
 from bench.common import write
 

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from banray import sweep, tracking
+from banray.sweep import start as sweep
+
+from banray.results import tracking
 from banray.spec import parse_spec
 from bench import plain_quickstart
 from bench.common import write

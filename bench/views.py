@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from banray.data import load_splits
+from banray.catalog.data import load_splits
 from bench.common import write
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -135,10 +135,10 @@ import json, sys, time, torch
 sys.path.insert(0, {tests!r})
 import fakedata
 fakedata.allow_unverified_cifar()
-from banray.losses import get_objective
-from banray.models import build_model
+from banray.catalog.losses import get_objective
+from banray.catalog.models import build_model
 from banray.spec import DistillSpec, parse_spec
-from banray.tasks import make_task
+from banray.training.tasks import make_task
 torch.set_num_threads(1)
 spec = parse_spec({{"name": "views-bench", "generations": 1, "data": {{"dataset": "cifar10", "root": {root!r}}},
                    "model": {{"arch": "wrn", "kwargs": {{"depth": 16, "widen_factor": 4}}}},

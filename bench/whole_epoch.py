@@ -1,6 +1,6 @@
 """(a) A whole epoch as a trial runs it, against a plain PyTorch loop doing the same epoch.
 
-The banray side is one generation group of one trial, run by `banray.group.run_group` on a local Ray
+The banray side is one generation group of one trial, run by `banray.sweep.group.run_group` on a local Ray
 cluster exactly as a sweep runs it: a Tune run, the trial's process, the worker loop's epoch (training,
 validation, a checkpoint when the validation error is at least as good as the best so far and at the
 last epoch, the report to Tune) and the group's MLflow logging of every epoch. Its epoch time is the median
@@ -29,13 +29,17 @@ import ray
 import torch
 import torch.nn.functional as F
 
-from banray import ray_internals, sweep, tracking
-from banray.group import SweepContext, run_group, run_groups_here, start_generation_run
-from banray.models import build_model
+from banray import ray_internals
+
+from banray.sweep import start as sweep
+
+from banray.results import tracking
+from banray.sweep.group import SweepContext, run_group, run_groups_here, start_generation_run
+from banray.catalog.models import build_model
 from banray.spec import TrainSpec, parse_spec
-from banray.tasks import make_task
-from banray.hosts import start_host
-from banray.slots import WorkerSlots
+from banray.training.tasks import make_task
+from banray.trial.hosts import start_host
+from banray.trial.slots import WorkerSlots
 from banray.training.loop import make_optimizer, make_scheduler, seed_everything
 from bench.common import write
 

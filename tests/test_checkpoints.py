@@ -15,13 +15,13 @@ import pytest
 import torch
 from test_security import SPEC, identity, metadata, student_settings, task, write_checkpoint
 
-from banray.models import MODELS, build_model, registry
-from banray.models.registry import ModelBuildError, ModelTooLarge, count_parameters
+from banray.catalog.models import MODELS, build_model, registry
+from banray.catalog.models.registry import ModelBuildError, ModelTooLarge, count_parameters
 from banray.storage import SWEEP_FILES, StorageUnavailable
-from banray.tasks import make_task
+from banray.training.tasks import make_task
 from banray.training import checkpoint, loop
 from banray.training.checkpoint import BadCheckpoint, TeacherMismatch
-from banray.training.files import LOCAL
+from banray.files import LOCAL
 from servers import free_port
 
 CPU = torch.device("cpu")

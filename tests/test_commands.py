@@ -21,9 +21,9 @@ import yaml
 from click.testing import CliRunner
 
 import fakedata
-from banray import sweep
-from banray.cli import cli
-from banray.inspection import duration
+from banray.sweep import start as sweep
+from banray.commands.cli import cli
+from banray.commands.inspection import duration
 from banray.spec import parse_spec
 from conftest import one_error_line, tiny_spec
 from servers import free_port, wait_until
@@ -219,7 +219,7 @@ def test_ls_lists_an_unreadable_sweep_with_its_reason(tmp_path):
 
 
 def test_a_sweep_whose_folder_lock_is_held_is_running(tmp_path):
-    from banray import lock
+    from banray.sweep import lock
     from banray.storage import SweepStorage
 
     folder = hand_made_sweep(tmp_path, UNFINISHED)

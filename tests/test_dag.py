@@ -1,4 +1,4 @@
-"""The DAG scheduler (banray.dag) on a fake cluster in simulated time, without Ray; one slow test on Ray."""
+"""The DAG scheduler (banray.sweep.dag) on a fake cluster in simulated time, without Ray; one slow test on Ray."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from banray.dag import CONTROL, in_thread, run_dag
+from banray.sweep.dag import CONTROL, in_thread, run_dag
 from conftest import run_python
 
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from banray import data
+from banray.catalog import data
 from conftest import REPO
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from banray.data import DATASETS, load_splits, split_hash
-from banray.models import MODELS, build_model, model_arguments
+from banray.catalog.data import DATASETS, load_splits, split_hash
+from banray.catalog.models import MODELS, build_model, model_arguments
 
 
 def indices(samples) -> set[int]:

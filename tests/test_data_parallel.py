@@ -4,8 +4,8 @@ import torch
 from conftest import tiny_spec
 
 from banray.spec import parse_spec
-from banray import tasks
-from banray.tasks import make_task
+from banray.training import tasks
+from banray.training.tasks import make_task
 
 
 def epoch_order(seed: int, rank: int, epoch: int, world_size: int = 2) -> list[int]:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from banray.data import CropFlip, load_splits, mix32, view_draws
+from banray.catalog.data import CropFlip, load_splits, mix32, view_draws
 
 PADDING = 4
 SPAN = 2 * PADDING + 1

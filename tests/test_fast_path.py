@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from banray.losses import get_objective
-from banray.models import build_model
+from banray.catalog.losses import get_objective
+from banray.catalog.models import build_model
 from banray.spec import DistillSpec, SpecError, parse_spec
-from banray.sweep import preflight
-from banray.tasks import bf16_autocast, compute_dtype, make_task, use_channels_last
+from banray.sweep.start import preflight
+from banray.training.tasks import bf16_autocast, compute_dtype, make_task, use_channels_last
 
 
 @pytest.fixture(scope="module")

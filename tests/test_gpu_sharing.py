@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import servers
-from banray.slots import slot_capacity
+from banray.trial.slots import slot_capacity
 from banray.spec import ResourcesSpec
 from conftest import REPO, tiny_spec
 

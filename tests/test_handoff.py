@@ -4,9 +4,9 @@ import pickle
 
 import yaml
 
-from banray import losses
+from banray.catalog import losses
 from banray.spec import ResourcesSpec, TrialSettings, parse_spec
-from banray.trial import TrialRuntime, trial_settings
+from banray.trial.trainable import TrialRuntime, trial_settings
 from banray.training.loop import train_loop
 from conftest import tiny_spec
 from test_worker import RecordingSession

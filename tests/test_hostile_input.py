@@ -27,8 +27,8 @@ from click.testing import CliRunner
 from conftest import one_error_line, tiny_spec
 from test_bad_input import TMP, substitute  # the same placeholder for the test's folder
 
-from banray import sweep
-from banray.cli import cli
+from banray.sweep import start as sweep
+from banray.commands.cli import cli
 from banray.spec import MAX_SPEC_BYTES, SEED_MAX, parse_spec
 
 
@@ -313,7 +313,7 @@ def value_cases():
 
 
 def kwargs_cases():
-    from banray.models import MODELS, model_defaults
+    from banray.catalog.models import MODELS, model_defaults
 
     wrong = {bool: [1, "yes"], int: [True, 2.5, float("inf"), "8"], float: [True, float("nan"), "0.1"], str: [3, True]}
     for arch in MODELS.names():
@@ -530,7 +530,7 @@ def outside(hint) -> list:
 
 def model_argument_cases():
     """Each builder's arguments just outside the range it declares, found by asking the builder."""
-    from banray.models import MODELS
+    from banray.catalog.models import MODELS
 
     for arch in MODELS.names():
         for name, hint in typing.get_type_hints(MODELS[arch], include_extras=True).items():

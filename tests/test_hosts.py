@@ -1,4 +1,4 @@
-"""A warm host's session (banray.hosts.HostSession): how the worker loop's reports reach the Tune trial
+"""A warm host's session (banray.trial.hosts.HostSession): how the worker loop's reports reach the Tune trial
 that drives the host, one epoch ahead at most, a checkpoint's files handed over without waiting and its URI
 known once the trial has stored it, and what a gone trial leaves training stopped at its next wait."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from banray.hosts import HostSession, _Cancelled
+from banray.trial.hosts import HostSession, _Cancelled
 
 
 def in_thread(call):

@@ -3,8 +3,8 @@
 import numpy as np
 import yaml
 
-from banray import report
-from banray.data import load_splits
+from banray.results import report
+from banray.catalog.data import load_splits
 from banray.records import ChainResult, GenerationRecord
 from banray.spec import parse_spec
 from conftest import tiny_spec
@@ -65,7 +65,7 @@ def test_the_report_names_each_chains_data_seed_and_what_its_intervals_cover():
 def test_plan_detect_says_when_the_measured_spread_came_from_shared_splits(tmp_path):
     import json
 
-    from banray import plan
+    from banray.commands import plan
 
     spec = spec_of()
     chains = [ChainResult(c, [record(c, 0, 0.1 + c / 100), record(c, 1, 0.09 + c / 50)], [], None) for c in range(3)]

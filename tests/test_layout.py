@@ -1,6 +1,8 @@
 """The house rules a newcomer relies on, checked on the source itself."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import banray
@@ -25,3 +27,67 @@ def test_record_types_live_apart_from_the_code_that_runs():
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in node.names} | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {name for name in imported if name and (name.startswith(("ray", "torch", "mlflow", "banray")))}
+
+
+# The folders of banray bottom up, "" standing for the modules at its top level (the shared vocabulary): a module
+# imports only from its own folder and those before it. `banray/__main__.py` is the entry point, above them all.
+FLOORS = ["catalog", "", "training", "trial", "results", "sweep", "commands"]
+
+
+def banray_imports() -> dict[str, set[str]]:
+    """Module → the banray modules it imports, at module level or inside a function (a module's own folder
+    package counts as that folder's)."""
+    modules = {".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in PACKAGE.rglob("*.py")}
+    imports: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        imports[module] = {name for name in found if name in modules and name != module}
+    return imports
+
+
+def floor(module: str) -> int:
+    parts = module.split(".")
+    folder = parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in FLOORS) else ""
+    return len(FLOORS) if module == "banray.__main__" else FLOORS.index(folder)
+
+
+def test_every_import_points_down_the_folders_that_read_as_the_pipeline():
+    upward = sorted(f"{module} → {target}" for module, targets in banray_imports().items() for target in targets
+                    if floor(target) > floor(module))
+    assert upward == []
+
+
+def test_no_banray_modules_import_each_other_in_a_circle():
+    imports, seen, circles = banray_imports(), {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        seen[module] = "open"
+        for target in sorted(imports[module]):
+            if seen.get(target) == "open":
+                circles.append(path[path.index(target):] + [target])
+            elif target not in seen:
+                visit(target, [*path, target])
+        seen[module] = "done"
+
+    for module in sorted(imports):
+        if module not in seen:
+            visit(module, [module])
+    assert circles == []
+
+
+def test_every_module_lives_in_one_of_the_pipelines_folders():
+    folders = {path.parent.relative_to(PACKAGE).parts[:1] for path in PACKAGE.rglob("*.py")}
+    assert {folder[0] if folder else "" for folder in folders} == set(FLOORS)
+
+
+def test_the_tune_trainable_that_drives_a_warm_host_imports_no_torch():
+    """Its process is one per trial at a time on every node: a torch import there costs seconds of CPU."""
+    script = "import sys, banray.trial.hosts\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

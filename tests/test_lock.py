@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from ray.train import Checkpoint
 
-from banray import lock
+from banray.sweep import lock
 from banray.storage import SweepStorage
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import tiny_spec
 
 import servers
-from banray.cli import cli
+from banray.commands.cli import cli
 
 
 def contents(folder) -> list[str]:

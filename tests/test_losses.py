@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from banray.losses import OBJECTIVES, cwtm_weights, get_objective, permute_non_argmax
+from banray.catalog.losses import OBJECTIVES, cwtm_weights, get_objective, permute_non_argmax
 from banray.spec import DistillSpec
 
 

@@ -1,4 +1,4 @@
-"""The one bound on a process's MLflow calls and their retries (banray.mlflow_calls), on real SQLite stores and
+"""The one bound on a process's MLflow calls and their retries (banray.results.mlflow_calls), on real SQLite stores and
 a real tracking server behind a slow proxy."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
-from banray import mlflow_calls, tracking
+from banray.results import mlflow_calls, tracking
 from banray.records import GenerationRecord
 import servers
 

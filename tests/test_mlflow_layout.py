@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from banray import report, tracking
-from banray.group import SweepContext, start_generation_run
+from banray.results import report, tracking
+from banray.sweep.group import SweepContext, start_generation_run
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.spec import parse_spec
 from conftest import tiny_spec

@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from banray import data, plan
-from banray.data import DATASETS, dataset_info, load_splits
-from banray.models import ModelTooLarge, build_model, count_parameters, model_defaults
+from banray.catalog import data
+
+from banray.commands import plan
+from banray.catalog.data import DATASETS, dataset_info, load_splits
+from banray.catalog.models import ModelTooLarge, build_model, count_parameters, model_defaults
 from banray.spec import load_spec
 
 SHAPE = (1, 40)

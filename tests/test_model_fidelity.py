@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from banray.models import build_model
-from banray.models.layers import PreActBlock
+from banray.catalog.models import build_model
+from banray.catalog.models.layers import PreActBlock
 
 CIFAR = (3, 32, 32)
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from banray.models import MODELS, build_model, model_arguments
-from banray.models.registry import model_task
+from banray.catalog.models import MODELS, build_model, model_arguments
+from banray.catalog.models.registry import model_task
 
 CIFAR = (3, 32, 32)
 

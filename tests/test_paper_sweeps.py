@@ -9,7 +9,7 @@ import pytest
 from ray.train import Checkpoint
 
 import fakedata
-from banray import sweep
+from banray.sweep import start as sweep
 from banray.spec import parse_spec
 from conftest import tiny_spec
 

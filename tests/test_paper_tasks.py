@@ -8,12 +8,12 @@ from click.testing import CliRunner
 import yaml
 
 import fakedata
-from banray.cli import cli
-from banray.data import DatasetMissing, load_corpus, load_splits
-from banray.models import build_model
+from banray.commands.cli import cli
+from banray.catalog.data import DatasetMissing, load_corpus, load_splits
+from banray.catalog.models import build_model
 from banray.spec import SpecError, parse_spec
-from banray.sweep import preflight
-from banray.tasks import batchify, bptt_chunks, make_task
+from banray.sweep.start import preflight
+from banray.training.tasks import batchify, bptt_chunks, make_task
 from conftest import tiny_spec
 
 
@@ -112,7 +112,7 @@ def test_language_model_task_trains_and_scores_perplexity(tmp_path):
         loss.backward()
         optimizer.step()
 
-    from banray.losses import get_objective
+    from banray.catalog.losses import get_objective
     from banray.spec import DistillSpec
     for _ in range(8):
         terms = task.train_epoch(model, None, get_objective("ce"), DistillSpec().loss_params(), step, "cpu", 1)

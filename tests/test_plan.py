@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from banray import plan
+from banray.commands import plan
 from banray.spec import parse_spec
 from conftest import one_error_line, tiny_spec
 
@@ -70,7 +70,7 @@ def test_bad_input_to_plan_exits_2_with_one_line(tmp_path, monkeypatch, spec, ar
     import yaml
     from click.testing import CliRunner
 
-    from banray.cli import cli
+    from banray.commands.cli import cli
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "spec.yaml"

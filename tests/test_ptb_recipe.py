@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import fakedata
-from banray.losses import get_objective
-from banray.models import build_model
+from banray.catalog.losses import get_objective
+from banray.catalog.models import build_model
 from banray.spec import DistillSpec, load_spec, parse_spec
-from banray.tasks import bptt_chunks, make_task
+from banray.training.tasks import bptt_chunks, make_task
 from conftest import REPO, tiny_spec
 
 # Zaremba et al.'s large (1500-unit) configuration in main.lua: lr=1, seq_length=35, max_grad_norm=10.

@@ -17,7 +17,7 @@ from banray import ray_internals
 # worker processes listen too), says so, and waits for a line on stdin before it stops the cluster.
 LOCAL_CLUSTER = """
 import sys, ray
-from banray import sweep
+from banray.sweep import start as sweep
 assert sweep.connect(None, {{}}, {dashboard})
 @ray.remote
 class Echo:

@@ -6,8 +6,10 @@ import math
 import pytest
 
 import fakedata
-from banray import data, plan, report
-from banray.data import DATASETS, DatasetEntry, DatasetInfo, dataset_info, dataset_kind, load_splits
+from banray.catalog import data
+from banray.commands import plan
+from banray.results import report
+from banray.catalog.data import DATASETS, DatasetEntry, DatasetInfo, dataset_info, dataset_kind, load_splits
 from banray.spec import parse_spec
 from conftest import tiny_spec
 

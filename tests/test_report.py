@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from banray import report
+from banray.results import report
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.spec import parse_spec
 from conftest import tiny_spec

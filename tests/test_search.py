@@ -4,8 +4,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from banray.cli import cli
-from banray.search import make_search, warm_start_point
+from banray.commands.cli import cli
+from banray.sweep.search import make_search, warm_start_point
 from banray.spec import SpecError, parse_spec
 from conftest import REPO, tiny_spec
 
@@ -140,7 +140,7 @@ def test_plan_fails_clearly_on_unreachable_tracking(tmp_path):
 @pytest.mark.slow
 def test_sweep_searches_stops_a_bad_trial_and_warm_starts(ray_cluster, tmp_path):
     """One trial at a time (a trial takes both CPUs), lr searched over a good and a hopeless value."""
-    from banray import sweep
+    from banray.sweep import start as sweep
 
     def spec_with(seed):
         return parse_spec(tiny_spec(

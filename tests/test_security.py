@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from banray.models import MODELS, build_model
+from banray.catalog.models import MODELS, build_model
 from banray.spec import TrialSettings, parse_spec
 from banray.storage import SWEEP_FILES
-from banray.tasks import make_task
+from banray.training.tasks import make_task
 from banray.training import checkpoint, loop
 from banray.training.checkpoint import BadCheckpoint, CheckpointIdentity, TeacherMismatch
 

@@ -3,7 +3,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from banray.cli import cli
+from banray.commands.cli import cli
 from banray.spec import SpecError, SweepSpec, load_spec, parse_spec
 from conftest import REPO, tiny_spec
 
@@ -151,7 +151,7 @@ def test_cli_help_explains_commands():
      ({}, True, True), ({"trainer": "train"}, False, False)],
 )
 def test_a_local_cluster_runs_rays_dashboard_when_trials_need_it_or_when_asked(resources, asked, started):
-    from banray.sweep import needs_dashboard  # Train's controller calls the State API, which it serves
+    from banray.sweep.start import needs_dashboard  # Train's controller calls the State API, which it serves
 
     assert needs_dashboard(parse_spec(tiny_spec(resources=resources)), asked) is started
 

@@ -11,11 +11,11 @@ from scipy import special
 from scipy import stats as scipy_stats
 
 import fakedata
-from banray import stats
-from banray.evaluate import calibration_error, ensemble_scores, expected_calibration_error
-from banray.models import build_model
+from banray.results import stats
+from banray.catalog.scores import calibration_error, ensemble_scores, expected_calibration_error
+from banray.catalog.models import build_model
 from banray.spec import parse_spec
-from banray.tasks import LM_EVAL_BATCH_SIZE, batchify, bptt_chunks, make_task
+from banray.training.tasks import LM_EVAL_BATCH_SIZE, batchify, bptt_chunks, make_task
 from conftest import tiny_spec
 
 # Eight chains' test errors (fractions). BAN-1 − Teacher = d below: distinct magnitudes, no zeros.

@@ -67,7 +67,7 @@ def test_local_files_ray_writes_appear_whole_or_not_at_all(tmp_path):
 
 
 def test_a_tune_run_that_never_saved_its_state_is_not_continued(tmp_path):
-    from banray.group import _saved_state
+    from banray.sweep.group import _saved_state
 
     path, fs = ray_storage(str(tmp_path / "tune"))
     run = tmp_path / "tune" / "chain0-gen1"

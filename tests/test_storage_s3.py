@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from ray.train import Checkpoint
 
-from banray import sweep
+from banray.sweep import start as sweep
 from banray.spec import SpecError, parse_spec
 
 pytestmark = pytest.mark.slow

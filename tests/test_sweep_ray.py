@@ -18,10 +18,10 @@ import yaml
 from ray.train import Checkpoint
 from ray.util.state import list_actors
 
-from banray import sweep
-from banray.runners import start_runner
+from banray.sweep import start as sweep
+from banray.sweep.runners import start_runner
 from banray.spec import parse_spec
-from banray.trial import trial_class
+from banray.trial.trainable import trial_class
 from conftest import REPO, short_temp_dir, tiny_spec
 from servers import wait_until
 
@@ -235,7 +235,7 @@ def test_cli_sweep_on_digits_against_a_running_cluster(ray_cluster, tmp_path):
 
 
 def trial_hosts(address: str) -> int:
-    """How many warm trial processes (banray.hosts) the cluster has started so far."""
+    """How many warm trial processes (banray.trial.hosts) the cluster has started so far."""
     return len(list_actors(address=address, filters=[("class_name", "=", "TrialHost")], limit=10_000))
 
 
@@ -280,8 +280,8 @@ def test_tune_writes_no_files_per_result(finished):
 
 
 def test_holders_on_one_node_get_hosts_of_their_own_and_a_released_host_serves_again(ray_cluster):
-    from banray.hosts import start_host
-    from banray.slots import WorkerSlots
+    from banray.trial.hosts import start_host
+    from banray.trial.slots import WorkerSlots
 
     slots = WorkerSlots.remote(2, start_host)
     node = ray.get_runtime_context().get_node_id()

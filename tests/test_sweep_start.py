@@ -6,15 +6,15 @@ import threading
 
 import pytest
 
-from banray import sweep
+from banray.sweep import start as sweep
 from conftest import run_python
 
 
 def test_importing_the_sweeps_start_leaves_the_drivers_modules_for_later():
     script = (
         "import sys\n"
-        "import banray.sweep\n"
-        "early = [m for m in ('banray.driver', 'mlflow', 'ray.tune', 'ray.train', 'scipy', 'matplotlib') "
+        "import banray.sweep.start\n"
+        "early = [m for m in ('banray.sweep.driver', 'mlflow', 'ray.tune', 'ray.train', 'scipy', 'matplotlib') "
         "if m in sys.modules]\n"
         "assert not early, early\n"
     )
@@ -41,9 +41,9 @@ def test_a_module_that_fails_to_import_fails_the_start(tmp_path, monkeypatch):
 def test_the_driver_and_mlflows_store_are_imported_by_import_driver():
     script = (
         "import sys\n"
-        "from banray import sweep\n"
+        "from banray.sweep import start as sweep\n"
         "sweep.import_driver()\n"
-        "missing = [m for m in ('banray.driver', 'mlflow', 'mlflow.store.tracking.sqlalchemy_store', 'ray.tune') "
+        "missing = [m for m in ('banray.sweep.driver', 'mlflow', 'mlflow.store.tracking.sqlalchemy_store', 'ray.tune') "
         "if m not in sys.modules]\n"
         "assert not missing, missing\n"
     )
@@ -53,13 +53,13 @@ def test_the_driver_and_mlflows_store_are_imported_by_import_driver():
 
 def test_the_evaluations_runner_imports_neither_the_reports_statistics_nor_its_plots():
     """The runner starts beside the first generation's trials, on the cores they train on."""
-    from banray.driver import EVALUATION_MODULES
+    from banray.sweep.driver import EVALUATION_MODULES
 
     script = (
         "import importlib, sys\n"
         f"for module in {EVALUATION_MODULES!r}:\n"
         "    importlib.import_module(module)\n"
-        "heavy = [m for m in ('banray.report', 'banray.stats', 'scipy.stats', 'matplotlib') if m in sys.modules]\n"
+        "heavy = [m for m in ('banray.results.report', 'banray.results.stats', 'scipy.stats', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     done = run_python(script)
@@ -71,7 +71,7 @@ def test_a_local_cluster_stops_its_monitor_first_and_leaves_no_process():
     handler waits a second on it), then stops the rest: every process of the cluster is gone after."""
     script = (
         "import json, ray, ray._private.node as node_module\n"
-        "from banray import ray_internals, sweep\n"
+        "from banray import ray_internals\nfrom banray.sweep import start as sweep\n"
         "def alive(pid):  # neither gone nor a zombie\n"
         "    try:\n"
         "        return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z'\n"

@@ -15,14 +15,16 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from banray import data, teacher_cache
-from banray.data import load_splits
-from banray.losses import get_objective
-from banray.models import MODELS, build_model
+from banray.catalog import data
+
+from banray.training import teacher_cache
+from banray.catalog.data import load_splits
+from banray.catalog.losses import get_objective
+from banray.catalog.models import MODELS, build_model
 from banray.spec import DistillSpec, parse_spec
 from banray.storage import SWEEP_FILES
-from banray.tasks import make_task
-from banray.teacher import OnlineTeacher
+from banray.training.tasks import make_task
+from banray.training.teacher import OnlineTeacher
 from banray.training.checkpoint import ModelIdentity
 
 WRN = {"arch": "wrn", "kwargs": {"depth": 10, "widen_factor": 1}}

@@ -15,9 +15,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from banray import sweep, tracking
+from banray.sweep import start as sweep
+
+from banray.results import tracking
 from banray.training import checkpoint
-from banray.cli import cli
+from banray.commands.cli import cli
 from banray.records import GenerationRecord
 from banray.spec import parse_spec
 from conftest import REPO, tiny_spec

@@ -17,7 +17,7 @@ from conftest import REPO, tiny_spec
 
 from banray.spec import TrialSettings, parse_spec, trial_seed
 from banray.storage import SWEEP_FILES
-from banray.tasks import make_task
+from banray.training.tasks import make_task
 from banray.training import checkpoint, loop
 
 FULL_INSTALL = ("ray", "mlflow", "optuna", "pyarrow", "tenacity")
@@ -40,7 +40,7 @@ sys.meta_path.insert(0, FullInstallMissing())
 CORE_TRIALS = """
 import json, sys
 import torch
-import banray.evaluate, banray.records, banray.registry, banray.selection  # the Ray-free modules the core leaves out
+import banray.catalog.scores, banray.records, banray.catalog.registry, banray.selection  # the Ray-free modules the core leaves out
 from banray.spec import parse_spec
 from banray.training import checkpoint
 from banray.training.local import run_trial, trial_folder, trial_settings

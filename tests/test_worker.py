@@ -8,13 +8,13 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from banray.data import load_splits
-from banray.models import build_model
+from banray.catalog.data import load_splits
+from banray.catalog.models import build_model
 from banray.spec import TrialSettings, parse_spec
-from banray.tasks import make_task
-from banray.session import train_loop_per_worker
+from banray.training.tasks import make_task
+from banray.trial.sessions import train_loop_per_worker
 from banray.training import checkpoint, loop
-from banray.training.files import LOCAL
+from banray.files import LOCAL
 from banray.training.loop import train_loop
 from conftest import tiny_spec
 

@@ -20,9 +20,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 from torch import nn
 
-from banray.models import MODELS, build_model
+from banray.catalog.models import MODELS, build_model
 from banray.spec import Arm
-from banray.training.files import LOCAL, Refused, Storage
+from banray.files import LOCAL, Refused, Storage
 
 WEIGHTS_FILE = "model.pt"
 # The training state (epoch, optimizer, schedule, RNG states) a restarted trial goes on from.
@@ -41,7 +41,7 @@ class _Record(BaseModel):
 
 class ModelIdentity(_Record):
     """What rebuilds a model and which function it computes: its arch and kwargs, the revision of the arch's
-    code (banray.models.registry) and the dataset's arguments."""
+    code (banray.catalog.models.registry) and the dataset's arguments."""
 
     arch: str
     kwargs: dict[str, Any]
@@ -60,7 +60,7 @@ class CheckpointIdentity(ModelIdentity):
     generation: NonNegativeInt
     arm: Arm
     dataset: str
-    split_hash: str  # banray.data.split_hash of its train/validation split
+    split_hash: str  # banray.catalog.data.split_hash of its train/validation split
 
 
 class TeacherReference(_Record):

@@ -12,7 +12,7 @@ import torch
 
 from banray.records import TrialSummary
 from banray.spec import SweepSpec, TrialSettings, group_name, trial_seed
-from banray.training.files import LOCAL, Storage
+from banray.files import LOCAL, Storage
 from banray.training.loop import train_loop
 from banray.training.session import LocalSession
 

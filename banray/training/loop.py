@@ -1,5 +1,5 @@
 """The epoch loop: one trial's training, wherever its session runs it: a Ray Train worker (TorchTrainer,
-Train V2), a warm host or the Tune trial's own process (banray.session, banray.hosts), or this process with no
+Train V2), a warm host or the Tune trial's own process (banray.trial.sessions, banray.trial.hosts), or this process with no
 engine at all (banray.training.session.LocalSession, `banray trial`).
 
 It trains one trial's student for the spec's epochs, with a frozen teacher from generation ≥ 1
@@ -7,7 +7,7 @@ It trains one trial's student for the spec's epochs, with a frozen teacher from 
 metrics every epoch; a checkpoint goes with them when the validation metric is at least as good as the
 best so far, at the last epoch, and otherwise every `train.checkpoint_every_s` seconds. Rank 0 writes
 checkpoints; the session stores them. Checkpoints and the teacher-logit cache are read through the session's
-storage (banray.training.files), local or object storage.
+storage (banray.files), local or object storage.
 
 Each checkpoint also holds the training state (epoch, optimizer, lr schedule, RNG states, the best epoch
 so far): when Ray Train restarts a lost worker group, Tune a crashed trial, or a resumed sweep an
@@ -28,17 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from banray import teacher_cache
-from banray.losses import get_objective
-from banray.models import MODELS, build_model
+from banray.training import teacher_cache
+from banray.catalog.losses import get_objective
+from banray.catalog.models import MODELS, build_model
 from banray.records import TrialSummary
 from banray.selection import MODE, epoch_improves
 from banray.spec import Arm, ModelSpec, TrainSpec, TrialSettings
-from banray.tasks import Task, make_task, use_channels_last
-from banray.teacher import Frozen, OnlineTeacher, Teacher
+from banray.training.tasks import Task, make_task, use_channels_last
+from banray.training.teacher import Frozen, OnlineTeacher, Teacher
 from banray.training import checkpoint
 from banray.training.checkpoint import CheckpointIdentity, CheckpointRecord
-from banray.training.files import Storage
+from banray.files import Storage
 from banray.training.session import Session, checkpoint_folder
 
 

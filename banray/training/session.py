@@ -1,6 +1,6 @@
 """Where the epoch loop runs, behind one small interface (Session), and the plainest place it runs: this
 process, no engine (LocalSession). The engines' sessions (Ray Train, a Tune trial, a warm host) are
-banray.session's and banray.hosts'.
+banray.trial.sessions' and banray.trial.hosts'.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
-from banray.training.files import LOCAL, Storage
+from banray.files import LOCAL, Storage
 
 
 class Session(Protocol):
