@@ -235,46 +235,6 @@ class _RetryingHandler(pafs.FileSystemHandler):
         raise NotImplementedError("appending to object storage is not supported")
 
 
-# The credentials Ray Tune copies from the process that runs a Tuner into every trial's runtime env.
-TUNE_PROPAGATED_SECRETS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
-
-
-def keep_credentials_out_of_tune() -> None:
-    """Stop Ray Tune from copying AWS credentials into every trial's runtime env: Ray writes runtime envs in
-    plain text into its session logs (runtime_env_agent.log) and task specs. A trial reads the credentials of
-    the node it runs on, as every other Ray process of the sweep does (ray/tune/execution/class_cache.py)."""
-    from ray.tune.execution import class_cache
-
-    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE - TUNE_PROPAGATED_SECRETS)
-
-
-def save_tune_state_only_between_uploads() -> None:
-    """Stop Ray Tune from rewriting its experiment state while the last upload of it still reads the files.
-    Tune saves the state to a staging folder (truncate, then write) and uploads that folder in a background
-    thread; it saves again without checking that the upload is over, which then copies half a file, and a
-    resumed sweep cannot continue that run (ray/tune/execution/experiment_state.py). A save while an upload is
-    in flight is put off to a later step of Tune's loop, or, when forced, waits for the upload."""
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
-
-    if getattr(manager.sync_up_experiment_state, "between_uploads", False):
-        return
-    save = manager.sync_up_experiment_state
-
-    def save_between_uploads(self, save_fn, force: bool = False, wait: bool = False) -> None:
-        syncer = self._storage.syncer
-        if syncer._should_continue_existing_sync():
-            if not (force or self._should_force_sync_up):
-                return
-            try:
-                syncer.wait()
-            except Exception as exc:  # the upload's own failure; Tune logs it the same way and goes on
-                logger.error("storage: uploading Tune's experiment state failed: %s", exc)
-        save(self, save_fn, force=force, wait=wait)
-
-    save_between_uploads.between_uploads = True
-    manager.sync_up_experiment_state = save_between_uploads
-
-
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem]:
     """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig: through a filesystem that
     retries through outages and writes whole files (see _RetryingHandler), for object storage and local
@@ -283,8 +243,8 @@ def ray_storage(uri: str) -> tuple[str, pafs.FileSystem]:
     if isinstance(fs, pafs.S3FileSystem):
         # The handler's uploads run on pyarrow's IO threads (copy_files); S3's background writes would queue
         # nested tasks on that same pool and deadlock it once every IO thread waits in an upload.
-        options = fs.__reduce__()[1][0]
-        fs = pafs.S3FileSystem(**{**options, "background_writes": False})
+        # The bucket's region as from_uri found it; credentials and endpoint come from the environment, as there.
+        fs = pafs.S3FileSystem(region=fs.region, background_writes=False)
     return path, pafs.PyFileSystem(_RetryingHandler(fs))
 
 

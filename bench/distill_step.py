@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from banray.training import teacher_cache
 from banray.catalog.losses import get_objective
 from banray.catalog.models import build_model
 from banray.spec import DataSpec, DistillSpec, TrainSpec
+from banray.training import teacher_cache
+from banray.training.loop import make_optimizer
 from banray.training.tasks import make_task
 from banray.training.teacher import OnlineTeacher
-from banray.training.loop import make_optimizer
 from bench.common import write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -42,10 +42,10 @@ from torchvision import datasets, transforms as T
 from banray.catalog.losses import get_objective
 from banray.catalog.models import build_model
 from banray.spec import DataSpec, DistillSpec, TrainSpec, parse_spec
-from banray.training.tasks import compute_dtype, make_task
 from banray.training import checkpoint
 from banray.training.local import run_trial, trial_folder, trial_settings
 from banray.training.loop import fast_path_student, make_optimizer
+from banray.training.tasks import compute_dtype, make_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import fakedata  # noqa: E402

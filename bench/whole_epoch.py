@@ -33,14 +33,14 @@ from banray import ray_internals
 
 from banray.sweep import start as sweep
 
-from banray.results import tracking
-from banray.sweep.group import SweepContext, run_group, run_groups_here, start_generation_run
 from banray.catalog.models import build_model
+from banray.results import tracking
 from banray.spec import TrainSpec, parse_spec
+from banray.sweep.group import SweepContext, run_group, run_groups_here, start_generation_run
+from banray.training.loop import make_optimizer, make_scheduler, seed_everything
 from banray.training.tasks import make_task
 from banray.trial.hosts import start_host
 from banray.trial.slots import WorkerSlots
-from banray.training.loop import make_optimizer, make_scheduler, seed_everything
 from bench.common import write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -11,8 +11,8 @@ import yaml
 from click.testing import CliRunner
 from conftest import tiny_spec
 
-from banray.sweep import start as sweep
 from banray.commands.cli import cli
+from banray.sweep import start as sweep
 
 TMP = "{tmp}"  # stands for the test's tmp_path in a case's spec
 MISSING = object()  # the case's spec file does not exist

@@ -17,11 +17,11 @@ from test_security import SPEC, identity, metadata, student_settings, task, writ
 
 from banray.catalog.models import MODELS, build_model, registry
 from banray.catalog.models.registry import ModelBuildError, ModelTooLarge, count_parameters
+from banray.files import LOCAL
 from banray.storage import SWEEP_FILES, StorageUnavailable
-from banray.training.tasks import make_task
 from banray.training import checkpoint, loop
 from banray.training.checkpoint import BadCheckpoint, TeacherMismatch
-from banray.files import LOCAL
+from banray.training.tasks import make_task
 from servers import free_port
 
 CPU = torch.device("cpu")

@@ -21,10 +21,10 @@ import yaml
 from click.testing import CliRunner
 
 import fakedata
-from banray.sweep import start as sweep
 from banray.commands.cli import cli
 from banray.commands.inspection import duration
 from banray.spec import parse_spec
+from banray.sweep import start as sweep
 from conftest import one_error_line, tiny_spec
 from servers import free_port, wait_until
 from test_faults import start_driver

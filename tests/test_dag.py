@@ -214,7 +214,7 @@ def test_a_resumed_dag_with_nothing_left_returns_at_once():
 def test_the_scheduler_imports_and_runs_without_ray():
     script = (
         "import sys\n"
-        "from banray.dag import run_dag\n"
+        "from banray.sweep.dag import run_dag\n"
         "handles = []\n"
         "def wait(running):\n"
         "    handles.remove(running[0])\n"
@@ -271,7 +271,7 @@ def test_a_group_that_fails_in_its_thread_fails_the_dag_with_its_own_error():
 def test_progress_lines_of_groups_running_side_by_side_stay_whole():
     script = (
         "import threading\n"
-        "from banray.group import say\n"
+        "from banray.sweep.group import say\n"
         "def talk(chain):\n"
         "    for _ in range(2000):\n"
         "        say(f'chain {chain}', 'x' * 50)\n"

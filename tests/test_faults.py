@@ -18,8 +18,8 @@ import ray
 import yaml
 from ray.util.state import list_actors
 
-from banray.sweep import start as sweep
 from banray.spec import parse_spec
+from banray.sweep import start as sweep
 from conftest import REPO, tiny_spec
 from servers import free_port, wait_until
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 import servers
-from banray.trial.slots import slot_capacity
 from banray.spec import ResourcesSpec
+from banray.trial.slots import slot_capacity
 from conftest import REPO, tiny_spec
 
 pytestmark = pytest.mark.slow

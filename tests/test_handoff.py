@@ -6,8 +6,8 @@ import yaml
 
 from banray.catalog import losses
 from banray.spec import ResourcesSpec, TrialSettings, parse_spec
-from banray.trial.trainable import TrialRuntime, trial_settings
 from banray.training.loop import train_loop
+from banray.trial.trainable import TrialRuntime, trial_settings
 from conftest import tiny_spec
 from test_worker import RecordingSession
 

@@ -27,9 +27,9 @@ from click.testing import CliRunner
 from conftest import one_error_line, tiny_spec
 from test_bad_input import TMP, substitute  # the same placeholder for the test's folder
 
-from banray.sweep import start as sweep
 from banray.commands.cli import cli
 from banray.spec import MAX_SPEC_BYTES, SEED_MAX, parse_spec
+from banray.sweep import start as sweep
 
 
 

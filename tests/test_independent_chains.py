@@ -3,9 +3,9 @@
 import numpy as np
 import yaml
 
-from banray.results import report
 from banray.catalog.data import load_splits
 from banray.records import ChainResult, GenerationRecord
+from banray.results import report
 from banray.spec import parse_spec
 from conftest import tiny_spec
 

@@ -91,3 +91,24 @@ def test_the_tune_trainable_that_drives_a_warm_host_imports_no_torch():
     script = "import sys, banray.trial.hosts\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     done = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# Ray's and pyarrow's modules that are not their public API: banray uses them in banray/ray_internals.py alone,
+# where each use has a test (tests/test_ray_internals.py) that fails on a Ray upgrade that moves or changes it.
+PRIVATE_MODULES = ("ray.tune.execution", "ray.tune.trainable", "ray.tune.result", "ray.tune.impl", "ray.scripts")
+
+
+def test_private_ray_apis_are_used_only_in_ray_internals():
+    uses = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "ray_internals.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            private = [n for n in names if n.startswith(("ray", "pyarrow")) and
+                       ("._" in n or n.startswith(PRIVATE_MODULES))]
+            if isinstance(node, ast.Attribute) and node.attr == "__reduce__":  # pyarrow options in pickle form
+                private.append(node.attr)
+            uses += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}" for name in private]
+    assert uses == []

@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO
 from ray.train import Checkpoint
 
-from banray.sweep import lock
 from banray.storage import SweepStorage
+from banray.sweep import lock
 
 
 def test_a_second_holder_is_refused_and_told_who_holds_it(tmp_path):

@@ -18,8 +18,8 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
-from banray.results import mlflow_calls, tracking
 from banray.records import GenerationRecord
+from banray.results import mlflow_calls, tracking
 import servers
 
 THREADS = 32  # more than a pool's 5 + 10 connections, as 32 chains' ensembles were

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from banray.results import report, tracking
-from banray.sweep.group import SweepContext, start_generation_run
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
+from banray.results import report, tracking
 from banray.spec import parse_spec
+from banray.sweep.group import SweepContext, start_generation_run
 from conftest import tiny_spec
 
 # Test errors per chain: Teacher, BAN-1, BAN-2, Teacher′.

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from banray.catalog import data
 
-from banray.commands import plan
 from banray.catalog.data import DATASETS, dataset_info, load_splits
 from banray.catalog.models import ModelTooLarge, build_model, count_parameters, model_defaults
+from banray.commands import plan
 from banray.spec import load_spec
 
 SHAPE = (1, 40)

@@ -9,8 +9,8 @@ import pytest
 from ray.train import Checkpoint
 
 import fakedata
-from banray.sweep import start as sweep
 from banray.spec import parse_spec
+from banray.sweep import start as sweep
 from conftest import tiny_spec
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 import yaml
 
 import fakedata
-from banray.commands.cli import cli
 from banray.catalog.data import DatasetMissing, load_corpus, load_splits
 from banray.catalog.models import build_model
+from banray.commands.cli import cli
 from banray.spec import SpecError, parse_spec
 from banray.sweep.start import preflight
 from banray.training.tasks import batchify, bptt_chunks, make_task

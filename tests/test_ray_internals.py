@@ -92,3 +92,65 @@ def test_the_head_node_is_that_of_the_cluster_this_process_started(ray_cluster):
 ])
 def test_a_cluster_of_this_machine_is_one_started_here_or_at_a_loopback_address(cluster, local):
     assert ray_internals.on_loopback(cluster) is local
+
+
+def test_a_function_trainable_is_a_tune_trainable_of_that_function():
+    import ray.tune as tune
+
+    def trial(config):
+        tune.report({"x": 1})
+
+    trainable = ray_internals.function_trainable(trial)
+    assert issubclass(trainable, tune.Trainable) and trainable._name == "trial"
+
+
+def test_a_tune_trial_finds_its_reported_checkpoint_where_tunes_storage_context_keeps_it():
+    import inspect
+
+    import ray.tune as tune
+    from ray.train._internal.storage import StorageContext
+
+    assert "get_storage" in dir(tune.get_context())
+    assert isinstance(inspect.getattr_static(StorageContext, "checkpoint_fs_path"), property)
+    assert "self.storage_filesystem" in inspect.getsource(StorageContext.__init__)
+
+
+def test_tunes_own_result_keys_are_what_it_adds_to_every_result():
+    assert {"training_iteration", "time_this_iter_s", "timestamp", "pid", "hostname"} <= ray_internals.tune_result_keys()
+
+
+def test_keeping_credentials_out_of_tune_removes_them_from_what_it_propagates():
+    from ray.tune.execution import class_cache
+
+    rays_own = subprocess.run([sys.executable, "-c", "from ray.tune.execution import class_cache\n"
+                               "print(' '.join(sorted(class_cache.ENV_VARS_TO_PROPAGATE)))"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert ray_internals.TUNE_PROPAGATED_SECRETS & set(rays_own)  # Ray copies them unless told not to
+    ray_internals.keep_credentials_out_of_tune()
+    assert not ray_internals.TUNE_PROPAGATED_SECRETS & class_cache.ENV_VARS_TO_PROPAGATE
+    assert isinstance(class_cache.ENV_VARS_TO_PROPAGATE, frozenset)
+
+
+def test_tunes_saved_states_and_checkpoints_are_named_as_banray_looks_for_them():
+    import fnmatch
+
+    from ray.train._internal.storage import StorageContext
+
+    assert fnmatch.fnmatch("experiment_state-2026-12-07_16-10-00.json", ray_internals.experiment_state_files())
+    assert fnmatch.fnmatch(StorageContext._make_checkpoint_dir_name(3), ray_internals.CHECKPOINT_FOLDERS)
+
+
+def test_tunes_state_saving_is_put_off_while_its_last_upload_runs():
+    import inspect
+
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as manager
+
+    ray_internals.save_tune_state_only_between_uploads()
+    patched = manager.sync_up_experiment_state
+    assert patched.between_uploads
+    ray_internals.save_tune_state_only_between_uploads()  # once only
+    assert manager.sync_up_experiment_state is patched
+    assert list(inspect.signature(patched).parameters) == ["self", "save_fn", "force", "wait"]
+    from ray.train._internal.syncer import _BackgroundSyncer
+
+    assert callable(_BackgroundSyncer._should_continue_existing_sync) and callable(_BackgroundSyncer.wait)

@@ -7,9 +7,9 @@ import pytest
 
 import fakedata
 from banray.catalog import data
+from banray.catalog.data import DATASETS, DatasetEntry, DatasetInfo, dataset_info, dataset_kind, load_splits
 from banray.commands import plan
 from banray.results import report
-from banray.catalog.data import DATASETS, DatasetEntry, DatasetInfo, dataset_info, dataset_kind, load_splits
 from banray.spec import parse_spec
 from conftest import tiny_spec
 

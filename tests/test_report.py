@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from banray.results import report
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
+from banray.results import report
 from banray.spec import parse_spec
 from conftest import tiny_spec
 

@@ -5,8 +5,8 @@ import yaml
 from click.testing import CliRunner
 
 from banray.commands.cli import cli
-from banray.sweep.search import make_search, warm_start_point
 from banray.spec import SpecError, parse_spec
+from banray.sweep.search import make_search, warm_start_point
 from conftest import REPO, tiny_spec
 
 SEARCH_YAML = """

@@ -15,9 +15,9 @@ from conftest import tiny_spec
 from banray.catalog.models import MODELS, build_model
 from banray.spec import TrialSettings, parse_spec
 from banray.storage import SWEEP_FILES
-from banray.training.tasks import make_task
 from banray.training import checkpoint, loop
 from banray.training.checkpoint import BadCheckpoint, CheckpointIdentity, TeacherMismatch
+from banray.training.tasks import make_task
 
 SPEC = parse_spec(tiny_spec())
 

@@ -11,9 +11,9 @@ from scipy import special
 from scipy import stats as scipy_stats
 
 import fakedata
-from banray.results import stats
-from banray.catalog.scores import calibration_error, ensemble_scores, expected_calibration_error
 from banray.catalog.models import build_model
+from banray.catalog.scores import calibration_error, ensemble_scores, expected_calibration_error
+from banray.results import stats
 from banray.spec import parse_spec
 from banray.training.tasks import LM_EVAL_BATCH_SIZE, batchify, bptt_chunks, make_task
 from conftest import tiny_spec

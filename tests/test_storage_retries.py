@@ -8,6 +8,7 @@ import threading
 import pyarrow.fs as pafs
 import pytest
 
+from banray import ray_internals
 from banray.storage import StorageUnavailable, SweepStorage, ray_storage
 from servers import free_port
 
@@ -113,8 +114,8 @@ def test_tune_uploads_only_whole_experiment_states(ray_cluster, tmp_path, monkey
 
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # save at every step of Tune's loop
     monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    storage.keep_credentials_out_of_tune()  # as banray's groups do: this process holds the tests' S3 secrets
-    storage.save_tune_state_only_between_uploads()
+    ray_internals.keep_credentials_out_of_tune()  # as banray's groups do: this process holds the tests' S3 secrets
+    ray_internals.save_tune_state_only_between_uploads()
     tune.Tuner(
         reports_often,
         param_space={"trial": tune.grid_search([0, 1, 2])},

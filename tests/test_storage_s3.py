@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from ray.train import Checkpoint
 
-from banray.sweep import start as sweep
 from banray.spec import SpecError, parse_spec
+from banray.sweep import start as sweep
 
 pytestmark = pytest.mark.slow
 

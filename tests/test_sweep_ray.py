@@ -18,9 +18,9 @@ import yaml
 from ray.train import Checkpoint
 from ray.util.state import list_actors
 
+from banray.spec import parse_spec
 from banray.sweep import start as sweep
 from banray.sweep.runners import start_runner
-from banray.spec import parse_spec
 from banray.trial.trainable import trial_class
 from conftest import REPO, short_temp_dir, tiny_spec
 from servers import wait_until

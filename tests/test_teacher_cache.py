@@ -17,15 +17,15 @@ from conftest import tiny_spec
 
 from banray.catalog import data
 
-from banray.training import teacher_cache
 from banray.catalog.data import load_splits
 from banray.catalog.losses import get_objective
 from banray.catalog.models import MODELS, build_model
 from banray.spec import DistillSpec, parse_spec
 from banray.storage import SWEEP_FILES
+from banray.training import teacher_cache
+from banray.training.checkpoint import ModelIdentity
 from banray.training.tasks import make_task
 from banray.training.teacher import OnlineTeacher
-from banray.training.checkpoint import ModelIdentity
 
 WRN = {"arch": "wrn", "kwargs": {"depth": 10, "widen_factor": 1}}
 WRN_IDENTITY = ModelIdentity(**WRN, revision=MODELS.revision("wrn"), num_classes=10, input_shape=[3, 32, 32])

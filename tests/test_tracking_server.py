@@ -17,11 +17,11 @@ from click.testing import CliRunner
 
 from banray.sweep import start as sweep
 
-from banray.results import tracking
-from banray.training import checkpoint
 from banray.commands.cli import cli
 from banray.records import GenerationRecord
+from banray.results import tracking
 from banray.spec import parse_spec
+from banray.training import checkpoint
 from conftest import REPO, tiny_spec
 
 pytestmark = pytest.mark.slow

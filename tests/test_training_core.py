@@ -17,8 +17,8 @@ from conftest import REPO, tiny_spec
 
 from banray.spec import TrialSettings, parse_spec, trial_seed
 from banray.storage import SWEEP_FILES
-from banray.training.tasks import make_task
 from banray.training import checkpoint, loop
+from banray.training.tasks import make_task
 
 FULL_INSTALL = ("ray", "mlflow", "optuna", "pyarrow", "tenacity")
 WITH_BANRAY = {**os.environ, "PYTHONPATH": str(REPO)}

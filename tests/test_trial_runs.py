@@ -5,11 +5,11 @@ import threading
 import time
 from types import SimpleNamespace
 
-from banray.results import tracking
 from banray.records import TrialSummary
+from banray.results import tracking
 from banray.spec import ResourcesSpec, parse_spec
-from banray.trial.trainable import TrialRuntime
 from banray.sweep.trial_runs import TrialRuns, epoch_metrics, trial_run_ids
+from banray.trial.trainable import TrialRuntime
 from conftest import tiny_spec
 
 

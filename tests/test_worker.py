@@ -10,12 +10,12 @@ from ray.train.torch import TorchTrainer
 
 from banray.catalog.data import load_splits
 from banray.catalog.models import build_model
+from banray.files import LOCAL
 from banray.spec import TrialSettings, parse_spec
+from banray.training import checkpoint, loop
+from banray.training.loop import train_loop
 from banray.training.tasks import make_task
 from banray.trial.sessions import train_loop_per_worker
-from banray.training import checkpoint, loop
-from banray.files import LOCAL
-from banray.training.loop import train_loop
 from conftest import tiny_spec
 
 

@@ -25,8 +25,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from banray.catalog.registry import Registry
 from banray.catalog.local_cache import user_cache
+from banray.catalog.registry import Registry
 
 Kind = Literal["classification", "language_model"]
 

@@ -22,8 +22,8 @@ import pyarrow.fs as pafs
 
 from banray.sweep import lock
 
-from banray.results import tracking
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
+from banray.results import tracking
 from banray.selection import best_generation
 from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
 from banray.storage import (

@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
-from banray.results import stats, tracking
 from banray.catalog.data import _CIFAR, DATASETS, PTB_FILES, DatasetInfo, DatasetMissing, dataset_info
 from banray.catalog.models import build_model
 from banray.columns import BASELINE, CONTROL, generation_column
+from banray.results import stats, tracking
 from banray.results.report import VARIATION
 from banray.spec import Range, SpecError, SweepSpec
 from banray.storage import is_remote, refusal, use_endpoint

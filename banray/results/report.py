@@ -19,10 +19,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from banray.results import stats
-from banray.columns import BASELINE, CONTROL, CONTROL_ENSEMBLE, ensemble_column, generation_column
 from banray.catalog.data import dataset_info, dataset_kind
+from banray.columns import BASELINE, CONTROL, CONTROL_ENSEMBLE, ensemble_column, generation_column
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
+from banray.results import stats
 from banray.spec import SweepSpec
 
 # Which sources of variation the intervals over chains cover.

@@ -29,10 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from banray.results import mlflow_calls
-from banray.columns import BASELINE, CONTROL_ENSEMBLE, report_column
-from banray.selection import best_generation
 from banray.catalog.local_cache import user_cache
+from banray.columns import BASELINE, CONTROL_ENSEMBLE, report_column
+from banray.results import mlflow_calls
+from banray.selection import best_generation
 
 TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"

@@ -11,17 +11,17 @@ from typing import Callable
 import ray
 import yaml
 
+from banray.records import ChainResult, GenerationRecord, SweepResult
 from banray.results import report, tracking
+from banray.spec import SweepSpec
+from banray.storage import SweepStorage
 from banray.sweep.dag import in_thread, run_dag
 from banray.sweep.evaluations import evaluate_group, needs_evaluation, run_ensembles
 from banray.sweep.group import SweepContext, run_group, run_groups_here, start_generation_run, stop_reason, tune_verbosity
-from banray.records import ChainResult, GenerationRecord, SweepResult
 from banray.sweep.runners import start_runner
+from banray.sweep.state import SweepState
 from banray.trial.hosts import start_host, warm_hosts
 from banray.trial.slots import WorkerSlots
-from banray.spec import SweepSpec
-from banray.sweep.state import SweepState
-from banray.storage import SweepStorage
 
 
 def run_chains(

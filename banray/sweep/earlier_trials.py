@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray.train import Checkpoint
 
+from banray import ray_internals
 from banray.results import tracking
 from banray.spec import Range, SweepSpec
 from banray.storage import SWEEP_FILES, checkpoint_uri, ray_storage, with_retries
@@ -47,7 +48,7 @@ def last_checkpoints(trial_folders: str, pattern: str, settings: dict[str, Any])
     root, fs = ray_storage(trial_folders)
     found: dict[int, EarlierCheckpoint] = {}
     for folder in _folders(fs, root, pattern):
-        for path in _folders(fs, folder, "checkpoint_*"):
+        for path in _folders(fs, folder, ray_internals.CHECKPOINT_FOLDERS):
             if not _whole(fs, path):
                 continue
             uri = checkpoint_uri(Checkpoint(path, filesystem=fs))

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from banray.results import tracking
-from banray.columns import CONTROL_ENSEMBLE, ensemble_column
 from banray.catalog.scores import ensemble_members, ensemble_scores
-from banray.sweep.group import SweepContext, generation_note, group_label, say
+from banray.columns import CONTROL_ENSEMBLE, ensemble_column
 from banray.records import ChainEnsembles, EnsembleRecord, GenerationRecord
+from banray.results import tracking
 from banray.storage import SWEEP_FILES, with_retries
-from banray.training.tasks import make_task
+from banray.sweep.group import SweepContext, generation_note, group_label, say
 from banray.training import checkpoint
+from banray.training.tasks import make_task
 
 
 def needs_evaluation(record: GenerationRecord) -> bool:

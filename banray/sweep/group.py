@@ -20,22 +20,18 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray.tune as tune
 
-from banray.results import tracking
+from banray import ray_internals
 from banray.columns import report_column
-from banray.sweep.earlier_trials import earlier_settings, last_checkpoints
 from banray.records import GenerationRecord, TrialSummary
-from banray.sweep.search import make_search, optuna_name, searched_values, warm_start_point
+from banray.results import tracking
 from banray.selection import MODE, best_trial
 from banray.spec import ResourcesSpec, SweepSpec, group_name
-from banray.storage import (
-    keep_credentials_out_of_tune,
-    ray_storage,
-    save_tune_state_only_between_uploads,
-    with_retries,
-)
+from banray.storage import ray_storage, with_retries
+from banray.sweep.earlier_trials import earlier_settings, last_checkpoints
+from banray.sweep.search import make_search, optuna_name, searched_values, warm_start_point
+from banray.sweep.trial_runs import TrialRuns, trial_run_ids
 from banray.trial.hosts import drive_host
 from banray.trial.trainable import TrialRuntime, run_trial, trial_class, trial_resources
-from banray.sweep.trial_runs import TrialRuns, trial_run_ids
 
 
 @dataclass(frozen=True)
@@ -247,8 +243,8 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
            restore: bool, arm: str, settings: dict[str, Any]) -> tune.Tuner:
     """The group's Tune run: restored from storage when an interrupted one is there, else a new one."""
     name, label = group_name(chain, generation, arm), group_label(chain, generation, arm)
-    keep_credentials_out_of_tune()
-    save_tune_state_only_between_uploads()
+    ray_internals.keep_credentials_out_of_tune()
+    ray_internals.save_tune_state_only_between_uploads()
     tune_root, tune_fs = ray_storage(ctx.tune_storage)
     trainable = registered_trainable(ctx.spec.resources)
     if restore and _saved_state(f"{tune_root}/{name}", tune_fs):
@@ -334,7 +330,8 @@ def _saved_state(run_path: str, fs: pafs.FileSystem) -> bool:
     if not tune.Tuner.can_restore(run_path, storage_filesystem=fs):
         return False
     files = fs.get_file_info(pafs.FileSelector(run_path))  # the storage filesystem retries its calls
-    states = sorted(f.path for f in files if fnmatch.fnmatch(PurePosixPath(f.path).name, "experiment_state-*.json"))
+    pattern = ray_internals.experiment_state_files()
+    states = sorted(f.path for f in files if fnmatch.fnmatch(PurePosixPath(f.path).name, pattern))
     if not states:
         return False
     with fs.open_input_stream(states[-1]) as stream:

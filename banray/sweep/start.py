@@ -23,13 +23,13 @@ from banray.sweep import lock
 
 from banray import ray_internals
 
-from banray.results import tracking
 from banray.catalog.data import DatasetMissing, SplitTooSmall
 from banray.catalog.models import build_model
 from banray.records import SweepResult
+from banray.results import tracking
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
-from banray.sweep.state import SweepState
 from banray.storage import STATE_FILE, StorageRefused, SweepStorage, refusal, use_endpoint
+from banray.sweep.state import SweepState
 from banray.training.tasks import make_task
 from banray.trial.slots import slot_capacity
 

@@ -20,10 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import ray.tune as tune
-from ray.tune.result import AUTO_RESULT_KEYS
 
-from banray.results import tracking
+from banray import ray_internals
 from banray.records import SUMMARY, TrialSummary
+from banray.results import tracking
 from banray.trial.trainable import trial_settings
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ REPLAYED = "replayed_epochs"
 # group's process (and a tracking server) about a tenth of a core.
 FLUSH_S = 2.0
 # Tune's own keys in every result, beside what the worker reported.
-TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", SUMMARY}
+TUNE_KEYS = ray_internals.tune_result_keys() | {"done", "trial_id", "experiment_tag", "should_checkpoint", SUMMARY}
 
 
 def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from torch import nn
 
 from banray.catalog.models import MODELS, build_model
-from banray.spec import Arm
 from banray.files import LOCAL, Refused, Storage
+from banray.spec import Arm
 
 WEIGHTS_FILE = "model.pt"
 # The training state (epoch, optimizer, schedule, RNG states) a restarted trial goes on from.

@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import torch
 
+from banray.files import LOCAL, Storage
 from banray.records import TrialSummary
 from banray.spec import SweepSpec, TrialSettings, group_name, trial_seed
-from banray.files import LOCAL, Storage
 from banray.training.loop import train_loop
 from banray.training.session import LocalSession
 

@@ -28,18 +28,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from banray.training import teacher_cache
 from banray.catalog.losses import get_objective
 from banray.catalog.models import MODELS, build_model
+from banray.files import Storage
 from banray.records import TrialSummary
 from banray.selection import MODE, epoch_improves
 from banray.spec import Arm, ModelSpec, TrainSpec, TrialSettings
-from banray.training.tasks import Task, make_task, use_channels_last
-from banray.training.teacher import Frozen, OnlineTeacher, Teacher
+from banray.training import teacher_cache
 from banray.training import checkpoint
 from banray.training.checkpoint import CheckpointIdentity, CheckpointRecord
-from banray.files import Storage
 from banray.training.session import Session, checkpoint_folder
+from banray.training.tasks import Task, make_task, use_channels_last
+from banray.training.teacher import Frozen, OnlineTeacher, Teacher
 
 
 def make_optimizer(parameters, train: TrainSpec, fused: bool = False) -> torch.optim.Optimizer:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from banray.catalog.data import dataset_kind, load_corpus, load_splits
-from banray.catalog.scores import Scores, calibration_error, expected_calibration_error
 from banray.catalog.losses import LossParams, Objective
+from banray.catalog.scores import Scores, calibration_error, expected_calibration_error
 from banray.spec import DataSpec, TrainSpec
 
 EVAL_BATCH_SIZE = 512

@@ -39,9 +39,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from banray.catalog.data import Splits
-from banray.training.teacher import Frozen
-from banray.training.checkpoint import ModelIdentity
 from banray.files import LOCAL, Storage
+from banray.training.checkpoint import ModelIdentity
+from banray.training.teacher import Frozen
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 BUILD_BATCH_SIZE = 128  # larger batches run slower on CPU (activations fall out of cache)

@@ -29,15 +29,15 @@ import ray.train
 import ray.tune as tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.trainable.function_trainable import wrap_function
 
+from banray import ray_internals
 from banray.records import TrialSummary
 from banray.selection import MODE, best_checkpoint
-from banray.trial.slots import holding_a_slot, slot_priority
 from banray.spec import ResourcesSpec, TrialSettings, trial_seed
-from banray.trial.sessions import TuneSession, train_loop_per_worker
 from banray.storage import checkpoint_uri, ray_storage
 from banray.training.loop import train_loop
+from banray.trial.sessions import TuneSession, train_loop_per_worker
+from banray.trial.slots import holding_a_slot, slot_priority
 from banray.trial.tune_report import continued_from, earlier_checkpoint
 
 
@@ -89,7 +89,7 @@ def trial_class(function: Callable[[dict[str, Any]], None]) -> type[tune.Trainab
     Tune trial's process as it exits at the end of its Tune run, and Ray's handler raises SystemExit: one
     that lands in a callback of the exiting interpreter is printed to the sweep's output as a traceback."""
 
-    class Trial(wrap_function(function)):
+    class Trial(ray_internals.function_trainable(function)):
         def setup(self, config: dict[str, Any]) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Tune sets a trial up in its process's main thread
             super().setup(config)

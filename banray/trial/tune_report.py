@@ -10,6 +10,7 @@ import ray
 import ray.train
 import ray.tune as tune
 
+from banray import ray_internals
 from banray.storage import checkpoint_uri, ray_storage
 
 
@@ -20,8 +21,8 @@ def report_to_tune(metrics: dict, directory: str | None) -> str | None:
         tune.report(metrics)
         return None
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-    storage = tune.get_context().get_storage()
-    return checkpoint_uri(ray.train.Checkpoint(storage.checkpoint_fs_path, filesystem=storage.storage_filesystem))
+    path, filesystem = ray_internals.reported_checkpoint()
+    return checkpoint_uri(ray.train.Checkpoint(path, filesystem=filesystem))
 
 
 def earlier_checkpoint(config: dict[str, Any]) -> ray.train.Checkpoint | None:
