@@ -9,7 +9,7 @@ from banray.records import TrialSummary
 from banray.results import tracking
 from banray.spec import ResourcesSpec, parse_spec
 from banray.sweep.trial_runs import TrialRuns, epoch_metrics, trial_run_ids
-from banray.trial.trainable import TrialRuntime
+from banray.trial import wire
 from conftest import tiny_spec
 
 
@@ -25,8 +25,9 @@ def setup(tmp_path):
     track = tracking.resolve(None, "trial-runs", tmp_path)
     experiment_id = tracking.ensure_experiment(track)
     parent = tracking.start_run(track, experiment_id, "chain0-gen1", tags={})
-    runtime = TrialRuntime(str(tmp_path / "train"), ResourcesSpec(), "slots")
-    config = {**spec.generation_settings(0, 1, "/teacher"), "trial": 0, "runtime": runtime.to_config()}
+    ticket = wire.Ticket(chain=0, generation=1, arm="main", metric="val_error", train_storage=str(tmp_path / "train"),
+                         slots_actor="slots", resources=ResourcesSpec().model_dump(mode="json"))
+    config = {**wire.group_config(spec.generation_settings(0, 1, "/teacher"), ticket, {}), wire.TRIAL: 0}
     trial = SimpleNamespace(trial_id="t1", config=config, last_result=None)
     return track, experiment_id, parent, trial
 
@@ -100,7 +101,7 @@ def test_a_failed_trial_and_one_asha_stopped_are_closed_with_their_reason(tmp_pa
     runs.on_trial_start(0, [], trial)
     trial.last_result = TrialSummary(0, 1, failure="diverged: training loss not finite in epoch 1").to_report("val_error")
     runs.on_trial_complete(0, [], trial)
-    stopped = SimpleNamespace(trial_id="t2", config={**trial.config, "trial": 1}, last_result=None)
+    stopped = SimpleNamespace(trial_id="t2", config={**trial.config, wire.TRIAL: 1}, last_result=None)
     runs.on_trial_start(0, [], stopped)
     runs.on_trial_result(0, [], stopped, epoch(1))
     stopped.last_result = epoch(1)

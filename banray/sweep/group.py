@@ -28,10 +28,11 @@ from banray.selection import MODE, best_trial
 from banray.spec import ResourcesSpec, SweepSpec, group_name
 from banray.storage import ray_storage, with_retries
 from banray.sweep.earlier_trials import earlier_settings, last_checkpoints
-from banray.sweep.search import make_search, optuna_name, searched_values, warm_start_point
+from banray.sweep.search import make_search, optuna_name, warm_start_point
 from banray.sweep.trial_runs import TrialRuns, trial_run_ids
 from banray.trial.hosts import drive_host
-from banray.trial.trainable import TrialRuntime, run_trial, trial_class, trial_resources
+from banray.trial import wire
+from banray.trial.trainable import run_trial, trial_class, trial_resources
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class TrialProgress(tune.Callback):
         result = trial.last_result or {}
         summary = TrialSummary.from_report(result)
         if summary is not None and not summary.finished:
-            say(self.label, f"trial {trial.config.get('trial')} failed: {summary.failure}")
+            say(self.label, f"trial {wire.trial_number(trial.config)} failed: {summary.failure}")
             return
         value = result.get(self.metric)
         if value is None:
@@ -135,7 +136,7 @@ class TrialProgress(tune.Callback):
             if value < self.best:
                 self.best = value
                 text += " (new best)"
-        say(self.label, f"trial {trial.config.get('trial')} {text}")
+        say(self.label, f"trial {wire.trial_number(trial.config)} {text}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         try:
@@ -143,7 +144,7 @@ class TrialProgress(tune.Callback):
         except OSError:  # the error file is in storage, which may be away for a moment
             error = None
         reason = _failure_reason(error) if error is not None else "see its MLflow run and the Ray logs"
-        say(self.label, f"trial {trial.config.get('trial')} failed: {reason}")
+        say(self.label, f"trial {wire.trial_number(trial.config)} failed: {reason}")
 
 
 def _objective_label(objective: Any) -> str:
@@ -260,19 +261,15 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
         say(label, f"its interrupted Tune run in {ctx.tune_storage}/{name} left no whole state to continue; its "
                    f"trials start again with their settings, {_continuing(earlier_checkpoints)}")
     spec = ctx.spec
-    if teacher is not None and spec.distill.teacher == "cached":
-        # One cache of the teacher's logits per generation, in the sweep's storage; its trials build it.
-        settings["teacher_cache"] = f"{ctx.sweep_dir}/teacher-cache"
-    for key in spec.search_space(generation):  # the search fills these in per trial
-        section, field_name = key.split(".")
-        del settings[section][field_name]
     start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
     search_alg, trial_space, scheduler = make_search(spec, chain, generation, first_points or ([start] if start else []))
-    runtime = TrialRuntime(ctx.train_storage, spec.resources, ctx.slots_actor, earlier_checkpoints)
+    ticket = wire.Ticket(chain=chain, generation=generation, arm=arm, metric=spec.search.metric,
+                         train_storage=ctx.train_storage, slots_actor=ctx.slots_actor,
+                         resources=spec.resources.model_dump(mode="json"), earlier_checkpoints=earlier_checkpoints)
     in_trial = spec.resources.engine() == "trial"
     return tune.Tuner(
         trainable,
-        param_space={**settings, "runtime": runtime.to_config(), **trial_space},
+        param_space=wire.group_config(_trials_settings(ctx, generation, teacher, settings), ticket, trial_space),
         tune_config=tune.TuneConfig(
             metric=spec.search.metric,
             mode=MODE,
@@ -301,10 +298,22 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
     )
 
 
+def _trials_settings(ctx: SweepContext, generation: int, teacher: GenerationRecord | None,
+                     settings: dict[str, Any]) -> dict[str, Any]:
+    """The generation's settings as its trials share them: the search fills in its ranges per trial, and a
+    cached teacher's logits are kept in the sweep's storage (one cache per generation, built by its trials)."""
+    if teacher is not None and ctx.spec.distill.teacher == "cached":
+        settings["teacher_cache"] = f"{ctx.sweep_dir}/teacher-cache"
+    for key in ctx.spec.search_space(generation):
+        section, field_name = key.split(".")
+        del settings[section][field_name]
+    return settings
+
+
 def _earlier_trials(ctx: SweepContext, name: str, run_id: str, generation: int, settings: dict[str, Any]
-                    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+                    ) -> tuple[dict[int, wire.EarlierCheckpoint], list[dict[str, Any]]]:
     """What a group's lost Tune run left: its trials' own last checkpoints, by trial number with the searched
-    values each was trained with (TrialRuntime.earlier_checkpoints), and those values in trial order."""
+    values each was trained with, and those values in trial order."""
     if ctx.spec.resources.engine() == "train":
         checkpoints = last_checkpoints(ctx.train_storage, f"{name}-*", settings)
     else:
@@ -312,14 +321,14 @@ def _earlier_trials(ctx: SweepContext, name: str, run_id: str, generation: int, 
     searched = earlier_settings(ctx.tracking, ctx.experiment_id, run_id, ctx.spec, generation)
     if not ctx.spec.search_space(generation):  # nothing searched: every trial's settings are known
         searched = [{}] * max([len(searched), *(trial + 1 for trial in checkpoints)])
-    return {str(trial): {"checkpoint": found.uri, "settings": searched[trial], "epoch": found.epoch}
+    return {trial: wire.EarlierCheckpoint(checkpoint=found.uri, settings=searched[trial], epoch=found.epoch)
             for trial, found in sorted(checkpoints.items()) if trial < len(searched)}, searched
 
 
-def _continuing(earlier_checkpoints: dict[str, dict[str, Any]]) -> str:
+def _continuing(earlier_checkpoints: dict[int, wire.EarlierCheckpoint]) -> str:
     if not earlier_checkpoints:
         return "from scratch: none had a whole checkpoint"
-    after = ", ".join(f"trial {trial} after epoch {found['epoch']}" for trial, found in earlier_checkpoints.items())
+    after = ", ".join(f"trial {trial} after epoch {found.epoch}" for trial, found in earlier_checkpoints.items())
     return f"each from its own last checkpoint where it has one ({after})"
 
 
@@ -359,14 +368,14 @@ class _TrialOutcome:
 
 def _trial_outcome(spec: SweepSpec, generation: int, result: tune.Result) -> _TrialOutcome:
     return _TrialOutcome(result, TrialSummary.from_report(result.metrics),
-                         searched_values(spec, generation, result.config))
+                         wire.searched(result.config, spec.search_space(generation)))
 
 
 def _trial_entry(outcome: _TrialOutcome, run_ids: dict[str, str]) -> dict[str, Any]:
     """A trial as the group's record lists it."""
     result, summary, status = outcome.result, outcome.summary, outcome.status
     metrics = result.metrics or {}
-    trial = result.config.get("trial")
+    trial = wire.trial_number(result.config)
     if status == "finished":
         return {"trial": trial, "status": "finished", "seed": summary.seed, "val_error": summary.val_error,
                 "val_nll": summary.val_nll, "best_epoch": summary.best_epoch, "checkpoint": summary.checkpoint,

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from banray.selection import MODE
 from banray.spec import Range, SweepSpec, derive_seed
+from banray.trial import wire
 
 
 def optuna_distribution(value_range: Range):
@@ -51,7 +52,7 @@ class NumberedSearcher(Searcher):
         if not isinstance(config, dict):  # None (wait) or Searcher.FINISHED
             return config
         self.suggested += 1
-        return {**config, "trial": self.suggested - 1}
+        return {**config, wire.TRIAL: self.suggested - 1}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.searcher.on_trial_result(trial_id, result)
@@ -100,7 +101,7 @@ def make_search(spec: SweepSpec, chain: int, generation: int, first_points: list
             reduction_factor=spec.search.reduction_factor,
         )
     if not space:
-        return None, {"trial": tune.grid_search(list(range(spec.search.trials)))}, scheduler
+        return None, {wire.TRIAL: tune.grid_search(list(range(spec.search.trials)))}, scheduler
     optuna = OptunaSearch(
         space={optuna_name(key): optuna_distribution(r) for key, r in space.items()},
         metric=metric,
@@ -110,11 +111,3 @@ def make_search(spec: SweepSpec, chain: int, generation: int, first_points: list
     )
     return NumberedSearcher(optuna), {}, scheduler
 
-
-def searched_values(spec: SweepSpec, generation: int, config: dict[str, Any]) -> dict[str, Any]:
-    """The values a trial's config took for the generation's search ranges, by dotted key."""
-    values = {}
-    for key in spec.search_space(generation):
-        section, name = key.split(".")
-        values[key] = config[section][name]
-    return values

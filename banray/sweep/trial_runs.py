@@ -24,7 +24,7 @@ import ray.tune as tune
 from banray import ray_internals
 from banray.records import SUMMARY, TrialSummary
 from banray.results import tracking
-from banray.trial.trainable import trial_settings
+from banray.trial.trainable import read_trial
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class TrialRuns(tune.Callback):
             self._writer = None
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        settings, _ = trial_settings(trial.config)
+        settings = read_trial(trial.config).settings
         run_id = tracking.start_or_resume_trial_run(
             self.track,
             self.experiment_id,

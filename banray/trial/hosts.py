@@ -30,6 +30,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from banray.records import TrialSummary
 from banray.storage import SWEEP_FILES, checkpoint_uri
 from banray.trial.slots import holding_a_slot, slot_capacity, slot_priority
+from banray.trial import wire
 from banray.trial.tune_report import continued_from, report_to_tune
 
 if TYPE_CHECKING:
@@ -142,15 +143,15 @@ class TrialHost:
     def start(self, config: dict[str, Any], restored: ray.train.Checkpoint | None) -> None:
         """Train the trial of this Tune `config` from `restored` (or from scratch), after ending what a gone
         trial left running."""
-        from banray.trial.trainable import trial_settings
+        from banray.trial.trainable import read_trial  # with the spec's types, torch: the host has it already
 
-        settings, runtime = trial_settings(config)
+        trial = read_trial(config)
         self.cancel()
         if self.thread is not None:
             self.thread.join()
         self.session = session = HostSession(restored)
-        self.thread = threading.Thread(target=self._train, args=(settings, session, runtime.resources.cpus_per_worker),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._train, args=(trial.settings, session,
+                                                                 trial.resources.cpus_per_worker), daemon=True)
         self.thread.start()
 
     @staticmethod
@@ -186,14 +187,14 @@ class TrialHost:
 
 
 def drive_host(config: dict[str, Any]) -> None:
-    """The Tune trainable of a trial that trains on a host. `config` is the trial's Tune config (built by
-    banray.sweep.group, read as banray.trial.trainable.trial_settings reads it), validated once, in the host."""
-    runtime = config["runtime"]
-    with holding_a_slot(runtime["slots_actor"], slot_priority(config["arm"], config["generation"])) as slots:
+    """The Tune trainable of a trial that trains on a host. It reads the ticket of its Tune config
+    (banray.trial.wire); the host reads the trial's settings."""
+    ticket = wire.ticket(config)
+    with holding_a_slot(ticket.slots_actor, slot_priority(ticket.arm, ticket.generation)) as slots:
         host = ray.get(slots.host.remote(ray.get_runtime_context().get_actor_id(),
                                          ray.get_runtime_context().get_node_id()))
         summary = _train_on(host, config)
-    tune.report(summary.to_report(config["metric"]))
+    tune.report(summary.to_report(ticket.metric))
 
 
 def _train_on(host: ray.actor.ActorHandle, config: dict[str, Any]) -> TrialSummary:

@@ -23,9 +23,9 @@ from torch import nn
 
 from banray import ray_internals
 from banray.records import TrialSummary
-from banray.spec import TrialSettings
 from banray.storage import SWEEP_FILES, checkpoint_uri
 from banray.training.loop import train_loop
+from banray.trial import wire
 from banray.trial.tune_report import report_to_tune
 
 
@@ -93,5 +93,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> TrialSummary:
     """The TorchTrainer's function: the epoch loop on a Ray Train worker. `config` holds the trial's
     settings in their serialised form, read back here once."""
     ray_internals.train_report_logger().setLevel(logging.WARNING)  # banray logs metrics to MLflow instead
-    settings = TrialSettings.model_validate(config["settings"])
-    return train_loop(settings, TrainSession(config.get("earlier_checkpoint")), config.get("cpus_per_worker", 1))
+    settings, cpus_per_worker, earlier = wire.worker_fields(config)
+    return train_loop(settings, TrainSession(earlier), cpus_per_worker)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
@@ -38,30 +38,28 @@ from banray.storage import checkpoint_uri, ray_storage
 from banray.training.loop import train_loop
 from banray.trial.sessions import TuneSession, train_loop_per_worker
 from banray.trial.slots import holding_a_slot, slot_priority
+from banray.trial import wire
 from banray.trial.tune_report import continued_from, earlier_checkpoint
 
 
 @dataclass(frozen=True)
-class TrialRuntime:
-    """What every trial of one generation shares besides its settings.
+class TrialConfig:
+    """A trial as its Tune config carries it (banray.trial.wire): its typed settings and its group's ticket."""
 
-    It travels inside the Tune config as plain values: `tune.with_parameters` registers the
-    trainable under a cluster-wide name, so concurrent chains would overwrite each other's objects.
-    """
+    settings: TrialSettings
+    ticket: wire.Ticket
 
-    train_storage: str
-    resources: ResourcesSpec
-    slots_actor: str  # name of the sweep's WorkerSlots actor
-    # Trial number (a str: Tune flattens configs by key) → {"checkpoint": URI, "settings": its searched
-    # values}: where a group's Tune state was lost, each trial's own last checkpoint (banray.sweep.earlier_trials).
-    earlier_checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    @property
+    def resources(self) -> ResourcesSpec:
+        return ResourcesSpec.model_validate(self.ticket.resources)
 
-    def to_config(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "resources": self.resources.model_dump()}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TrialRuntime:
-        return cls(**{**config, "resources": ResourcesSpec.model_validate(config["resources"])})
+def read_trial(config: dict[str, Any]) -> TrialConfig:
+    """A trial's settings (its seed drawn from the seed tree) and ticket, from its Tune config: where the search's
+    values enter the trial's typed settings, once in each process that needs them (the trial's, its group's)."""
+    fields, ticket = wire.settings_fields(config), wire.ticket(config)
+    seed = trial_seed(fields.pop("seed_root"), ticket.chain, ticket.generation, fields["trial"], ticket.arm)
+    return TrialConfig(TrialSettings.model_validate({**fields, "seed": seed}), ticket)
 
 
 def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
@@ -71,16 +69,6 @@ def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
     if resources.engine() == "train":
         return {"cpu": 0, "memory": 256 * 2**20}
     return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
-
-
-def trial_settings(config: dict[str, Any]) -> tuple[TrialSettings, TrialRuntime]:
-    """A trial's settings (its seed drawn from the seed tree) and its group's runtime, from its Tune config:
-    the same in the trial's process and in its group's (which tracks it)."""
-    settings_fields = dict(config)
-    runtime = TrialRuntime.from_config(settings_fields.pop("runtime"))
-    seed = trial_seed(settings_fields.pop("seed_root"), config["chain"], config["generation"], config["trial"],
-                      config["arm"])
-    return TrialSettings.model_validate({**settings_fields, "seed": seed}), runtime
 
 
 @functools.cache
@@ -102,30 +90,29 @@ def run_trial(config: dict[str, Any]) -> None:
     """The Tune trainable of a trial on a TorchTrainer or in the Tune trial's own process. Its last report
     is a summary: the best epoch and its checkpoint, or the reason the trial cannot produce a model
     (`failure`: a diverged loss, which a restart would only repeat)."""
-    settings, runtime = trial_settings(config)
-    with holding_a_slot(runtime.slots_actor, slot_priority(settings.arm, settings.generation)):
-        if runtime.resources.engine() == "train":
-            summary = _fit_trainer(settings, runtime, earlier_checkpoint(config))
+    trial = read_trial(config)
+    settings, resources = trial.settings, trial.resources
+    with holding_a_slot(trial.ticket.slots_actor, slot_priority(settings.arm, settings.generation)):
+        if resources.engine() == "train":
+            summary = _fit_trainer(trial, earlier_checkpoint(config))
         else:
-            session = TuneSession(use_gpu=runtime.resources.gpus_per_worker > 0, restored=continued_from(config))
+            session = TuneSession(use_gpu=resources.gpus_per_worker > 0, restored=continued_from(config))
             try:
-                summary = train_loop(settings, session, runtime.resources.cpus_per_worker)
+                summary = train_loop(settings, session, resources.cpus_per_worker)
             finally:  # ended, failed or stopped by ASHA
                 session.release_device_memory()
     tune.report(summary.to_report(settings.metric))
 
 
-def _fit_trainer(settings: TrialSettings, runtime: TrialRuntime, earlier: ray.train.Checkpoint | None) -> TrialSummary:
+def _fit_trainer(trial: TrialConfig, earlier: ray.train.Checkpoint | None) -> TrialSummary:
     """The worker loop on a TorchTrainer's worker group, which Ray Train restarts from the last checkpoint, and
     starts from `earlier` (the trial's own checkpoint from a lost Tune run) if given."""
-    resources = runtime.resources
+    settings, resources = trial.settings, trial.resources
     context = tune.get_context()
-    storage_path, storage_filesystem = ray_storage(runtime.train_storage)
+    storage_path, storage_filesystem = ray_storage(trial.ticket.train_storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        # The settings cross to the workers in their one serialised form, read back there once.
-        train_loop_config={"settings": settings.model_dump(mode="json"), "cpus_per_worker": resources.cpus_per_worker,
-                           "earlier_checkpoint": earlier},
+        train_loop_config=wire.worker_config(settings, resources.cpus_per_worker, earlier),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.gpus_per_worker > 0,

@@ -12,6 +12,7 @@ import ray.tune as tune
 
 from banray import ray_internals
 from banray.storage import checkpoint_uri, ray_storage
+from banray.trial import wire
 
 
 def report_to_tune(metrics: dict, directory: str | None) -> str | None:
@@ -27,11 +28,11 @@ def report_to_tune(metrics: dict, directory: str | None) -> str | None:
 
 def earlier_checkpoint(config: dict[str, Any]) -> ray.train.Checkpoint | None:
     """Where the group's Tune state was lost and the group started its trials again (banray.sweep.earlier_trials):
-    this trial's own last checkpoint from before, if it was trained with this trial's settings."""
-    earlier = config["runtime"]["earlier_checkpoints"].get(str(config["trial"]))
-    if earlier is None or any(_setting(config, key) != value for key, value in earlier["settings"].items()):
+    this trial's own last checkpoint from before, if it was trained with this trial's searched values."""
+    earlier = wire.ticket(config).earlier_checkpoints.get(wire.trial_number(config))
+    if earlier is None or wire.searched(config, earlier.settings) != earlier.settings:
         return None
-    path, filesystem = ray_storage(earlier["checkpoint"])
+    path, filesystem = ray_storage(earlier.checkpoint)
     return ray.train.Checkpoint(path, filesystem=filesystem)
 
 
@@ -40,7 +41,3 @@ def continued_from(config: dict[str, Any]) -> ray.train.Checkpoint | None:
     earlier one, else None (it starts from scratch)."""
     return tune.get_checkpoint() or earlier_checkpoint(config)
 
-
-def _setting(config: dict[str, Any], dotted: str) -> Any:
-    section, name = dotted.split(".")
-    return config[section][name]
