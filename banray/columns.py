@@ -3,13 +3,13 @@ and only the report needs the statistics (scipy) and plots behind it: the evalua
 
 from __future__ import annotations
 
-BASELINE = "Teacher"
-CONTROL = "Teacher′"  # the control arm: the teacher's recipe with a fresh seed
-CONTROL_ENSEMBLE = "Teacher+Teacher′"
+TEACHER_COLUMN = "Teacher"
+CONTROL_COLUMN = "Teacher′"  # the control arm: the teacher's recipe with a fresh seed
+CONTROL_ENSEMBLE_COLUMN = "Teacher+Teacher′"
 
 
 def generation_column(generation: int) -> str:
-    return BASELINE if generation == 0 else f"BAN-{generation}"
+    return TEACHER_COLUMN if generation == 0 else f"BAN-{generation}"
 
 
 def ensemble_column(k: int) -> str:
@@ -18,4 +18,4 @@ def ensemble_column(k: int) -> str:
 
 def report_column(generation: int, arm: str) -> str:
     """The column a generation fills: Teacher, BAN-k, or the control arm's Teacher′."""
-    return CONTROL if arm == "control" else generation_column(generation)
+    return CONTROL_COLUMN if arm == "control" else generation_column(generation)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SUMMARY = "banray_summary"  # the key that marks a trial's last report
+CONTROL_ARM = "control"  # the control arm (the teacher's recipe, fresh seeds: Teacher′) where a generation stands
 
 
 @dataclass(frozen=True)

@@ -665,6 +665,13 @@ def trial_seed(root: int, chain: int, generation: int, trial: int, arm: Arm = "m
     return derive_seed(root, chain, generation, trial, *((1,) if arm == "control" else ()))
 
 
+def role(generation: int, arm: Arm = "main") -> str:
+    """What a generation's models are in their chain: its teacher, a student, or the control arm's teacher′."""
+    if arm == "control":
+        return "control"
+    return "teacher" if generation == 0 else "student"
+
+
 def group_name(chain: int, generation: int, arm: Arm = "main") -> str:
     """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train, MLflow and the
     folders of `banray trial`."""
@@ -693,9 +700,7 @@ class TrialSettings(_Section):
 
     @property
     def role(self) -> str:
-        if self.arm == "control":
-            return "control"
-        return "teacher" if self.generation == 0 else "student"
+        return role(self.generation, self.arm)
 
     @model_validator(mode="after")
     def _concrete(self) -> TrialSettings:

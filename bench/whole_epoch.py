@@ -36,7 +36,9 @@ from banray.sweep import start as sweep
 from banray.catalog.models import build_model
 from banray.results import tracking
 from banray.spec import TrainSpec, parse_spec
-from banray.sweep.group import SweepContext, run_group, run_groups_here, start_generation_run
+from banray.sweep.context import SweepContext, run_groups_here
+from banray.sweep.generation_runs import start_generation_run
+from banray.sweep.group import run_group
 from banray.training.loop import make_optimizer, make_scheduler, seed_everything
 from banray.training.tasks import make_task
 from banray.trial.hosts import start_host

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from banray.sweep.dag import CONTROL, in_thread, run_dag
+from banray.records import CONTROL_ARM
+from banray.sweep.dag import in_thread, run_dag
 from conftest import run_python
 
 
@@ -132,13 +133,13 @@ def test_control_arms_take_only_the_room_the_chains_leave():
     # Two chains fill two group places: each control arm waits until a chain has finished.
     span = runs(groups_at_once=2)
     chains_end = sorted(span[c, 2].end_s for c in (0, 1))
-    assert all(span[c, CONTROL].start_s >= chains_end[0] for c in (0, 1))
+    assert all(span[c, CONTROL_ARM].start_s >= chains_end[0] for c in (0, 1))
     # With room to spare, a control arm starts beside its chain's generation 1.
     span = runs(groups_at_once=4)
-    assert all(span[c, CONTROL].start_s < span[c, 1].end_s for c in (0, 1))
+    assert all(span[c, CONTROL_ARM].start_s < span[c, 1].end_s for c in (0, 1))
     # A control arm never starts before its chain's generation 0 is done, however much room there is.
     span = runs(groups_at_once=None)
-    assert all(span[c, CONTROL].start_s >= span[c, 0].end_s for c in (0, 1))
+    assert all(span[c, CONTROL_ARM].start_s >= span[c, 0].end_s for c in (0, 1))
 
 
 def test_evaluate_results_replace_the_groups_results():
@@ -159,7 +160,7 @@ def test_evaluate_results_replace_the_groups_results():
     assert run.controls == {0: "control evaluated"}
     assert teachers == [None, "g0", "g1"]  # a successor starts beside its teacher's evaluation, not after it
     assert run.makespan_s == 3 + 3  # gen 2 ends at 3, its evaluation 3 s later
-    assert [(s.generation, s.end_s) for s in run.spans] == [(0, 1), (1, 2), (CONTROL, 2), (2, 3)]
+    assert [(s.generation, s.end_s) for s in run.spans] == [(0, 1), (1, 2), (CONTROL_ARM, 2), (2, 3)]
 
 
 def test_a_resumed_dag_goes_on_after_each_chains_last_done_group_and_evaluates_what_was_not():
@@ -171,7 +172,7 @@ def test_a_resumed_dag_goes_on_after_each_chains_last_done_group_and_evaluates_w
         return cluster.submit(f"{c}/{g}", 1, f"c{c}g{g}")
 
     def launch_control(c):
-        launched.append((c, CONTROL, None))
+        launched.append((c, CONTROL_ARM, None))
         return cluster.submit(f"{c}/control", 1, f"c{c}control")
 
     def evaluate(result):  # a result not yet evaluated is a bare string
@@ -186,8 +187,8 @@ def test_a_resumed_dag_goes_on_after_each_chains_last_done_group_and_evaluates_w
     # Chain 0 goes on with generation 2, chain 1 with 1, chain 4 from 0; chain 2 stopped and chain 3 is done.
     # The control arms not done start at once where generation 0 is done (even for stopped chain 2), chain 4's
     # after its generation 0; evaluated results (+) are not evaluated again, the others are.
-    assert launched == [(0, 2, "c0g1"), (1, 1, "c1g0+"), (4, 0, None), (1, CONTROL, None), (2, CONTROL, None),
-                        (1, 2, "c1g1"), (4, 1, "c4g0"), (4, CONTROL, None), (4, 2, "c4g1")]
+    assert launched == [(0, 2, "c0g1"), (1, 1, "c1g0+"), (4, 0, None), (1, CONTROL_ARM, None), (2, CONTROL_ARM, None),
+                        (1, 2, "c1g1"), (4, 1, "c4g0"), (4, CONTROL_ARM, None), (4, 2, "c4g1")]
     assert run.results == {0: ["c0g0+", "c0g1+", "c0g2+"], 1: ["c1g0+", "c1g1+", "c1g2+"], 2: ["c2g0+"],
                            3: ["c3g0+", "c3g1+", "c3g2+"], 4: ["c4g0+", "c4g1+", "c4g2+"]}
     assert run.stopped == {2: "no gain"}
@@ -200,7 +201,7 @@ def test_a_resumed_dag_goes_on_after_each_chains_last_done_group_and_evaluates_w
         "[banray] chain 2 control (teacher′): started",
     ]
     assert {(s.chain, s.generation) for s in run.spans} == {  # only the groups this run started
-        (0, 2), (1, 1), (1, 2), (4, 0), (4, 1), (4, 2), (1, CONTROL), (2, CONTROL), (4, CONTROL)}
+        (0, 2), (1, 1), (1, 2), (4, 0), (4, 1), (4, 2), (1, CONTROL_ARM), (2, CONTROL_ARM), (4, CONTROL_ARM)}
 
 
 def test_a_resumed_dag_with_nothing_left_returns_at_once():
@@ -246,11 +247,11 @@ def test_dag_waits_on_groups_in_threads_and_evaluations_on_ray_together(ray_clus
     lines = []
     run = run_dag(2, 2, launch=lambda c, g, previous: in_thread(group, c, g),
                   stop_rule=lambda c, results: None, echo=lines.append,
-                  launch_control=lambda c: in_thread(group, c, CONTROL),
+                  launch_control=lambda c: in_thread(group, c, CONTROL_ARM),
                   evaluate=lambda r: evaluation.remote(r).future() if r[1] == 2 else None)
     span = spans_by_group(run)
     assert run.results == {0: [(0, 0), (0, 1), (0, 2, "evaluated")], 1: [(1, 0), (1, 1), (1, 2, "evaluated")]}
-    assert run.controls == {0: (0, CONTROL), 1: (1, CONTROL)}
+    assert run.controls == {0: (0, CONTROL_ARM), 1: (1, CONTROL_ARM)}
     assert span[0, 2].start_s < span[1, 1].end_s  # no barrier between the chains' generations
     for c in (0, 1):
         assert span[c, 1].start_s >= span[c, 0].end_s and span[c, 2].start_s >= span[c, 1].end_s
@@ -271,7 +272,7 @@ def test_a_group_that_fails_in_its_thread_fails_the_dag_with_its_own_error():
 def test_progress_lines_of_groups_running_side_by_side_stay_whole():
     script = (
         "import threading\n"
-        "from banray.sweep.group import say\n"
+        "from banray.sweep.progress import say\n"
         "def talk(chain):\n"
         "    for _ in range(2000):\n"
         "        say(f'chain {chain}', 'x' * 50)\n"

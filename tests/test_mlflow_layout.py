@@ -15,7 +15,8 @@ import torch
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import report, tracking
 from banray.spec import parse_spec
-from banray.sweep.group import SweepContext, start_generation_run
+from banray.sweep.context import SweepContext
+from banray.sweep.generation_runs import start_generation_run
 from conftest import tiny_spec
 
 # Test errors per chain: Teacher, BAN-1, BAN-2, Teacher′.

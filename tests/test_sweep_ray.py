@@ -20,7 +20,7 @@ from ray.util.state import list_actors
 
 from banray.spec import parse_spec
 from banray.sweep import start as sweep
-from banray.sweep.runners import start_runner
+from banray.sweep.runners import start_evaluations_runner
 from banray.trial.trainable import trial_class
 from conftest import REPO, short_temp_dir, tiny_spec
 from servers import wait_until
@@ -84,7 +84,7 @@ def test_the_students_built_one_teacher_cache_in_the_sweep_folder(finished):
 
 def test_a_group_runner_runs_its_calls_side_by_side_in_one_process(ray_cluster, tmp_path):
     release = tmp_path / "release"
-    runner = start_runner(calls_at_once=2)
+    runner = start_evaluations_runner(calls_at_once=2)
     wait_for_release = ["sh", "-c", f"while [ ! -e {release} ]; do sleep 0.05; done"]
     blocked = runner.call.remote(subprocess.run, wait_for_release)  # holds one thread until released
     pid = ray.get(runner.call.remote(os.getpid))  # answered while the first call still runs

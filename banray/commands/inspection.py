@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from banray.sweep import lock
 
-from banray.records import ChainResult, EnsembleRecord, GenerationRecord
+from banray.records import CONTROL_ARM, ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import tracking
 from banray.selection import best_generation
 from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
@@ -38,7 +38,6 @@ from banray.storage import (
 )
 
 REPORT_FILE = "report.json"
-CONTROL = "control"
 LOOK_RETRY_S = "10"  # a command a person waits on gives up on unreachable storage in seconds, not minutes
 T = TypeVar("T")
 
@@ -242,7 +241,7 @@ def _chain_status(spec: SweepSpec, number: int, chain: ChainState) -> dict[str, 
     if chain.running:
         running.append({"generation": chain.running["generation"], "started_at": _number(chain.running.get("started_at"))})
     if chain.control_running:
-        running.append({"generation": CONTROL, "started_at": chain.control_since})
+        running.append({"generation": CONTROL_ARM, "started_at": chain.control_since})
     return {
         "chain": number,
         "generations_planned": spec.generations + 1,
@@ -372,7 +371,7 @@ def _scores(record: dict[str, Any], metric: str) -> str:
 
 
 def _running_line(group: dict[str, Any], now: float, running: bool) -> str:
-    what = "control (teacher′)" if group["generation"] == CONTROL else f"generation {group['generation']}"
+    what = "control (teacher′)" if group["generation"] == CONTROL_ARM else f"generation {group['generation']}"
     if group["started_at"] is None:
         return f"{what} (start time not recorded)"
     if not running:

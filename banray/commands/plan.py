@@ -17,7 +17,7 @@ import torch
 
 from banray.catalog.data import _CIFAR, DATASETS, PTB_FILES, DatasetInfo, DatasetMissing, dataset_info
 from banray.catalog.models import build_model
-from banray.columns import BASELINE, CONTROL, generation_column
+from banray.columns import TEACHER_COLUMN, CONTROL_COLUMN, generation_column
 from banray.results import stats, tracking
 from banray.results.report import VARIATION
 from banray.spec import Range, SpecError, SweepSpec
@@ -449,23 +449,23 @@ def _measured_spreads(report: dict, gain: float) -> tuple[list[str], list[tuple[
     its columns), and (chains by the measured sd, by its upper bound) for each comparison with a spread."""
     lines: list[str] = []
     needed: list[tuple[int, int]] = []
-    for column in (generation_column(1), CONTROL):
+    for column in (generation_column(1), CONTROL_COLUMN):
         if column not in report["columns"]:
-            lines.append(f"    {column} − {BASELINE}: that sweep has no {column} column")
+            lines.append(f"    {column} − {TEACHER_COLUMN}: that sweep has no {column} column")
             continue
-        pairs = [(row[column], row[BASELINE]) for row in report["rows"].values()
-                 if isinstance(row.get(column), float) and isinstance(row.get(BASELINE), float)]
+        pairs = [(row[column], row[TEACHER_COLUMN]) for row in report["rows"].values()
+                 if isinstance(row.get(column), float) and isinstance(row.get(TEACHER_COLUMN), float)]
         if len(pairs) < 2:
-            lines.append(f"    {column} − {BASELINE}: {len(pairs)} chain(s) with both, too few for a spread")
+            lines.append(f"    {column} − {TEACHER_COLUMN}: {len(pairs)} chain(s) with both, too few for a spread")
             continue
         sd = stats.paired(*zip(*pairs)).std
         if sd == 0:
-            lines.append(f"    {column} − {BASELINE}: the same in all {len(pairs)} chains, no spread to plan from")
+            lines.append(f"    {column} − {TEACHER_COLUMN}: the same in all {len(pairs)} chains, no spread to plan from")
             continue
         upper = stats.sd_upper_bound(sd, len(pairs))
         needed.append((stats.chains_needed(gain, sd), stats.chains_needed(gain, upper)))
         lines.append(
-            f"    sd of {column} − {BASELINE} {sd:.2f} over {len(pairs)} chains → {needed[-1][0]} chains; at the sd's "
+            f"    sd of {column} − {TEACHER_COLUMN} {sd:.2f} over {len(pairs)} chains → {needed[-1][0]} chains; at the sd's "
             f"{stats.POWER:.0%} upper bound {upper:.2f} (an sd from few chains is rough) → {needed[-1][1]}"
         )
     return lines, needed

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from banray.catalog.data import dataset_info, dataset_kind
-from banray.columns import BASELINE, CONTROL, CONTROL_ENSEMBLE, ensemble_column, generation_column
+from banray.columns import TEACHER_COLUMN, CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN, ensemble_column, generation_column
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import stats
 from banray.spec import SweepSpec
@@ -46,7 +46,7 @@ DISPLAY = {
 
 def metric_slug(column: str) -> str:
     """An MLflow-safe name for a column: teacher, ban1, ens2, control, control_ensemble."""
-    fixed = {BASELINE: "teacher", CONTROL: "control", CONTROL_ENSEMBLE: "control_ensemble"}
+    fixed = {TEACHER_COLUMN: "teacher", CONTROL_COLUMN: "control", CONTROL_ENSEMBLE_COLUMN: "control_ensemble"}
     return fixed.get(column) or column.lower().replace("-", "").replace("*", "")
 
 
@@ -60,7 +60,7 @@ def _columns(spec: SweepSpec, chains: list[ChainResult], present: set[str]) -> l
     columns where any chain has them."""
     columns = [generation_column(g) for g in range(spec.generations + 1)]
     columns += [ensemble_column(k) for k in sorted({e.k for result in chains for e in result.ensembles})]
-    return columns + [c for c in (CONTROL, CONTROL_ENSEMBLE) if c in present]
+    return columns + [c for c in (CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN) if c in present]
 
 
 Entry = GenerationRecord | EnsembleRecord
@@ -71,9 +71,9 @@ def _entries(result: ChainResult) -> dict[str, Entry]:
     entries: dict[str, Entry] = {generation_column(g.generation): g for g in result.generations}
     entries.update({ensemble_column(e.k): e for e in result.ensembles})
     if result.control is not None:
-        entries[CONTROL] = result.control
+        entries[CONTROL_COLUMN] = result.control
     if result.control_ensemble is not None:
-        entries[CONTROL_ENSEMBLE] = result.control_ensemble
+        entries[CONTROL_ENSEMBLE_COLUMN] = result.control_ensemble
     return entries
 
 
@@ -116,7 +116,7 @@ def _paired_section(by_chain: list[dict[str, Entry]], columns: list[str], metric
     metrics[0] is the headline metric."""
     ensembles = [c for c in columns if c.startswith("Ens*")]
     return {
-        "baseline": BASELINE,
+        "baseline": TEACHER_COLUMN,
         "headline_metric": metrics[0],
         "confidence": stats.CONFIDENCE,
         "interval": "Student t on the mean paired difference",
@@ -124,11 +124,11 @@ def _paired_section(by_chain: list[dict[str, Entry]], columns: list[str], metric
         "minimum_chains_for_any_claim": stats.minimum_chains_for_any_claim(),
         "units": "differences in the metric's own unit: test_error and test_ece as fractions (x100 = points)",
         "vs_teacher": {
-            column: {m: _paired(by_chain, column, BASELINE, m) for m in metrics} for column in columns[1:]
+            column: {m: _paired(by_chain, column, TEACHER_COLUMN, m) for m in metrics} for column in columns[1:]
         },
         "vs_control_ensemble": {
-            column: {m: _paired(by_chain, column, CONTROL_ENSEMBLE, m) for m in metrics} for column in ensembles
-        } if CONTROL_ENSEMBLE in columns else {},
+            column: {m: _paired(by_chain, column, CONTROL_ENSEMBLE_COLUMN, m) for m in metrics} for column in ensembles
+        } if CONTROL_ENSEMBLE_COLUMN in columns else {},
     }
 
 
@@ -205,7 +205,7 @@ def summary_metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
         return f"{metric}_pct" if DISPLAY[metric][0] == 100 else metric
 
     metrics: list[tuple[str, float, int]] = []
-    generations = [c for c in report["columns"] if c == BASELINE or c.startswith("BAN-")]
+    generations = [c for c in report["columns"] if c == TEACHER_COLUMN or c.startswith("BAN-")]
     for step, column in enumerate(generations):
         val = [g["val_error"] for c in report["chains"] for g in c["generations"]
                if g["generation"] == step and g["status"] == "finished"]
@@ -219,7 +219,7 @@ def summary_metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
     ensembles = [c for c in report["columns"] if c.startswith("Ens*") and c in versus]
     wanted = {**({bans[-1]: ("mean", "ci_low", "ci_high", "n", "wilcoxon_p")} if bans else {}),
               **({ensembles[-1]: ("mean", "ci_low", "ci_high")} if ensembles else {}),
-              **({CONTROL: ("mean", "std")} if CONTROL in versus else {})}
+              **({CONTROL_COLUMN: ("mean", "std")} if CONTROL_COLUMN in versus else {})}
     for column, stats_wanted in wanted.items():
         for stat in stats_wanted:
             value = versus[column][stat]
@@ -276,7 +276,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     def versus(metric: str, cell) -> list[str]:
-        return ["—" if c == BASELINE else cell(paired["vs_teacher"][c][metric]) for c in columns]
+        return ["—" if c == TEACHER_COLUMN else cell(paired["vs_teacher"][c][metric]) for c in columns]
 
     for chain, values in report["rows"].items():
         row(chain, [_format(values.get(c)) for c in columns])
@@ -287,7 +287,7 @@ def table(report: dict[str, Any]) -> str:
     against = paired["vs_control_ensemble"]
     if against:
         row(
-            f"Δ vs {CONTROL_ENSEMBLE} ({unit}), 95% CI",
+            f"Δ vs {CONTROL_ENSEMBLE_COLUMN} ({unit}), 95% CI",
             [f"{_interval(against[c][headline], headline)}, {against[c][headline]['verdict']}" if c in against else "—"
              for c in columns],
         )
@@ -308,10 +308,10 @@ def caption(report: dict[str, Any]) -> str:
         pool = "generations including the teacher" if report["ensembles"]["include_teacher"] else "student generations"
         ensembles = f" Ens*k averages the softmax outputs of the last k {pool}."
     control = ""
-    if CONTROL in report["columns"]:
+    if CONTROL_COLUMN in report["columns"]:
         control = (
-            f" {CONTROL} is the control arm: the teacher's recipe with a fresh seed"
-            + (f"; {CONTROL_ENSEMBLE} averages their softmax outputs, the baseline for Ens*k." if CONTROL_ENSEMBLE
+            f" {CONTROL_COLUMN} is the control arm: the teacher's recipe with a fresh seed"
+            + (f"; {CONTROL_ENSEMBLE_COLUMN} averages their softmax outputs, the baseline for Ens*k." if CONTROL_ENSEMBLE_COLUMN
                in report["columns"] else ".")
         )
     lines = [f"{report['headline'].capitalize()}{unit} on `{report['dataset']}`; {report['selection']}.{ensembles}{control}"]
@@ -335,19 +335,19 @@ def caption(report: dict[str, Any]) -> str:
     if "variation" in report:
         reading += f" {report['variation']}"
     lines.append(reading)
-    if CONTROL in report["columns"]:
-        noise = paired["vs_teacher"][CONTROL][headline]
+    if CONTROL_COLUMN in report["columns"]:
+        noise = paired["vs_teacher"][CONTROL_COLUMN][headline]
         scale, _, digits = DISPLAY[headline]
         if noise["std"] is not None:
             lines.append(
-                f"Seed noise ({CONTROL} − Teacher): {_interval(noise, headline)} {diff_unit}, sd {scale * noise['std']:.{digits}f} "
+                f"Seed noise ({CONTROL_COLUMN} − Teacher): {_interval(noise, headline)} {diff_unit}, sd {scale * noise['std']:.{digits}f} "
                 f"over {noise['n']} chains; one chain's difference within ±{2 * scale * noise['std']:.{digits}f} is what "
                 "a fresh seed alone does."
             )
         elif noise["n"]:
-            lines.append(f"Seed noise ({CONTROL} − Teacher): {_interval(noise, headline)} {diff_unit}.")
+            lines.append(f"Seed noise ({CONTROL_COLUMN} − Teacher): {_interval(noise, headline)} {diff_unit}.")
     else:
-        lines.append(f"No control arm ({CONTROL}) was trained, so the seed-noise band is not measured.")
+        lines.append(f"No control arm ({CONTROL_COLUMN}) was trained, so the seed-noise band is not measured.")
     return "\n".join(lines)
 
 
@@ -405,8 +405,8 @@ def _evidence_table(report: dict[str, Any]) -> list[str]:
     unit = DISPLAY[headline][1]
     header = ["Column", "minus (same chain)", f"Δ {report['headline']} ({unit})", f"95% interval ({unit})",
               "better", "tied", "worse", "Wilcoxon p", "verdict"]
-    rows = [[c, BASELINE, *_evidence(by_metric[headline], headline)] for c, by_metric in paired["vs_teacher"].items()]
-    rows += [[c, CONTROL_ENSEMBLE, *_evidence(by_metric[headline], headline)]
+    rows = [[c, TEACHER_COLUMN, *_evidence(by_metric[headline], headline)] for c, by_metric in paired["vs_teacher"].items()]
+    rows += [[c, CONTROL_ENSEMBLE_COLUMN, *_evidence(by_metric[headline], headline)]
              for c, by_metric in paired["vs_control_ensemble"].items()]
     return _md_table(header, rows)
 
@@ -424,7 +424,7 @@ def _calibration_table(report: dict[str, Any]) -> list[str]:
     rows = [
         [column, *(cell for metric, _ in CALIBRATION for cell in (
             _spread_cell(report["metrics"][column][metric], metric),
-            "—" if column == BASELINE else _interval(vs_teacher[column][metric], metric)))]
+            "—" if column == TEACHER_COLUMN else _interval(vs_teacher[column][metric], metric)))]
         for column in report["columns"]
     ]
     return _md_table(header, rows)
@@ -494,16 +494,16 @@ def _number(value: Any) -> float:
 
 def _positions(columns: list[str]) -> dict[str, int]:
     """x in the lineage panel: generation k and Ens*k at k, the control arm in its own slots at the right."""
-    generations = [c for c in columns if c == BASELINE or c.startswith("BAN-")]
+    generations = [c for c in columns if c == TEACHER_COLUMN or c.startswith("BAN-")]
     x = {c: g for g, c in enumerate(generations)}
     x.update({c: int(c.removeprefix("Ens*")) for c in columns if c.startswith("Ens*")})
-    x.update({c: len(generations) + i for i, c in enumerate(c for c in columns if c in (CONTROL, CONTROL_ENSEMBLE))})
+    x.update({c: len(generations) + i for i, c in enumerate(c for c in columns if c in (CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN))})
     return x
 
 
 def _lineage(axis, report: dict[str, Any], x: dict[str, int]) -> None:
     """Teacher → BAN-1 → … → BAN-G, a thin line per chain and the mean over chains in bold."""
-    generations = [c for c in report["columns"] if c == BASELINE or c.startswith("BAN-")]
+    generations = [c for c in report["columns"] if c == TEACHER_COLUMN or c.startswith("BAN-")]
     xs = [x[c] for c in generations]
     for chain, row in report["rows"].items():
         axis.plot(xs, [_number(row.get(c)) for c in generations], marker="o", linewidth=0.8, alpha=0.6,
@@ -523,7 +523,7 @@ def _chain_label(chain: str, rows: dict[str, Any]) -> str:
 def _side_markers(axis, report: dict[str, Any], x: dict[str, int]) -> None:
     """Ens*k and the control arm as unconnected markers (each chain, and the mean in black): they are not
     generations, so no line runs through them."""
-    styles = {CONTROL: ("v", "tab:red"), CONTROL_ENSEMBLE: ("^", "tab:purple")}
+    styles = {CONTROL_COLUMN: ("v", "tab:red"), CONTROL_ENSEMBLE_COLUMN: ("^", "tab:purple")}
     for column in report["columns"]:
         if column not in styles and not column.startswith("Ens*"):
             continue
@@ -544,8 +544,8 @@ def _noise_band(axis, report: dict[str, Any]) -> None:
     same chain's split, so its sd / √2 is seed noise alone; the teacher's std over chains, the fallback
     without a control arm, also holds what else differs between chains (their splits)."""
     headline = report["paired"]["headline_metric"]
-    teacher = report["summary"][BASELINE]
-    control = report["paired"]["vs_teacher"].get(CONTROL, {}).get(headline)
+    teacher = report["summary"][TEACHER_COLUMN]
+    control = report["paired"]["vs_teacher"].get(CONTROL_COLUMN, {}).get(headline)
     if control and control["std"] is not None:
         half = DISPLAY[headline][0] * control["std"] / math.sqrt(2)
         label = "seed noise: Teacher mean ± sd(Teacher′ − Teacher)/√2"
@@ -593,7 +593,7 @@ def _differences(axis, report: dict[str, Any]) -> None:
 
 def _kind(column: str) -> int:
     """0 a student generation, 1 an ensemble, 2 the control arm (the order of _differences' kinds)."""
-    return 2 if column in (CONTROL, CONTROL_ENSEMBLE) else 1 if column.startswith("Ens*") else 0
+    return 2 if column in (CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN) else 1 if column.startswith("Ens*") else 0
 
 
 def figure(report: dict[str, Any]):

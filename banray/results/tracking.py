@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from banray.catalog.local_cache import user_cache
-from banray.columns import BASELINE, CONTROL_ENSEMBLE, report_column
+from banray.columns import TEACHER_COLUMN, CONTROL_ENSEMBLE_COLUMN, report_column
 from banray.results import mlflow_calls
 from banray.selection import best_generation
 
@@ -441,7 +441,7 @@ def paired_table(result: dict[str, Any]) -> dict[str, list]:
     from banray.results.report import DISPLAY
 
     rows = []
-    for section, baseline in (("vs_teacher", BASELINE), ("vs_control_ensemble", CONTROL_ENSEMBLE)):
+    for section, baseline in (("vs_teacher", TEACHER_COLUMN), ("vs_control_ensemble", CONTROL_ENSEMBLE_COLUMN)):
         for column, by_metric in result["paired"][section].items():
             for metric, paired in by_metric.items():
                 scale, unit, _ = DISPLAY[metric]

@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from banray.records import CONTROL_ARM
+
 # What `launch`, `launch_control` and `evaluate` return and `wait` waits for: a concurrent.futures.Future
 # by default (`in_thread` makes one of a call, a Ray ObjectRef's `.future()` one of a remote call)
 Handle = Any
@@ -28,13 +30,10 @@ Wait = Callable[[list[Handle]], "tuple[Handle, Any]"]
 OnDone = Callable[[dict[int, list[Any]], dict[int, str], dict[int, Any]], None]
 
 
-CONTROL = "control"
-
-
 @dataclass(frozen=True)
 class GroupSpan:
     chain: int
-    generation: int | str  # a generation, or CONTROL
+    generation: int | str  # a generation, or CONTROL_ARM
     start_s: float  # seconds since the sweep started
     end_s: float
 
@@ -130,7 +129,7 @@ class _Dag:
     stopped: dict[int, str]
     controls: dict[int, Any]
     pending: dict[Handle, tuple[int, int | str, float]] = field(default_factory=dict)  # → (chain, generation, start)
-    evaluating: dict[Handle, tuple[int, int | str]] = field(default_factory=dict)  # → (chain, index or CONTROL)
+    evaluating: dict[Handle, tuple[int, int | str]] = field(default_factory=dict)  # → (chain, index or CONTROL_ARM)
     spans: list[GroupSpan] = field(default_factory=list)
     controls_due: list[int] = field(default_factory=list)  # chains whose control arm may start once there is room
     origin: float = field(init=False)
@@ -145,7 +144,7 @@ class _Dag:
             for index, record in enumerate(records):  # groups a resumed sweep found selected but not evaluated
                 self.follow_up(chain, index, record)
             if chain in self.controls:
-                self.follow_up(chain, CONTROL, self.controls[chain])
+                self.follow_up(chain, CONTROL_ARM, self.controls[chain])
             if chain not in self.stopped and len(records) <= self.generations:
                 self.start(chain, len(records), records[-1] if records else None)
             if records and self.control_missing(chain):  # else due after generation 0
@@ -166,7 +165,7 @@ class _Dag:
     def start_control(self, chain: int) -> None:
         if self.control_missing(chain):
             self.echo(f"[banray] chain {chain} control (teacher′): started")
-            self.pending[self.launch_control(chain)] = (chain, CONTROL, self.clock() - self.origin)
+            self.pending[self.launch_control(chain)] = (chain, CONTROL_ARM, self.clock() - self.origin)
 
     def follow_up(self, chain: int, where: int | str, result: Any) -> None:
         handle = self.evaluate(result) if self.evaluate is not None else None
@@ -181,7 +180,7 @@ class _Dag:
 
     def evaluated(self, handle: Handle, result: Any) -> None:
         chain, where = self.evaluating.pop(handle)
-        if where == CONTROL:
+        if where == CONTROL_ARM:
             self.controls[chain] = result
         else:
             self.results[chain][where] = result
@@ -190,10 +189,10 @@ class _Dag:
         chain, generation, started = self.pending.pop(handle)
         self.spans.append(GroupSpan(chain, generation, started, self.clock() - self.origin))
         took = f"done after {self.spans[-1].end_s - started:.0f} s"
-        if generation == CONTROL:
+        if generation == CONTROL_ARM:
             self.controls[chain] = result
             self.echo(f"[banray] chain {chain} control (teacher′): {took}")
-            self.follow_up(chain, CONTROL, result)
+            self.follow_up(chain, CONTROL_ARM, result)
         else:
             self.generation_done(chain, generation, result, took)
 

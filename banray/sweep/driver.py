@@ -15,10 +15,13 @@ from banray.records import ChainResult, GenerationRecord, SweepResult
 from banray.results import report, tracking
 from banray.spec import SweepSpec
 from banray.storage import SweepStorage
+from banray.sweep.context import SweepContext, run_groups_here
 from banray.sweep.dag import in_thread, run_dag
 from banray.sweep.evaluations import evaluate_group, needs_evaluation, run_ensembles
-from banray.sweep.group import SweepContext, run_group, run_groups_here, start_generation_run, stop_reason, tune_verbosity
-from banray.sweep.runners import start_runner
+from banray.sweep.generation_runs import start_generation_run
+from banray.sweep.group import run_group
+from banray.sweep.progress import tune_verbosity
+from banray.sweep.runners import start_evaluations_runner
 from banray.sweep.state import SweepState
 from banray.trial.hosts import start_host, warm_hosts
 from banray.trial.slots import WorkerSlots
@@ -60,7 +63,7 @@ def _start_evaluator(spec: SweepSpec) -> ray.actor.ActorHandle:
     """The runner of evaluations, niced: they run beside the next generations, which come first; a chain's
     can pile up behind them."""
     groups = spec.chains * (1 + int(spec.control))
-    return start_runner(groups * (spec.generations + 1), EVALUATION_MODULES, niceness=10)
+    return start_evaluations_runner(groups * (spec.generations + 1), EVALUATION_MODULES, niceness=10)
 
 
 def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo: Callable[[str], None],
@@ -200,3 +203,22 @@ def _print_result(ctx: SweepContext, result: dict, files: list, aliases: dict, e
     echo("")
     echo(report.caption(result))
     echo(report.table(result))
+
+
+def stop_reason(spec: SweepSpec, records: list[GenerationRecord]) -> str | None:
+    """Why a chain should not go on after its last record, or None."""
+    last = records[-1]
+    if last.status != "finished":
+        return f"no trial of generation {last.generation} finished"
+    rule = spec.chain_stop
+    if rule is None or len(records) < 2:
+        return None
+    metric = spec.search.metric
+    previous, current = getattr(records[-2], metric), getattr(last, metric)
+    if previous - current < rule.min_improvement:
+        return (
+            f"generation {last.generation}'s best {metric} {current:.4f} does not beat generation "
+            f"{last.generation - 1}'s {previous:.4f} by chain_stop.min_improvement = {rule.min_improvement}"
+        )
+    return None
+

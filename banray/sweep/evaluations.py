@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 
 from banray.catalog.scores import ensemble_members, ensemble_scores
-from banray.columns import CONTROL_ENSEMBLE, ensemble_column
+from banray.columns import CONTROL_ENSEMBLE_COLUMN, ensemble_column
 from banray.records import ChainEnsembles, EnsembleRecord, GenerationRecord
 from banray.results import tracking
 from banray.storage import SWEEP_FILES, with_retries
-from banray.sweep.group import SweepContext, generation_note, group_label, say
+from banray.sweep.context import SweepContext
+from banray.sweep.generation_runs import generation_note
+from banray.sweep.progress import group_label, say
 from banray.training import checkpoint
 from banray.training.tasks import make_task
 
@@ -107,7 +109,7 @@ def run_ensembles(
 def _start_ensembles_run(ctx: SweepContext, chain: int, records: list[GenerationRecord],
                          ensembles: list[EnsembleRecord], control_ensemble: EnsembleRecord | None) -> str:
     """The run of a chain's ensembles, nested under the chain's run."""
-    columns = [ensemble_column(e.k) for e in ensembles] + ([CONTROL_ENSEMBLE] if control_ensemble else [])
+    columns = [ensemble_column(e.k) for e in ensembles] + ([CONTROL_ENSEMBLE_COLUMN] if control_ensemble else [])
     text = (f"{', '.join(f'`{c}`' for c in columns)} of chain {chain} (sweep `{ctx.spec.name}`), on the test split: "
             "`Ens*k` averages the softmax outputs of the chain's last k generations (members in the params), "
             "`Teacher+Teacher′` those of its Teacher and its control arm's; each at the step of its last member.")

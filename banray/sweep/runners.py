@@ -11,7 +11,7 @@ import ray
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
-class GroupRunner:
+class EvaluationsRunner:
     """One process for a sweep's group-level work off the critical path, each call in a thread of its own. A
     process per call would import torch and MLflow anew: seconds of CPU each, which on a small node the
     trials pay for. It holds no CPU, and runs with a higher `niceness`, so that on a busy node the operating
@@ -27,6 +27,6 @@ class GroupRunner:
         return function(*args)
 
 
-def start_runner(calls_at_once: int, warm: tuple[str, ...] = (), niceness: int = 0) -> ray.actor.ActorHandle:
-    """A GroupRunner that runs up to `calls_at_once` calls side by side, having imported the `warm` modules."""
-    return GroupRunner.options(max_concurrency=max(1, calls_at_once)).remote(warm, niceness)
+def start_evaluations_runner(calls_at_once: int, warm: tuple[str, ...] = (), niceness: int = 0) -> ray.actor.ActorHandle:
+    """A EvaluationsRunner that runs up to `calls_at_once` calls side by side, having imported the `warm` modules."""
+    return EvaluationsRunner.options(max_concurrency=max(1, calls_at_once)).remote(warm, niceness)

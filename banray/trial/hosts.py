@@ -29,8 +29,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from banray.records import TrialSummary
 from banray.storage import SWEEP_FILES, checkpoint_uri
-from banray.trial.slots import holding_a_slot, slot_capacity, slot_priority
 from banray.trial import wire
+from banray.trial.slots import holding_a_slot, slot_capacity, slot_priority
 from banray.trial.tune_report import continued_from, report_to_tune
 
 if TYPE_CHECKING:

@@ -36,9 +36,9 @@ from banray.selection import MODE, best_checkpoint
 from banray.spec import ResourcesSpec, TrialSettings, trial_seed
 from banray.storage import checkpoint_uri, ray_storage
 from banray.training.loop import train_loop
+from banray.trial import wire
 from banray.trial.sessions import TuneSession, train_loop_per_worker
 from banray.trial.slots import holding_a_slot, slot_priority
-from banray.trial import wire
 from banray.trial.tune_report import continued_from, earlier_checkpoint
 
 
