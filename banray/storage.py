@@ -37,6 +37,7 @@ from banray.files import LocalCacheFolder, LocalCheckpointFiles, Refused
 
 MARKER_FILE = ".banray-sweep"  # written first into every sweep folder banray creates
 STATE_FILE = "state.json"  # the sweep state the driver keeps current (banray.sweep.state), which `status` reads
+REPORT_FILE = "report.json"  # the sweep's report, once it has finished
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_S3"  # honoured by pyarrow, boto3 and MLflow's S3 artifact store
 RETRY_BUDGET_VARIABLE = "BANRAY_STORAGE_RETRY_S"
 
@@ -300,7 +301,7 @@ class SweepStorage:
     def why_not_a_sweep(self) -> str | None:
         """None if the folder carries banray's marks and (on local disk) belongs to this user; else why not.
         Only such a folder may be replaced (--overwrite) or resumed: anything else is someone's files."""
-        if not (self.exists(MARKER_FILE) or (self.exists("spec.yaml") and self.exists("state.json"))):
+        if not (self.exists(MARKER_FILE) or (self.exists("spec.yaml") and self.exists(STATE_FILE))):
             return f"it holds files that are not a banray sweep's (no {MARKER_FILE}, spec.yaml or state.json)"
         if not self.remote and Path(self.path).stat().st_uid != os.getuid():
             return "it belongs to another user"
@@ -345,6 +346,17 @@ class SweepStorage:
                 return None
 
         return with_retries(f"reading {self.child(relative)}", read)
+
+    def read_json(self, relative: str) -> dict[str, Any] | None:
+        """The JSON object in the file (`state.json`, `report.json`), or None if there is none; ValueError, saying
+        why, if it is not a JSON object."""
+        data = self.read_bytes(relative)
+        if data is None:
+            return None
+        value = json.loads(data.decode())  # a JSONDecodeError or UnicodeDecodeError is a ValueError
+        if not isinstance(value, dict):
+            raise ValueError(f"a JSON {type(value).__name__}, not an object")
+        return value
 
     def read_text(self, relative: str) -> str | None:
         """The file's text, or None if it does not exist."""

@@ -5,7 +5,6 @@ on any machine that reaches the storage. Nothing here needs Ray; only `rerender`
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -29,6 +28,7 @@ from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
 from banray.storage import (
     MARKER_FILE,
     RETRY_BUDGET_VARIABLE,
+    REPORT_FILE,
     STATE_FILE,
     StorageRefused,
     SweepStorage,
@@ -37,7 +37,6 @@ from banray.storage import (
     refused,
 )
 
-REPORT_FILE = "report.json"
 LOOK_RETRY_S = "10"  # a command a person waits on gives up on unreachable storage in seconds, not minutes
 T = TypeVar("T")
 
@@ -154,16 +153,10 @@ class Sweep:
 
 
 def _json_file(storage: SweepStorage, name: str) -> dict[str, Any] | None:
-    data = storage.read_bytes(name)
-    if data is None:
-        return None
     try:
-        value = json.loads(data.decode())
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise NotASweep(f"{storage.child(name)}: not readable JSON ({cut(str(exc), 80)})") from None
-    if not isinstance(value, dict):
-        raise NotASweep(f"{storage.child(name)}: not a banray {name} (not a JSON object)")
-    return value
+        return storage.read_json(name)
+    except ValueError as exc:
+        raise NotASweep(f"{storage.child(name)}: not a readable banray {name} ({cut(str(exc), 80)})") from None
 
 
 def _spec(storage: SweepStorage) -> SweepSpec:

@@ -9,7 +9,6 @@ their last checkpoints) under the same MLflow run.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import warnings
@@ -28,7 +27,7 @@ from banray.catalog.models import build_model
 from banray.records import SweepResult
 from banray.results import tracking
 from banray.spec import SpecError, SweepSpec, cut, shorten, with_storage
-from banray.storage import STATE_FILE, StorageRefused, SweepStorage, refusal, use_endpoint
+from banray.storage import REPORT_FILE, STATE_FILE, StorageRefused, SweepStorage, refusal, use_endpoint
 from banray.sweep.state import SweepState
 from banray.training.tasks import make_task
 from banray.trial.slots import slot_capacity
@@ -102,11 +101,10 @@ def check_folder(storage: SweepStorage, overwrite: bool, resume: bool) -> None:
 
 def load_state(storage: SweepStorage, spec: SweepSpec) -> dict[str, Any]:
     """The state of the interrupted sweep to resume, checked against `spec`."""
-    data = storage.read_bytes(STATE_FILE)
-    if data is None:
-        raise SpecError(f"--resume: {storage.uri} holds no sweep state ({STATE_FILE}); run without --resume")
     try:
-        state = json.loads(data.decode())
+        state = storage.read_json(STATE_FILE)
+        if state is None:
+            raise SpecError(f"--resume: {storage.uri} holds no sweep state ({STATE_FILE}); run without --resume")
         SweepState.restore(spec, storage, state)
         hash_of_state = state["spec_hash"]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -124,17 +122,13 @@ def load_state(storage: SweepStorage, spec: SweepSpec) -> dict[str, Any]:
 
 def finished_report(storage: SweepStorage) -> dict[str, Any]:
     """The report of a sweep whose state says it finished."""
-    data = storage.read_bytes("report.json")
     try:
-        report_data = json.loads(data.decode()) if data is not None else {}
-        if not isinstance(report_data, dict):
-            raise ValueError("not a JSON object")
+        return storage.read_json(REPORT_FILE) or {}
     except ValueError as exc:
         raise SpecError(
-            f"--resume: the sweep in {storage.uri} has finished, but its report.json is not readable "
+            f"--resume: the sweep in {storage.uri} has finished, but its {REPORT_FILE} is not readable "
             f"({cut(str(exc), 80)}); run it again with --overwrite"
         ) from None
-    return report_data
 
 
 # What a model builder may raise for kwargs it cannot build (models.ModelTooLarge is a ValueError).
