@@ -26,7 +26,8 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
+from typing import Any, Callable, Iterator, TypeVar
 
 
 import pyarrow as pa
@@ -86,8 +87,29 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, answers) and not refused(exc)
 
 
-def retry_budget_s() -> float:
-    return float(os.environ.get(RETRY_BUDGET_VARIABLE, "300"))
+class RetryBudget:
+    """How long an outage is retried: the seconds the environment's `variable` sets, else a command's own
+    (within `shortened`: a command a person waits on gives up sooner), else 300."""
+
+    def __init__(self, variable: str):
+        self.variable = variable
+        self._commands: float | None = None
+
+    def seconds(self) -> float:
+        if self.variable in os.environ:
+            return float(os.environ[self.variable])
+        return self._commands if self._commands is not None else 300.0
+
+    @contextlib.contextmanager
+    def shortened(self, seconds: float) -> Iterator[None]:
+        before, self._commands = self._commands, seconds
+        try:
+            yield
+        finally:
+            self._commands = before
+
+
+STORAGE_RETRY = RetryBudget(RETRY_BUDGET_VARIABLE)
 
 
 def backoff(what: str, passes: Callable[[BaseException], bool], budget_s: float, wait,
@@ -108,7 +130,7 @@ def backoff(what: str, passes: Callable[[BaseException], bool], budget_s: float,
 def with_retries(what: str, call: Callable[[], T]) -> T:
     """`call()`, retried with exponential backoff (0.5 s doubling to 15 s) while storage errors are
     transient, for up to the retry budget; then StorageUnavailable naming `what`."""
-    budget = retry_budget_s()
+    budget = STORAGE_RETRY.seconds()
     try:
         wait = tenacity.wait_exponential(multiplier=0.5, max=15)
         return backoff(f"storage: {what}", _transient, budget, wait, logger)(call)
@@ -236,6 +258,16 @@ class _RetryingHandler(pafs.FileSystemHandler):
         raise NotImplementedError("appending to object storage is not supported")
 
 
+def _endpoint_options() -> dict[str, str]:
+    """The S3-compatible endpoint of use_endpoint as S3FileSystem's options (from_uri reads it from the
+    environment; the constructor does not). Credentials come from the environment in both."""
+    endpoint = os.environ.get(ENDPOINT_VARIABLE)
+    if not endpoint:
+        return {}
+    parts = urlsplit(endpoint)
+    return {"endpoint_override": parts.netloc, "scheme": parts.scheme or "https"}
+
+
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem]:
     """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig: through a filesystem that
     retries through outages and writes whole files (see _RetryingHandler), for object storage and local
@@ -244,8 +276,7 @@ def ray_storage(uri: str) -> tuple[str, pafs.FileSystem]:
     if isinstance(fs, pafs.S3FileSystem):
         # The handler's uploads run on pyarrow's IO threads (copy_files); S3's background writes would queue
         # nested tasks on that same pool and deadlock it once every IO thread waits in an upload.
-        # The bucket's region as from_uri found it; credentials and endpoint come from the environment, as there.
-        fs = pafs.S3FileSystem(region=fs.region, background_writes=False)
+        fs = pafs.S3FileSystem(region=fs.region, background_writes=False, **_endpoint_options())
     return path, pafs.PyFileSystem(_RetryingHandler(fs))
 
 

@@ -27,8 +27,8 @@ from banray.selection import best_generation
 from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
 from banray.storage import (
     MARKER_FILE,
-    RETRY_BUDGET_VARIABLE,
     REPORT_FILE,
+    STORAGE_RETRY,
     STATE_FILE,
     StorageRefused,
     SweepStorage,
@@ -37,7 +37,7 @@ from banray.storage import (
     refused,
 )
 
-LOOK_RETRY_S = "10"  # a command a person waits on gives up on unreachable storage in seconds, not minutes
+LOOK_RETRY_S = 10.0  # a command a person waits on gives up on unreachable storage in seconds, not minutes
 T = TypeVar("T")
 
 
@@ -51,19 +51,15 @@ class Unavailable(Exception):
 
 @contextlib.contextmanager
 def impatient_storage() -> Iterator[None]:
-    """Storage reads retried for LOOK_RETRY_S seconds, unless the environment sets its own budget."""
-    added = RETRY_BUDGET_VARIABLE not in os.environ
-    if added:
-        os.environ[RETRY_BUDGET_VARIABLE] = LOOK_RETRY_S
+    """Storage reads retried for LOOK_RETRY_S seconds (unless the environment sets its own budget); the errors a
+    look at a sweep ends on, as NotASweep (the location is wrong) or Unavailable."""
     try:
-        yield
+        with STORAGE_RETRY.shortened(LOOK_RETRY_S):
+            yield
     except StorageRefused as exc:  # a path the OS refuses: the location given is wrong
         raise NotASweep(str(exc)) from None
     except OSError as exc:  # an outage that outlasted the budget, a refused connection, a denied read
         raise Unavailable(f"storage: {' '.join(str(exc).split())}") from None
-    finally:
-        if added:
-            os.environ.pop(RETRY_BUDGET_VARIABLE, None)
 
 
 def _uri(location: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import tenacity
 
-from banray.storage import backoff
+from banray.storage import RetryBudget, backoff
 
 CALLS_VARIABLE = "BANRAY_MLFLOW_CALLS"
 RETRY_BUDGET_VARIABLE = "BANRAY_MLFLOW_RETRY_S"
@@ -46,8 +46,7 @@ def calls_at_once() -> int:
     return max(1, int(os.environ.get(CALLS_VARIABLE, DEFAULT_CALLS)))
 
 
-def retry_budget_s() -> float:
-    return float(os.environ.get(RETRY_BUDGET_VARIABLE, "300"))
+MLFLOW_RETRY = RetryBudget(RETRY_BUDGET_VARIABLE)
 
 
 def size_pool() -> None:
@@ -117,7 +116,7 @@ def retried(what: str, function: Callable[..., T], *args: Any, **kwargs: Any) ->
     up to 15 s) for up to the retry budget; `function` takes its own turn. A write retried after a server timed
     out may have been made: MLflow's own HTTP retries take that risk too."""
     wait = tenacity.wait_random_exponential(multiplier=0.5, max=15)
-    return backoff(f"MLflow: {what}", passes, retry_budget_s(), wait, logger)(function, *args, **kwargs)
+    return backoff(f"MLflow: {what}", passes, MLFLOW_RETRY.seconds(), wait, logger)(function, *args, **kwargs)
 
 
 class BoundedClient:

@@ -89,18 +89,18 @@ def impatient_http(retries: int = 2, timeout_s: int = 10):
     """MLflow's HTTP client retries a request 7 times with exponential backoff and waits up to 120 s for
     each answer (about 4 minutes before a dead server is given up on), and banray retries an MLflow call
     that failed on an outage for minutes more. For a command a person waits on: `retries` retries, 1 s
-    backoff, `timeout_s` per request, none of banray's, each unless the environment sets its own; the
-    environment is put back afterwards."""
+    backoff, `timeout_s` per request (MLflow reads these from the environment only: each is set unless the
+    environment sets its own, and put back afterwards), and none of banray's retries."""
     settings = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
-        mlflow_calls.RETRY_BUDGET_VARIABLE: "0",
     }
     added = [name for name in settings if name not in os.environ]
     os.environ.update({name: settings[name] for name in added})
     try:
-        yield
+        with mlflow_calls.MLFLOW_RETRY.shortened(0):
+            yield
     finally:
         for name in added:
             os.environ.pop(name, None)
