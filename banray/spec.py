@@ -377,13 +377,13 @@ class ResourcesSpec(_Section):
     trainer: Literal["auto", "train", "trial"] = Field(
         "auto",
         description="what trains a trial: 'train', a Ray Train TorchTrainer (data-parallel workers, GPUs; it costs "
-        "9-16 s to start per trial); 'trial', one worker driven by the Tune trial itself (no start cost); 'auto': "
+        "seconds to start per trial); 'trial', one worker driven by the Tune trial itself (no start cost); 'auto': "
         "train with a GPU or more than one worker, else trial",
     )
     warm_processes: bool = Field(
         True,
         description="trainer 'trial' without a GPU: train in the sweep's warm processes, one per worker slot, which "
-        "keep torch and the data loaded across generations (a fresh process costs 3-4 s of CPU per group); false: "
+        "keep torch and the data loaded across generations (a fresh process costs seconds of CPU per group); false: "
         "in each Tune trial's own process, as trials with a GPU always do",
     )
 

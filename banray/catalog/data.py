@@ -200,7 +200,7 @@ _TEST_FRACTION = 0.2
 def cached_arrays(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """`build()`'s arrays, kept in the user cache under `name` (which must name everything they depend on,
     library versions included). A trial process would otherwise import scikit-learn (and SciPy) to load
-    the digits and draw a split: about 1.4 s of CPU per process, where reading the arrays takes milliseconds."""
+    the digits and draw a split: seconds of CPU per process, where reading the arrays takes milliseconds."""
     path = user_cache() / "arrays" / f"{name}.npz"
     try:
         with np.load(path, allow_pickle=False) as stored:
@@ -287,7 +287,7 @@ def synthetic(root: str, download: bool) -> Pool:
 
 @functools.cache
 def _mnist1d_arrays() -> dict[str, np.ndarray]:
-    """The generated MNIST-1D arrays, once per process and from the user cache (generating takes about 2 s)."""
+    """The generated MNIST-1D arrays, once per process and from the user cache (generating them takes seconds)."""
     arrays = cached_arrays(f"mnist1d-{importlib.metadata.version('mnist1d')}", _generate_mnist1d)
     for array in arrays.values():
         array.setflags(write=False)  # shared by every caller in the process

@@ -57,7 +57,7 @@ class Tracking:
 
 
 def import_client() -> None:
-    """Import MLflow's client and its local store ahead of a first MLflow call (about 2 s of CPU). A store
+    """Import MLflow's client and its local store ahead of a first MLflow call (seconds of CPU). A store
     module that another MLflow has moved is left for that call to find."""
     import mlflow  # noqa: F401
 

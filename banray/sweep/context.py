@@ -52,7 +52,7 @@ def run_groups_here(tune_state_every_s: float) -> None:
     process it runs in. `tune_state_every_s`: how often Tune saves a run's experiment state, which a resumed
     sweep restores trials from."""
     # Tune's own per-result files (result.json, progress.csv, TensorBoard events) are written while the trial
-    # waits for the controller after every report (9 ms of a 100 ms epoch); banray's metrics are in MLflow.
+    # waits for the controller after every report (a tenth of a short epoch); banray's metrics are in MLflow.
     os.environ.update({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": str(tune_state_every_s)})
     # Without those files, Tune's result grid warns once per group that it found no per-trial metrics.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)

@@ -35,7 +35,7 @@ from banray.trial.slots import slot_capacity
 
 def import_driver() -> None:
     """What the driver runs on once Ray is up (the DAG, Tune and Train, the report's statistics and plots,
-    MLflow's client and SQL store): 3-4 s of imports on 2 cores."""
+    MLflow's client and SQL store): seconds of imports."""
     importlib.import_module("banray.sweep.driver")
     tracking.import_client()
 
@@ -192,8 +192,8 @@ def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> b
     # Under `ray job submit` the job's runtime_env may set the same variables: merge rather than fail.
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     # A local cluster that ray.init starts inherits this environment. A runtime env would set the variables
-    # too, but then every worker process starts through Ray's setup_worker (0.5 s of CPU each, a dozen per
-    # quickstart), so it is only for clusters that run elsewhere.
+    # too, but then every worker process starts through Ray's setup_worker (CPU for each, and a sweep
+    # starts many), so it is only for clusters that run elsewhere.
     runtime_env = {"env_vars": env} if cluster else None
     local = {} if cluster else {"include_dashboard": dashboard}
     with ray_internals.connecting_to(cluster):
@@ -221,7 +221,7 @@ def connect_while(work: Callable[[], None], *args) -> bool:
 def needs_dashboard(spec: SweepSpec, asked: bool | None) -> bool:
     """Whether a local cluster for `spec` starts Ray's dashboard: when asked, else only when trials run on
     TorchTrainer (Train's controller calls the State API, which the dashboard serves). Its processes cost
-    about 4 s of CPU of the quickstart's 57 on 2 cores, and trials on warm hosts never call it."""
+    a short sweep a noticeable share of its CPU (bench/results), and trials on warm hosts never call it."""
     return asked if asked is not None else spec.resources.engine() == "train"
 
 

@@ -1,6 +1,6 @@
 """Warm trial processes. A Tune trial's process lives as long as its Tune run, one group: a fresh one per
 group imports torch and the worker loop, loads the optimizers' compiler front end (torch._dynamo, on the
-first optimizer) and reads the data again, 3-4 s of CPU before its first epoch, paid by every group of
+first optimizer) and reads the data again, seconds of CPU before its first epoch, paid by every group of
 every chain. A `TrialHost` keeps all of that for the whole sweep: one per worker slot on each node, handed
 out with the slot (banray.trial.slots.WorkerSlots). The Tune trial runs `drive_host`: it starts the trial on its
 host and reports each epoch the host hands over, checkpoint included, so Tune still restores, restarts,
@@ -137,7 +137,7 @@ class TrialHost:
 
         self.session: HostSession | None = None
         self.thread: threading.Thread | None = None
-        # The first optimizer imports torch's compiler front end (about 2 s): once, before any trial waits.
+        # The first optimizer imports torch's compiler front end (seconds): once, before any trial waits.
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
     def start(self, config: dict[str, Any], restored: ray.train.Checkpoint | None) -> None:

@@ -2,7 +2,7 @@
 or the Tune trial's own process (a warm host's session is banray.trial.hosts').
 
 `resources.trainer` picks the engine per trial. Ray Train (`TorchTrainer`) starts a controller, a
-worker group, a placement group and a process group for every trial: 9-16 s on a 2-core machine,
+worker group, a placement group and a process group for every trial: seconds per trial,
 noise next to a GPU trial of hours, and the only way to run data-parallel workers. A trial of one CPU
 worker needs none of it, so it trains in its Tune trial's process (`TuneSession`), which Tune reuses
 across a group's trials. Both report metrics every epoch and a checkpoint when the loop asks for one,
