@@ -673,9 +673,10 @@ def role(generation: int, arm: Arm = "main") -> str:
 
 
 def group_name(chain: int, generation: int, arm: Arm = "main") -> str:
-    """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train, MLflow and the
-    folders of `banray trial`."""
-    return f"chain{chain}-control" if arm == "control" else f"chain{chain}-gen{generation}"
+    """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train, its MLflow
+    generation run (its trials' are `<name>-trial<t>`) and the folders of `banray trial`; a chain's MLflow run
+    is named apart (results.tracking.chain_run_name)."""
+    return f"chain{chain}-control-gen0" if arm == "control" else f"chain{chain}-gen{generation}"
 
 
 class TrialSettings(_Section):

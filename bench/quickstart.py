@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from banray.results import tracking
+from banray.spec import group_name
 from bench import plain_quickstart
 from bench.common import write
 
@@ -63,7 +64,7 @@ def group_overheads(sweep_dir: Path, trial_spans: dict[str, list[tuple[float, fl
     overheads = []
     for group in report["groups"]:
         control = group["generation"] == "control"
-        name = tracking.run_name(group["chain"], 0 if control else group["generation"], "control" if control else "main")
+        name = group_name(group["chain"], 0 if control else group["generation"], "control" if control else "main")
         origin = report["started_at"]  # wall-clock time of the DAG's start
         spans = [(start - origin, end - origin) for start, end in trial_spans.get(name, [])]
         overheads.append(group["end_s"] - group["start_s"] - union_s(spans))

@@ -33,6 +33,7 @@ from banray.catalog.local_cache import user_cache
 from banray.columns import TEACHER_COLUMN, CONTROL_ENSEMBLE_COLUMN, report_column
 from banray.results import mlflow_calls
 from banray.selection import best_generation
+from banray.spec import group_name
 
 TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"
@@ -303,11 +304,6 @@ def note(text: str) -> str:
     return text if len(text) <= NOTE_LIMIT else text[: NOTE_LIMIT - 40] + "\n\n… (cut: see report.md)"
 
 
-def run_name(chain: int, generation: int, arm: str = "main") -> str:
-    """A generation's run; its trials' runs are `<run_name>-trial<t>`."""
-    return f"chain{chain}-control-gen0" if arm == "control" else f"chain{chain}-gen{generation}"
-
-
 def chain_run_name(chain: int, arm: str = "main") -> str:
     return f"chain{chain}-control" if arm == "control" else f"chain{chain}"
 
@@ -385,7 +381,7 @@ def _generations_table(experiment_id: str, arm: str, records: list) -> str:
     """A row per generation: its step, column, scores in % and a link to its run."""
     def row(r) -> str:
         scores = f"{_pct(r.val_error)} | {_pct(r.test_error)}" if r.status == "finished" else "failed | —"
-        link = f"[{run_name(r.chain, r.generation, arm)}]({run_link(experiment_id, r.mlflow_run_id)})"
+        link = f"[{group_name(r.chain, r.generation, arm)}]({run_link(experiment_id, r.mlflow_run_id)})"
         return f"| {r.generation} | {report_column(r.generation, arm)} | {scores} | {link} |"
 
     header = "| Step | Column | Validation error % | Test error % | Run |\n|---|---|---|---|---|"

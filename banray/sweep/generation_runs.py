@@ -8,7 +8,7 @@ from typing import Any
 from banray.columns import report_column
 from banray.records import GenerationRecord
 from banray.results import tracking
-from banray.spec import role
+from banray.spec import group_name, role
 from banray.sweep.context import SweepContext
 
 
@@ -33,7 +33,7 @@ def start_generation_run(
     return tracking.start_run(
         ctx.tracking,
         ctx.experiment_id,
-        run_name=tracking.run_name(chain, generation, arm),
+        run_name=group_name(chain, generation, arm),
         tags={**tags, tracking.NOTE: generation_note(ctx, chain, generation, arm, teacher_run_id)},
         params=settings,
         parent_run_id=chain_run,
@@ -49,7 +49,7 @@ def generation_note(ctx: SweepContext, chain: int, generation: int, arm: str, te
     elif teacher_run_id is None:
         what = f"the teacher of chain {chain}, trained from scratch"
     else:
-        teacher = f"[{tracking.run_name(chain, generation - 1)}]({tracking.run_link(ctx.experiment_id, teacher_run_id)})"
+        teacher = f"[{group_name(chain, generation - 1)}]({tracking.run_link(ctx.experiment_id, teacher_run_id)})"
         what = f"generation {generation} of chain {chain}, distilled from its teacher {teacher}"
     text = (f"**{report_column(generation, arm)}**: {what} (sweep `{ctx.spec.name}`). The best of "
             f"{ctx.spec.search.trials} trial(s) on validation `{ctx.spec.search.metric}`; the trials' runs are "

@@ -24,6 +24,7 @@ import ray.tune as tune
 from banray import ray_internals
 from banray.records import SUMMARY, TrialSummary
 from banray.results import tracking
+from banray.spec import group_name
 from banray.trial.trainable import read_trial
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class TrialRuns(tune.Callback):
         run_id = tracking.start_or_resume_trial_run(
             self.track,
             self.experiment_id,
-            run_name=f"{tracking.run_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",
+            run_name=f"{group_name(settings.chain, settings.generation, settings.arm)}-trial{settings.trial}",
             tags=tracking.group_tags(
                 "trial", settings.sweep, settings.chain, settings.generation, settings.arm, settings.role,
                 trial=settings.trial, tune_trial_id=trial.trial_id,
