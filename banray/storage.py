@@ -280,6 +280,10 @@ def ray_storage(uri: str) -> tuple[str, pafs.FileSystem]:
     return path, pafs.PyFileSystem(_RetryingHandler(fs))
 
 
+class NotAJsonObject(ValueError):
+    """A sweep file holds JSON, but not the object it should."""
+
+
 class SweepStorage:
     """The folder `<root>/<name>` of one sweep, local or in object storage."""
 
@@ -379,14 +383,14 @@ class SweepStorage:
         return with_retries(f"reading {self.child(relative)}", read)
 
     def read_json(self, relative: str) -> dict[str, Any] | None:
-        """The JSON object in the file (`state.json`, `report.json`), or None if there is none; ValueError, saying
-        why, if it is not a JSON object."""
+        """The JSON object in the file (`state.json`, `report.json`), or None if there is none; a ValueError
+        (NotAJsonObject for JSON of another kind) saying why if it is not one."""
         data = self.read_bytes(relative)
         if data is None:
             return None
         value = json.loads(data.decode())  # a JSONDecodeError or UnicodeDecodeError is a ValueError
         if not isinstance(value, dict):
-            raise ValueError(f"a JSON {type(value).__name__}, not an object")
+            raise NotAJsonObject("not a JSON object")
         return value
 
     def read_text(self, relative: str) -> str | None:

@@ -27,6 +27,7 @@ from banray.selection import best_generation
 from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
 from banray.storage import (
     MARKER_FILE,
+    NotAJsonObject,
     REPORT_FILE,
     STORAGE_RETRY,
     STATE_FILE,
@@ -151,8 +152,10 @@ class Sweep:
 def _json_file(storage: SweepStorage, name: str) -> dict[str, Any] | None:
     try:
         return storage.read_json(name)
-    except ValueError as exc:
-        raise NotASweep(f"{storage.child(name)}: not a readable banray {name} ({cut(str(exc), 80)})") from None
+    except NotAJsonObject:
+        raise NotASweep(f"{storage.child(name)}: not a banray {name} (not a JSON object)") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise NotASweep(f"{storage.child(name)}: not readable JSON ({cut(str(exc), 80)})") from None
 
 
 def _spec(storage: SweepStorage) -> SweepSpec:
