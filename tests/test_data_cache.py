@@ -30,7 +30,7 @@ def test_a_cached_split_is_scikit_learns(cache):
 
 
 def test_digits_come_from_the_cache_without_importing_scikit_learn(cache):
-    code = ("import sys; from banray.data import load_splits; s = load_splits('digits', '.', 0.2, 3); "
+    code = ("import sys; from banray.catalog.data import load_splits; s = load_splits('digits', '.', 0.2, 3); "
             "print(len(s.train), len(s.val), len(s.test), 'sklearn' in sys.modules)")
     env = {**os.environ, "XDG_CACHE_HOME": str(cache.parents[1]), "PYTHONPATH": str(REPO)}
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
