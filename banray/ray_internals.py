@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 from collections.abc import Callable, Iterator
 
 import pyarrow.fs as pafs
 from ray._private import ray_constants, services
 from ray._private import worker as ray_worker
+
+from banray.environment import set_variables, variables_for_a_while
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def loopback_only() -> Iterator[None]:
     runtime-env agent) listens on loopback only; the processes it starts keep the switch (through the
     environment), so they too reach 127.0.0.1 as given. For clusters of one machine: no other node could
     reach it."""
-    with loopback_as_given(), _environment(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0"):
+    with loopback_as_given(), variables_for_a_while({ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}):
         yield
 
 
@@ -76,19 +77,6 @@ def loopback_as_given() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
-@contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def ray_cli_on_given_address() -> None:
     """Ray's command line (`ray start ...` from sys.argv), with a node address of 127.0.0.1 kept as given
     instead of resolved to the machine's network address, so that the node's servers bind to loopback. The
@@ -96,7 +84,7 @@ def ray_cli_on_given_address() -> None:
     `ray start --address` refuses to join one without them."""
     from ray.scripts.scripts import main  # the CLI's own imports, only where the CLI runs
 
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    set_variables({ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"})
     services.resolve_ip_for_localhost = lambda host: host
     main()
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import tenacity
 
+from banray.environment import set_variables
 from banray.files import LocalCacheFolder, LocalCheckpointFiles, Refused
 
 MARKER_FILE = ".banray-sweep"  # written first into every sweep folder banray creates
@@ -159,7 +160,7 @@ def is_remote(uri: str) -> bool:
 def use_endpoint(endpoint: str | None) -> dict[str, str]:
     """Point this process (and, through the returned env vars, Ray's workers) at an S3-compatible endpoint."""
     if endpoint:
-        os.environ[ENDPOINT_VARIABLE] = endpoint
+        set_variables({ENDPOINT_VARIABLE: endpoint})
     value = os.environ.get(ENDPOINT_VARIABLE)
     return {ENDPOINT_VARIABLE: value} if value else {}
 

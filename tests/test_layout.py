@@ -112,3 +112,20 @@ def test_private_ray_apis_are_used_only_in_ray_internals():
                 private.append(node.attr)
             uses += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}" for name in private]
     assert uses == []
+
+
+def test_the_environment_is_written_in_one_place():
+    """banray sets only the variables Ray, MLflow, pyarrow and the AWS SDK read from the environment alone, all
+    through banray/environment.py; its own settings travel as typed values."""
+    writes = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "environment.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            target = node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("update", "setdefault", "pop", "clear") else None
+            if isinstance(node, (ast.Assign, ast.Delete)):
+                target = next((t.value for t in getattr(node, "targets", []) if isinstance(t, ast.Subscript)), None)
+            if target is not None and ast.unparse(target) == "os.environ":
+                writes.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert writes == []

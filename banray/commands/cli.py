@@ -29,6 +29,7 @@ atexit.register(_exit_without_teardown)
 
 import click  # noqa: E402
 
+from banray.environment import set_variables
 from banray.spec import (  # noqa: E402
     SpecError,
     SweepSpec,
@@ -570,7 +571,7 @@ def _plain_output() -> None:
     codes (Ray colours its prefixes and its "[repeated Nx]" notes wherever the output goes)."""
     import colorama
 
-    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_NOISE)  # read when Ray is imported, after this
+    set_variables({"RAY_DEDUP_LOGS_SKIP_REGEX": RAY_NOISE}, keep_existing=True)  # read when Ray is imported, after this
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if not stream.isatty():

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import tenacity
 
+from banray.environment import set_variables
 from banray.storage import RetryBudget, backoff
 
 CALLS_VARIABLE = "BANRAY_MLFLOW_CALLS"
@@ -54,7 +55,7 @@ def size_pool() -> None:
     it: SQLAlchemy's default pool (5) already does for the default bound. MLflow's overflow (10) is left for
     a call that opens a second session."""
     if calls_at_once() > SQLALCHEMY_POOL_SIZE:
-        os.environ.setdefault(POOL_SIZE_VARIABLE, str(calls_at_once()))
+        set_variables({POOL_SIZE_VARIABLE: str(calls_at_once())}, keep_existing=True)
 
 
 def _semaphore() -> threading.BoundedSemaphore:

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 from banray.catalog.local_cache import user_cache
 from banray.columns import TEACHER_COLUMN, CONTROL_ENSEMBLE_COLUMN, report_column
+from banray.environment import variables_for_a_while
 from banray.results import mlflow_calls
 from banray.selection import best_generation
 from banray.spec import group_name
@@ -97,14 +98,8 @@ def impatient_http(retries: int = 2, timeout_s: int = 10):
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
     }
-    added = [name for name in settings if name not in os.environ]
-    os.environ.update({name: settings[name] for name in added})
-    try:
-        with mlflow_calls.MLFLOW_RETRY.shortened(0):
-            yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
+    with variables_for_a_while(settings, keep_existing=True), mlflow_calls.MLFLOW_RETRY.shortened(0):
+        yield
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ slots busy, and the settings of the process their Tune runs go on in."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
+from banray.environment import set_variables
 from banray.results import tracking
 from banray.spec import SweepSpec
 
@@ -53,7 +53,7 @@ def run_groups_here(tune_state_every_s: float) -> None:
     sweep restores trials from."""
     # Tune's own per-result files (result.json, progress.csv, TensorBoard events) are written while the trial
     # waits for the controller after every report (a tenth of a short epoch); banray's metrics are in MLflow.
-    os.environ.update({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": str(tune_state_every_s)})
+    set_variables({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": str(tune_state_every_s)})
     # Without those files, Tune's result grid warns once per group that it found no per-trial metrics.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal
 import ray
 import torch
 
+from banray.environment import set_variables
 from banray.sweep import lock
 
 from banray import ray_internals
@@ -188,9 +189,9 @@ def connect(address: str | None, env_vars: dict[str, str], dashboard: bool) -> b
         # Ray's own State API calls in workers (Train's placement-group cleaner) need to know the cluster
         # when a machine runs more than one Ray instance.
         env["RAY_ADDRESS"] = cluster
-    os.environ.update(env)
+    set_variables(env)
     # Under `ray job submit` the job's runtime_env may set the same variables: merge rather than fail.
-    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    set_variables({"RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}, keep_existing=True)
     # A local cluster that ray.init starts inherits this environment. A runtime env would set the variables
     # too, but then every worker process starts through Ray's setup_worker (CPU for each, and a sweep
     # starts many), so it is only for clusters that run elsewhere.
