@@ -15,6 +15,7 @@ from banray.spec import TrialSettings, parse_spec
 from banray.training import checkpoint, loop
 from banray.training.loop import train_loop
 from banray.training.tasks import make_task
+from banray.trial import wire
 from banray.trial.sessions import train_loop_per_worker
 from conftest import tiny_spec
 
@@ -35,7 +36,7 @@ def fit(spec, tmp_path, generation=0, teacher_checkpoint=None, teacher_cache=Non
     del settings["seed_root"]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": settings},
+        train_loop_config=wire.worker_config(TrialSettings.model_validate(settings), 1, None),
         scaling_config=ray.train.ScalingConfig(num_workers=0),  # local mode: runs in this process
         run_config=ray.train.RunConfig(name=f"worker-gen{generation}", storage_path=str(tmp_path / "ray")),
     )
