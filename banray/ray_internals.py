@@ -5,14 +5,11 @@ fails when a Ray upgrade moves or changes it.
   address, and its GCS, raylet, workers and agents then listen on every interface. Ray binds them to
   loopback only when it thinks clusters are off (its default on macOS and Windows), a switch read from
   `ray_constants` at call time.
-- `ray start --node-ip-address=127.0.0.1` resolves the address the same way; `ray_cli_on_given_address` keeps
-  it, so a cluster of `ray start` nodes on one machine (the tests' two-node cluster) listens on loopback too.
 - The head node of a cluster this process started (to stop its autoscaler monitor first).
 - The loggers of Ray's token notice and of Train V2's per-report lines, named after private modules.
 - Ray Tune's trial process: the class of a function trainable, where a reported checkpoint was stored, the keys
   Tune adds to every result, and the AWS credentials it copies into every trial's runtime env.
 - Ray Tune's saved experiment state: its files' names, and their saving only between uploads of the last one.
-- Ray's on-disk layout of checkpoint folders.
 
 Ray Tune's and Train's modules are imported where they are used: a sweep's start and the commands that only
 read a sweep folder do not load Tune (a second and a half).
@@ -75,18 +72,6 @@ def loopback_as_given() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
-
-
-def ray_cli_on_given_address() -> None:
-    """Ray's command line (`ray start ...` from sys.argv), with a node address of 127.0.0.1 kept as given
-    instead of resolved to the machine's network address, so that the node's servers bind to loopback. The
-    node's processes get the loopback switch through their environment; this process keeps clusters on, as
-    `ray start --address` refuses to join one without them."""
-    from ray.scripts.scripts import main  # the CLI's own imports, only where the CLI runs
-
-    set_variables({ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"})
-    services.resolve_ip_for_localhost = lambda host: host
-    main()
 
 
 def started_head_node():
@@ -154,10 +139,6 @@ def experiment_state_files() -> str:
     from ray.tune.execution.tune_controller import TuneController
 
     return TuneController.CKPT_FILE_TMPL.format("*")
-
-
-# The checkpoint folders Ray Train and Tune store (ray.train._internal.storage.StorageContext names them).
-CHECKPOINT_FOLDERS = "checkpoint_*"
 
 
 def save_tune_state_only_between_uploads() -> None:

@@ -103,7 +103,18 @@ def mlflow_server(folder: Path, artifacts: str):
         log.close()
 
 
-RAY_CLI_ON_LOOPBACK = "from banray import ray_internals; ray_internals.ray_cli_on_given_address()"
+# Ray's command line (`ray start ...`, `ray status ...`) with a node address of 127.0.0.1 kept as given (plain
+# `ray start` resolves it to the machine's network address and its servers then listen on every interface);
+# the node's processes get Ray's loopback switch through their environment. Private Ray APIs, for the tests'
+# `ray start` nodes only: tests/test_cluster.py's loopback test fails if a Ray upgrade moves them.
+RAY_CLI_ON_LOOPBACK = (
+    "import os\n"
+    "from ray._private import ray_constants, services\n"
+    "os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = '0'\n"
+    "services.resolve_ip_for_localhost = lambda host: host\n"
+    "from ray.scripts.scripts import main\n"
+    "main()\n"
+)
 
 
 def ray_start(temp_dir: Path, *, head_address: str | None, num_cpus: int, log: Path, **ports: int) -> subprocess.Popen:

@@ -14,7 +14,6 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray.train import Checkpoint
 
-from banray import ray_internals
 from banray.results import tracking
 from banray.spec import Range, SweepSpec
 from banray.storage import SWEEP_FILES, checkpoint_uri, ray_storage, with_retries
@@ -48,8 +47,8 @@ def last_checkpoints(trial_folders: str, pattern: str, settings: dict[str, Any])
     root, fs = ray_storage(trial_folders)
     found: dict[int, EarlierCheckpoint] = {}
     for folder in _folders(fs, root, pattern):
-        for path in _folders(fs, folder, ray_internals.CHECKPOINT_FOLDERS):
-            if not _whole(fs, path):
+        for path in _folders(fs, folder, "*"):
+            if not _whole(fs, path):  # a checkpoint holds banray's three files; any other folder does not
                 continue
             uri = checkpoint_uri(Checkpoint(path, filesystem=fs))
             try:
