@@ -21,8 +21,9 @@ from banray.training import checkpoint
 
 
 @dataclass(frozen=True)
-class EarlierCheckpoint:
-    """A trial's own last whole checkpoint, and the epoch it was saved after."""
+class LastCheckpoint:
+    """A trial's own last whole checkpoint found in storage, and the epoch it was saved after (the group adds
+    the searched values it was trained with, as a wire.EarlierCheckpoint)."""
 
     uri: str
     epoch: int
@@ -40,12 +41,12 @@ def _whole(fs: pafs.FileSystem, path: str) -> bool:
     return {checkpoint.METADATA_FILE, checkpoint.WEIGHTS_FILE, checkpoint.TRAINING_STATE_FILE} <= names
 
 
-def last_checkpoints(trial_folders: str, pattern: str, settings: dict[str, Any]) -> dict[int, EarlierCheckpoint]:
+def last_checkpoints(trial_folders: str, pattern: str, settings: dict[str, Any]) -> dict[int, LastCheckpoint]:
     """Trial number → its last whole checkpoint, among the checkpoints in the folders matching `pattern` under
     `trial_folders` (a group's Tune trial folders, or its trials' Ray Train runs) whose record says they were
     trained for this group (`settings`: its generation settings)."""
     root, fs = ray_storage(trial_folders)
-    found: dict[int, EarlierCheckpoint] = {}
+    found: dict[int, LastCheckpoint] = {}
     for folder in _folders(fs, root, pattern):
         for path in _folders(fs, folder, "*"):
             if not _whole(fs, path):  # a checkpoint holds banray's three files; any other folder does not
@@ -58,7 +59,7 @@ def last_checkpoints(trial_folders: str, pattern: str, settings: dict[str, Any])
             if not _for_group(record, settings):
                 continue
             if record.trial not in found or record.epoch > found[record.trial].epoch:
-                found[record.trial] = EarlierCheckpoint(uri, record.epoch)
+                found[record.trial] = LastCheckpoint(uri, record.epoch)
     return found
 
 
