@@ -10,7 +10,43 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SUMMARY = "banray_summary"  # the key that marks a trial's last report
-CONTROL_ARM = "control"  # the control arm (the teacher's recipe, fresh seeds: Teacher′) where a generation stands
+MAIN_ARM = "main"  # a chain's generations
+# A chain's side arms, each one label-only model trained beside its generations: the control arm's teacher′s
+# (the teacher's recipe, fresh seeds: "control", "control2", …), the equal-budget model (the recipe stretched to
+# the chain's total epochs) and the label-smoothing model (the recipe with label smoothing).
+CONTROL_ARM = "control"
+BUDGET_ARM = "budget"
+SMOOTHING_ARM = "smoothing"
+
+
+# What each kind of side arm is (by its role), for notes and logs.
+ARM_RECIPES = {
+    CONTROL_ARM: "a teacher′, the teacher's recipe with a fresh seed: it measures how far a fresh seed alone moves "
+                 "the teacher, and with the Teacher makes the same-size baselines of the ensembles.",
+    BUDGET_ARM: "the teacher's recipe stretched to the chain's total epochs ((generations + 1) × train.epochs, "
+                "lr_milestones scaled): the equal-budget baseline of the last BAN generation.",
+    SMOOTHING_ARM: "the teacher's recipe with label smoothing (objective 'ls'): the label-smoothing baseline of BAN-1.",
+}
+
+
+def control_arm(index: int) -> str:
+    """The arm of a chain's teacher′ number `index` (from 0): "control", then "control2", "control3", …"""
+    return CONTROL_ARM if index == 0 else f"{CONTROL_ARM}{index + 1}"
+
+
+def is_control(arm: str) -> bool:
+    return arm == CONTROL_ARM or (arm.startswith(CONTROL_ARM) and arm.removeprefix(CONTROL_ARM).isdigit())
+
+
+def arm_title(arm: str) -> str:
+    """How logs and notes name a side arm."""
+    if is_control(arm):
+        return f"control (teacher′{arm.removeprefix(CONTROL_ARM)})"
+    return {BUDGET_ARM: "equal-budget model", SMOOTHING_ARM: "label-smoothing model"}[arm]
+
+
+def arm_label(chain: int, arm: str) -> str:
+    return f"chain {chain} {arm_title(arm)}"
 
 
 @dataclass(frozen=True)
@@ -65,18 +101,23 @@ class GenerationRecord:
     test_error: float | None = None
     test_nll: float | None = None
     test_ece: float | None = None  # expected calibration error, 15 bins
+    # Fidelity to its teacher on the test split: top-1 agreement and mean KL(teacher ‖ student) in nats
+    test_agreement: float | None = None
+    test_teacher_kl: float | None = None
     checkpoint: str | None = None
     model_uri: str | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
     message: str | None = None
+    arm: str = MAIN_ARM  # its chain's generations, or one of its side arms
 
 
 @dataclass
 class EnsembleRecord:
-    """Ens*k (BANE, paper Eq. 4): the average of the softmax outputs of `members` on the test set."""
+    """Ens*k (BANE, paper Eq. 4), or a control ensemble (the Teacher and k − 1 teacher′s): the average of the
+    softmax outputs of `members` on the test set."""
 
     k: int
-    members: list[int]  # generations
+    members: list[int | str]  # generations, and side arms by name
     test_error: float
     test_nll: float
     test_ece: float | None = None
@@ -89,16 +130,16 @@ class ChainResult:
     ensembles: list[EnsembleRecord]
     mlflow_run_id: str | None  # the chain's ensemble run, if it has ensembles
     stopped: str | None = None  # why the chain ended before its last generation
-    # The seed-noise control arm: teacher′ is a label-only model with the teacher's recipe and a fresh
-    # seed; control_ensemble averages teacher and teacher′, the baseline to set against BANE.
-    control: GenerationRecord | None = None
-    control_ensemble: EnsembleRecord | None = None
+    # The side arms by name (control, control2, …, budget, smoothing); control_ensembles average the Teacher and
+    # k − 1 teacher′s (k = 2 … teachers + 1), the same-size baselines to set against BANE's Ens*k.
+    arms: dict[str, GenerationRecord] = field(default_factory=dict)
+    control_ensembles: list[EnsembleRecord] = field(default_factory=list)
 
 
 @dataclass
 class ChainEnsembles:
     ensembles: list[EnsembleRecord]
-    control_ensemble: EnsembleRecord | None  # Teacher + Teacher′, the baseline BANE is set against
+    control_ensembles: list[EnsembleRecord]  # the Teacher and k − 1 teacher′s, for k = 2 … teachers + 1
     mlflow_run_id: str | None
 
 

@@ -36,6 +36,9 @@ from banray.catalog.data import DATASETS, dataset_kind
 from banray.catalog.losses import OBJECTIVES, LossParams
 from banray.catalog.models import MODELS, argument_problem, model_defaults
 from banray.catalog.models.registry import model_task
+from banray.catalog.scores import ensemble_members
+from banray.columns import comparison_name, comparisons, report_columns
+from banray.records import BUDGET_ARM, MAIN_ARM, SMOOTHING_ARM, control_arm, is_control
 
 
 class SpecError(Exception):
@@ -74,6 +77,7 @@ MAX_WORKERS = 4_096
 MAX_CPUS_PER_WORKER = 1_024
 MAX_GPUS_PER_WORKER = 64
 MAX_FAILURES = 1_000
+MAX_CONTROL_TEACHERS = 100
 # Ray counts resources in units of 0.0001 (ray_constants.MIN_RESOURCE_GRANULARITY), that is 4 decimals.
 RESOURCE_DECIMALS = 4
 RESOURCE_UNIT = 10**-RESOURCE_DECIMALS
@@ -303,6 +307,10 @@ class DistillSpec(_SearchableSection):
         1.0, description="softmax temperature of the teacher term (paper: 1)"
     )
     teacher_weight: _searchable(Annotated[Float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the teacher term")
+    label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = Field(
+        0.0, description="label smoothing ε of the label term of any objective that has one (objective 'ls': labels "
+        "only, with ε > 0)"
+    )
     label_weight: _searchable(Annotated[Float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the label term")
     teacher: Literal["online", "cached"] = Field(
         "online", description="'cached': the teacher's logits are computed once per generation and shared by its trials"
@@ -334,6 +342,12 @@ class DistillSpec(_SearchableSection):
                 refusal = objective.refusal(**dict(zip(fields, combination)))
                 if refusal:
                     raise ValueError(f"objective {refusal}")
+            if self.label_smoothing and not objective.uses_labels:
+                raise ValueError(f"label_smoothing: {self.label_smoothing:g} is not allowed with objective "
+                                 f"'{objective.name}', which has no label term; allowed: 0, or an objective with "
+                                 "one (" + ", ".join(o for o in OBJECTIVES.names() if OBJECTIVES[o].uses_labels) + ")")
+            if objective.name == "ls" and not self.label_smoothing:
+                raise ValueError("objective 'ls' needs label_smoothing above 0 (with 0 it is 'ce'), e.g. 0.1")
         return self
 
     def loss_params(self) -> LossParams:
@@ -344,6 +358,34 @@ class DistillSpec(_SearchableSection):
 class EnsembleSpec(_Section):
     include_teacher: bool = Field(
         False, description="Ens*k over the last k generations counting the teacher (the paper does so once)"
+    )
+
+
+def _control_from_boolean(value: Any) -> Any:
+    # `control: true` keeps meaning one teacher′ per chain, `false` none.
+    return {"teachers": int(value)} if isinstance(value, bool) else value
+
+
+class ControlSpec(_Section):
+    teachers: Int = Field(
+        1, ge=0, le=MAX_CONTROL_TEACHERS,
+        description="teacher′s per chain: the teacher's recipe with fresh seeds. The first measures seed noise; the "
+        "Teacher with k − 1 of them is the same-size baseline of Ens*k (k members), so Ens*k needs k − 1",
+    )
+    equal_budget: bool = Field(
+        False, description="also train, per chain, one model for the chain's total epochs ((generations + 1) × "
+        "train.epochs, lr_milestones scaled alike), compared with the last BAN generation",
+    )
+    label_smoothing: Annotated[Float, Field(gt=0, lt=1)] | None = Field(
+        None, description="also train, per chain, the teacher's recipe with label smoothing ε (objective 'ls'), "
+        "compared with BAN-1",
+    )
+
+
+class ReportSpec(_Section):
+    primary: str | None = Field(
+        None, description="the one comparison given a plain 95% verdict: 'COLUMN' (minus the Teacher) or 'COLUMN vs "
+        "BASELINE'; default: the last BAN generation vs Teacher. Every other comparison is Holm-adjusted",
     )
 
 
@@ -437,7 +479,7 @@ class TrackingSpec(_Section):
 
 
 # Sections and fields that do not change what is trained; they stay out of the spec hash.
-_RUNTIME_SECTIONS = {"control", "ensembles", "resources", "storage", "storage_endpoint", "tracking"}
+_RUNTIME_SECTIONS = {"control", "ensembles", "report", "resources", "storage", "storage_endpoint", "tracking"}
 _RUNTIME_FIELDS = {"train": {"checkpoint_every_s"}}
 
 # Keys that once meant something and no longer do: a spec still giving one is told why, not just "unknown key".
@@ -446,7 +488,8 @@ _REMOVED_KEYS = {
     ("data", "pin_memory"): "the data are moved to the training device once per process, not copied batch by batch",
 }
 
-Arm = Literal["main", "control"]
+# A chain's generations ("main") or one of its side arms (banray.records): teacher′s, equal budget, label smoothing.
+Arm = Annotated[str, Field(pattern=r"^(main|control[0-9]*|budget|smoothing)$")]
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules
@@ -522,11 +565,12 @@ class SweepSpec(_Section):
     generations: Int = Field(ge=1, le=MAX_GENERATIONS, description="student generations after the generation-0 teacher")
     chains: Int = Field(1, ge=1, le=MAX_CHAINS, description="independent lineages, each with its own seeds and (unless data.shared_split) its own "
                         "train/validation split and augmentation")
-    control: bool = Field(
-        True,
-        description="also train, per chain, teacher′: the teacher's recipe with a fresh seed (the seed-noise "
-        "control arm the report measures every difference against)",
+    control: Annotated[ControlSpec, BeforeValidator(_control_from_boolean)] = Field(
+        ControlSpec(),
+        description="the control arms trained per chain beside its generations: true (one teacher′, the seed-noise "
+        "baseline; the default), false (none), or {teachers: K, equal_budget: bool, label_smoothing: ε}",
     )
+    report: ReportSpec = ReportSpec()
     search: SearchSpec = SearchSpec()
     chain_stop: ChainStopSpec | None = Field(None, description="optional rule that ends a chain early")
     ensembles: EnsembleSpec = EnsembleSpec()
@@ -594,6 +638,26 @@ class SweepSpec(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _equal_budget_fits(self) -> SweepSpec:
+        epochs = (self.generations + 1) * self.train.epochs
+        if self.control.equal_budget and epochs > MAX_EPOCHS:
+            raise ValueError(
+                f"control.equal_budget: the chain's total epochs, (generations + 1) × train.epochs = {epochs}, exceed "
+                f"{MAX_EPOCHS}; allowed: false, or fewer generations or epochs"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _primary_is_a_comparison(self) -> SweepSpec:
+        made = comparisons(self.report_columns(), self.generations)
+        if self.report.primary is not None and self.primary_comparison() not in made:
+            raise ValueError(
+                f"report.primary: {shorten(self.report.primary)} is not a comparison this sweep's report makes; "
+                "allowed: " + ", ".join(f"'{comparison_name(*pair)}'" for pair in made)
+            )
+        return self
+
     def model_of(self, generation: int) -> ModelSpec:
         return self.model if generation == 0 or self.student is None else self.student
 
@@ -605,13 +669,44 @@ class SweepSpec(_Section):
         sections = ("train",) if generation == 0 else ("train", "distill")
         return {f"{s}.{name}": r for s in sections for name, r in getattr(self, s).ranges().items()}
 
+    def side_arms(self) -> list[str]:
+        """The side arms each chain trains beside its generations, in the order they start."""
+        arms = [control_arm(i) for i in range(self.control.teachers)]
+        return arms + [BUDGET_ARM] * self.control.equal_budget + [SMOOTHING_ARM] * (self.control.label_smoothing is not None)
+
+    def budget_train(self) -> TrainSpec:
+        """The equal-budget arm's recipe: the teacher's, stretched to the chain's total epochs."""
+        stretch = self.generations + 1
+        return self.train.model_copy(update={"epochs": stretch * self.train.epochs,
+                                             "lr_milestones": [stretch * m for m in self.train.lr_milestones]})
+
+    def report_columns(self) -> list[str]:
+        """The report's columns a complete run of this spec fills."""
+        sizes = list(ensemble_members(list(range(self.generations + 1)), self.ensembles.include_teacher))
+        return report_columns(self.generations, sizes, self.control.teachers, self.control.equal_budget,
+                              self.control.label_smoothing is not None)
+
+    def primary_comparison(self) -> tuple[str, str]:
+        """(column, baseline) of the report's primary comparison."""
+        if self.report.primary is None:
+            return f"BAN-{self.generations}", "Teacher"
+        column, _, baseline = self.report.primary.partition(" vs ")
+        return column.strip(), baseline.strip() or "Teacher"
+
+    def _recipe(self, generation: int, arm: str) -> tuple[TrainSpec, DistillSpec]:
+        if arm == BUDGET_ARM:
+            return self.budget_train(), DistillSpec(objective="ce")
+        if arm == SMOOTHING_ARM:
+            return self.train, DistillSpec(objective="ls", label_smoothing=self.control.label_smoothing)
+        return self.train, self.distill if generation > 0 else DistillSpec(objective="ce")
+
     def generation_settings(
-        self, chain: int, generation: int, teacher_checkpoint: str | None, arm: Arm = "main"
+        self, chain: int, generation: int, teacher_checkpoint: str | None, arm: str = MAIN_ARM
     ) -> dict[str, Any]:
-        """The settings shared by every trial of one generation (or of the control arm, generation 0 with
-        arm "control"); a trial adds `trial` and `seed`, and the search (if any) fills in the ranges of
+        """The settings shared by every trial of one generation (or of a side arm, generation 0 with its arm's
+        recipe); a trial adds `trial` and `seed`, and the search (if any) fills in the ranges of
         `search_space(generation)`."""
-        distill = self.distill if generation > 0 else DistillSpec(objective="ce")
+        train, distill = self._recipe(generation, arm)
         return {
             "sweep": self.name,
             "seed_root": self.seed,
@@ -622,7 +717,7 @@ class SweepSpec(_Section):
             "data": self.chain_data(chain).model_dump(mode="json"),
             "model": self.model_of(generation).model_dump(mode="json"),
             "teacher_model": self.model_of(generation - 1).model_dump(mode="json") if generation > 0 else None,
-            "train": self.train.model_dump(mode="json", exclude_none=True),
+            "train": train.model_dump(mode="json", exclude_none=True),
             "distill": distill.model_dump(mode="json", exclude_none=True),
             "metric": self.search.metric,
             "teacher_checkpoint": teacher_checkpoint,
@@ -659,24 +754,33 @@ def derive_seed(root: int, *path: int) -> int:
     return int(np.random.SeedSequence([root, *path]).generate_state(1)[0] >> 1)
 
 
-def trial_seed(root: int, chain: int, generation: int, trial: int, arm: Arm = "main") -> int:
-    """A trial's seed. The control arm's trials draw from their own branch of the seed tree: same recipe,
-    fresh seeds."""
-    return derive_seed(root, chain, generation, trial, *((1,) if arm == "control" else ()))
+def _seed_branch(arm: str) -> tuple[int, ...]:
+    """Where a side arm's trials draw their seeds in the seed tree: teacher′ i at (1,) or (1, i), the
+    equal-budget arm at (2,), the label-smoothing arm at (3,); a chain's generations at ()."""
+    if is_control(arm):
+        index = int(arm.removeprefix("control") or 1) - 1
+        return (1,) if index == 0 else (1, index)
+    return {MAIN_ARM: (), BUDGET_ARM: (2,), SMOOTHING_ARM: (3,)}[arm]
 
 
-def role(generation: int, arm: Arm = "main") -> str:
-    """What a generation's models are in their chain: its teacher, a student, or the control arm's teacher′."""
-    if arm == "control":
-        return "control"
+def trial_seed(root: int, chain: int, generation: int, trial: int, arm: str = MAIN_ARM) -> int:
+    """A trial's seed. A side arm's trials draw from their own branch of the seed tree: fresh seeds."""
+    return derive_seed(root, chain, generation, trial, *_seed_branch(arm))
+
+
+def role(generation: int, arm: str = MAIN_ARM) -> str:
+    """What a generation's models are in their chain: its teacher, a student, a teacher′ ("control"), the
+    equal-budget or the label-smoothing model."""
+    if arm != MAIN_ARM:
+        return "control" if is_control(arm) else arm
     return "teacher" if generation == 0 else "student"
 
 
-def group_name(chain: int, generation: int, arm: Arm = "main") -> str:
-    """The name of a (chain, generation) group, or of a chain's control arm, in Tune, Train, its MLflow
+def group_name(chain: int, generation: int, arm: str = MAIN_ARM) -> str:
+    """The name of a (chain, generation) group, or of a chain's side arm, in Tune, Train, its MLflow
     generation run (its trials' are `<name>-trial<t>`) and the folders of `banray trial`; a chain's MLflow run
     is named apart (results.tracking.chain_run_name)."""
-    return f"chain{chain}-control-gen0" if arm == "control" else f"chain{chain}-gen{generation}"
+    return f"chain{chain}-gen{generation}" if arm == MAIN_ARM else f"chain{chain}-{arm}-gen0"
 
 
 class TrialSettings(_Section):
@@ -686,7 +790,7 @@ class TrialSettings(_Section):
     spec_hash: str
     chain: int
     generation: int
-    arm: Arm = "main"
+    arm: Arm = MAIN_ARM
     trial: int
     seed: int
     data: DataSpec

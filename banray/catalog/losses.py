@@ -36,6 +36,7 @@ class LossParams:
     temperature: float
     label_weight: float
     teacher_weight: float
+    label_smoothing: float = 0.0  # ε of every label term: the target is (1 − ε)·y + ε/classes
 
 
 TermsFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, LossParams], Terms]
@@ -47,6 +48,7 @@ class Objective:
     name: str
     needs_teacher: bool
     terms_fn: TermsFn
+    uses_labels: bool = True  # it has a label term (which label_smoothing smooths)
     # An objective whose terms' weights are settings declares them (and which of its terms carry the teacher);
     # validation asks it which settings it cannot train with.
     weights: WeightsFn | None = None
@@ -110,13 +112,23 @@ def teacher_probs(teacher_logits, temperature: float) -> torch.Tensor:
     return F.softmax(teacher_logits.float() / temperature, dim=1)
 
 
+def label_cross_entropy(student_logits, labels, params: LossParams) -> torch.Tensor:
+    """CE(y, q) averaged over the batch, against labels smoothed by params.label_smoothing."""
+    return F.cross_entropy(student_logits, labels, label_smoothing=params.label_smoothing)
+
+
 @_register("ce", needs_teacher=False)
 def _ce(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     """Labels only: CE(y, q). Generation 0 (the teacher) always trains with this."""
-    return {"ce": F.cross_entropy(student_logits, labels)}
+    return {"ce": label_cross_entropy(student_logits, labels, params)}
 
 
-@_register("ban", needs_teacher=True)
+# Label smoothing (Szegedy et al.), the regulariser Yuan et al. find behind much of KD's gain: labels only,
+# CE((1 − ε)·y + ε/classes, q); the spec asks for ε > 0 with it (at 0 it is 'ce').
+_register("ls", needs_teacher=False)(_ce)
+
+
+@_register("ban", needs_teacher=True, uses_labels=False)
 def _ban(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     """Born-Again (paper Eq. 2): teacher-only T²·CE(p_T, q_T); no label term.
 
@@ -136,7 +148,7 @@ def _ban_l(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     p = teacher_probs(teacher_logits, params.temperature)
     return {
         "teacher_ce": params.teacher_weight * soft_cross_entropy(student_logits, p, params.temperature),
-        "ce": params.label_weight * F.cross_entropy(student_logits, labels),
+        "ce": params.label_weight * label_cross_entropy(student_logits, labels, params),
     }
 
 
@@ -163,7 +175,7 @@ def _kd(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     )
     return {
         "kd": params.alpha * temperature**2 * kl,
-        "ce": (1.0 - params.alpha) * F.cross_entropy(student_logits, labels),
+        "ce": (1.0 - params.alpha) * label_cross_entropy(student_logits, labels, params),
     }
 
 
@@ -203,7 +215,8 @@ def _cwtm(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     gradients (÷ R), so the step is Eq. 10's on the global batch, and the ranks' mean loss is its value.
     """
     weights, ranks = _global_cwtm_weights(teacher_logits, params.temperature)
-    loss = (weights * F.cross_entropy(student_logits, labels, reduction="none")).sum()
+    smoothing = params.label_smoothing
+    loss = (weights * F.cross_entropy(student_logits, labels, reduction="none", label_smoothing=smoothing)).sum()
     return {"weighted_ce": loss if ranks == 1 else ranks * loss}
 
 
@@ -222,7 +235,7 @@ def permute_non_argmax(probs: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(1, targets, probs.gather(1, sources))
 
 
-@_register("dkpp", needs_teacher=True)
+@_register("dkpp", needs_teacher=True, uses_labels=False)
 def _dkpp(student_logits, teacher_logits, labels, params: LossParams) -> Terms:
     """Dark Knowledge with Permuted Predictions (paper Eq. 11): teacher-only T²·CE(φ(p_T), q_T).
 

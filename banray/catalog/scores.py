@@ -52,3 +52,23 @@ def ensemble_members(generations: list[int], include_teacher: bool) -> dict[int,
     """Ens*k → its members: the last k of the finished generations (students only unless include_teacher)."""
     pool = [g for g in generations if include_teacher or g > 0]
     return {k: pool[-k:] for k in range(2, len(pool) + 1)}
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely a student matches its teacher (Stanton et al. 2021): both on the same samples."""
+
+    agreement: float  # fraction of samples whose top-1 predictions agree
+    kl: float  # mean over samples of KL(teacher ‖ student), in nats
+
+
+def fidelity(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> Fidelity:
+    """Top-1 agreement and mean KL(p_teacher ‖ p_student) of (samples, classes) probabilities; a zero teacher
+    probability adds nothing to the KL, a zero student probability is held at the smallest positive float."""
+    teacher, student = teacher_probs.double(), student_probs.double()
+    tiny = torch.finfo(torch.float64).tiny
+    terms = torch.where(teacher > 0, teacher * (teacher.clamp_min(tiny).log() - student.clamp_min(tiny).log()), 0.0)
+    return Fidelity(
+        agreement=(teacher.argmax(dim=1) == student.argmax(dim=1)).double().mean().item(),
+        kl=terms.sum(dim=1).mean().item(),
+    )

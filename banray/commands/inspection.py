@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from banray.sweep import lock
 
-from banray.records import CONTROL_ARM, ChainResult, EnsembleRecord, GenerationRecord
+from banray.records import ChainResult, EnsembleRecord, GenerationRecord, arm_title
 from banray.results import tracking
 from banray.selection import best_generation
 from banray.spec import SpecError, SweepSpec, cut, parse_spec, spec_document
@@ -121,9 +121,8 @@ class ChainState:
     records: list[GenerationRecord]
     running: dict[str, Any] | None
     stopped: str | None
-    control: GenerationRecord | None
-    control_running: bool
-    control_since: float | None
+    arms: dict[str, GenerationRecord]  # finished side arms, by arm
+    arms_running: dict[str, float | None]  # running side arms → when each started
 
 
 @dataclass
@@ -191,15 +190,15 @@ def open_sweep(location: str) -> Sweep:
 def _chains(state: dict[str, Any], spec: SweepSpec, where: str) -> dict[int, ChainState]:
     """state.json's chains, in the layout banray.sweep.state.SweepState.save writes."""
     try:
-        chains = {chain: ChainState([], None, None, None, False, None) for chain in range(spec.chains)}
+        chains = {chain: ChainState([], None, None, {}, {}) for chain in range(spec.chains)}
         for key, value in state["chains"].items():
-            control, running = value["control"], value["running"]
+            running, started = value["running"], value.get("arms_started_at") or {}
             if running is not None and not isinstance(running["generation"], int):
                 raise TypeError(f"chain {key}'s running generation is {cut(repr(running['generation']), 40)}")
             chains[int(key)] = ChainState(
                 [GenerationRecord(**r) for r in value["generations"]], running, value["stopped"],
-                GenerationRecord(**control) if control else None, bool(value["control_running"]),
-                _number(value.get("control_started_at")),
+                {arm: GenerationRecord(**r) for arm, r in value["arms"].items()},
+                {arm: _number(started.get(arm)) for arm in value["arms_running"]},
             )
         return chains
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -225,15 +224,18 @@ def _best(records: list[GenerationRecord], metric: str) -> dict[str, Any] | None
 def _remaining(spec: SweepSpec, chain: ChainState) -> int:
     """The chain's groups not finished (running or to run)."""
     generations = 0 if chain.stopped else spec.generations + 1 - len(chain.records)
-    return generations + int(spec.control and chain.control is None)
+    return generations + len(_arms_left(spec, chain))
+
+
+def _arms_left(spec: SweepSpec, chain: ChainState) -> list[str]:
+    return [arm for arm in spec.side_arms() if arm not in chain.arms]
 
 
 def _chain_status(spec: SweepSpec, number: int, chain: ChainState) -> dict[str, Any]:
     running = []
     if chain.running:
         running.append({"generation": chain.running["generation"], "started_at": _number(chain.running.get("started_at"))})
-    if chain.control_running:
-        running.append({"generation": CONTROL_ARM, "started_at": chain.control_since})
+    running += [{"generation": arm, "started_at": since} for arm, since in chain.arms_running.items()]
     return {
         "chain": number,
         "generations_planned": spec.generations + 1,
@@ -242,7 +244,7 @@ def _chain_status(spec: SweepSpec, number: int, chain: ChainState) -> dict[str, 
         "running": running,
         "best": _best(chain.records, spec.search.metric),
         "stopped": chain.stopped,
-        "control": _record(chain.control) if chain.control else None,
+        "arms": {arm: _record(record) for arm, record in chain.arms.items()},
         "finished": _remaining(spec, chain) == 0,
     }
 
@@ -269,10 +271,8 @@ def _seconds_left(spec: SweepSpec, chain: ChainState, mean: float, now: float | 
     path = 0.0
     if generations:
         path = (rest(_number(chain.running.get("started_at"))) if chain.running else mean) + mean * (generations - 1)
-    control = 0.0
-    if spec.control and chain.control is None:
-        control = rest(chain.control_since) if chain.control_running else mean
-    return path + control, path
+    arms = sum(rest(chain.arms_running[arm]) if arm in chain.arms_running else mean for arm in _arms_left(spec, chain))
+    return path + arms, path
 
 
 def _groups(sweep: Sweep, now: float) -> tuple[dict[str, Any], float | None]:
@@ -288,8 +288,8 @@ def _groups(sweep: Sweep, now: float) -> tuple[dict[str, Any], float | None]:
         left = [_seconds_left(spec, c, mean, now if sweep.status == "running" else None) for c in chains.values()]
         eta = max(sum(work for work, _ in left) / at_once, max(path for _, path in left))
     groups = {
-        "total": spec.chains * (spec.generations + 1 + int(spec.control)),
-        "done": sum(len(c.records) + int(c.control is not None) for c in chains.values()),
+        "total": spec.chains * (spec.generations + 1 + len(spec.side_arms())),
+        "done": sum(len(c.records) + len(c.arms) for c in chains.values()),
         "remaining": sum(_remaining(spec, c) for c in chains.values()),
         "skipped": sum(spec.generations + 1 - len(c.records) for c in chains.values() if c.stopped),
         "at_once": at_once, "mean_s": mean,
@@ -363,7 +363,7 @@ def _scores(record: dict[str, Any], metric: str) -> str:
 
 
 def _running_line(group: dict[str, Any], now: float, running: bool) -> str:
-    what = "control (teacher′)" if group["generation"] == CONTROL_ARM else f"generation {group['generation']}"
+    what = arm_title(group["generation"]) if isinstance(group["generation"], str) else f"generation {group['generation']}"
     if group["started_at"] is None:
         return f"{what} (start time not recorded)"
     if not running:
@@ -385,8 +385,7 @@ def _chain_lines(chain: dict[str, Any], metric: str, sweep_status: str, now: flo
                                            else "none yet")
     lines = [head]
     lines += [f"    generation {g['generation']}: {_scores(g, metric)}" for g in chain["generations"]]
-    if chain["control"]:
-        lines.append(f"    control (teacher′): {_scores(chain['control'], metric)}")
+    lines += [f"    {arm_title(arm)}: {_scores(record, metric)}" for arm, record in chain["arms"].items()]
     return lines
 
 
@@ -470,8 +469,8 @@ def _chain_results(report_data: dict[str, Any], where: str) -> list[ChainResult]
             ChainResult(
                 c["chain"], [GenerationRecord(**g) for g in c["generations"]],
                 [EnsembleRecord(**e) for e in c["ensembles"]], c["ensemble_run_id"], c["stopped"],
-                control=GenerationRecord(**c["control"]) if c["control"] else None,
-                control_ensemble=EnsembleRecord(**c["control_ensemble"]) if c["control_ensemble"] else None,
+                arms={arm: GenerationRecord(**r) for arm, r in c["arms"].items()},
+                control_ensembles=[EnsembleRecord(**e) for e in c["control_ensembles"]],
             )
             for c in report_data["chains"]
         ]

@@ -17,7 +17,8 @@ import torch
 
 from banray.catalog.data import _CIFAR, DATASETS, PTB_FILES, DatasetInfo, DatasetMissing, dataset_info
 from banray.catalog.models import build_model
-from banray.columns import TEACHER_COLUMN, CONTROL_COLUMN, generation_column
+from banray.columns import TEACHER_COLUMN, CONTROL_COLUMN, control_ensemble_column, generation_column
+from banray.records import BUDGET_ARM, arm_title
 from banray.results import stats, tracking
 from banray.results.report import VARIATION
 from banray.spec import Range, SpecError, SweepSpec
@@ -55,9 +56,47 @@ class Work:
             per_epoch = max(1, dataset.train_size // (batch * spec.train.bptt))
         else:
             per_epoch = math.ceil(dataset.train_size * (1 - spec.data.val_fraction) / batch)
-        groups = spec.chains * (spec.generations + 1 + int(spec.control))  # the control arm: one group per chain
+        groups = spec.chains * (spec.generations + 1 + len(spec.side_arms()))  # a group per side arm and chain
         trials = groups * spec.search.trials
-        return cls(groups, trials, per_epoch, trials * spec.train.epochs * per_epoch)
+        epochs = spec.chains * spec.search.trials * (chain_epochs(spec) + sum(arm_epochs(spec).values()))
+        return cls(groups, trials, per_epoch, epochs * per_epoch)
+
+
+def chain_epochs(spec: SweepSpec) -> int:
+    """Epochs one trial of each of a chain's generations trains, added up."""
+    return (spec.generations + 1) * spec.train.epochs
+
+
+def arm_epochs(spec: SweepSpec) -> dict[str, int]:
+    """Side arm → the epochs one trial of it trains."""
+    return {arm: spec.budget_train().epochs if arm == BUDGET_ARM else spec.train.epochs for arm in spec.side_arms()}
+
+
+def control_lines(spec: SweepSpec) -> list[str]:
+    """What each control arm adds to a chain, and which Ens*k lack a same-size baseline."""
+    epochs, control = arm_epochs(spec), spec.control
+    added = sum(epochs.values()) / chain_epochs(spec)
+    lines = [f"Control arms per chain (+{100 * added:.0f}% of the chains' training):"] if epochs else []
+    if control.teachers:
+        ensembles = ", ".join(control_ensemble_column(k) for k in range(2, control.teachers + 2)) or "none"
+        lines.append(f"  {control.teachers} teacher′(s), {spec.train.epochs} epochs each: seed noise; control "
+                     f"ensembles {ensembles}")
+    if control.equal_budget:
+        lines.append(f"  equal budget: one model for {epochs[BUDGET_ARM]} epochs (lr_milestones "
+                     f"{spec.budget_train().lr_milestones or 'none'}), against BAN-{spec.generations}")
+    if control.label_smoothing is not None:
+        lines.append(f"  label smoothing ε = {control.label_smoothing:g}: {spec.train.epochs} epochs, against BAN-1")
+    needed = teachers_needed(spec)
+    if needed > control.teachers:
+        lines.append(f"  Ens*{needed + 1} needs control.teachers: {needed} for a same-size baseline (this spec has "
+                     f"{control.teachers}); without it the report says 'no same-size baseline'")
+    return lines
+
+
+def teachers_needed(spec: SweepSpec) -> int:
+    """The teacher′s the largest Ens*k needs for its same-size baseline (k − 1), 0 without ensembles."""
+    sizes = [int(c.removeprefix("Ens*")) for c in spec.report_columns() if c.startswith("Ens*")]
+    return max(sizes, default=1) - 1
 
 
 def _build(key: str, model_spec, dataset: DatasetInfo, input_shape: tuple[int, ...]) -> torch.nn.Module:
@@ -322,9 +361,9 @@ def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:
     parallel = spec.chains * spec.search.trials
     lines = [
         f"Sweep '{spec.name}' (spec hash {spec.spec_hash()}) on {spec.data.dataset}",
-        f"DAG: {spec.chains} chain(s) × {spec.generations + 1} generations"
-        + (" + the control teacher′" if spec.control else "")
-        + f" = {work.groups} groups of "
+        f"DAG: {spec.chains} chain(s) × ({spec.generations + 1} generations"
+        + "".join(f" + {arm_title(arm)}" for arm in spec.side_arms())
+        + f") = {work.groups} groups of "
         f"{spec.search.trials} trial(s), {work.trials} trials in all",
     ]
     for chain in range(spec.chains):
@@ -343,6 +382,7 @@ def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:
         f"warm start: {'on' if spec.search.warm_start else 'off'}"
         + (f"; chain stop when improvement < {spec.chain_stop.min_improvement}" if spec.chain_stop else "")
     )
+    lines += control_lines(spec)
     lines += [
         f"Worker slots: each trial takes {per_trial}; all chains' trials at once need {parallel} slot(s) = "
         f"{parallel * resources.workers_per_trial * resources.cpus_per_worker:g} CPU"

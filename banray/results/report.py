@@ -20,7 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from banray.catalog.data import dataset_info, dataset_kind
-from banray.columns import TEACHER_COLUMN, CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN, ensemble_column, generation_column
+from banray.columns import (
+    CONTROL_COLUMN,
+    CONTROL_ENSEMBLE_COLUMN,
+    EQUAL_BUDGET_COLUMN,
+    LABEL_SMOOTHING_COLUMN,
+    TEACHER_COLUMN,
+    comparison_name,
+    comparisons,
+    control_ensemble_column,
+    ensemble_column,
+    generation_column,
+    is_control_ensemble,
+    metric_slug,
+    own_baseline,
+    report_column,
+)
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import stats
 from banray.spec import SweepSpec
@@ -44,23 +59,16 @@ DISPLAY = {
 }
 
 
-def metric_slug(column: str) -> str:
-    """An MLflow-safe name for a column: teacher, ban1, ens2, control, control_ensemble."""
-    fixed = {TEACHER_COLUMN: "teacher", CONTROL_COLUMN: "control", CONTROL_ENSEMBLE_COLUMN: "control_ensemble"}
-    return fixed.get(column) or column.lower().replace("-", "").replace("*", "")
-
-
 def _headline(dataset: str):
     """What the table shows, its unit and the metric behind it (a data.Headline), as the dataset registry has it."""
     return dataset_info(dataset).headline
 
 
-def _columns(spec: SweepSpec, chains: list[ChainResult], present: set[str]) -> list[str]:
-    """The table's columns: Teacher, BAN-1 … BAN-G, Ens*k for each k any chain has, then the control arm's
-    columns where any chain has them."""
-    columns = [generation_column(g) for g in range(spec.generations + 1)]
-    columns += [ensemble_column(k) for k in sorted({e.k for result in chains for e in result.ensembles})]
-    return columns + [c for c in (CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN) if c in present]
+def _columns(spec: SweepSpec, present: set[str]) -> list[str]:
+    """The table's columns: Teacher, BAN-1 … BAN-G, then the ensembles and control arms' columns (Teacher′, the
+    control ensembles, Equal-budget, Label-smoothing) that any chain has."""
+    generations = {generation_column(g) for g in range(spec.generations + 1)}
+    return [c for c in spec.report_columns() if c in generations or c in present]
 
 
 Entry = GenerationRecord | EnsembleRecord
@@ -70,10 +78,8 @@ def _entries(result: ChainResult) -> dict[str, Entry]:
     """Column → the chain's record for it."""
     entries: dict[str, Entry] = {generation_column(g.generation): g for g in result.generations}
     entries.update({ensemble_column(e.k): e for e in result.ensembles})
-    if result.control is not None:
-        entries[CONTROL_COLUMN] = result.control
-    if result.control_ensemble is not None:
-        entries[CONTROL_ENSEMBLE_COLUMN] = result.control_ensemble
+    entries.update({report_column(0, arm): record for arm, record in result.arms.items()})
+    entries.update({control_ensemble_column(e.k): e for e in result.control_ensembles})
     return entries
 
 
@@ -111,10 +117,19 @@ def _paired(entries: list[dict[str, Entry]], column: str, baseline: str, metric:
     return dataclasses.asdict(stats.paired([a for a, _ in pairs], [b for _, b in pairs]))
 
 
-def _paired_section(by_chain: list[dict[str, Entry]], columns: list[str], metrics: list[str]) -> dict[str, Any]:
-    """Each column − Teacher and each Ens*k − Teacher+Teacher′, per metric, with how they were computed;
-    metrics[0] is the headline metric."""
-    ensembles = [c for c in columns if c.startswith("Ens*")]
+def _paired_section(by_chain: list[dict[str, Entry]], columns: list[str], metrics: list[str],
+                   spec: SweepSpec) -> dict[str, Any]:
+    """Each column − Teacher, and each column with a baseline of its own (Ens*k: the same-size control ensemble;
+    Equal-budget: the last BAN; Label-smoothing: BAN-1) minus it, per metric, with how they were computed;
+    metrics[0] is the headline metric. The primary comparison keeps its plain 95% verdict, every other one is
+    judged on its Holm-adjusted p over all the others (per metric)."""
+    primary = spec.primary_comparison()
+    made = comparisons(columns, spec.generations)
+    # holm_p None: the primary comparison, judged on its own
+    found = {pair: {m: {**_paired(by_chain, *pair, m), "holm_p": None} for m in metrics} for pair in made}
+    for metric in metrics:
+        _holm_adjust([found[pair][metric] for pair in made if pair != primary])
+    own = {c: b for c, b in made if b != TEACHER_COLUMN}
     return {
         "baseline": TEACHER_COLUMN,
         "headline_metric": metrics[0],
@@ -123,12 +138,33 @@ def _paired_section(by_chain: list[dict[str, Entry]], columns: list[str], metric
         "test": "Wilcoxon signed-rank, two-sided; exact (all sign flips) for small n, zeros dropped",
         "minimum_chains_for_any_claim": stats.minimum_chains_for_any_claim(),
         "units": "differences in the metric's own unit: test_error and test_ece as fractions (x100 = points)",
-        "vs_teacher": {
-            column: {m: _paired(by_chain, column, TEACHER_COLUMN, m) for m in metrics} for column in columns[1:]
-        },
-        "vs_control_ensemble": {
-            column: {m: _paired(by_chain, column, CONTROL_ENSEMBLE_COLUMN, m) for m in metrics} for column in ensembles
-        } if CONTROL_ENSEMBLE_COLUMN in columns else {},
+        "primary": {"column": primary[0], "baseline": primary[1]},
+        "adjustment": "Holm over every comparison but the primary one, per metric, on the paired t-test's p",
+        "vs_teacher": {c: found[(c, b)] for c, b in made if b == TEACHER_COLUMN},
+        "own_baselines": own,
+        "vs_own_baseline": {c: found[(c, b)] for c, b in own.items()},
+        # Ens*k whose same-size baseline was not trained: never compared with a smaller ensemble
+        "no_same_size_baseline": {c: own_baseline(c, spec.generations) for c in columns
+                                  if c.startswith("Ens*") and c not in own},
+    }
+
+
+def _holm_adjust(family: list[dict[str, Any]]) -> None:
+    """Adds each comparison's Holm-adjusted p and replaces its verdict with the adjusted one."""
+    for paired, adjusted in zip(family, stats.holm([p["t_p"] for p in family])):
+        paired["holm_p"] = adjusted
+        paired["verdict"] = stats.adjusted_verdict(stats.Paired(**{k: v for k, v in paired.items() if k != "holm_p"}),
+                                                   adjusted)
+
+
+def _fidelity(spec: SweepSpec, by_chain: list[dict[str, Entry]]) -> dict[str, Any]:
+    """Each student generation's top-1 agreement with its teacher and KL(teacher ‖ student) on the test split,
+    mean ± std over chains."""
+    students = [generation_column(g) for g in range(1, spec.generations + 1)]
+    return {
+        column: {name: _spread([v for v in (_metric(e.get(column), f"test_{name}") for e in by_chain) if v is not None])
+                 for name in ("agreement", "teacher_kl")}
+        for column in students
     }
 
 
@@ -142,7 +178,7 @@ def build(
     headline_metric = headline.metric
     metrics = [headline_metric] + [m for m in ("test_error", "test_nll", "test_ece") if m != headline_metric]
     entries = {result.chain: _entries(result) for result in chains}
-    columns = _columns(spec, chains, {column for chain_entries in entries.values() for column in chain_entries})
+    columns = _columns(spec, {column for chain_entries in entries.values() for column in chain_entries})
     rows = {chain: {c: _cell(e, headline_metric) for c, e in chain_entries.items()} for chain, chain_entries in entries.items()}
     summary = {
         column: _spread([row[column] for row in rows.values() if isinstance(row.get(column), float)])
@@ -176,7 +212,8 @@ def build(
         "rows": {str(chain): row for chain, row in rows.items()},
         "summary": summary,
         "metrics": by_metric,
-        "paired": _paired_section(by_chain, columns, metrics),
+        "paired": _paired_section(by_chain, columns, metrics, spec),
+        "fidelity": _fidelity(spec, by_chain),
         "chains": [
             {
                 "chain": result.chain,
@@ -185,8 +222,8 @@ def build(
                 "ensembles": [dataclasses.asdict(e) for e in result.ensembles],
                 "ensemble_run_id": result.mlflow_run_id,
                 "stopped": result.stopped,
-                "control": dataclasses.asdict(result.control) if result.control else None,
-                "control_ensemble": dataclasses.asdict(result.control_ensemble) if result.control_ensemble else None,
+                "arms": {arm: dataclasses.asdict(record) for arm, record in result.arms.items()},
+                "control_ensembles": [dataclasses.asdict(e) for e in result.control_ensembles],
             }
             for result in chains
         ],
@@ -278,19 +315,27 @@ def table(report: dict[str, Any]) -> str:
     def versus(metric: str, cell) -> list[str]:
         return ["—" if c == TEACHER_COLUMN else cell(paired["vs_teacher"][c][metric]) for c in columns]
 
+    def own(column: str) -> str:
+        if column in paired["no_same_size_baseline"]:
+            return f"no same-size baseline ({paired['no_same_size_baseline'][column]} not trained)"
+        if column not in paired["vs_own_baseline"]:
+            return "—"
+        found, baseline = paired["vs_own_baseline"][column][headline], paired["own_baselines"][column]
+        return f"{_interval(found, headline)} vs {baseline}, {_verdict(paired, column, baseline, found)}"
+
     for chain, values in report["rows"].items():
         row(chain, [_format(values.get(c)) for c in columns])
     row("mean ± std", [_spread_cell(report["metrics"][c][headline], headline) for c in columns])
     row(f"Δ vs Teacher ({unit}), 95% CI", versus(headline, lambda p: _interval(p, headline)))
     row("better/tied/worse; Wilcoxon p", versus(headline, _counts))
-    row("verdict", versus(headline, lambda p: p["verdict"]))
-    against = paired["vs_control_ensemble"]
-    if against:
-        row(
-            f"Δ vs {CONTROL_ENSEMBLE_COLUMN} ({unit}), 95% CI",
-            [f"{_interval(against[c][headline], headline)}, {against[c][headline]['verdict']}" if c in against else "—"
-             for c in columns],
-        )
+    row("verdict", ["—" if c == TEACHER_COLUMN else _verdict(paired, c, TEACHER_COLUMN, paired["vs_teacher"][c][headline])
+                    for c in columns])
+    if paired["own_baselines"] or paired["no_same_size_baseline"]:
+        row(f"Δ vs its own baseline ({unit}), 95% CI", [own(c) for c in columns])
+    for name, label, scale, digits in FIDELITY:
+        spreads = {c: by_name[name] for c, by_name in report["fidelity"].items()}
+        if any(spread["n"] for spread in spreads.values()):
+            row(label, [_fidelity_cell(spreads[c], scale, digits) if c in spreads else "—" for c in columns])
     for metric, label in (("test_nll", "test NLL"), ("test_ece", "ECE")):
         spreads = [report["metrics"][c][metric] for c in columns]
         if any(spread["n"] for spread in spreads):
@@ -300,6 +345,42 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _verdict(paired: dict[str, Any], column: str, baseline: str, found: dict[str, Any]) -> str:
+    """A comparison's verdict; the primary comparison's is marked as such."""
+    primary = paired["primary"] == {"column": column, "baseline": baseline}
+    return f"{found['verdict']} (primary)" if primary else found["verdict"]
+
+
+def _fidelity_cell(spread: dict[str, Any], scale: float, digits: int) -> str:
+    if spread["mean"] is None:
+        return "—"
+    cell = f"{scale * spread['mean']:.{digits}f}"
+    return cell if spread["std"] is None else f"{cell} ± {scale * spread['std']:.{digits}f}"
+
+
+FIDELITY = (("agreement", "agreement with its teacher (%)", 100, 2), ("teacher_kl", "KL(teacher ‖ it) (nats)", 1, 4))
+
+
+# What each control column is, for the caption.
+CONTROL_COLUMNS = {
+    CONTROL_COLUMN: f"{CONTROL_COLUMN} is the control arm: the teacher's recipe with a fresh seed.",
+    CONTROL_ENSEMBLE_COLUMN: f"{CONTROL_ENSEMBLE_COLUMN} (and Teacher+k×Teacher′) averages the softmax outputs of the "
+                             "Teacher and 1 (k) teacher′s: Ens*k's same-size baseline, never a smaller ensemble.",
+    EQUAL_BUDGET_COLUMN: f"{EQUAL_BUDGET_COLUMN} is one model trained for the chain's total epochs (the teacher's "
+                         "recipe stretched), set against the last BAN generation.",
+    LABEL_SMOOTHING_COLUMN: f"{LABEL_SMOOTHING_COLUMN} is the teacher's recipe with label smoothing, set against BAN-1.",
+}
+
+
+def _judged(paired: dict[str, Any]) -> str:
+    """How verdicts are reached: the primary comparison at 95%, the others Holm-adjusted."""
+    primary = comparison_name(paired["primary"]["column"], paired["primary"]["baseline"])
+    others = sum(1 for c in paired["vs_teacher"]) + len(paired["vs_own_baseline"]) - 1
+    return (f"The primary comparison, {primary}, is called better or worse when its interval excludes 0; each of the "
+            f"{others} other comparisons only when its Holm-adjusted p (paired t-test, over those {others}) is below "
+            "0.05; else within seed noise.")
+
+
 def caption(report: dict[str, Any]) -> str:
     """What the table shows, how to read its paired rows, and the seed-noise band of the control arm."""
     unit = f" ({report['unit']})" if report["unit"] else ""
@@ -307,13 +388,7 @@ def caption(report: dict[str, Any]) -> str:
     if any(c.startswith("Ens*") for c in report["columns"]):
         pool = "generations including the teacher" if report["ensembles"]["include_teacher"] else "student generations"
         ensembles = f" Ens*k averages the softmax outputs of the last k {pool}."
-    control = ""
-    if CONTROL_COLUMN in report["columns"]:
-        control = (
-            f" {CONTROL_COLUMN} is the control arm: the teacher's recipe with a fresh seed"
-            + (f"; {CONTROL_ENSEMBLE_COLUMN} averages their softmax outputs, the baseline for Ens*k." if CONTROL_ENSEMBLE_COLUMN
-               in report["columns"] else ".")
-        )
+    control = "".join(f" {text}" for column, text in CONTROL_COLUMNS.items() if column in report["columns"])
     lines = [f"{report['headline'].capitalize()}{unit} on `{report['dataset']}`; {report['selection']}.{ensembles}{control}"]
     paired = report["paired"]
     headline = paired["headline_metric"]
@@ -321,9 +396,9 @@ def caption(report: dict[str, Any]) -> str:
     chains = len(report["chains"])
     needed = paired["minimum_chains_for_any_claim"]
     reading = (
-        f"Δ: each column minus the same chain's Teacher in {diff_unit}, the mean over chains with its 95% Student-t "
-        "interval; better/tied/worse count chains, p is the two-sided Wilcoxon signed-rank test (exact for few "
-        "chains). A column is called better or worse only when its interval excludes 0, else within seed noise."
+        f"Δ: each column minus the same chain's Teacher (or its own baseline) in {diff_unit}, the mean over chains "
+        "with its 95% Student-t interval; better/tied/worse count chains, p is the two-sided Wilcoxon signed-rank "
+        f"test (exact for few chains). {_judged(paired)}"
     )
     if chains == 1:
         reading += " With one chain no claim can be made: there is no spread over seeds to set a difference against."
@@ -387,28 +462,43 @@ def _paper_table(report: dict[str, Any]) -> list[str]:
 
 
 def _evidence(paired: dict[str, Any], metric: str) -> list[str]:
-    """Mean difference, 95% interval, better/tied/worse, Wilcoxon p and verdict, in the display unit."""
+    """Mean difference, 95% interval, better/tied/worse, Wilcoxon p, Holm-adjusted p and verdict, in the display
+    unit."""
     if paired["n"] == 0:
-        return ["—"] * 6 + [paired["verdict"]]
+        return ["—"] * 7 + [paired["verdict"]]
     scale, _, digits = DISPLAY[metric]
     interval = "— (one chain)" if paired["ci_low"] is None else (
         f"[{scale * paired['ci_low']:+.{digits}f}, {scale * paired['ci_high']:+.{digits}f}]")
-    p = "—" if paired["wilcoxon_p"] is None else f"{paired['wilcoxon_p']:.2f}"
+    p, holm = ("—" if paired.get(key) is None else f"{paired[key]:.2f}" for key in ("wilcoxon_p", "holm_p"))
     counts = [str(paired[key]) for key in ("better", "tied", "worse")]
-    return [f"{scale * paired['mean']:+.{digits}f}", interval, *counts, p, paired["verdict"]]
+    return [f"{scale * paired['mean']:+.{digits}f}", interval, *counts, p, holm, paired["verdict"]]
 
 
 def _evidence_table(report: dict[str, Any]) -> list[str]:
-    """Is it real: each column minus the same chain's Teacher, and each Ens*k minus Teacher+Teacher′."""
+    """Is it real: each column minus the same chain's Teacher, then each column minus its own baseline; the
+    primary comparison first and marked."""
     paired = report["paired"]
     headline = paired["headline_metric"]
     unit = DISPLAY[headline][1]
     header = ["Column", "minus (same chain)", f"Δ {report['headline']} ({unit})", f"95% interval ({unit})",
-              "better", "tied", "worse", "Wilcoxon p", "verdict"]
-    rows = [[c, TEACHER_COLUMN, *_evidence(by_metric[headline], headline)] for c, by_metric in paired["vs_teacher"].items()]
-    rows += [[c, CONTROL_ENSEMBLE_COLUMN, *_evidence(by_metric[headline], headline)]
-             for c, by_metric in paired["vs_control_ensemble"].items()]
+              "better", "tied", "worse", "Wilcoxon p", "Holm p", "verdict"]
+    pairs = [(c, TEACHER_COLUMN, by_metric) for c, by_metric in paired["vs_teacher"].items()]
+    pairs += [(c, paired["own_baselines"][c], by_metric) for c, by_metric in paired["vs_own_baseline"].items()]
+    primary = (paired["primary"]["column"], paired["primary"]["baseline"])
+    pairs.sort(key=lambda pair: pair[:2] != primary)
+    rows = [[f"{c} (primary)" if (c, b) == primary else c, b, *_evidence(by_metric[headline], headline)]
+            for c, b, by_metric in pairs]
+    rows += [[c, wanted, *["—"] * 7, "no same-size baseline: set control.teachers higher"]
+             for c, wanted in paired["no_same_size_baseline"].items()]
     return _md_table(header, rows)
+
+
+def _fidelity_table(report: dict[str, Any]) -> list[str]:
+    """Each student's top-1 agreement with its teacher and KL(teacher ‖ student), mean ± std over chains."""
+    header = ["Column", *(label for _, label, _, _ in FIDELITY)]
+    rows = [[column, *(_fidelity_cell(by_name[name], scale, digits) for name, _, scale, digits in FIDELITY)]
+            for column, by_name in report["fidelity"].items()]
+    return _md_table(header, rows) if any(by_name["agreement"]["n"] for by_name in report["fidelity"].values()) else []
 
 
 CALIBRATION = (("test_nll", "test NLL"), ("test_ece", "ECE"))
@@ -474,6 +564,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             *_calibration_table(report),
             "",
+            *(["## Fidelity: does each student match its teacher? (test split)", "", *_fidelity_table(report), ""]
+              if _fidelity_table(report) else []),
             f"![{escape_markdown(report['headline'])} by generation]({PLOT_FILE})",
             "",
             *_early_ends(report),
@@ -497,8 +589,13 @@ def _positions(columns: list[str]) -> dict[str, int]:
     generations = [c for c in columns if c == TEACHER_COLUMN or c.startswith("BAN-")]
     x = {c: g for g, c in enumerate(generations)}
     x.update({c: int(c.removeprefix("Ens*")) for c in columns if c.startswith("Ens*")})
-    x.update({c: len(generations) + i for i, c in enumerate(c for c in columns if c in (CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN))})
+    x.update({c: len(generations) + i for i, c in enumerate(c for c in columns if _is_control(c))})
     return x
+
+
+def _is_control(column: str) -> bool:
+    """A control arm's column: Teacher′, a control ensemble, Equal-budget or Label-smoothing."""
+    return column in (CONTROL_COLUMN, EQUAL_BUDGET_COLUMN, LABEL_SMOOTHING_COLUMN) or is_control_ensemble(column)
 
 
 def _lineage(axis, report: dict[str, Any], x: dict[str, int]) -> None:
@@ -523,11 +620,12 @@ def _chain_label(chain: str, rows: dict[str, Any]) -> str:
 def _side_markers(axis, report: dict[str, Any], x: dict[str, int]) -> None:
     """Ens*k and the control arm as unconnected markers (each chain, and the mean in black): they are not
     generations, so no line runs through them."""
-    styles = {CONTROL_COLUMN: ("v", "tab:red"), CONTROL_ENSEMBLE_COLUMN: ("^", "tab:purple")}
+    styles = {CONTROL_COLUMN: ("v", "tab:red"), EQUAL_BUDGET_COLUMN: ("s", "tab:orange"),
+              LABEL_SMOOTHING_COLUMN: ("P", "tab:brown")}
     for column in report["columns"]:
-        if column not in styles and not column.startswith("Ens*"):
+        if not _is_control(column) and not column.startswith("Ens*"):
             continue
-        marker, color = styles.get(column, ("D", "tab:green"))
+        marker, color = styles.get(column, ("^", "tab:purple") if is_control_ensemble(column) else ("D", "tab:green"))
         values = [_number(row.get(column)) for row in report["rows"].values()]
         values = [v for v in values if not math.isnan(v)]
         if values:
@@ -592,8 +690,8 @@ def _differences(axis, report: dict[str, Any]) -> None:
 
 
 def _kind(column: str) -> int:
-    """0 a student generation, 1 an ensemble, 2 the control arm (the order of _differences' kinds)."""
-    return 2 if column in (CONTROL_COLUMN, CONTROL_ENSEMBLE_COLUMN) else 1 if column.startswith("Ens*") else 0
+    """0 a student generation, 1 an ensemble, 2 a control arm (the order of _differences' kinds)."""
+    return 2 if _is_control(column) else 1 if column.startswith("Ens*") else 0
 
 
 def figure(report: dict[str, Any]):

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from banray.catalog.local_cache import user_cache
-from banray.columns import TEACHER_COLUMN, CONTROL_ENSEMBLE_COLUMN, report_column
+from banray.columns import report_column
 from banray.environment import variables_for_a_while
 from banray.results import mlflow_calls
 from banray.selection import best_generation
-from banray.spec import group_name
+from banray.records import ARM_RECIPES, MAIN_ARM
+from banray.spec import group_name, role
 
 TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"
@@ -299,23 +300,23 @@ def note(text: str) -> str:
     return text if len(text) <= NOTE_LIMIT else text[: NOTE_LIMIT - 40] + "\n\n… (cut: see report.md)"
 
 
-def chain_run_name(chain: int, arm: str = "main") -> str:
-    return f"chain{chain}-control" if arm == "control" else f"chain{chain}"
+def chain_run_name(chain: int, arm: str = MAIN_ARM) -> str:
+    return f"chain{chain}" if arm == MAIN_ARM else f"chain{chain}-{arm}"
 
 
 def group_tags(level: str, sweep: str, chain: int, generation: int, arm: str, role: str,
                **values: Any) -> dict[str, str]:
-    """The tags of a generation's run (`level` "generation") or of one of its trials' runs ("trial"). The
-    control arm's carry no `banray.generation`: grouping runs by generation must not put Teacher′ among the
+    """The tags of a generation's run (`level` "generation") or of one of its trials' runs ("trial"). A side
+    arm's carry no `banray.generation`: grouping runs by generation must not put Teacher′ among the
     teachers."""
-    place = {"generation": generation} if arm == "main" else {}
+    place = {"generation": generation} if arm == MAIN_ARM else {}
     return banray_tags(sweep=sweep, chain=chain, **place, role=role, level=level, arm=arm,
                        column=report_column(generation, arm), **values)
 
 
 def start_chain_run(tracking: Tracking, experiment_id: str, sweep: str, chain: int, arm: str, generations: int) -> str:
-    """The run of a chain (or of its control arm) that its generations' runs are nested under."""
-    columns = [report_column(g, arm) for g in range(generations + 1 if arm == "main" else 1)]
+    """The run of a chain (or of one of its side arms) that its generations' runs are nested under."""
+    columns = [report_column(g, arm) for g in range(generations + 1 if arm == MAIN_ARM else 1)]
     tags = banray_tags(sweep=sweep, chain=chain, role="chain", level="chain", arm=arm, column=", ".join(columns))
     return start_run(tracking, experiment_id, chain_run_name(chain, arm), {**tags, NOTE: chain_note(sweep, chain, arm)})
 
@@ -348,12 +349,12 @@ def log_scores(tracking: Tracking, record) -> None:
 
 
 def finish_chain_run(tracking: Tracking, experiment_id: str, sweep: str, records: list, stopped: str | None) -> None:
-    """End the chain run of `records` (a chain's generations, or its control arm's), its description now
+    """End the chain run of `records` (a chain's generations, or one side arm's), its description now
     with a row per generation; FAILED if none of them finished."""
     run_id = records and chain_run_of(tracking, records[0].mlflow_run_id)
     if not run_id:
         return
-    arm = "control" if records[0].role == "control" else "main"
+    arm = records[0].arm
     text = "\n\n".join([chain_note(sweep, records[0].chain, arm), _generations_table(experiment_id, arm, records),
                         *([f"Stopped: {stopped}."] if stopped else [])])
     client = tracking.client()
@@ -363,10 +364,9 @@ def finish_chain_run(tracking: Tracking, experiment_id: str, sweep: str, records
 
 def chain_note(sweep: str, chain: int, arm: str) -> str:
     """What a chain run is."""
-    if arm == "control":
-        return (f"**Control arm of chain {chain}** (sweep `{sweep}`): Teacher′, the teacher's recipe with a fresh "
-                "seed, which measures how far a fresh seed alone moves the teacher. Its scores at step 0; its "
-                "generation's run is nested below.")
+    if arm != MAIN_ARM:
+        return (f"**{report_column(0, arm)}, a control arm of chain {chain}** (sweep `{sweep}`): {ARM_RECIPES[role(0, arm)]}"
+                " Its scores at step 0; its generation's run is nested below.")
     return (f"**Chain {chain}** (sweep `{sweep}`): each generation's best validation and test scores at step = "
             "generation (0: the Teacher; k: BAN-k, distilled from generation k − 1), errors and ECE in %. Its "
             "generations' runs are nested below.")
@@ -397,7 +397,8 @@ def experiment_note(experiment_id: str, sweep: str) -> str:
     return f"""**Born-again network chains of sweep `{sweep}`.** The [chart view]({chart}) draws one line per \
 chain over its generations (step = generation: 0 is the Teacher, k is BAN-k): `test_error_pct`, \
 `val_error_pct` (its best trial's, at the epoch it was selected at), `test_nll`, `test_ece_pct`; `summary` \
-draws the mean over chains, `chain<c>-control` the control arm Teacher′ at step 0. Errors and ECE in %, lower is \
+draws the mean over chains, `chain<c>-control` the control arm Teacher′ at step 0 (and `chain<c>-control2` …, \
+`chain<c>-budget`, `chain<c>-smoothing` the further control arms, where the spec asks for them). Errors and ECE in %, lower is \
 better.
 
 | Run | `banray.level` | What it is |
@@ -409,12 +410,13 @@ every paired statistic in paired.json |
 | ↳ `chain<c>-gen<k>` | generation | generation k's search: its best trial on validation, evaluated once on the \
 test split, its model |
 | ↳ ↳ `chain<c>-gen<k>-trial<t>` | trial | one trial: its metrics per epoch |
-| ↳ `chain<c>-ensembles` | chain | `Ens*k` (the last k generations' averaged outputs) and `Teacher+Teacher′` on \
-the test split |
+| ↳ `chain<c>-ensembles` | chain | `Ens*k` (the last k generations' averaged outputs) and the control ensembles \
+(`Teacher+Teacher′`: the Teacher and k − 1 teacher′s) on the test split |
 | `chain<c>-control` | chain | the control arm: the teacher's recipe with a fresh seed (Teacher′) |
 | ↳ `chain<c>-control-gen0` | generation | its search; its trials' runs below it |
 
-Every run carries the tags `banray.level`, `banray.arm` (main, control) and `banray.column` (the report \
+Every run carries the tags `banray.level`, `banray.arm` (main, control, control2 …, budget, smoothing) and \
+`banray.column` (the report \
 column it fills: Teacher, BAN-1, Teacher′ …), e.g. ``tags.`banray.column` = 'BAN-1'`` in the search box. \
 The chart view draws the first 10 runs of the list; with more chains pick "Show all runs" in the eye menu above it."""
 
@@ -432,13 +434,17 @@ def paired_table(result: dict[str, Any]) -> dict[str, list]:
     from banray.results.report import DISPLAY
 
     rows = []
-    for section, baseline in (("vs_teacher", TEACHER_COLUMN), ("vs_control_ensemble", CONTROL_ENSEMBLE_COLUMN)):
-        for column, by_metric in result["paired"][section].items():
-            for metric, paired in by_metric.items():
-                scale, unit, _ = DISPLAY[metric]
-                scaled = {k: v if v is None or k not in ("mean", "std", "ci_low", "ci_high") else round(scale * v, 9)
-                          for k, v in paired.items()}
-                rows.append({"comparison": f"{column} − {baseline}", "metric": metric, "unit": unit, **scaled})
+    section = result["paired"]
+    primary = (section["primary"]["column"], section["primary"]["baseline"])
+    pairs = [(c, "Teacher", by_metric) for c, by_metric in section["vs_teacher"].items()]
+    pairs += [(c, section["own_baselines"][c], by_metric) for c, by_metric in section["vs_own_baseline"].items()]
+    for column, baseline, by_metric in pairs:
+        for metric, paired in by_metric.items():
+            scale, unit, _ = DISPLAY[metric]
+            scaled = {k: v if v is None or k not in ("mean", "std", "ci_low", "ci_high") else round(scale * v, 9)
+                      for k, v in paired.items()}
+            rows.append({"comparison": f"{column} − {baseline}", "metric": metric, "unit": unit,
+                         "primary": (column, baseline) == primary, **scaled})
     return {key: [row[key] for row in rows] for key in (rows[0] if rows else {})}
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import ray
 import yaml
 
-from banray.records import ChainResult, GenerationRecord, SweepResult
+from banray.records import ChainResult, GenerationRecord, SweepResult, arm_title
 from banray.results import report, tracking
 from banray.spec import SweepSpec
 from banray.storage import SweepStorage
@@ -62,7 +62,7 @@ EVALUATION_MODULES = ("banray.sweep.evaluations", "mlflow.pytorch")
 def _start_evaluator(spec: SweepSpec) -> ray.actor.ActorHandle:
     """The runner of evaluations, niced: they run beside the next generations, which come first; a chain's
     can pile up behind them."""
-    groups = spec.chains * (1 + int(spec.control))
+    groups = spec.chains * (1 + len(spec.side_arms()))
     return start_evaluations_runner(groups * (spec.generations + 1), EVALUATION_MODULES, niceness=10)
 
 
@@ -72,16 +72,17 @@ def _prepare_and_run(spec: SweepSpec, storage: SweepStorage, capacity: int, echo
     ctx, state = _prepare(spec, storage, capacity, previous, spec_text, slots_actor=slots[0])
     for chain, records in [(c, r) for c, r in state.results.items() if r]:
         echo(f"[banray] chain {chain}: {len(records)} generation(s) finished before; they are not retrained")
-    control = " + control teacher′" if spec.control else ""
+    arms = "".join(f" + {arm_title(arm)}" for arm in spec.side_arms())
     echo(
-        f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){control}) × "
+        f"banray: sweep '{spec.name}': {spec.chains} chain(s) × (teacher + {spec.generations} generation(s){arms}) × "
         f"{spec.search.trials} trial(s); {capacity} trial(s) at a time; results in {storage.uri}"
     )
     dag, chains, busy_s = _schedule(ctx, state, slots[1], evaluator, echo)
     utilisation = busy_s / (capacity * dag.makespan_s)
-    for chain in chains:  # each chain's run, and its control arm's, ends with the table of its generations
-        for records, stopped in ((chain.generations, chain.stopped), ([chain.control] if chain.control else [], None)):
-            tracking.finish_chain_run(ctx.tracking, ctx.experiment_id, spec.name, records, stopped)
+    for chain in chains:  # each chain's run, and each side arm's, ends with the table of its generations
+        tracking.finish_chain_run(ctx.tracking, ctx.experiment_id, spec.name, chain.generations, chain.stopped)
+        for record in chain.arms.values():
+            tracking.finish_chain_run(ctx.tracking, ctx.experiment_id, spec.name, [record], None)
     aliases = tracking.register_generations(
         ctx.tracking, spec.name, [r for chain in chains for r in chain.generations], spec.search.metric,
         ctx.experiment_id,
@@ -128,7 +129,7 @@ def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle
     then each chain's ensembles: (the DAG's run, the chains' results, busy slot-seconds)."""
     spec, track = ctx.spec, ctx.tracking
     interrupted = dict(state.running)  # groups the interrupted driver was running
-    interrupted_controls = dict(state.controls_running)
+    interrupted_arms = {chain: dict(running) for chain, running in state.arms_running.items()}
     run_groups_here(spec.train.checkpoint_every_s)
 
     def launch(chain: int, generation: int, teacher: GenerationRecord | None):
@@ -139,28 +140,28 @@ def _schedule(ctx: SweepContext, state: SweepState, slots: ray.actor.ActorHandle
         state.started(chain, generation, run_id)
         return in_thread(run_group, ctx, chain, generation, teacher, run_id, restore)
 
-    def launch_control(chain: int):
-        run_id = interrupted_controls.pop(chain, None)
+    def launch_arm(chain: int, arm: str):
+        run_id = interrupted_arms.get(chain, {}).pop(arm, None)
         restore = run_id is not None
-        run_id = tracking.reopen_run(track, run_id) if restore else start_generation_run(ctx, chain, 0, None, "control")
-        state.control_started(chain, run_id)
-        return in_thread(run_group, ctx, chain, 0, None, run_id, restore, "control")
+        run_id = tracking.reopen_run(track, run_id) if restore else start_generation_run(ctx, chain, 0, None, arm)
+        state.arm_started(chain, arm, run_id)
+        return in_thread(run_group, ctx, chain, 0, None, run_id, restore, arm)
 
     dag = run_dag(
         spec.chains, spec.generations, launch=launch, stop_rule=lambda chain, records: stop_reason(spec, records),
         echo=echo, on_done=state.progressed, done=state.results, stopped=state.stopped,
-        launch_control=launch_control if spec.control else None, controls_done=state.controls,
+        side_arms=tuple(spec.side_arms()), launch_arm=launch_arm, arms_done=state.arms,
         groups_at_once=ctx.groups_at_once,
         evaluate=lambda r: evaluator.call.remote(evaluate_group, ctx, r).future() if needs_evaluation(r) else None,
     )
     busy_s = ray.get(slots.busy_seconds.remote())
     ray.kill(slots)
     ensembles = ray.get(  # in the evaluations' runner, which has what they use imported
-        [evaluator.call.remote(run_ensembles, ctx, c, dag.results[c], dag.controls.get(c)) for c in dag.results]
+        [evaluator.call.remote(run_ensembles, ctx, c, dag.results[c], dag.arms[c]) for c in dag.results]
     )
     chains = [
         ChainResult(c, dag.results[c], found.ensembles, found.mlflow_run_id, dag.stopped.get(c),
-                    control=dag.controls.get(c), control_ensemble=found.control_ensemble)
+                    arms=dag.arms[c], control_ensembles=found.control_ensembles)
         for c, found in zip(dag.results, ensembles)
     ]
     return dag, chains, busy_s

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from banray.columns import report_column
-from banray.records import GenerationRecord
+from banray.records import ARM_RECIPES, MAIN_ARM, GenerationRecord
 from banray.results import tracking
 from banray.spec import group_name, role
 from banray.sweep.context import SweepContext
@@ -17,7 +17,7 @@ def objective_label(objective: Any) -> str:
 
 
 def start_generation_run(
-    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, arm: str = "main"
+    ctx: SweepContext, chain: int, generation: int, teacher: GenerationRecord | None, arm: str = MAIN_ARM
 ) -> str:
     """The group's MLflow run, created by the driver so the sweep state can name it before the group
     starts (a resumed sweep continues that run). It is nested under its chain's run: its teacher's, or a new
@@ -44,8 +44,8 @@ def generation_note(ctx: SweepContext, chain: int, generation: int, arm: str, te
                     record: GenerationRecord | None = None) -> str:
     """A generation run's description: what it is, its teacher (a link to its run), and once `record` is
     evaluated, its scores."""
-    if arm == "control":
-        what = f"the control arm of chain {chain}: the teacher's recipe with a fresh seed, trained from scratch"
+    if arm != MAIN_ARM:
+        what = f"a control arm of chain {chain}, trained from scratch: {ARM_RECIPES[role(0, arm)]}"
     elif teacher_run_id is None:
         what = f"the teacher of chain {chain}, trained from scratch"
     else:

@@ -1,4 +1,4 @@
-"""A generation group: one (chain, generation), or a chain's control arm, is a Ray Tune run of
+"""A generation group: one (chain, generation), or one of a chain's side arms, is a Ray Tune run of
 `search.trials` trials. `run_group` searches the generation's settings (Optuna, ASHA) and selects its best
 trial on validation (banray.selection); the driver (banray.sweep.driver) runs each group in a thread of its own,
 where torch, Ray Tune and MLflow are already imported, and decides when it starts (banray.sweep.dag).
@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import ray.tune as tune
 
 from banray import ray_internals
-from banray.records import GenerationRecord, TrialSummary
+from banray.records import MAIN_ARM, GenerationRecord, TrialSummary
 from banray.results import tracking
 from banray.selection import MODE, best_trial
 from banray.spec import SweepSpec, group_name, role
@@ -38,10 +38,10 @@ def run_group(
     teacher: GenerationRecord | None,
     run_id: str,
     restore: bool,
-    arm: str = "main",
+    arm: str = MAIN_ARM,
 ) -> GenerationRecord:
-    """Run (or, with `restore`, continue an interrupted run of) one generation's Tune run; with arm
-    "control", the chain's teacher′ (generation 0's recipe, fresh seeds)."""
+    """Run (or, with `restore`, continue an interrupted run of) one generation's Tune run; with a side `arm`,
+    that arm's model of the chain (generation 0 with the arm's recipe, fresh seeds)."""
     spec = ctx.spec
     settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None, arm)
     record = GenerationRecord(
@@ -54,6 +54,7 @@ def run_group(
         mlflow_run_id=run_id,
         teacher_checkpoint=teacher.checkpoint if teacher else None,
         teacher_run_id=teacher.mlflow_run_id if teacher else None,
+        arm=arm,
     )
     label = group_label(chain, generation, arm)
     tuner = _tuner(ctx, chain, generation, teacher, run_id, restore, arm, settings)

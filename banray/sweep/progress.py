@@ -8,12 +8,12 @@ import sys
 
 import ray.tune as tune
 
-from banray.records import TrialSummary
+from banray.records import MAIN_ARM, TrialSummary, arm_label
 from banray.trial import wire
 
 
-def group_label(chain: int, generation: int, arm: str = "main") -> str:
-    return f"chain {chain} control (teacher′)" if arm == "control" else f"chain {chain} generation {generation}"
+def group_label(chain: int, generation: int, arm: str = MAIN_ARM) -> str:
+    return f"chain {chain} generation {generation}" if arm == MAIN_ARM else arm_label(chain, arm)
 
 
 def say(label: str, text: str) -> None:

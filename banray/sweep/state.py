@@ -16,25 +16,27 @@ from banray.storage import STATE_FILE, SweepStorage
 @dataclass
 class SweepState:
     """What `state.json` holds, kept current by the driver: per chain, its finished generations (whole
-    records), why it stopped, the generation it is running with that generation's MLflow run, and its
-    control arm (finished record, or the MLflow run of the running one)."""
+    records), why it stopped, the generation it is running with that generation's MLflow run, and its side
+    arms (finished records, or the MLflow runs of the running ones), by arm."""
 
     spec: SweepSpec
     storage: SweepStorage
     results: dict[int, list[GenerationRecord]] = dataclasses.field(default_factory=dict)
     stopped: dict[int, str] = dataclasses.field(default_factory=dict)
     running: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    controls: dict[int, GenerationRecord] = dataclasses.field(default_factory=dict)
-    controls_running: dict[int, str] = dataclasses.field(default_factory=dict)  # chain → MLflow run id
-    # For `banray status`: when each running control arm started, the finished groups' wall-clock spans
-    # (chain, generation or "control", started_at, ended_at) and how many groups run at once.
-    control_since: dict[int, float] = dataclasses.field(default_factory=dict)
+    arms: dict[int, dict[str, GenerationRecord]] = dataclasses.field(default_factory=dict)
+    arms_running: dict[int, dict[str, str]] = dataclasses.field(default_factory=dict)  # chain → arm → MLflow run id
+    # For `banray status`: when each running side arm started, the finished groups' wall-clock spans
+    # (chain, generation or arm, started_at, ended_at) and how many groups run at once.
+    arms_since: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
     spans: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     groups_at_once: int | None = None
 
     @classmethod
     def restore(cls, spec: SweepSpec, storage: SweepStorage, saved: dict[str, Any] | None) -> SweepState:
-        state = cls(spec, storage, results={chain: [] for chain in range(spec.chains)})
+        chains = range(spec.chains)
+        state = cls(spec, storage, results={c: [] for c in chains}, arms={c: {} for c in chains},
+                    arms_running={c: {} for c in chains}, arms_since={c: {} for c in chains})
         state.spans = list((saved or {}).get("groups") or [])  # absent from states written before it was kept
         for key, value in (saved or {"chains": {}})["chains"].items():
             chain = int(key)
@@ -43,10 +45,8 @@ class SweepState:
                 state.stopped[chain] = value["stopped"]
             if value["running"]:
                 state.running[chain] = value["running"]
-            if value["control"]:
-                state.controls[chain] = GenerationRecord(**value["control"])
-            if value["control_running"]:
-                state.controls_running[chain] = value["control_running"]
+            state.arms[chain] = {arm: GenerationRecord(**r) for arm, r in value["arms"].items()}
+            state.arms_running[chain] = dict(value["arms_running"])
         return state
 
     def started(self, chain: int, generation: int, run_id: str) -> None:
@@ -59,19 +59,20 @@ class SweepState:
     def _ended(self, chain: int, generation: int | str, started_at: float | None) -> None:
         self.spans.append({"chain": chain, "generation": generation, "started_at": started_at, "ended_at": time.time()})
 
-    def control_started(self, chain: int, run_id: str) -> None:
-        self.controls_running[chain] = run_id
-        self.control_since[chain] = time.time()
+    def arm_started(self, chain: int, arm: str, run_id: str) -> None:
+        self.arms_running[chain][arm] = run_id
+        self.arms_since[chain][arm] = time.time()
         self.save()
 
-    def progressed(self, results: dict[int, list], stopped: dict[int, str], controls: dict[int, Any]) -> None:
-        self.results, self.stopped, self.controls = results, stopped, controls
+    def progressed(self, results: dict[int, list], stopped: dict[int, str], arms: dict[int, dict[str, Any]]) -> None:
+        self.results, self.stopped, self.arms = results, stopped, arms
         for chain in [c for c, group in self.running.items() if len(results.get(c, [])) > group["generation"]]:
             group = self.running.pop(chain)
             self._ended(chain, group["generation"], group.get("started_at"))
-        for chain in [c for c in self.controls_running if c in controls]:
-            del self.controls_running[chain]
-            self._ended(chain, "control", self.control_since.pop(chain, None))
+        for chain, running in self.arms_running.items():
+            for arm in [a for a in running if a in arms.get(chain, {})]:
+                del running[arm]
+                self._ended(chain, arm, self.arms_since[chain].pop(arm, None))
         self.save()
 
     def save(self, finished: bool = False) -> None:
@@ -88,9 +89,9 @@ class SweepState:
                         "stopped": self.stopped.get(chain),
                         "running": self.running.get(chain),
                         "generations": [dataclasses.asdict(r) for r in records],
-                        "control": dataclasses.asdict(self.controls[chain]) if chain in self.controls else None,
-                        "control_running": self.controls_running.get(chain),
-                        "control_started_at": self.control_since.get(chain),
+                        "arms": {arm: dataclasses.asdict(r) for arm, r in self.arms.get(chain, {}).items()},
+                        "arms_running": self.arms_running.get(chain, {}),
+                        "arms_started_at": self.arms_since.get(chain, {}),
                     }
                     for chain, records in self.results.items()
                 },

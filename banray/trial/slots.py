@@ -108,8 +108,8 @@ def slot_capacity(resources: ResourcesSpec, cluster: dict[str, float]) -> int:
 
 def slot_priority(arm: str, generation: int) -> tuple:
     """A waiting trial's place in the queue: a chain's earlier generations (its critical path) first, the
-    control arm last."""
-    return (arm == "control", generation)
+    side arms last."""
+    return (arm != "main", generation)
 
 
 @contextmanager
