@@ -108,6 +108,162 @@ def test_all_tied_chains_have_no_signed_rank_p():
     assert (result.tied, result.mean, result.std, result.wilcoxon_p, result.verdict) == (2, 0, 0, None, "within seed noise")
 
 
+def t_test_p_by_hand(differences):
+    """Two-sided p of the one-sample t statistic mean / (sd / sqrt(n)), from the t distribution's survival function."""
+    n = len(differences)
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    return 2 * scipy_stats.t.sf(abs(mean / (sd / math.sqrt(n))), n - 1)
+
+
+def test_t_p_is_the_paired_t_tests_p():
+    result = stats.paired(BAN1, TEACHER)
+    # t = −0.005125 / (sd / √8) with sd 0.0061163…: |t| ≈ 2.370, just past t_{0.975, 7} = 2.3646, so p just under 0.05.
+    assert result.t_p == pytest.approx(t_test_p_by_hand(D), rel=1e-6)
+    assert 0.049 < result.t_p < 0.05 and result.verdict == "better"
+    d = [x / 360 for x in (-1, -1, 2, -3, 0, -2, -1, -2)]
+    assert stats.paired(d).t_p == pytest.approx(t_test_p_by_hand(d), rel=1e-6)
+    assert stats.paired([0.01, -0.012, 0.004, -0.002]).t_p == pytest.approx(
+        t_test_p_by_hand([0.01, -0.012, 0.004, -0.002]), rel=1e-6)
+    two = [0.01, 0.03]  # 1 df: t = 0.02 / (0.0141421 / √2) = 2, p = 1 − 2·atan(2)/π
+    assert stats.paired(two).t_p == pytest.approx(1 - 2 * math.atan(2) / math.pi, rel=1e-9)
+    assert stats.paired([0.03]).t_p is None and stats.paired([]).t_p is None
+
+
+@pytest.mark.parametrize("differences, t_p, verdict", [
+    ([-1 / 360] * 2, 0.5, "within seed noise"),  # every chain the same step: the signed-rank p, 2/4
+    ([-1 / 360] * 6, 2 / 64, "better"),
+    ([2 / 360] * 5, 2 / 32, "within seed noise"),
+    ([0.0, 0.0, 0.0], 1.0, "within seed noise"),  # no difference at all: no signed-rank p, t_p 1
+])
+def test_t_p_with_zero_spread_is_the_signed_rank_p_the_verdict_rests_on(differences, t_p, verdict):
+    result = stats.paired(differences)
+    assert result.t_p == pytest.approx(t_p) and result.verdict == verdict
+    assert result.wilcoxon_p == (None if t_p == 1.0 else pytest.approx(t_p))
+    assert (result.t_p < stats.ALPHA) == (verdict in ("better", "worse"))
+
+
+def test_t_p_below_alpha_exactly_when_the_interval_excludes_zero_on_random_data():
+    rng = np.random.default_rng(20240601)
+    outcomes = set()
+    for _ in range(3000):
+        n = int(rng.integers(2, 13))
+        differences = rng.normal(rng.normal(0, 1.5), rng.uniform(0.2, 3.0), n) / 100
+        result = stats.paired(differences)
+        excludes = result.ci_low > 0 or result.ci_high < 0
+        assert excludes == (result.t_p < 0.05)
+        assert excludes == (result.verdict in ("better", "worse"))
+        assert result.t_p == pytest.approx(t_test_p_by_hand(list(differences)), rel=1e-9)
+        outcomes.add((n, excludes))
+    assert {excludes for _, excludes in outcomes} == {True, False}
+    assert {n for n, excludes in outcomes if excludes} == set(range(2, 13))  # a claim was reached at every n
+
+
+def holm_by_hand(p_values):
+    """Holm's adjusted p-values by numpy: sort the present ones (ties in the order given), multiply the i-th
+    (from 1) of m by m − i + 1, carry the running maximum, cap at 1, put them back; None stays None."""
+    present = np.array([i for i, p in enumerate(p_values) if p is not None], dtype=int)
+    out = [None] * len(p_values)
+    if len(present) == 0:
+        return out
+    p = np.array([p_values[i] for i in present], dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    for position, value in zip(present[order], adjusted):
+        out[position] = float(value)
+    return out
+
+
+def holm_rejects(p_values, alpha):
+    """Holm's step-down test: walk the present p-values up from the smallest, rejecting while p_(i) ≤ α / (m − i + 1)."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m, rejected = len(present), set()
+    for rank, (p, i) in enumerate(present, start=1):
+        if p > alpha / (m - rank + 1):
+            break
+        rejected.add(i)
+    return rejected
+
+
+HOLM_FAMILIES = [
+    # (p-values, Holm-adjusted p-values worked out by hand)
+    ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),  # 3·0.01; 2·0.03; max(0.06, 1·0.04)
+    ([0.02, 0.02, 0.5], [0.06, 0.06, 0.5]),  # a tie: 3·0.02, then max(0.06, 2·0.02) — tied values stay tied
+    ([None, 0.01, None, 0.04], [None, 0.02, None, 0.04]),  # Nones do not count: m = 2
+    ([0.3, 0.6, 0.9, 0.2], [0.9, 1.0, 1.0, 0.8]),  # 4·0.2 = 0.8; 3·0.3 = 0.9; 2·0.6 = 1.2, capped at 1; 0.9 carries 1
+    ([0.5, 0.7], [1.0, 1.0]),  # 2·0.5 = 1.0 hits the cap; 0.7 carries it
+    ([0.04], [0.04]),  # a family of one is left alone
+    ([None, None], [None, None]),
+    ([], []),
+    ([0.0, 0.001, 0.001, 0.04, None, 0.2], [0.0, 0.004, 0.004, 0.08, None, 0.2]),  # m = 5; 3·0.001 carries 0.004
+]
+
+
+@pytest.mark.parametrize("p_values, expected", HOLM_FAMILIES)
+def test_holm_matches_hand_worked_families(p_values, expected):
+    adjusted = stats.holm(p_values)
+    assert adjusted == [None if e is None else pytest.approx(e, abs=1e-12) for e in expected]
+    assert holm_by_hand(p_values) == [None if e is None else pytest.approx(e, abs=1e-12) for e in expected]
+
+
+def test_holm_against_numpy_and_the_step_down_test_on_random_families():
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        m = int(rng.integers(1, 9))
+        # Some p-values repeat (ties), some are None, some are large enough to reach the cap.
+        pool = list(np.round(rng.uniform(0, 1, m) ** 3, 3))
+        p_values = [None if rng.uniform() < 0.2 else float(pool[int(rng.integers(0, m))]) for _ in range(m)]
+        adjusted = stats.holm(p_values)
+        assert adjusted == [None if e is None else pytest.approx(e, abs=1e-12) for e in holm_by_hand(p_values)]
+        for p, a in zip(p_values, adjusted):
+            assert (p is None) == (a is None)
+            if p is not None:
+                assert p <= a <= 1.0
+        for (p, a), (q, b) in itertools.combinations([(p, a) for p, a in zip(p_values, adjusted) if p is not None], 2):
+            assert (p < q and a <= b) or (p > q and a >= b) or (p == q and a == b)  # order kept, ties tied
+        for alpha in (0.01, 0.05, 0.1):
+            # adjusted ≤ α exactly where Holm's step-down test rejects at α
+            assert {i for i, a in enumerate(adjusted) if a is not None and a <= alpha} == holm_rejects(p_values, alpha)
+
+
+def test_adjusted_verdict_keeps_a_claim_only_below_alpha_after_adjustment():
+    better = stats.paired(D)  # t_p just under 0.05
+    assert better.verdict == "better"
+    assert stats.adjusted_verdict(better, better.t_p) == "better"  # a family of one
+    assert stats.adjusted_verdict(better, 0.05) == "within seed noise"
+    assert stats.adjusted_verdict(better, None) == "within seed noise"
+    worse = stats.paired([0.01, 0.012, 0.011, 0.009])
+    assert stats.adjusted_verdict(worse, 0.001) == "worse"
+    noise = stats.paired([0.01, -0.012, 0.004, -0.002])
+    assert stats.adjusted_verdict(noise, 0.001) == "within seed noise"  # an adjustment never creates a claim
+    assert stats.adjusted_verdict(stats.paired([0.03]), None) == "no claim (one chain)"
+    assert stats.adjusted_verdict(stats.paired([]), None) == "no data"
+    # Three comparisons read as a family: the clear one (smallest p, times 3) stays, BAN-1's p just under 0.05
+    # comes second and doubles past it, the noisy one stays noise.
+    family = [better, worse, noise]
+    assert worse.t_p < better.t_p < noise.t_p and 3 * worse.t_p < 2 * better.t_p
+    adjusted = stats.holm([p.t_p for p in family])
+    assert adjusted[:2] == [pytest.approx(2 * better.t_p), pytest.approx(3 * worse.t_p)]
+    assert [stats.adjusted_verdict(p, a) for p, a in zip(family, adjusted)] == ["within seed noise", "worse",
+                                                                                "within seed noise"]
+
+
+def test_adjusted_verdict_with_zero_spread_rests_on_the_signed_rank_p():
+    # Every one of six chains one test image better: the interval has no width, t_p is the signed-rank 2/64.
+    same_step = stats.paired([-1 / 360] * 6)
+    assert (same_step.verdict, same_step.t_p) == ("better", pytest.approx(2 / 64))
+    assert stats.adjusted_verdict(same_step, stats.holm([same_step.t_p])[0]) == "better"
+    # In a family of two its 2/64 doubles to 0.0625: no longer a claim.
+    adjusted = stats.holm([same_step.t_p, 0.5])
+    assert adjusted[0] == pytest.approx(2 * 2 / 64)
+    assert stats.adjusted_verdict(same_step, adjusted[0]) == "within seed noise"
+    # Two chains with the same step: the interval excludes zero, but that says nothing; no adjusted p revives it.
+    two = stats.paired([-1 / 360] * 2)
+    assert two.ci_high <= 0 and two.verdict == "within seed noise" and two.t_p == pytest.approx(0.5)
+    assert stats.adjusted_verdict(two, 0.0) == "within seed noise"
+
+
 def test_minimum_chains_for_any_claim_is_where_2_over_2_to_the_n_drops_below_alpha():
     assert stats.minimum_chains_for_any_claim() == 6
     assert exact_signed_rank_p([-1] * 5) == pytest.approx(2 / 32) and exact_signed_rank_p([-1] * 6) == pytest.approx(2 / 64)

@@ -5,6 +5,10 @@ chain*: the paired difference (generation − teacher, lower is better for error
 what the chain's data order and teacher share. Over chains we report the mean difference with its 95%
 Student-t interval, how many chains got better / tied / worse, and the two-sided Wilcoxon signed-rank
 p-value, and call an effect only when the interval excludes zero.
+
+A sweep that names one primary comparison in advance can read its verdict as it stands; one that reads
+several comparisons as a family adjusts their p-values (`t_p`, the paired t-test's, which agrees with the
+interval) with `holm` and reads `adjusted_verdict`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ class Paired:
     tied: int
     worse: int
     wilcoxon_p: float | None  # two-sided signed-rank test; None with < 2 chains or no non-zero difference
+    # Two-sided paired t-test of mean difference 0, the p that agrees with the interval: with spread, the 95%
+    # interval excludes 0 exactly when t_p < 0.05. With zero spread (every chain the same step) the t statistic
+    # is ±inf or 0/0 and says nothing about noise, so, as the verdict does, t_p falls back to the signed-rank
+    # test: t_p = wilcoxon_p, or 1.0 when every difference is zero. Either way the verdict is better or worse
+    # exactly when t_p < ALPHA. None with < 2 chains.
+    t_p: float | None
     verdict: str  # better / worse / within seed noise / no claim (one chain) / no data
 
 
@@ -57,10 +67,10 @@ def paired(values: Sequence[float], baseline: Sequence[float] | None = None) -> 
     n = len(d)
     better, tied, worse = int((steps < 0).sum()), int((steps == 0).sum()), int((steps > 0).sum())
     if n == 0:
-        return Paired(0, None, None, None, None, 0, 0, 0, None, NO_DATA)
+        return Paired(0, None, None, None, None, 0, 0, 0, None, None, NO_DATA)
     mean = float(d.mean())
     if n == 1:
-        return Paired(1, mean, None, None, None, better, tied, worse, None, ONE_CHAIN)
+        return Paired(1, mean, None, None, None, better, tied, worse, None, None, ONE_CHAIN)
     std = float(d.std(ddof=1))
     half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * std / math.sqrt(n)
     low, high = mean - half, mean + half
@@ -72,8 +82,39 @@ def paired(values: Sequence[float], baseline: Sequence[float] | None = None) -> 
     excludes_zero = low > 0 or high < 0
     if np.all(steps == steps[0]):
         excludes_zero = excludes_zero and p is not None and p < ALPHA
+        t_p = 1.0 if p is None else p  # zero spread: see Paired.t_p
+    else:
+        t_p = float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
     verdict = (WORSE if mean > 0 else BETTER) if excludes_zero else NOISE
-    return Paired(n, mean, std, low, high, better, tied, worse, p, verdict)
+    return Paired(n, mean, std, low, high, better, tied, worse, p, t_p, verdict)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm–Bonferroni step-down adjusted p-values, in the order given. The m p-values that are not None form
+    the family; sorted ascending, the i-th (from 0) is multiplied by m − i, each adjusted value is the largest
+    of those products up to its own (so the order of the p-values is kept) and capped at 1. A None (a
+    comparison with no test) stays None and does not count in m. Calling effects only where the adjusted p < α
+    controls the family-wise error rate at α under any dependence between the comparisons."""
+    present = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    m, running = len(present), 0.0
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def adjusted_verdict(paired: Paired, adjusted_p: float | None) -> str:
+    """The paired verdict once its p-value is adjusted for the family it is read in (`adjusted_p`, from `holm`
+    of the family's `t_p`): better or worse is kept only when adjusted_p < ALPHA, else within seed noise. No
+    data and one chain keep their verdicts; a comparison without a p-value makes no claim. A within-seed-noise
+    verdict never turns into a claim, whatever the adjusted p, so zero spread still needs the signed-rank
+    test (its t_p is the signed-rank p) and a wide interval is never overruled."""
+    if paired.verdict in (NO_DATA, ONE_CHAIN):
+        return paired.verdict
+    if paired.verdict in (BETTER, WORSE) and adjusted_p is not None and adjusted_p < ALPHA:
+        return paired.verdict
+    return NOISE
 
 
 def minimum_chains_for_any_claim(alpha: float = ALPHA) -> int:
