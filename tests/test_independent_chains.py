@@ -77,3 +77,25 @@ def test_plan_detect_says_when_the_measured_spread_came_from_shared_splits(tmp_p
     lines = plan.chains_for_gain(spec, 1.0, str(folder))
     assert any("shared one split" in line and "expect a larger spread" in line for line in lines)
     assert not any("shared one split" in line for line in plan.chains_for_gain(spec_of(shared_split=True), 1.0, str(folder)))
+
+
+def test_plan_detect_has_no_split_note_where_the_data_seed_changes_nothing(tmp_path):
+    import json
+    import math
+
+    from banray.commands import plan
+
+    def ptb(shared):
+        return parse_spec(tiny_spec(chains=3, data={"dataset": "ptb", "shared_split": shared},
+                                    model={"arch": "lstm_lm"}, search={"metric": "val_nll"}))
+
+    chains = [ChainResult(c, [GenerationRecord(**{**record(c, g, 0.7).__dict__, "test_nll": math.log(120 - g - c)})
+                              for g in (0, 1)], [], None) for c in range(3)]
+    built = report.build(ptb(False), chains, sweep_dir="/out", tracking_uri="sqlite:///x.db", experiment_id="1",
+                         elapsed_s=1.0, utilisation=0.5)
+    assert report.SHARED_SPLIT not in built["variation"]
+    folder = tmp_path / "done"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps(built))
+    lines = plan.chains_for_gain(ptb(True), 1.0, str(folder))  # PTB's fixed files: shared_split changes nothing
+    assert not any("shared one split" in line or "drew their own splits" in line for line in lines), lines

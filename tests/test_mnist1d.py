@@ -1,5 +1,5 @@
 """MNIST-1D: the dataset as the `mnist1d` package generates it (nothing downloaded), the 1-D models, the sweep
-file, and (slow) the MNIST-1D paper's CNN and MLP accuracy reproduced with its own recipe."""
+file, and (slow) the reference recipe's CNN and 256-wide MLP accuracy against the README table's figures."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from banray.spec import load_spec
 
 SHAPE = (1, 40)
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "mnist1d.yaml"
-# Greydanus & Kobak, "Scaling down deep learning" (README of github.com/greydanus/mnist1d): test accuracy, %.
+# Greydanus & Kobak, "Scaling down deep learning": the table in the README of github.com/greydanus/mnist1d, test
+# accuracy, %. Not the reference recipe's last step: the reference's own recorded run of that recipe (one seed,
+# notebooks/mnist1d-classification.ipynb) ends at 92.3% (CNN) and 65.1% (its MLPBase, 100 wide); 68% is what a
+# 256-wide MLP reaches with the recipe.
 PAPER_ACCURACY = {"cnn": 94.0, "mlp": 68.0}
 
 
@@ -168,11 +171,14 @@ def test_the_sweep_file_is_a_ban_study_with_the_reference_recipe():
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_the_papers_cnn_and_mlp_accuracy_with_the_papers_recipe():
-    """Within 2 points of the paper, averaged over 3 seeds (one seed's CNN spreads over about ±2 points). The MLP
-    is the reference code's (get_model_args: hidden_size 256); the 40-100-100-10 MLP (mlp1d's default) scores
-    about 64.6% with the same recipe (bench/mnist1d_reference.py)."""
+    """The reference recipe's last step, averaged over 3 seeds, within 2 points of the README table's CNN 94% and
+    MLP 68% (one seed's CNN spreads over about ±2 points). The table is not that recipe's own result: the
+    reference's recorded one-seed run ends at 92.3% (CNN) and 65.1% (its MLPBase, 40-100-100-10, mlp1d's default).
+    The MLP checked here is 256 wide (get_model_args' hidden_size, which the reference notebook does not pass to
+    MLPBase): the width that reaches the table's 68%. mlp1d's default scores about 64.6% with this recipe, as the
+    reference run does (bench/mnist1d_reference.py)."""
     seeds = range(3)
     cnn = np.mean([paper_recipe_accuracy("cnn1d", seed) for seed in seeds])
     mlp = np.mean([paper_recipe_accuracy("mlp1d", seed, hidden=256) for seed in seeds])
-    assert abs(cnn - PAPER_ACCURACY["cnn"]) <= 2, cnn
-    assert abs(mlp - PAPER_ACCURACY["mlp"]) <= 2, mlp
+    assert abs(cnn - PAPER_ACCURACY["cnn"]) <= 2, f"cnn1d {cnn:.1f}% over 3 seeds; the README table's CNN: 94%"
+    assert abs(mlp - PAPER_ACCURACY["mlp"]) <= 2, f"256-wide mlp1d {mlp:.1f}% over 3 seeds; the README table's MLP: 68%"

@@ -49,6 +49,7 @@ def test_the_registered_facts_are_what_the_embedded_builders_give(name):
     pool = DATASETS[name].build("", False)
     assert (pool.num_classes, pool.input_shape, len(pool.train)) == (info.num_classes, info.input_shape, info.train_size)
     assert len(set(pool.train.labels.tolist())) == info.num_classes
+    assert pool.augment is None and not info.augmented and info.carved_validation and info.shuffled
 
 
 @pytest.mark.parametrize("name, write", [("cifar10", fakedata.write_cifar10), ("cifar100", fakedata.write_cifar100)])
@@ -58,6 +59,12 @@ def test_cifar_splits_carry_the_registered_classes_and_shape(tmp_path, name, wri
     info = dataset_info(name)
     assert (splits.num_classes, splits.input_shape) == (info.num_classes, info.input_shape)
     assert tuple(splits.inputs(splits.val, slice(0, 1)).shape[1:]) == info.input_shape
+    assert splits.augment is not None and info.augmented and info.carved_validation and info.shuffled
+
+
+def test_ptb_varies_neither_its_splits_nor_its_token_order():
+    info = dataset_info("ptb")
+    assert (info.augmented, info.carved_validation, info.shuffled) == (False, False, False)
 
 
 @pytest.fixture

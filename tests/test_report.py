@@ -340,6 +340,76 @@ def test_markdown_has_the_three_tables_escaped(controlled):
     assert text.index("Seed noise (Teacher′ − Teacher)") < text.index("|---")  # the caption comes first
 
 
+def variation_of(data, **overrides):
+    return report.variation(parse_spec(tiny_spec(data=data, **overrides)))
+
+
+def test_the_caption_of_an_augmented_dataset_covers_each_chains_split_and_augmentation():
+    spec = parse_spec(tiny_spec(data={"dataset": "cifar10"}, chains=2, control=True))
+    built = build(spec, [ChainResult(c, [record(c, 0, 0.1), record(c, 1, 0.09)], [], None) for c in range(2)])
+    expected = ("The intervals cover what differs between chains: initialisation, data order, and each chain's own "
+                "train/validation split and augmentation (Teacher′ shares its chain's).")
+    assert built["variation"] == expected and expected in report.caption(built)
+    assert expected in report.markdown(built)
+    # Without a control arm there is no Teacher′ to share it; a model with dropout adds it to what varies.
+    assert variation_of({"dataset": "cifar100"}) == (
+        "The intervals cover what differs between chains: initialisation, data order, and each chain's own "
+        "train/validation split and augmentation.")
+    assert variation_of({"dataset": "cifar10"}, model={"arch": "wrn", "kwargs": {"depth": 10, "dropout": 0.3}},
+                        control=True) == (
+        "The intervals cover what differs between chains: initialisation, dropout, data order, and each chain's own "
+        "train/validation split and augmentation (Teacher′ shares its chain's).")
+    # A student with dropout is enough: dropout then differs between chains' students.
+    assert "initialisation, dropout, data order" in variation_of(
+        {"dataset": "cifar10"}, student={"arch": "cnn", "kwargs": {"width": 8, "dropout": 0.1}})
+
+
+@pytest.mark.parametrize("dataset", ["digits", "synthetic"])
+def test_the_caption_of_digits_leaves_augmentation_out(dataset):
+    spec = parse_spec(tiny_spec(data={"dataset": dataset}, chains=2, control=True))
+    built = build(spec, [ChainResult(c, [record(c, 0, 0.1), record(c, 1, 0.09)], [], None) for c in range(2)])
+    expected = (f"The intervals cover what differs between chains: initialisation, data order, and each chain's own "
+                f"train/validation split (Teacher′ shares its chain's); `{dataset}` has no training augmentation.")
+    assert built["variation"] == expected and expected in report.caption(built)
+    assert f"`{dataset}` has no training augmentation." in report.markdown(built)  # the name stays code
+
+
+def test_the_caption_of_mnist1d_leaves_augmentation_out():
+    assert variation_of({"dataset": "mnist1d"}, model={"arch": "mlp1d"}, control=True) == (
+        "The intervals cover what differs between chains: initialisation, data order, and each chain's own "
+        "train/validation split (Teacher′ shares its chain's); `mnist1d` has no training augmentation.")
+
+
+def test_the_caption_of_ptb_covers_initialisation_and_dropout_only():
+    lm = {"model": {"arch": "lstm_lm"}, "search": {"metric": "val_nll"}, "control": True}
+    expected = ("The intervals cover initialisation and dropout only: every chain trains on the same train, "
+                "validation and test splits of `ptb`, read in the same order.")
+    assert variation_of({"dataset": "ptb"}, **lm) == expected  # lstm_lm's dropout is 0.65 by default
+    # data.shared_split changes nothing for PTB's fixed files, so the caption does not name it.
+    assert variation_of({"dataset": "ptb", "shared_split": True}, **lm) == expected
+    no_dropout = dict(lm, model={"arch": "lstm_lm", "kwargs": {"dropout": 0.0}})
+    assert variation_of({"dataset": "ptb"}, **no_dropout) == (
+        "The intervals cover initialisation only: every chain trains on the same train, validation and test splits "
+        "of `ptb`, read in the same order.")
+    spec = parse_spec(tiny_spec(data={"dataset": "ptb"}, **lm))
+    built = build(spec, [ChainResult(0, [record(0, 0, 0.7, test_nll=math.log(120.0)),
+                                         record(0, 1, 0.7, test_nll=math.log(110.0))], [], None)])
+    assert built["variation"] == expected and expected in report.caption(built)
+    assert "augmentation" not in report.caption(built) and "data order" not in report.caption(built)
+
+
+@pytest.mark.parametrize("dataset, shared", [
+    ("cifar10", "one train/validation split and one augmentation stream (data.shared_split)."),
+    ("digits", "one train/validation split (data.shared_split); `digits` has no training augmentation."),
+    ("mnist1d", "one train/validation split (data.shared_split); `mnist1d` has no training augmentation."),
+])
+def test_the_caption_of_shared_splits_covers_initialisation_and_data_order_only(dataset, shared):
+    text = variation_of({"dataset": dataset, "shared_split": True}, control=True,
+                        **({"model": {"arch": "mlp1d"}} if dataset == "mnist1d" else {}))
+    assert text == f"The intervals cover initialisation and data order only: every chain trains on {shared}"
+    assert report.SHARED_SPLIT in text and "Teacher′" not in text
+
+
 def test_markdown_escapes_hostile_names(built):
     hostile = "a|b*c_<script>"
     assert report.escape_markdown(hostile) == "a\\|b\\*c\\_\\<script\\>"

@@ -156,10 +156,20 @@ class DatasetInfo:
     num_classes: int  # classes (a language model's vocabulary)
     input_shape: tuple[int, ...]  # one sample's (C, H, W); () for a token stream, whose chunks are train.bptt long
     train_size: int  # samples in the training pool (tokens in the training file)
+    # What a seed changes in the data a model trains on (the report's caption says what its intervals cover):
+    augmented: bool = False  # the training split is seen through a random augmentation, drawn from the data seed
+    carved_validation: bool = True  # the validation split is carved out of the training pool with the data seed
+    shuffled: bool = True  # the training samples come in an order drawn from each trial's seed, every epoch
 
     @property
     def headline(self) -> Headline:
         return _HEADLINES[self.kind]
+
+    @property
+    def seeded_data(self) -> bool:
+        """Whether the data seed changes what a model trains on (its split or augmentation): only then do chains
+        draw their own data, or share one draw under data.shared_split."""
+        return self.carved_validation or self.augmented
 
     def model_input_shape(self, bptt: int) -> tuple[int, ...]:
         """The input_shape a model of this dataset is built with: a language model's is its BPTT length."""
@@ -175,9 +185,12 @@ class DatasetEntry:
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
-def _register(name: str, kind: Kind, *, num_classes: int, input_shape: tuple[int, ...], train_size: int):
+def _register(name: str, kind: Kind, *, num_classes: int, input_shape: tuple[int, ...], train_size: int,
+              augmented: bool = False, carved_validation: bool = True, shuffled: bool = True):
     def add(build):
-        DATASETS.register(name)(DatasetEntry(DatasetInfo(name, kind, num_classes, input_shape, train_size), build))
+        info = DatasetInfo(name, kind, num_classes, input_shape, train_size, augmented=augmented,
+                           carved_validation=carved_validation, shuffled=shuffled)
+        DATASETS.register(name)(DatasetEntry(info, build))
         return build
 
     return add
@@ -454,12 +467,12 @@ def _images(dataset) -> Samples:
     return Samples(images, torch.tensor(dataset.targets, dtype=torch.int64), torch.arange(len(images)))
 
 
-@_register("cifar10", "classification", num_classes=10, input_shape=(3, 32, 32), train_size=50_000)
+@_register("cifar10", "classification", num_classes=10, input_shape=(3, 32, 32), train_size=50_000, augmented=True)
 def cifar10(root: str, download: bool) -> Pool:
     return _cifar("cifar10", root, download)
 
 
-@_register("cifar100", "classification", num_classes=100, input_shape=(3, 32, 32), train_size=50_000)
+@_register("cifar100", "classification", num_classes=100, input_shape=(3, 32, 32), train_size=50_000, augmented=True)
 def cifar100(root: str, download: bool) -> Pool:
     return _cifar("cifar100", root, download)
 
@@ -476,8 +489,11 @@ def read_tokens(path: Path) -> list[str]:
     return tokens
 
 
-# 10,000 words ('<unk>' and '<eos>' included); the training pool is ptb.train.txt's words + '<eos>'s.
-@_register("ptb", "language_model", num_classes=10_000, input_shape=(), train_size=929_589)
+# 10,000 words ('<unk>' and '<eos>' included); the training pool is ptb.train.txt's words + '<eos>'s. Its splits
+# are its three files and the training stream is read in one fixed column order (LanguageModelTask), so a seed
+# changes neither the data nor its order: only the model's initialisation and dropout.
+@_register("ptb", "language_model", num_classes=10_000, input_shape=(), train_size=929_589, carved_validation=False,
+           shuffled=False)
 def ptb(root: str, download: bool) -> Corpus:
     """Penn Treebank in Mikolov's preprocessed form: ptb.{train,valid,test}.txt under `data.root`
     (rare words already replaced by '<unk>'). Not downloadable here: the files must be in place."""
@@ -542,6 +558,7 @@ def load_splits(dataset: str, root: str, val_fraction: float, seed: int, downloa
     entry = DATASETS[dataset]
     assert entry.info.kind == "classification", f"{dataset} is a {entry.info.kind} dataset"
     pool = entry.build(root, download)
+    assert (pool.augment is not None) == entry.info.augmented, f"{dataset}: registered augmented={entry.info.augmented}"
     labels = pool.train.labels.numpy()
     _check_split_fits(dataset, labels, val_fraction)
     train_idx, val_idx = stratified_split(labels, val_fraction, seed)

@@ -20,7 +20,7 @@ from banray.catalog.models import build_model
 from banray.columns import TEACHER_COLUMN, CONTROL_COLUMN, control_ensemble_column, generation_column
 from banray.records import BUDGET_ARM, arm_title
 from banray.results import stats, tracking
-from banray.results.report import VARIATION
+from banray.results.report import SHARED_SPLIT
 from banray.spec import Range, SpecError, SweepSpec
 from banray.storage import is_remote, refusal, use_endpoint
 
@@ -456,8 +456,11 @@ def chains_for_gain(spec: SweepSpec, gain: float, from_report: str | None = None
         lines.append(f"  from {from_report} ({report['dataset']}, {len(report['rows'])} chain(s)):")
         if report["dataset"] != spec.data.dataset:
             lines.append(f"  note: that sweep ran on {report['dataset']}, this one runs on {spec.data.dataset}")
-        shared_then = report.get("variation") == VARIATION["shared"]
-        if "variation" in report and shared_then != spec.data.shared_split:
+        # The caption names data.shared_split only where the chains would otherwise each draw their own data;
+        # where a dataset's data seed changes nothing, data.shared_split changes nothing either.
+        shared_then = SHARED_SPLIT in report.get("variation", "")
+        seeded = all(name in DATASETS and dataset_info(name).seeded_data for name in {report["dataset"], spec.data.dataset})
+        if "variation" in report and shared_then != spec.data.shared_split and seeded:
             lines.append(
                 "  note: that sweep's chains " + ("shared one split and augmentation stream, this spec's chains draw "
                 "their own: expect a larger spread" if shared_then else "drew their own splits, this spec's share "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from banray.catalog.data import dataset_info, dataset_kind
+from banray.catalog.models import uses_dropout
 from banray.columns import (
     CONTROL_COLUMN,
     CONTROL_ENSEMBLE_COLUMN,
@@ -40,13 +41,8 @@ from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import stats
 from banray.spec import SweepSpec
 
-# Which sources of variation the intervals over chains cover.
-VARIATION = {
-    "independent": "The intervals cover what differs between chains: initialisation, data order, and each chain's "
-                   "own train/validation split and augmentation (Teacher′ shares its chain's).",
-    "shared": "The intervals cover initialisation and data order only: every chain trains on one split and one "
-              "augmentation stream (data.shared_split).",
-}
+# In the variation sentence exactly when the chains share the split or augmentation they would otherwise each draw.
+SHARED_SPLIT = "(data.shared_split)"
 SELECTION = "best trial by {metric} on the validation split, at its best-validation epoch; test split evaluated once on it"
 PLOT_FILE = "report.png"
 LEGEND_CHAINS = 10  # the most chains the plot's legend names one by one
@@ -57,6 +53,35 @@ DISPLAY = {
     "test_nll": (1, "nats", 3),
     "test_perplexity": (1, "perplexity", 2),
 }
+
+
+def _and(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b, and c'."""
+    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])}, and {items[-1]}"
+
+
+def variation(spec: SweepSpec) -> str:
+    """Which sources of variation the intervals over chains cover, from what the dataset's registry entry says a
+    seed changes (its augmentation, a validation split carved with the data seed, a shuffled order) and whether
+    the sweep's models use dropout. Chains draw their own split and augmentation unless data.shared_split."""
+    info = dataset_info(spec.data.dataset)
+    models = [spec.model] + ([spec.student] if spec.student is not None else [])
+    varies = ["initialisation"] + (["dropout"] if any(uses_dropout(m.arch, m.kwargs) for m in models) else [])
+    varies += ["data order"] if info.shuffled else []
+    own = [what for what, drawn in (("train/validation split", info.carved_validation), ("augmentation", info.augmented))
+           if drawn]
+    unaugmented = (f"; `{info.name}` has no training augmentation"
+                   if info.kind == "classification" and not info.augmented else "")
+    if own and not spec.data.shared_split:
+        control = f" ({CONTROL_COLUMN} shares its chain's)" if spec.control.teachers else ""
+        each = f"each chain's own {' and '.join(own)}{control}"
+        return f"The intervals cover what differs between chains: {_and(varies + [each])}{unaugmented}."
+    if own:
+        shared = " and one ".join("augmentation stream" if what == "augmentation" else what for what in own)
+        return f"The intervals cover {_and(varies)} only: every chain trains on one {shared} {SHARED_SPLIT}{unaugmented}."
+    order = "" if info.shuffled else ", read in the same order"
+    return (f"The intervals cover {_and(varies)} only: every chain trains on the same train, validation and test "
+            f"splits of `{info.name}`{order}{unaugmented}.")
 
 
 def _headline(dataset: str):
@@ -200,7 +225,7 @@ def build(
         "unit": headline.unit,
         "metric": spec.search.metric,
         "selection": SELECTION.format(metric=spec.search.metric),
-        "variation": VARIATION["shared" if spec.data.shared_split else "independent"],
+        "variation": variation(spec),
         "ensembles": {"include_teacher": spec.ensembles.include_teacher},
         "sweep_dir": sweep_dir,
         "elapsed_s": round(elapsed_s, 1),

@@ -19,10 +19,11 @@ from banray.catalog.models.registry import (
     count_parameters,
     model_arguments,
     model_defaults,
+    uses_dropout,
 )
 
 __all__ = [
     "MAX_PARAMETERS", "MODELS", "ModelBuildError", "ModelTooLarge", "argument_problem", "build_model",
     "count_parameters",
-    "model_arguments", "model_defaults",
+    "model_arguments", "model_defaults", "uses_dropout",
 ]

@@ -188,6 +188,15 @@ def model_defaults(name: str) -> dict[str, Any]:
             if p not in DATASET_ARGS}
 
 
+def uses_dropout(name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether model `name` with `kwargs` (over its defaults) drops activations at random: some argument its builder
+    declares as a Dropout rate is above 0."""
+    hints = typing.get_type_hints(MODELS[name], include_extras=True)
+    values = {**model_defaults(name), **kwargs}
+    return any(hints.get(argument) == Dropout and isinstance(rate, (int, float)) and rate > 0
+               for argument, rate in values.items())
+
+
 def _check_ranges(name: str, kwargs: dict[str, Any]) -> None:
     """ModelArgumentOutOfRange for the first kwarg outside its builder's declared range: kwargs from a spec are
     checked at validation already, those from a checkpoint's metadata only here."""
