@@ -35,7 +35,10 @@ def control_arm(index: int) -> str:
 
 
 def is_control(arm: str) -> bool:
-    return arm == CONTROL_ARM or (arm.startswith(CONTROL_ARM) and arm.removeprefix(CONTROL_ARM).isdigit())
+    """Whether `arm` names a teacher′ as control_arm does: "control", "control2", "control3", …"""
+    number = arm.removeprefix(CONTROL_ARM)
+    return arm.startswith(CONTROL_ARM) and (number == "" or (number.isascii() and number.isdigit()
+                                                             and not number.startswith("0") and int(number) >= 2))
 
 
 def arm_title(arm: str) -> str:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -488,8 +489,14 @@ _REMOVED_KEYS = {
     ("data", "pin_memory"): "the data are moved to the training device once per process, not copied batch by batch",
 }
 
+def _known_arm(arm: str) -> str:
+    if arm not in (MAIN_ARM, BUDGET_ARM, SMOOTHING_ARM) and not is_control(arm):
+        raise ValueError("input should be 'main', 'control', 'control2' …, 'budget' or 'smoothing'")
+    return arm
+
+
 # A chain's generations ("main") or one of its side arms (banray.records): teacher′s, equal budget, label smoothing.
-Arm = Annotated[str, Field(pattern=r"^(main|control[0-9]*|budget|smoothing)$")]
+Arm = Annotated[str, AfterValidator(_known_arm)]
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules

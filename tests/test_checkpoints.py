@@ -200,7 +200,9 @@ def test_metadata_that_is_not_a_json_object_is_a_bad_checkpoint(tmp_path, conten
         ({"arch": ["cnn"]}, "arch: input should be a valid string (got ['cnn'])"),
         ({"arch": None}, "arch: input should be a valid string (got None)"),
         ({"revision": "2"}, "revision: input should be a valid integer (got '2')"),
-        ({"arm": "other"}, "arm: input should be 'main' or 'control' (got 'other')"),
+        ({"arm": "other"}, "arm: input should be 'main', 'control', 'control2' …, 'budget' or 'smoothing' (got 'other')"),
+            ({"arm": "control0"}, "arm: input should be 'main', 'control', 'control2' …, 'budget' or 'smoothing' "
+             "(got 'control0')"),
         ({"teacher": {"arch": "cnn"}}, "it lacks teacher.sweep, teacher.spec_hash, teacher.chain, teacher.generation, "
          "teacher.trial, teacher.seed, teacher.epoch, teacher.revision, teacher.num_classes, teacher.val_error"),
         ({"schema_version": 1.0}, "schema_version: input should be a valid integer (got 1.0)"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from banray.records import CONTROL_ARM
+from banray.records import BUDGET_ARM, CONTROL_ARM, SMOOTHING_ARM, control_arm
 from banray.sweep.dag import in_thread, run_dag
 from conftest import run_python
 
@@ -52,7 +52,7 @@ def test_dag_starts_each_generation_when_its_own_predecessor_ends():
                   stop_rule=lambda c, results: None, echo=lines.append, wait=cluster.wait, clock=cluster.clock)
     span = spans_by_group(run)
     assert run.results == {0: [(0, 0), (0, 1), (0, 2)], 1: [(1, 0), (1, 1), (1, 2)]}
-    assert run.stopped == {} and run.controls == {}
+    assert run.stopped == {} and run.arms == {0: {}, 1: {}}
     assert span[0, 2].start_s < span[1, 1].end_s  # no barrier between the chains' generations
     for c in (0, 1):
         assert span[c, 1].start_s >= span[c, 0].end_s and span[c, 2].start_s >= span[c, 1].end_s
@@ -84,13 +84,14 @@ def test_each_generation_gets_its_predecessors_result_and_on_done_sees_every_ste
         teachers.append((c, g, previous))
         return cluster.submit(f"{c}/{g}", 1, f"c{c}g{g}")
 
-    def on_done(results, stopped, controls):
-        saved.append(({c: list(r) for c, r in results.items()}, dict(stopped), dict(controls)))
+    def on_done(results, stopped, arms):
+        saved.append(({c: list(r) for c, r in results.items()}, dict(stopped), {c: dict(a) for c, a in arms.items()}))
 
     run_dag(1, 2, launch=launch, stop_rule=lambda c, results: None, echo=lambda line: None, on_done=on_done,
             wait=cluster.wait, clock=cluster.clock)
     assert teachers == [(0, 0, None), (0, 1, "c0g0"), (0, 2, "c0g1")]
-    assert saved == [({0: ["c0g0"]}, {}, {}), ({0: ["c0g0", "c0g1"]}, {}, {}), ({0: ["c0g0", "c0g1", "c0g2"]}, {}, {})]
+    assert saved == [({0: ["c0g0"]}, {}, {0: {}}), ({0: ["c0g0", "c0g1"]}, {}, {0: {}}),
+                     ({0: ["c0g0", "c0g1", "c0g2"]}, {}, {0: {}})]
 
 
 def test_dag_stop_rule_ends_a_chain_early():
@@ -121,9 +122,9 @@ def test_control_arms_take_only_the_room_the_chains_leave():
         lines = []
         run = run_dag(2, 2, launch=lambda c, g, previous: cluster.submit(f"{c}/{g}", 1, g),
                       stop_rule=lambda c, results: None, echo=lines.append,
-                      launch_control=lambda c: cluster.submit(f"{c}/control", 1, f"control {c}"),
+                      side_arms=(CONTROL_ARM,), launch_arm=lambda c, arm: cluster.submit(f"{c}/{arm}", 1, f"{arm} {c}"),
                       groups_at_once=groups_at_once, wait=cluster.wait, clock=cluster.clock)
-        assert run.controls == {0: "control 0", 1: "control 1"}
+        assert run.arms == {0: {CONTROL_ARM: "control 0"}, 1: {CONTROL_ARM: "control 1"}}
         assert run.results == {0: [0, 1, 2], 1: [0, 1, 2]}
         for c in (0, 1):
             assert lines.count(f"[banray] chain {c} control (teacher′): started") == 1
@@ -142,6 +143,28 @@ def test_control_arms_take_only_the_room_the_chains_leave():
     assert all(span[c, CONTROL_ARM].start_s >= span[c, 0].end_s for c in (0, 1))
 
 
+def test_every_side_arm_of_a_chain_starts_after_its_generation_0_and_only_those_not_done():
+    cluster = FakeCluster()
+    lines, launched = [], []
+
+    def launch_arm(c, arm):
+        launched.append((c, arm))
+        return cluster.submit(f"{c}/{arm}", 3 if arm == BUDGET_ARM else 1, f"c{c}{arm}")
+
+    arms = (CONTROL_ARM, control_arm(1), BUDGET_ARM, SMOOTHING_ARM)
+    run = run_dag(2, 1, launch=lambda c, g, previous: cluster.submit(f"{c}/{g}", 1, f"c{c}g{g}"),
+                  stop_rule=lambda c, results: None, echo=lines.append, side_arms=arms, launch_arm=launch_arm,
+                  arms_done={1: {BUDGET_ARM: "done before"}}, wait=cluster.wait, clock=cluster.clock)
+    assert run.arms == {0: {arm: f"c0{arm}" for arm in arms},
+                        1: {BUDGET_ARM: "done before", **{arm: f"c1{arm}" for arm in arms if arm != BUDGET_ARM}}}
+    assert sorted(launched) == sorted([(0, arm) for arm in arms] + [(1, arm) for arm in arms if arm != BUDGET_ARM])
+    span = spans_by_group(run)
+    assert all(span[c, arm].start_s >= span[c, 0].end_s for c, arm in launched)
+    assert "[banray] chain 0 control (teacher′2): started" in lines
+    assert "[banray] chain 0 equal-budget model: done after 3 s" in lines
+    assert "[banray] chain 1 label-smoothing model: started" in lines
+
+
 def test_evaluate_results_replace_the_groups_results():
     cluster = FakeCluster()
     teachers = []
@@ -154,10 +177,10 @@ def test_evaluate_results_replace_the_groups_results():
         return None if result == "g1" else cluster.submit(f"evaluate {result}", 3, f"{result} evaluated")
 
     run = run_dag(1, 2, launch=launch, stop_rule=lambda c, results: None, echo=lambda line: None,
-                  launch_control=lambda c: cluster.submit("control", 1, "control"), evaluate=evaluate,
+                  side_arms=(CONTROL_ARM,), launch_arm=lambda c, arm: cluster.submit(arm, 1, arm), evaluate=evaluate,
                   wait=cluster.wait, clock=cluster.clock)
     assert run.results == {0: ["g0 evaluated", "g1", "g2 evaluated"]}
-    assert run.controls == {0: "control evaluated"}
+    assert run.arms == {0: {CONTROL_ARM: "control evaluated"}}
     assert teachers == [None, "g0", "g1"]  # a successor starts beside its teacher's evaluation, not after it
     assert run.makespan_s == 3 + 3  # gen 2 ends at 3, its evaluation 3 s later
     assert [(s.generation, s.end_s) for s in run.spans] == [(0, 1), (1, 2), (CONTROL_ARM, 2), (2, 3)]
@@ -171,9 +194,9 @@ def test_a_resumed_dag_goes_on_after_each_chains_last_done_group_and_evaluates_w
         launched.append((c, g, previous))
         return cluster.submit(f"{c}/{g}", 1, f"c{c}g{g}")
 
-    def launch_control(c):
-        launched.append((c, CONTROL_ARM, None))
-        return cluster.submit(f"{c}/control", 1, f"c{c}control")
+    def launch_arm(c, arm):
+        launched.append((c, arm, None))
+        return cluster.submit(f"{c}/{arm}", 1, f"c{c}{arm}")
 
     def evaluate(result):  # a result not yet evaluated is a bare string
         return None if result.endswith("+") else cluster.submit(f"evaluate {result}", 1, result + "+")
@@ -181,7 +204,8 @@ def test_a_resumed_dag_goes_on_after_each_chains_last_done_group_and_evaluates_w
     run = run_dag(
         5, 2, launch=launch, stop_rule=lambda c, results: None, echo=lines.append,
         done={0: ["c0g0+", "c0g1"], 1: ["c1g0+"], 2: ["c2g0+"], 3: ["c3g0+", "c3g1+", "c3g2+"]},
-        stopped={2: "no gain"}, launch_control=launch_control, controls_done={0: "c0control", 3: "c3control+"},
+        stopped={2: "no gain"}, side_arms=(CONTROL_ARM,), launch_arm=launch_arm,
+        arms_done={0: {CONTROL_ARM: "c0control"}, 3: {CONTROL_ARM: "c3control+"}},
         evaluate=evaluate, wait=cluster.wait, clock=cluster.clock,
     )
     # Chain 0 goes on with generation 2, chain 1 with 1, chain 4 from 0; chain 2 stopped and chain 3 is done.
@@ -192,7 +216,7 @@ def test_a_resumed_dag_goes_on_after_each_chains_last_done_group_and_evaluates_w
     assert run.results == {0: ["c0g0+", "c0g1+", "c0g2+"], 1: ["c1g0+", "c1g1+", "c1g2+"], 2: ["c2g0+"],
                            3: ["c3g0+", "c3g1+", "c3g2+"], 4: ["c4g0+", "c4g1+", "c4g2+"]}
     assert run.stopped == {2: "no gain"}
-    assert run.controls == {c: f"c{c}control+" for c in range(5)}
+    assert run.arms == {c: {CONTROL_ARM: f"c{c}control+"} for c in range(5)}
     assert lines[:5] == [
         "[banray] chain 0 generation 2: started",
         "[banray] chain 1 generation 1: started",
@@ -247,11 +271,11 @@ def test_dag_waits_on_groups_in_threads_and_evaluations_on_ray_together(ray_clus
     lines = []
     run = run_dag(2, 2, launch=lambda c, g, previous: in_thread(group, c, g),
                   stop_rule=lambda c, results: None, echo=lines.append,
-                  launch_control=lambda c: in_thread(group, c, CONTROL_ARM),
+                  side_arms=(CONTROL_ARM,), launch_arm=lambda c, arm: in_thread(group, c, arm),
                   evaluate=lambda r: evaluation.remote(r).future() if r[1] == 2 else None)
     span = spans_by_group(run)
     assert run.results == {0: [(0, 0), (0, 1), (0, 2, "evaluated")], 1: [(1, 0), (1, 1), (1, 2, "evaluated")]}
-    assert run.controls == {0: (0, CONTROL_ARM), 1: (1, CONTROL_ARM)}
+    assert run.arms == {0: {CONTROL_ARM: (0, CONTROL_ARM)}, 1: {CONTROL_ARM: (1, CONTROL_ARM)}}
     assert span[0, 2].start_s < span[1, 1].end_s  # no barrier between the chains' generations
     for c in (0, 1):
         assert span[c, 1].start_s >= span[c, 0].end_s and span[c, 2].start_s >= span[c, 1].end_s

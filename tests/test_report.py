@@ -1,9 +1,13 @@
+import dataclasses
 import json
 import math
 import re
 
+import numpy as np
 import pytest
+from scipy.stats import t as scipy_t
 
+from banray.commands.inspection import _chain_results
 from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import report
 from banray.spec import parse_spec
@@ -84,7 +88,7 @@ def test_single_chain_says_there_is_no_spread():
     assert "| mean ± std | 10.00 | 10.00 |" in report.table(built)
     assert "With one chain there is no spread" in report.markdown(built)
     assert "With one chain no claim can be made" in report.caption(built)
-    assert "| verdict | — | no claim (one chain) |" in report.table(built)
+    assert "| verdict | — | no claim (one chain) (primary) |" in report.table(built)
     assert "| Δ vs Teacher (points), 95% CI | — | +0.00 (one chain) |" in report.table(built)
 
 
@@ -113,6 +117,76 @@ COLUMNS = {
 T_975_3 = 3.182446  # Student t, 3 degrees of freedom, from a table
 
 
+def t_p_by_hand(differences):
+    """The two-sided paired t-test's p, from the t statistic and scipy's t tail only."""
+    mean, sd, _, _ = hand_interval(differences)
+    return 2 * scipy_t.sf(abs(mean) / (sd / math.sqrt(len(differences))), len(differences) - 1)
+
+
+def holm_by_hand(p_values):
+    """Holm's step-down adjustment written out: sorted ascending, the i-th times (m − i), running maximum, cap 1."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def holm_verdicts():
+    """(column, baseline) → the verdict the report must give: the primary BAN-2 − Teacher by its interval, every
+    other comparison by its Holm-adjusted t-test p over the five others."""
+    pairs = {(c, "Teacher"): [v - t for v, t in zip(values, TEACHER)] for c, values in COLUMNS.items()}
+    pairs["Ens*2", "Teacher+Teacher′"] = [a - b for a, b in zip(COLUMNS["Ens*2"], COLUMNS["Teacher+Teacher′"])]
+    others = [pair for pair in pairs if pair != ("BAN-2", "Teacher")]
+    adjusted = dict(zip(others, holm_by_hand([t_p_by_hand(pairs[pair]) for pair in others])))
+
+    def verdict(differences, p):
+        mean = sum(differences) / len(differences)
+        return ("worse" if mean > 0 else "better") if p < 0.05 else "within seed noise"
+
+    found = {pair: verdict(pairs[pair], adjusted[pair]) for pair in others}
+    _, _, low, high = hand_interval(pairs["BAN-2", "Teacher"])
+    found["BAN-2", "Teacher"] = ("better" if high < 0 else "worse" if low > 0 else "within seed noise") + " (primary)"
+    return found
+
+
+def test_every_comparison_but_the_primary_is_holm_adjusted(controlled):
+    expected = holm_verdicts()
+    paired = controlled["paired"]
+    assert paired["primary"] == {"column": "BAN-2", "baseline": "Teacher"}
+    for (column, baseline), verdict in expected.items():
+        section = paired["vs_teacher"] if baseline == "Teacher" else paired["vs_own_baseline"]
+        found = section[column]["test_error"]
+        assert found["verdict"] == verdict.removesuffix(" (primary)"), (column, baseline)
+        if baseline == "Teacher" and column != "BAN-2":
+            assert found["holm_p"] >= found["t_p"]
+    assert paired["vs_teacher"]["BAN-2"]["test_error"]["holm_p"] is None
+    assert "The primary comparison, BAN-2 vs Teacher, is called better or worse" in report.caption(controlled)
+    assert "each of the 5 other comparisons only when its Holm-adjusted p" in report.caption(controlled)
+
+
+@pytest.mark.parametrize("primary", [None, "BAN-1", "BAN-1 vs Teacher"])
+def test_only_the_primary_comparison_keeps_its_plain_verdict(primary):
+    """BAN-1 − Teacher has t-test p 0.032: better on its own, within seed noise once Holm-adjusted beside Ens*2."""
+    ban1 = [t + d for t, d in zip(TEACHER, [-0.010, -0.018, -0.004, -0.012])]
+    spec = parse_spec(tiny_spec(generations=2, chains=4, **({"report": {"primary": primary}} if primary else {})))
+    chains = [ChainResult(c, [record(c, 0, TEACHER[c]), record(c, 1, ban1[c]), record(c, 2, COLUMNS["BAN-2"][c])],
+                          [EnsembleRecord(2, [1, 2], COLUMNS["Teacher′"][c], 0.3)], None) for c in range(4)]
+    paired = build(spec, chains)["paired"]
+    found = paired["vs_teacher"]["BAN-1"]["test_error"]
+    assert found["t_p"] == pytest.approx(t_p_by_hand([b - t for b, t in zip(ban1, TEACHER)]))
+    assert found["ci_high"] < 0
+    if primary is None:
+        assert paired["primary"] == {"column": "BAN-2", "baseline": "Teacher"}
+        family = [found["t_p"], paired["vs_teacher"]["Ens*2"]["test_error"]["t_p"]]
+        assert found["holm_p"] == pytest.approx(holm_by_hand(family)[0]) == pytest.approx(2 * found["t_p"])
+        assert found["verdict"] == "within seed noise"
+    else:
+        assert paired["primary"] == {"column": "BAN-1", "baseline": "Teacher"}
+        assert found["holm_p"] is None and found["verdict"] == "better"
+
+
 def hand_interval(differences):
     n = len(differences)
     mean = sum(differences) / n
@@ -122,7 +196,7 @@ def hand_interval(differences):
 
 @pytest.fixture
 def controlled():
-    spec = parse_spec(tiny_spec(generations=2, chains=4))
+    spec = parse_spec(tiny_spec(generations=2, chains=4, control=True))
 
     def scored(chain, generation, error, role=None):
         return record(chain, generation, error, test_nll=3 * error, test_ece=error / 2, role=role)
@@ -136,8 +210,8 @@ def controlled():
             [scored(c, 0, TEACHER[c]), scored(c, 1, COLUMNS["BAN-1"][c]), scored(c, 2, COLUMNS["BAN-2"][c])],
             [ensemble(2, [1, 2], COLUMNS["Ens*2"][c])],
             f"ens-{c}",
-            control=scored(c, 0, COLUMNS["Teacher′"][c], role="control"),
-            control_ensemble=ensemble(2, [0, 0], COLUMNS["Teacher+Teacher′"][c]),
+            arms={"control": scored(c, 0, COLUMNS["Teacher′"][c], role="control")},
+            control_ensembles=[ensemble(2, [0, "control"], COLUMNS["Teacher+Teacher′"][c])],
         )
         for c in range(4)
     ]
@@ -149,9 +223,9 @@ def test_control_arm_columns_and_records(controlled, tmp_path):
     assert controlled["rows"]["0"]["Teacher′"] == pytest.approx(10.5)
     loaded = json.loads(report.write(controlled, tmp_path)[0].read_text())
     chain = loaded["chains"][0]
-    assert chain["control"]["role"] == "control" and chain["control"]["test_error"] == 0.105
-    assert chain["control_ensemble"] == {"k": 2, "members": [0, 0], "test_error": 0.095, "test_nll": pytest.approx(0.285),
-                                         "test_ece": 0.0475}
+    assert chain["arms"]["control"]["role"] == "control" and chain["arms"]["control"]["test_error"] == 0.105
+    assert chain["control_ensembles"] == [{"k": 2, "members": [0, "control"], "test_error": 0.095,
+                                           "test_nll": pytest.approx(0.285), "test_ece": 0.0475}]
     assert loaded["metrics"]["Teacher′"]["test_ece"]["mean"] == pytest.approx(sum(COLUMNS["Teacher′"]) / 8)
 
 
@@ -166,8 +240,7 @@ def test_paired_section_matches_hand_computed_intervals(controlled, column):
     assert (error["ci_low"], error["ci_high"]) == (pytest.approx(low, abs=1e-8), pytest.approx(high, abs=1e-8))
     assert error["better"] == sum(d < 0 for d in differences) and error["worse"] == sum(d > 0 for d in differences)
     assert paired["test_nll"]["mean"] == pytest.approx(3 * mean) and paired["test_ece"]["mean"] == pytest.approx(mean / 2)
-    expected = "better" if high < 0 else "worse" if low > 0 else "within seed noise"
-    assert error["verdict"] == expected
+    assert (error["t_p"] < 0.05) == (high < 0 or low > 0)  # the p the Holm adjustment starts from
 
 
 def test_table_verdicts_follow_the_intervals(controlled):
@@ -175,18 +248,15 @@ def test_table_verdicts_follow_the_intervals(controlled):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")][1:] for line in lines[2:]}
     verdicts = dict(zip(header[1:], rows["verdict"]))
-    assert verdicts == {"Teacher": "—", "BAN-1": "better", "BAN-2": "within seed noise", "Ens*2": "worse",
-                        "Teacher′": "within seed noise", "Teacher+Teacher′": "better"}
+    expected = holm_verdicts()
+    assert verdicts == {"Teacher": "—", **{c: expected[c, "Teacher"] for c in COLUMNS}}
+    assert verdicts["BAN-2"] == "within seed noise (primary)"
     intervals = dict(zip(header[1:], rows["Δ vs Teacher (points), 95% CI"]))
-    for column, verdict in verdicts.items():
-        if column == "Teacher":
-            continue
-        low, high = map(float, re.search(r"\[(\S+), (\S+)\]", intervals[column]).groups())
-        assert (high < 0, low > 0) == (verdict == "better", verdict == "worse")
     assert intervals["BAN-1"] == "-1.18 [-1.55, -0.80]"  # sd 0.236 points, half-width 3.182 × 0.236 / 2
     assert dict(zip(header[1:], rows["better/tied/worse; Wilcoxon p"]))["BAN-1"] == "4/0/0; p 0.12"
-    against = dict(zip(header[1:], rows["Δ vs Teacher+Teacher′ (points), 95% CI"]))
-    assert against["Ens*2"].endswith(", worse") and against["BAN-1"] == "—"
+    against = dict(zip(header[1:], rows["Δ vs its own baseline (points), 95% CI"]))
+    assert against["Ens*2"].endswith(f"vs Teacher+Teacher′, {expected['Ens*2', 'Teacher+Teacher′']}")
+    assert against["BAN-1"] == "—"
     assert "test NLL, mean ± std" in rows and "Δ ECE (points), 95% CI" in rows
 
 
@@ -202,14 +272,17 @@ def test_caption_gives_the_seed_noise_band(controlled):
 
 def test_without_control_the_caption_says_so(built):
     assert "No control arm (Teacher′) was trained" in report.caption(built)
-    assert built["paired"]["vs_control_ensemble"] == {}
+    assert built["paired"]["vs_own_baseline"] == {}
+    # Ens*2 is never set against a smaller ensemble, nor silently dropped
+    assert built["paired"]["no_same_size_baseline"] == {"Ens*2": "Teacher+Teacher′"}
+    assert "no same-size baseline (Teacher+Teacher′ not trained)" in report.table(built)
 
 
 def test_failed_control_is_left_out_of_the_pairs():
-    spec = parse_spec(tiny_spec(chains=3))
+    spec = parse_spec(tiny_spec(chains=3, control=True))
     chains = [
         ChainResult(c, [record(c, 0, 0.1 + c / 100), record(c, 1, 0.1)], [], None,
-                    control=record(c, 0, 0.11, status="failed" if c == 2 else "finished", role="control"))
+                    arms={"control": record(c, 0, 0.11, status="failed" if c == 2 else "finished", role="control")})
         for c in range(3)
     ]
     built = build(spec, chains)
@@ -330,8 +403,10 @@ def test_markdown_has_the_three_tables_escaped(controlled):
     assert paper[-1].startswith("| mean ± std | 11.50 ± 1.29 |") and len(paper) == 2 + 4 + 1
     assert "Ens*2" not in text and "Ens\\*2" in text
     assert evidence[0] == ("| Column | minus (same chain) | Δ test error (points) | 95% interval (points) | better | tied "
-                           "| worse | Wilcoxon p | verdict |")
-    assert "| BAN-1 | Teacher | -1.18 | \\[-1.55, -0.80\\] | 4 | 0 | 0 | 0.12 | better |" in evidence
+                           "| worse | Wilcoxon p | Holm p | verdict |")
+    holm = controlled["paired"]["vs_teacher"]["BAN-1"]["test_error"]["holm_p"]
+    assert f"| BAN-1 | Teacher | -1.18 | \\[-1.55, -0.80\\] | 4 | 0 | 0 | 0.12 | {holm:.2f} | better |" in evidence
+    assert cells(evidence[2])[0].strip() == "BAN-2 (primary)"  # the primary comparison comes first
     assert cells(evidence[-1])[1].strip() == "Teacher+Teacher′"  # Ens*2 against the control ensemble
     assert calibration[0].startswith("| Column | test NLL (nats), mean ± std | Δ test NLL (nats), 95% CI | ECE (%)")
     assert len(calibration) == 2 + len(controlled["columns"])
@@ -435,3 +510,84 @@ def test_the_figure_of_many_chains_names_them_in_one_legend_entry(recwarn):
     assert len(lineage.get_lines()) == 49
     lineage.figure.canvas.draw()  # where constrained layout gives up
     assert not [w for w in recwarn if "collapsed" in str(w.message)]
+
+
+def arm_record(chain, arm, error):
+    return GenerationRecord(chain=chain, generation=0, role="control" if arm.startswith("control") else arm, arch="cnn",
+                            objective="ce", status="finished", mlflow_run_id=f"run-{chain}-{arm}", teacher_checkpoint=None,
+                            teacher_run_id=None, val_error=error, test_error=error, arm=arm)
+
+
+@pytest.fixture
+def armed():
+    """Five chains with two teacher′s, the equal-budget and the label-smoothing arms; Ens*2 and Ens*3 (the teacher
+    counted), the control ensembles of 2 and 3 members; fidelity on both students."""
+    rng = np.random.default_rng(3)
+    spec = parse_spec(tiny_spec(generations=2, chains=5, ensembles={"include_teacher": True},
+                                control={"teachers": 2, "equal_budget": True, "label_smoothing": 0.1}))
+    values = {name: 0.1 + rng.normal(0, 0.01, 5) for name in (
+        "Teacher", "BAN-1", "BAN-2", "Ens*2", "Ens*3", "control", "control2", "budget", "smoothing", "C2", "C3")}
+    fidelity = {g: (rng.uniform(0.8, 1.0, 5), rng.uniform(0.0, 0.3, 5)) for g in (1, 2)}
+
+    def generation(c, g):
+        return dataclasses.replace(record(c, g, float(values[["Teacher", "BAN-1", "BAN-2"][g]][c])),
+                                   test_agreement=float(fidelity[g][0][c]) if g else None,
+                                   test_teacher_kl=float(fidelity[g][1][c]) if g else None)
+
+    chains = [
+        ChainResult(c, [generation(c, g) for g in range(3)],
+                    [EnsembleRecord(2, [1, 2], float(values["Ens*2"][c]), 0.3),
+                     EnsembleRecord(3, [0, 1, 2], float(values["Ens*3"][c]), 0.3)], None,
+                    arms={arm: arm_record(c, arm, float(values[arm][c])) for arm in ("control", "control2", "budget", "smoothing")},
+                    control_ensembles=[EnsembleRecord(2, [0, "control"], float(values["C2"][c]), 0.3),
+                                       EnsembleRecord(3, [0, "control", "control2"], float(values["C3"][c]), 0.3)])
+        for c in range(5)
+    ]
+    return build(spec, chains), values, fidelity
+
+
+def test_each_ensemble_is_set_against_the_control_ensemble_of_its_own_size(armed):
+    built, values, _ = armed
+    assert built["columns"] == ["Teacher", "BAN-1", "BAN-2", "Ens*2", "Ens*3", "Teacher′", "Teacher+Teacher′",
+                                "Teacher+2×Teacher′", "Equal-budget", "Label-smoothing"]
+    paired = built["paired"]
+    assert paired["own_baselines"] == {"Ens*2": "Teacher+Teacher′", "Ens*3": "Teacher+2×Teacher′",
+                                       "Equal-budget": "BAN-2", "Label-smoothing": "BAN-1"}
+    assert paired["no_same_size_baseline"] == {}
+    for column, (a, b) in {"Ens*2": ("Ens*2", "C2"), "Ens*3": ("Ens*3", "C3"), "Equal-budget": ("budget", "BAN-2"),
+                           "Label-smoothing": ("smoothing", "BAN-1")}.items():
+        d = values[a] - values[b]  # numpy, not banray: the paired differences and their t interval
+        half = scipy_t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+        found = paired["vs_own_baseline"][column]["test_error"]
+        assert (found["mean"], found["ci_low"], found["ci_high"]) == (
+            pytest.approx(d.mean()), pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    table = report.table(built)
+    assert "vs Teacher+2×Teacher′" in table and "vs BAN-2" in table
+
+
+def test_too_few_teachers_give_no_same_size_baseline_rather_than_a_smaller_one(armed):
+    built, values, _ = armed
+    spec = parse_spec(tiny_spec(generations=2, chains=5, ensembles={"include_teacher": True}, control=True))
+    chains = [dataclasses.replace(chain, arms={"control": chain.arms["control"]},
+                                  control_ensembles=chain.control_ensembles[:1])
+              for chain in report_chains(built)]
+    fewer = build(spec, chains)["paired"]
+    assert fewer["no_same_size_baseline"] == {"Ens*3": "Teacher+2×Teacher′"}
+    assert "Ens*3" not in fewer["vs_own_baseline"] and fewer["own_baselines"]["Ens*2"] == "Teacher+Teacher′"
+    assert "| Ens\\*3 | Teacher+2×Teacher′ |" in report.markdown(build(spec, chains))
+
+
+def test_fidelity_is_each_students_agreement_and_kl_over_chains(armed):
+    built, _, fidelity = armed
+    for g, (agreement, kl) in fidelity.items():
+        found = built["fidelity"][f"BAN-{g}"]
+        assert (found["agreement"]["mean"], found["agreement"]["std"]) == (
+            pytest.approx(agreement.mean()), pytest.approx(agreement.std(ddof=1)))
+        assert found["teacher_kl"]["mean"] == pytest.approx(kl.mean()) and found["teacher_kl"]["n"] == 5
+    table = report.table(built)
+    assert f"| agreement with its teacher (%) | — | {100 * fidelity[1][0].mean():.2f} ± " in table
+    assert "## Fidelity: does each student match its teacher? (test split)" in report.markdown(built)
+
+
+def report_chains(built):
+    return _chain_results(built, "report.json")

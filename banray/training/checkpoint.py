@@ -191,8 +191,8 @@ def _invalid(exc: ValidationError) -> str:
     """What is wrong with a record, every field named, on one line."""
     errors = exc.errors()
     missing = [_field(error) for error in errors if error["type"] == "missing"]
-    wrong = [f"{_field(error)}: {error['msg'][0].lower()}{error['msg'][1:]} (got {_short(error['input'])})"
-             for error in errors if error["type"] != "missing"]
+    messages = [(error, error["msg"].removeprefix("Value error, ")) for error in errors if error["type"] != "missing"]
+    wrong = [f"{_field(error)}: {msg[0].lower()}{msg[1:]} (got {_short(error['input'])})" for error, msg in messages]
     return "its metadata is not a checkpoint record: " + "; ".join(
         ([f"it lacks {', '.join(missing)}"] if missing else []) + wrong
     )
