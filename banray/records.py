@@ -111,6 +111,10 @@ class GenerationRecord:
     model_uri: str | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
     message: str | None = None
+    # distill.teacher_from 'ensemble': the checkpoints and MLflow runs of generations 0 … k − 1 of the chain,
+    # the members of its ensemble teacher in generation order (teacher_checkpoint is the last); else empty.
+    teacher_checkpoints: list[str] = field(default_factory=list)
+    teacher_run_ids: list[str] = field(default_factory=list)
     arm: str = MAIN_ARM  # its chain's generations, or one of its side arms
 
 

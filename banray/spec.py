@@ -14,6 +14,7 @@ import math
 import os
 import re
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, Union
@@ -315,6 +316,12 @@ class DistillSpec(_SearchableSection):
     label_weight: _searchable(Annotated[Float, Field(ge=0)]) = Field(1.0, description="ban+l: weight of the label term")
     teacher: Literal["online", "cached"] = Field(
         "online", description="'cached': the teacher's logits are computed once per generation and shared by its trials"
+    )
+    teacher_from: Literal["previous", "ensemble"] = Field(
+        "previous",
+        description="what generation k ≥ 1 learns from: 'previous', generation k − 1; 'ensemble', generations "
+        "0 … k − 1 of its chain, whose teacher logits are log(mean_i softmax(z_i)) (log-probabilities are valid "
+        "logits: at temperature 1 the target is exactly their averaged softmax, at T the softmax of these over T)",
     )
     cache_dtype: Literal["float16", "float32"] = Field(
         "float16", description="'cached': how the teacher's raw logits are stored (float32 is exact)"
@@ -631,6 +638,11 @@ class SweepSpec(_Section):
                 "distill.teacher: 'cached' is not allowed for a language model dataset (the teacher's hidden state "
                 "follows the student's chunks); allowed: online"
             )
+        if task == "language_model" and self.distill.teacher_from == "ensemble":
+            raise ValueError(
+                "distill.teacher_from: 'ensemble' is not allowed for a language model dataset (banray averages no "
+                "language models' per-token softmax over the vocabulary); allowed: previous"
+            )
         return self
 
     @model_validator(mode="after")
@@ -708,11 +720,13 @@ class SweepSpec(_Section):
         return self.train, self.distill if generation > 0 else DistillSpec(objective="ce")
 
     def generation_settings(
-        self, chain: int, generation: int, teacher_checkpoint: str | None, arm: str = MAIN_ARM
+        self, chain: int, generation: int, teacher_checkpoint: str | None, arm: str = MAIN_ARM,
+        teacher_checkpoints: Sequence[str] = (),
     ) -> dict[str, Any]:
         """The settings shared by every trial of one generation (or of a side arm, generation 0 with its arm's
         recipe); a trial adds `trial` and `seed`, and the search (if any) fills in the ranges of
-        `search_space(generation)`."""
+        `search_space(generation)`. `teacher_checkpoint` is generation − 1's; `teacher_checkpoints`, with
+        distill.teacher_from 'ensemble', those of generations 0 … generation − 1, the ensemble's members."""
         train, distill = self._recipe(generation, arm)
         return {
             "sweep": self.name,
@@ -728,6 +742,8 @@ class SweepSpec(_Section):
             "distill": distill.model_dump(mode="json", exclude_none=True),
             "metric": self.search.metric,
             "teacher_checkpoint": teacher_checkpoint,
+            "teacher_checkpoints": list(teacher_checkpoints),
+            "teacher_models": [self.model_of(g).model_dump(mode="json") for g in range(len(teacher_checkpoints))],
         }
 
     def chain_data(self, chain: int) -> DataSpec:
@@ -806,13 +822,40 @@ class TrialSettings(_Section):
     train: TrainSpec
     distill: DistillSpec
     metric: str
-    teacher_checkpoint: str | None = None
+    teacher_checkpoint: str | None = None  # generation − 1's
+    # distill.teacher_from 'ensemble': the checkpoints of generations 0 … generation − 1, the ensemble teacher's
+    # members in generation order, and what each must be (its arch and kwargs); empty otherwise.
+    teacher_checkpoints: list[str] = []
+    teacher_models: list[ModelSpec] = []
     # The folder (local or s3://) holding teacher-logit caches (distill.teacher 'cached'); None: node-local disk.
     teacher_cache: str | None = None
 
     @property
     def role(self) -> str:
         return role(self.generation, self.arm)
+
+    def teachers(self) -> list[tuple[int, ModelSpec | None, str]]:
+        """(generation, model, checkpoint) of each model the student learns from, in generation order:
+        generation − 1's alone, or every member of its ensemble teacher."""
+        if self.distill.teacher_from == "ensemble":
+            return list(zip(range(self.generation), self.teacher_models, self.teacher_checkpoints))
+        return [(self.generation - 1, self.teacher_model, self.teacher_checkpoint)]
+
+    @model_validator(mode="after")
+    def _members_fit(self) -> TrialSettings:
+        ensemble = self.distill.teacher_from == "ensemble" and self.teacher_checkpoint is not None
+        members = list(range(self.generation)) if ensemble else []
+        if len(self.teacher_checkpoints) != len(members) or len(self.teacher_models) != len(members):
+            raise ValueError(
+                f"teacher_checkpoints: generation {self.generation} with distill.teacher_from "
+                f"'{self.distill.teacher_from}' learns from {len(members)} ensemble member(s) (generations "
+                f"{members}), but its settings name {len(self.teacher_checkpoints)} checkpoint(s) and "
+                f"{len(self.teacher_models)} model(s)"
+            )
+        if ensemble and self.teacher_checkpoints[-1] != self.teacher_checkpoint:
+            raise ValueError(f"teacher_checkpoints: the last member {self.teacher_checkpoints[-1]!r} is not "
+                             f"generation {self.generation - 1}'s checkpoint {self.teacher_checkpoint!r}")
+        return self
 
     @model_validator(mode="after")
     def _concrete(self) -> TrialSettings:

@@ -108,7 +108,7 @@ def test_an_io_error_while_fetching_a_teacher_is_still_retried(tmp_path, monkeyp
         return real_read_bytes(path)
 
     monkeypatch.setattr(pathlib.Path, "read_bytes", flaky_read_bytes)
-    teacher, meta = loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
+    teacher, [meta] = loop.load_teacher(student_settings(directory), task(), CPU, SWEEP_FILES)
     assert failures and meta.arch == "cnn" and not teacher.training
 
 
@@ -420,7 +420,7 @@ def test_a_teacher_trained_on_another_split_of_the_same_data_is_refused(tmp_path
 def test_the_teacher_the_spec_plans_is_accepted(tmp_path):
     assert SPEC.model.kwargs == {"width": 8}
     settings = student_settings(write_checkpoint(tmp_path / "ckpt"))
-    teacher, meta = loop.load_teacher(settings, task(), CPU, SWEEP_FILES)
+    teacher, [meta] = loop.load_teacher(settings, task(), CPU, SWEEP_FILES)
     assert meta.kwargs == {"width": 8} and not any(p.requires_grad for p in teacher.parameters())
 
 

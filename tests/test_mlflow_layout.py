@@ -16,7 +16,7 @@ from banray.records import ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import report, tracking
 from banray.spec import parse_spec
 from banray.sweep.context import SweepContext
-from banray.sweep.generation_runs import start_generation_run
+from banray.sweep.generation_runs import ensemble_teacher, start_generation_run
 from conftest import tiny_spec
 
 # Test errors per chain: Teacher, BAN-1, BAN-2, Teacher′.
@@ -155,6 +155,32 @@ def test_generation_runs_nest_under_their_chains_run_which_logs_them_per_generat
     assert finished.info.status == "FINISHED" and "Stopped: chain_stop." in finished.data.tags[tracking.NOTE]
     link = f"#/experiments/{ctx.experiment_id}/runs/{student.mlflow_run_id}"
     assert f"| 1 | BAN-1 | 9.00 | 8.00 | [chain0-gen1]({link}) |" in finished.data.tags[tracking.NOTE]
+
+
+def test_an_ensemble_taught_generations_run_links_every_member_and_logs_them_as_params(store):
+    ctx, client = store
+    ctx = dataclasses.replace(ctx, spec=ctx.spec.model_copy(
+        update={"distill": ctx.spec.distill.model_copy(update={"teacher_from": "ensemble"})}))
+    teacher = record(0, 0, 0.10, run_id=start_generation_run(ctx, 0, 0, None))
+    first_members, first_runs = ensemble_teacher(ctx.spec, teacher)
+    first = dataclasses.replace(record(0, 1, 0.08, run_id=start_generation_run(ctx, 0, 1, teacher)),
+                                teacher_checkpoints=first_members, teacher_run_ids=first_runs)
+    second = client.get_run(start_generation_run(ctx, 0, 2, first))
+    links = [f"[chain0-gen{g}](#/experiments/{ctx.experiment_id}/runs/{r.mlflow_run_id})"
+             for g, r in enumerate((teacher, first))]
+    assert (f"distilled from an ensemble teacher: the average of the softmax outputs of {', '.join(links)}"
+            in second.data.tags[tracking.NOTE])
+    assert second.data.params["distill.teacher_from"] == "ensemble"
+    assert second.data.params["teacher_checkpoints"] == str([teacher.checkpoint, first.checkpoint])
+    assert second.data.params["teacher_checkpoint"] == first.checkpoint
+
+
+def test_a_param_longer_than_mlflow_keeps_is_cut_not_refused(store):
+    ctx, client = store
+    members = [f"s3://bucket/sweep/tune/chain0-gen{g}/trial_{g:08x}/checkpoint_000001" for g in range(100)]
+    run_id = tracking.start_run(ctx.tracking, ctx.experiment_id, "long", {}, params={"teacher_checkpoints": members})
+    value = client.get_run(run_id).data.params["teacher_checkpoints"]
+    assert len(value) == tracking.PARAM_LIMIT and value.startswith(str(members)[:100]) and "cut" in value[-30:]
 
 
 def test_registering_into_a_model_that_exists_creates_versions_quietly(store, capfd):

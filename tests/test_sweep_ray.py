@@ -269,6 +269,34 @@ def test_both_engines_train_a_chain(ray_cluster, tmp_path, resources, engine, ho
     assert (len(train_runs) == 2) == (engine == "train")  # one Train run per trial, or none
 
 
+def test_an_ensemble_taught_generation_learns_from_every_earlier_one(ray_cluster, tmp_path):
+    """distill.teacher_from: ensemble on digits, cached: generation 2 learns from generations 0 and 1; its record,
+    its checkpoints, its MLflow run and the report name both members."""
+    spec = parse_spec(tiny_spec(storage=str(tmp_path), generations=2, data={"dataset": "digits"},
+                                train={"epochs": 1, "batch_size": 64}, search={"trials": 1},
+                                distill={"objective": "ban", "teacher_from": "ensemble", "teacher": "cached"}))
+    lines = []
+    result = sweep.run(spec, echo=lines.append)
+    teacher, first, second = generations(result)
+    assert [g["status"] for g in (teacher, first, second)] == ["finished"] * 3
+    assert first["teacher_checkpoints"] == [teacher["checkpoint"]] == [first["teacher_checkpoint"]]
+    assert second["teacher_checkpoints"] == [teacher["checkpoint"], first["checkpoint"]]
+    assert second["teacher_checkpoint"] == first["checkpoint"]  # still generation k − 1's, as with 'previous'
+    assert second["teacher_run_ids"] == [teacher["mlflow_run_id"], first["mlflow_run_id"]]
+    metadata = Checkpoint(second["checkpoint"]).get_metadata()
+    assert [(m["generation"], m["trial"], m["epoch"]) for m in metadata["teachers"]] == [
+        (g["generation"], g["best_trial"], g["best_epoch"]) for g in (teacher, first)]
+    # Generation 1's ensemble is generation 0 alone, generation 2's both: two caches, keyed apart.
+    assert len(list((Path(result.sweep_dir) / "teacher-cache").iterdir())) == 2
+    run = mlflow.MlflowClient(result.report["mlflow"]["tracking_uri"]).get_run(second["mlflow_run_id"])
+    note = run.data.tags["mlflow.note.content"]
+    assert "distilled from an ensemble teacher: the average of the softmax outputs of [chain0-gen0](" in note
+    assert teacher["mlflow_run_id"] in note and first["mlflow_run_id"] in note
+    assert run.data.params["distill.teacher_from"] == "ensemble"
+    assert result.report["teacher_from"] == "ensemble"
+    assert "Each BAN-k learned from the ensemble teacher of its chain's generations 0 … k−1" in "\n".join(lines)
+
+
 def test_tune_writes_no_files_per_result(finished):
     """Tune's default loggers write result.json, progress.csv and TensorBoard events after every report,
     while the trial waits for the controller; banray's metrics go to MLflow, so they are off."""

@@ -101,7 +101,7 @@ def test_banray_trial_trains_the_quickstart_and_a_sweep_student_loads_its_checkp
     seed = trial_seed(settings.pop("seed_root"), 0, 1, 1)
     settings = TrialSettings.model_validate({**settings, "trial": 1, "seed": seed})
     task = make_task(settings.data, settings.train, seed=seed)
-    frozen, record = loop.load_teacher(settings, task, torch.device("cpu"), SWEEP_FILES)
+    frozen, [record] = loop.load_teacher(settings, task, torch.device("cpu"), SWEEP_FILES)
     assert record.generation == 0 and record.sweep == "quickstart" and record.spec_hash == spec.spec_hash()
 
 

@@ -217,9 +217,10 @@ def _device(context: click.Context, parameter: click.Parameter, value: str | Non
 @click.option("--chain", "-c", type=click.IntRange(min=0), required=True, help="Chain of the trial (0 .. chains-1).")
 @click.option("--generation", "-g", type=click.IntRange(min=0), required=True,
               help="Generation of the trial: 0 trains the teacher on the labels, K ≥ 1 a student of --teacher.")
-@click.option("--teacher", metavar="CHECKPOINT", default=None,
+@click.option("--teacher", "teachers", metavar="CHECKPOINT", multiple=True,
               help="Generation K-1's checkpoint folder (local or s3://), written by `banray trial` or a sweep; "
-              "needed for K ≥ 1.")
+              "needed for K ≥ 1. With distill.teacher_from: ensemble, give it once for each of generations "
+              "0 … K-1, in that order.")
 @click.option("--trial", "trial_number", metavar="N", type=click.IntRange(min=0), default=0, show_default=True,
               help="Trial number (0 .. search.trials-1): the trial's seed is the one a sweep's trial N gets.")
 @click.option("--device", metavar="DEVICE", default=None, callback=_device,
@@ -227,7 +228,7 @@ def _device(context: click.Context, parameter: click.Parameter, value: str | Non
 @click.option("--out", metavar="DIR", default=None,
               help="Folder for the checkpoints, kept as DIR/chain<C>-gen<K>/trial<N>/epoch-<E>; default "
               "./trials/<spec name>.")
-def trial(spec_path: str, chain: int, generation: int, teacher: str | None, trial_number: int, device,
+def trial(spec_path: str, chain: int, generation: int, teachers: tuple[str, ...], trial_number: int, device,
           out: str | None) -> None:
     """Train one trial of SPEC here, without Ray or MLflow, and say where its best checkpoint is.
 
@@ -237,15 +238,18 @@ def trial(spec_path: str, chain: int, generation: int, teacher: str | None, tria
     training samples per second) and keeps a checkpoint whenever the validation metric is at least as good
     as the best so far, at the last epoch, and every train.checkpoint_every_s seconds. A checkpoint is a
     teacher for generation K+1, here (--teacher) or in a sweep of the same spec; the teacher given here is
-    checked by its record as a sweep checks it. Exits 2, with one line naming the option, on bad input (a
+    checked by its record as a sweep checks it (with distill.teacher_from: ensemble, each of generations
+    0 … K-1's, given as --teacher in that order). Exits 2, with one line naming the option, on bad input (a
     folder that holds this trial's checkpoints already included), before anything is written.
     """
     from banray.storage import SWEEP_FILES
     from banray.training import checkpoint, local
 
     spec = _load(spec_path)
-    _check_trial_options(spec, chain, generation, teacher, trial_number)
-    settings = local.trial_settings(spec, chain, generation, trial_number, teacher)
+    _check_trial_options(spec, chain, generation, teachers, trial_number)
+    ensemble = teachers if spec.distill.teacher_from == "ensemble" else ()
+    settings = local.trial_settings(spec, chain, generation, trial_number, teachers[-1] if teachers else None,
+                                    ensemble)
     folder = local.trial_folder(Path(out or Path("trials") / spec.name).resolve(), settings)
     if folder.exists():
         _error(f"--out: {folder} holds checkpoints of this trial already; remove it or choose another --out")
@@ -261,7 +265,8 @@ def trial(spec_path: str, chain: int, generation: int, teacher: str | None, tria
     click.echo(f"Best: epoch {summary.best_epoch}, val_error {summary.val_error:.2%}; checkpoint {summary.checkpoint}")
 
 
-def _check_trial_options(spec: SweepSpec, chain: int, generation: int, teacher: str | None, trial_number: int) -> None:
+def _check_trial_options(spec: SweepSpec, chain: int, generation: int, teachers: tuple[str, ...],
+                         trial_number: int) -> None:
     """Exit 2 with one line naming the option that does not fit the spec."""
     if chain >= spec.chains:
         _error(f"--chain: {chain} is out of range: '{spec.name}' has chains 0..{spec.chains - 1}")
@@ -269,11 +274,22 @@ def _check_trial_options(spec: SweepSpec, chain: int, generation: int, teacher: 
         _error(f"--generation: {generation} is out of range: '{spec.name}' has generations 0..{spec.generations}")
     if trial_number >= spec.search.trials:
         _error(f"--trial: {trial_number} is out of range: '{spec.name}' has trials 0..{spec.search.trials - 1}")
-    if generation == 0 and teacher is not None:
+    if generation == 0 and teachers:
         _error("--teacher: generation 0 learns from the labels and takes no teacher")
-    if generation > 0 and teacher is None:
+    _check_teacher_count(spec, generation, len(teachers))
+    if generation > 0 and not teachers:
         _error(f"--teacher: generation {generation} needs the checkpoint of generation {generation - 1} "
                "(a folder written by `banray trial` or a sweep)")
+
+
+def _check_teacher_count(spec: SweepSpec, generation: int, given: int) -> None:
+    """Exit 2 unless --teacher is given once per model generation `generation` learns from."""
+    if spec.distill.teacher_from == "ensemble" and generation > 0 and given != generation:
+        _error(f"--teacher: given {given} time(s), but with distill.teacher_from 'ensemble' generation {generation} "
+               f"learns from generations 0..{generation - 1}: give --teacher once for each, in generation order")
+    if spec.distill.teacher_from == "previous" and given > 1:
+        _error(f"--teacher: given {given} times, but generation {generation} learns from generation "
+               f"{generation - 1} alone (distill.teacher_from 'previous'): give it once")
 
 
 def _echo_epoch(epochs: int, row: dict) -> None:

@@ -372,6 +372,8 @@ def describe(spec: SweepSpec, calibrate_steps: int = 0) -> list[str]:
             for g in range(spec.generations + 1)
         )
         lines.append(f"  chain {chain}: {steps}")
+    if spec.distill.teacher_from == "ensemble":
+        lines.append(_ensemble_teacher_line(spec))
     for generation in sorted({0, min(1, spec.generations)}):
         space = spec.search_space(generation)
         what = "generation 0" if generation == 0 else "generations ≥ 1"
@@ -512,6 +514,13 @@ def _measured_spreads(report: dict, gain: float) -> tuple[list[str], list[tuple[
             f"{stats.POWER:.0%} upper bound {upper:.2f} (an sd from few chains is rough) → {needed[-1][1]}"
         )
     return lines, needed
+
+
+def _ensemble_teacher_line(spec: SweepSpec) -> str:
+    cost = ("generation k's cache is built by running k models" if spec.distill.teacher == "cached"
+            else "generation k runs k teacher models per step (--calibrate times one)")
+    return (f"  teacher of generation k ≥ 1 (distill.teacher_from: ensemble): the ensemble of generations 0 … k−1 "
+            f"of its chain, logits log(mean softmax); {cost}")
 
 
 def _label(spec: SweepSpec) -> str:

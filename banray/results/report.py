@@ -227,6 +227,7 @@ def build(
         "selection": SELECTION.format(metric=spec.search.metric),
         "variation": variation(spec),
         "ensembles": {"include_teacher": spec.ensembles.include_teacher},
+        "teacher_from": spec.distill.teacher_from,
         "sweep_dir": sweep_dir,
         "elapsed_s": round(elapsed_s, 1),
         "utilisation": utilisation,
@@ -414,7 +415,12 @@ def caption(report: dict[str, Any]) -> str:
         pool = "generations including the teacher" if report["ensembles"]["include_teacher"] else "student generations"
         ensembles = f" Ens*k averages the softmax outputs of the last k {pool}."
     control = "".join(f" {text}" for column, text in CONTROL_COLUMNS.items() if column in report["columns"])
-    lines = [f"{report['headline'].capitalize()}{unit} on `{report['dataset']}`; {report['selection']}.{ensembles}{control}"]
+    teachers = ""
+    if report.get("teacher_from") == "ensemble":  # absent from the reports of sweeps before it could be set
+        teachers = (" Each BAN-k learned from the ensemble teacher of its chain's generations 0 … k−1 (the average "
+                    "of their softmax outputs), not from BAN-(k−1) alone.")
+    lines = [f"{report['headline'].capitalize()}{unit} on `{report['dataset']}`; {report['selection']}.{teachers}"
+             f"{ensembles}{control}"]
     paired = report["paired"]
     headline = paired["headline_metric"]
     diff_unit = DISPLAY[headline][1]

@@ -41,6 +41,7 @@ TAG_PREFIX = "banray."
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # MLflow shows this tag as the markdown description of a run or an experiment
 NOTE_LIMIT = 8000  # the longest tag value MLflow stores
+PARAM_LIMIT = 6000  # the longest param value MLflow stores; an ensemble teacher's list of members can be longer
 # What MLflow's client uses for a local store (its SQL store, the schema check): private modules of MLflow.
 _STORE_MODULES = ("mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store")
 
@@ -463,10 +464,16 @@ def start_run(
         tags = {**tags, PARENT: parent_run_id}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     if params:
-        batch = [Param(k, str(v)) for k, v in flatten(params).items()]
+        batch = [Param(k, _param_value(v)) for k, v in flatten(params).items()]
         for start in range(0, len(batch), 100):  # MLflow accepts at most 100 params per batch
             client.log_batch(run.info.run_id, params=batch[start : start + 100])
     return run.info.run_id
+
+
+def _param_value(value: Any) -> str:
+    """A param's value as MLflow can store it (cut to its length limit; the whole is in the sweep's records)."""
+    text, cut = str(value), " … (cut: see report.json)"
+    return text if len(text) <= PARAM_LIMIT else text[: PARAM_LIMIT - len(cut)] + cut
 
 
 def start_or_resume_trial_run(

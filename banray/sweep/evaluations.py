@@ -44,7 +44,8 @@ def evaluate_group(ctx: SweepContext, record: GenerationRecord) -> GenerationRec
     tracking.log_metrics(client, run_id, _test_metrics(record), step=record.generation)
     tracking.log_scores(ctx.tracking, record)  # in %, at step = generation, here and on the chain's run
     client.set_tag(run_id, tracking.NOTE,
-                   generation_note(ctx, record.chain, record.generation, record.arm, record.teacher_run_id, record))
+                   generation_note(ctx, record.chain, record.generation, record.arm, record.teacher_run_id, record,
+                                   record.teacher_run_ids))
     client.set_tag(run_id, "banray.best_trial_run_id", record.best_trial_run_id)
     client.set_tag(run_id, "banray.checkpoint", record.checkpoint)
     for key, value in record.best_settings.items():

@@ -23,7 +23,7 @@ from banray.spec import SweepSpec, group_name, role
 from banray.storage import ray_storage, with_retries
 from banray.sweep.context import SweepContext
 from banray.sweep.earlier_trials import earlier_settings, last_checkpoints
-from banray.sweep.generation_runs import objective_label
+from banray.sweep.generation_runs import ensemble_teacher, group_settings, objective_label
 from banray.sweep.progress import TrialProgress, failure_reason, group_label, say
 from banray.sweep.search import make_search, optuna_name, warm_start_point
 from banray.sweep.trial_runs import TrialRuns, trial_run_ids
@@ -43,7 +43,8 @@ def run_group(
     """Run (or, with `restore`, continue an interrupted run of) one generation's Tune run; with a side `arm`,
     that arm's model of the chain (generation 0 with the arm's recipe, fresh seeds)."""
     spec = ctx.spec
-    settings = spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None, arm)
+    settings = group_settings(spec, chain, generation, teacher, arm)
+    members, member_run_ids = ensemble_teacher(spec, teacher)
     record = GenerationRecord(
         chain=chain,
         generation=generation,
@@ -55,6 +56,8 @@ def run_group(
         teacher_checkpoint=teacher.checkpoint if teacher else None,
         teacher_run_id=teacher.mlflow_run_id if teacher else None,
         arm=arm,
+        teacher_checkpoints=members,
+        teacher_run_ids=member_run_ids,
     )
     label = group_label(chain, generation, arm)
     tuner = _tuner(ctx, chain, generation, teacher, run_id, restore, arm, settings)

@@ -86,7 +86,9 @@ class CheckpointRecord(CheckpointIdentity):
     trial: NonNegativeInt
     seed: int
     objective: str
-    teacher: TeacherReference | None
+    teacher: TeacherReference | None  # generation − 1's checkpoint
+    # distill.teacher_from 'ensemble': every member of the ensemble teacher, generation 0 first; else empty.
+    teachers: list[TeacherReference] = []
     node_id: str  # provenance: which node trained it
     epoch: PositiveInt
     val_error: float

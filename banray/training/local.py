@@ -5,6 +5,7 @@ epoch-<e>`, each loadable as a teacher by the next generation, here or in a swee
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,9 +18,12 @@ from banray.training.loop import train_loop
 from banray.training.session import LocalSession
 
 
-def trial_settings(spec: SweepSpec, chain: int, generation: int, trial: int, teacher: str | None) -> TrialSettings:
-    """The settings of trial `trial` of (chain, generation) in the main arm, each searched range at its midpoint."""
-    settings = spec.generation_settings(chain, generation, teacher)
+def trial_settings(spec: SweepSpec, chain: int, generation: int, trial: int, teacher: str | None,
+                   teacher_checkpoints: Sequence[str] = ()) -> TrialSettings:
+    """The settings of trial `trial` of (chain, generation) in the main arm, each searched range at its midpoint;
+    `teacher` is generation − 1's checkpoint, `teacher_checkpoints` an ensemble teacher's members (generations
+    0 … generation − 1)."""
+    settings = spec.generation_settings(chain, generation, teacher, "main", teacher_checkpoints)
     for dotted, searched in spec.search_space(generation).items():
         section, name = dotted.split(".")
         settings[section][name] = searched.midpoint()

@@ -39,7 +39,7 @@ from banray.training import checkpoint
 from banray.training.checkpoint import CheckpointIdentity, CheckpointRecord
 from banray.training.session import Session, checkpoint_folder
 from banray.training.tasks import Task, make_task, use_channels_last
-from banray.training.teacher import Frozen, OnlineTeacher, Teacher
+from banray.training.teacher import Ensemble, Frozen, OnlineTeacher, Teacher
 
 
 def make_optimizer(parameters, train: TrainSpec, fused: bool = False) -> torch.optim.Optimizer:
@@ -125,20 +125,28 @@ def non_finite_terms(term_means: dict[str, float]) -> str | None:
 
 def load_teacher(
     settings: TrialSettings, task: Task, device: torch.device, storage: Storage
-) -> tuple[Frozen, CheckpointRecord]:
-    """The previous generation's best model, checked by its record and frozen. A broken checkpoint
-    (checkpoint.BadCheckpoint) or another model than planned (TeacherMismatch) fails at once; only storage
-    errors while fetching it are retried."""
-    if settings.teacher_model is None:
+) -> tuple[Frozen, list[CheckpointRecord]]:
+    """The model the student learns from, frozen, and the records of the checkpoints it is made of: the previous
+    generation's best model, or (distill.teacher_from 'ensemble') the Ensemble of generations 0 … k − 1's, each
+    checked by its record. A broken checkpoint (checkpoint.BadCheckpoint) or another model than planned
+    (TeacherMismatch) fails at once; only storage errors while fetching one are retried."""
+    loaded = [_load_member(settings, task, generation, model, uri, storage)
+              for generation, model, uri in settings.teachers()]
+    models = [model for model, _ in loaded]
+    # An ensemble of one (generation 1's) is its member: the same softmax, so the same teacher and cache.
+    teacher = models[0] if len(models) == 1 else Ensemble(models)
+    return Frozen(teacher.to(device)), [record for _, record in loaded]
+
+
+def _load_member(settings: TrialSettings, task: Task, generation: int, model: ModelSpec | None, uri: str,
+                 storage: Storage) -> tuple[nn.Module, CheckpointRecord]:
+    """The model of `generation` of the trial's chain at `uri`, checked by its record."""
+    if model is None:
         raise ValueError(f"trial settings of generation {settings.generation} name a teacher checkpoint "
                          "but not the teacher's model (teacher_model)")
-    # The spec's model of generation - 1, as the current code computes it, trained on this trial's split.
-    expected = _identity(settings, task, settings.teacher_model, settings.generation - 1, "main")  # never teacher′
-    teacher, record = storage.retried(
-        f"loading teacher {settings.teacher_checkpoint}",
-        lambda: checkpoint.load(settings.teacher_checkpoint, expected=expected, storage=storage),
-    )
-    return Frozen(teacher.to(device)), record
+    # The spec's model of that generation, as the current code computes it, trained on this trial's split.
+    expected = _identity(settings, task, model, generation, "main")  # never teacher′
+    return storage.retried(f"loading teacher {uri}", lambda: checkpoint.load(uri, expected=expected, storage=storage))
 
 
 def _identity(settings: TrialSettings, task: Task, model: ModelSpec, generation: int, arm: Arm) -> CheckpointIdentity:
@@ -224,7 +232,7 @@ class _Training:
                               **settings.model.kwargs)
         self.objective = get_objective(settings.distill.objective)
         self.loss_params = settings.distill.loss_params()
-        self.teacher, teacher_record = _teacher(settings, self.objective, task, device, session.storage)
+        self.teacher, teacher_records = _teacher(settings, self.objective, task, device, session.storage)
         resumed = session.restored()  # set when the engine restarts this trial after a failure
         state: dict[str, Any] = {}
         if resumed is not None:
@@ -241,7 +249,7 @@ class _Training:
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.first_report = _first_report_extras(self.teacher, task, device, session.rank, self.done_epochs,
                                                  self.history)
-        self.record_base = _record_base(settings, task, teacher_record, session.node_id)
+        self.record_base = _record_base(settings, task, teacher_records, session.node_id)
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -300,7 +308,7 @@ def _first_report_extras(teacher: Teacher | None, task, device, rank: int, done_
                          history: list[dict]) -> dict:
     """What the first epoch's report of a (re)started trial also carries: the epoch it resumed after and
     the metrics of the epochs before, and for teacher hygiene the frozen teacher's validation scores, which
-    must match what it was selected with."""
+    must match what it was selected with (an ensemble teacher's are the ensemble's own)."""
     extras: dict[str, Any] = {"resumed_after_epoch": done_epochs, "replayed_epochs": history} if done_epochs else {}
     if teacher is not None and rank == 0:
         scores = task.score(teacher.model, "val", device)
@@ -310,28 +318,31 @@ def _first_report_extras(teacher: Teacher | None, task, device, rank: int, done_
 
 def _teacher(
     settings: TrialSettings, objective, task: Task, device: torch.device, storage: Storage
-) -> tuple[Teacher | None, CheckpointRecord | None]:
-    """(the teacher the student learns from, its checkpoint's record); (None, None) for generation 0 and
-    for objectives that need no teacher."""
+) -> tuple[Teacher | None, list[CheckpointRecord]]:
+    """(the teacher the student learns from, the records of the checkpoints it is made of); (None, []) for
+    generation 0 and for objectives that need no teacher."""
     if settings.teacher_checkpoint is None or not objective.needs_teacher:
-        return None, None
-    model, record = load_teacher(settings, task, device, storage)
+        return None, []
+    model, records = load_teacher(settings, task, device, storage)
     if settings.distill.teacher != "cached":
-        return OnlineTeacher(model), record
+        return OnlineTeacher(model), records
     # Built on this worker's device, epoch by epoch, shared with the generation's other trials.
     cached = teacher_cache.CachedTeacher(
-        model, record, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT,
-        settings.train.epochs, settings.distill.cache_dtype, device, settings.distill.cache_top_k, storage,
+        model, records, task.splits, settings.teacher_cache or teacher_cache.DEFAULT_ROOT, settings.train.epochs,
+        settings.distill.cache_dtype, device, settings.distill.cache_top_k, storage,
     )
-    return cached, record
+    return cached, records
 
 
-def _record_base(settings: TrialSettings, task: Task, teacher: CheckpointRecord | None,
+def _record_base(settings: TrialSettings, task: Task, teachers: list[CheckpointRecord],
                  node_id: str) -> dict[str, Any]:
-    """What every checkpoint of the trial records (the epoch and its metrics are added per epoch)."""
+    """What every checkpoint of the trial records (the epoch and its metrics are added per epoch): of its
+    teacher, generation − 1's checkpoint, and every member of an ensemble teacher."""
     identity = _identity(settings, task, settings.model, settings.generation, settings.arm)
+    ensemble = settings.distill.teacher_from == "ensemble"
     return {
         **dict(identity), "trial": settings.trial, "seed": settings.seed, "objective": settings.distill.objective,
-        "teacher": teacher.as_teacher() if teacher else None,
+        "teacher": teachers[-1].as_teacher() if teachers else None,
+        "teachers": [record.as_teacher() for record in teachers] if ensemble else [],
         "node_id": node_id,
     }

@@ -1,4 +1,5 @@
-"""The teacher a student learns from: the previous generation's selected model, frozen by type.
+"""The teacher a student learns from: the previous generation's selected model, or (distill.teacher_from
+'ensemble') the `Ensemble` of every earlier generation's, frozen by type.
 
 Two implementations of one small contract (`Teacher`): `OnlineTeacher` runs the model on every batch the
 student sees; `banray.training.teacher_cache.CachedTeacher` reads the model's logits, computed once per generation
@@ -8,9 +9,11 @@ and shared by its trials. Both hold the model as a `Frozen` module, which stays 
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,6 +31,21 @@ class Frozen(nn.Module):
     def forward(self, *inputs):
         with torch.inference_mode():
             return self.module(*inputs)
+
+
+class Ensemble(nn.Module):
+    """Models whose softmax outputs are averaged (BANE, paper Eq. 4), as one model: its logits are
+    log(mean_i softmax(z_i)). Log-probabilities are valid logits, so every objective, temperature and the
+    teacher-logit cache take them unchanged: at T = 1 their softmax is exactly the averaged softmax, at T the
+    softmax of these logits over T."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([F.log_softmax(member(x).float(), dim=1) for member in self.members])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
 
 
 class Teacher(Protocol):

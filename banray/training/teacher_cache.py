@@ -13,9 +13,9 @@ its top k: a smaller cache, no longer exact.
 Layout: `<root>/<key>/epoch-<e>.pt` holds the (train samples, classes) logits of epoch e in the
 training split's sample order — or a single `epoch-all.pt` when the dataset has no augmentation, since
 every epoch then shows the same inputs. The key (CacheKey) hashes what the logits depend on: the teacher
-(arch, kwargs, code revision, weights), the views (dataset, split hash, augmentation policy and the seed its
-draws come from) and how they are stored (dtype, top_k), so a cache is never read for another split, model
-code or view. `root` is the sweep's storage (local or s3://) or node-local disk.
+(arch, kwargs, code revision, weights; for an ensemble teacher, those of every member in order), the views
+(dataset, split hash, augmentation policy and the seed its draws come from) and how they are stored (dtype,
+top_k), so a cache is never read for another split, model code, member or view. `root` is the sweep's storage (local or s3://) or node-local disk.
 
 The trials build the cache themselves, on their own devices, one epoch's file at a time as they need
 it: a trial that finds the file of its next epoch missing claims the first missing file nobody is
@@ -41,7 +41,7 @@ from torch import nn
 from banray.catalog.data import Splits
 from banray.files import LOCAL, Storage
 from banray.training.checkpoint import ModelIdentity
-from banray.training.teacher import Frozen
+from banray.training.teacher import Ensemble, Frozen
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 BUILD_BATCH_SIZE = 128  # larger batches run slower on CPU (activations fall out of cache)
@@ -61,15 +61,23 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class CacheKey(BaseModel):
-    """Everything a cache's logits depend on; its hash names the cache's folder."""
+class TeacherKey(BaseModel):
+    """What one model's logits depend on."""
 
     model_config = ConfigDict(frozen=True)
 
     arch: str
     kwargs: dict[str, Any]
     revision: int  # of the arch's code: the function the weights compute
-    weights: str  # weights_digest of the teacher
+    weights: str  # weights_digest of the model
+
+
+class CacheKey(BaseModel):
+    """Everything a cache's logits depend on; its hash names the cache's folder."""
+
+    model_config = ConfigDict(frozen=True)
+
+    teachers: list[TeacherKey]  # the teacher, or an ensemble teacher's members in their order
     dataset: str
     split_hash: str  # which samples are the training split, in which order
     augmentation: str
@@ -81,11 +89,15 @@ class CacheKey(BaseModel):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cache_key(teacher: nn.Module, identity: ModelIdentity, splits: Splits, dtype: str,
+def cache_key(teacher: nn.Module, identity: ModelIdentity | list[ModelIdentity], splits: Splits, dtype: str,
               top_k: int | None = None) -> CacheKey:
-    """The key of the cache of `teacher` (the model `identity` describes) on the training views of `splits`."""
+    """The key of the cache of `teacher` (the model `identity` describes, or an Ensemble whose members the list
+    `identity` describes in their order) on the training views of `splits`."""
+    members = list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
+    identities = identity if isinstance(identity, list) else [identity]
     return CacheKey(
-        arch=identity.arch, kwargs=identity.kwargs, revision=identity.revision, weights=weights_digest(teacher),
+        teachers=[TeacherKey(arch=i.arch, kwargs=i.kwargs, revision=i.revision, weights=weights_digest(member))
+                  for member, i in zip(members, identities, strict=True)],
         dataset=splits.dataset, split_hash=splits.split_hash, augmentation=splits.augmentation,
         augmentation_seed=splits.augmentation_seed, dtype=dtype, top_k=top_k,
     )
@@ -108,20 +120,22 @@ def _teacher_logits(teacher: nn.Module, splits: Splits, epoch: int | None, dtype
 
 
 class CachedTeacher:
-    """A trial's view of the cache of `teacher`'s logits (the model `identity` describes) on the training
-    split of `splits` under `root`: the logits of one epoch by training-sample index, built first if no
-    trial built them yet; a banray.training.teacher.Teacher. `teacher` is held frozen (banray.training.teacher.Frozen)."""
+    """A trial's view of the cache of `teacher`'s logits (the model `identity` describes, or an Ensemble and its
+    members' identities) on the training split of `splits` under `root`: the logits of one epoch by
+    training-sample index, built first if no trial built them yet; a banray.training.teacher.Teacher. `teacher` is
+    held frozen (banray.training.teacher.Frozen)."""
 
     POLL_S = 0.2  # how often a trial waiting for another's build looks for the file
     MIN_STALE_S = 120.0  # a claim is taken over after max(this, 3 × this trial's slowest build)
 
-    def __init__(self, teacher: nn.Module, identity: ModelIdentity, splits: Splits, root: str, epochs: int,
-                 dtype: str = "float16", device="cpu", top_k: int | None = None, storage: Storage = LOCAL):
+    def __init__(self, teacher: nn.Module, identity: ModelIdentity | list[ModelIdentity], splits: Splits, root: str,
+                 epochs: int, dtype: str = "float16", device="cpu", top_k: int | None = None,
+                 storage: Storage = LOCAL):
         self.model = teacher if isinstance(teacher, Frozen) else Frozen(teacher)
         self.teacher = self.model.module
         self.splits, self.device, self.dtype = splits, device, DTYPES[dtype]
         self.top_k = top_k
-        self.folder = storage.cache_folder(root, cache_key(teacher, identity, splits, dtype, top_k).folder())
+        self.folder = storage.cache_folder(root, cache_key(self.teacher, identity, splits, dtype, top_k).folder())
         self.uri = self.folder.uri
         self._present: set[str] = set()  # files seen written: they never change or go away
         self.epochs = _epochs(splits, epochs)
