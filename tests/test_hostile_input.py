@@ -259,10 +259,10 @@ def folder_cases():
         "chains-a-list": json.dumps(state_of(chains=[1])).encode(),
         "chain-not-a-mapping": json.dumps(state_of(chains={"0": 5})).encode(),
         "record-with-unknown-fields": json.dumps(state_of(chains={"0": {
-            "stopped": None, "running": None, "control": None, "control_running": None,
+            "stopped": None, "running": None, "arms": {}, "arms_running": {},
             "generations": [{"bogus": 1}]}})).encode(),
         "chain-key-not-a-number": json.dumps(state_of(chains={"zero": {
-            "stopped": None, "running": None, "control": None, "control_running": None,
+            "stopped": None, "running": None, "arms": {}, "arms_running": {},
             "generations": []}})).encode(),
     }
     for name, data in unreadable.items():

@@ -27,8 +27,8 @@ def softmax(xs):
 
 
 def test_registry_lists_objectives_and_rejects_unknown():
-    assert OBJECTIVES.names() == ["ban", "ban+l", "ban_l", "ce", "cwtm", "dkpp", "kd"]
-    with pytest.raises(KeyError, match="unknown objective 'bann'; allowed: ban, ban\\+l, ban_l, ce, cwtm, dkpp, kd"):
+    assert OBJECTIVES.names() == ["ban", "ban+l", "ban_l", "ce", "cwtm", "dkpp", "kd", "ls"]
+    with pytest.raises(KeyError, match="unknown objective 'bann'; allowed: ban, ban\\+l, ban_l, ce, cwtm, dkpp, kd, ls"):
         get_objective("bann")
 
 

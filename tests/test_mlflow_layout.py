@@ -41,7 +41,8 @@ def chains(generations=3):
     return [
         ChainResult(c, [record(c, g, e[g]) for g in range(generations)],
                     [ensemble(2, [1, 2], e[2] - 0.01)] if generations == 3 else [], f"ens-{c}",
-                    control=record(c, 0, e[3], role="control"), control_ensemble=ensemble(2, [0, 0], e[0] - 0.005))
+                    arms={"control": dataclasses.replace(record(c, 0, e[3], role="control"), arm="control")},
+                    control_ensembles=[ensemble(2, [0, "control"], e[0] - 0.005)])
         for c, e in ERRORS.items()
     ]
 
@@ -105,12 +106,13 @@ def test_the_paired_table_has_every_paired_statistic_in_points():
     table = tracking.paired_table(built)
     rows = [dict(zip(table, values)) for values in zip(*table.values())]
     metrics = len(built["paired"]["vs_teacher"]["BAN-1"])
-    assert len(rows) == metrics * (len(built["paired"]["vs_teacher"]) + len(built["paired"]["vs_control_ensemble"]))
+    assert len(rows) == metrics * (len(built["paired"]["vs_teacher"]) + len(built["paired"]["vs_own_baseline"]))
     (row,) = [r for r in rows if r["comparison"] == "BAN-1 − Teacher" and r["metric"] == "test_error"]
     paired = built["paired"]["vs_teacher"]["BAN-1"]["test_error"]
     assert row["unit"] == "points" and row["mean"] == pytest.approx(100 * paired["mean"])
     assert row["ci_high"] == pytest.approx(100 * paired["ci_high"]) and row["n"] == 4
-    assert row["verdict"] == paired["verdict"]
+    assert row["verdict"] == paired["verdict"] and row["holm_p"] == paired["holm_p"] and not row["primary"]
+    assert [r["comparison"] for r in rows if r["primary"]] == ["BAN-2 − Teacher"] * metrics
     assert {r["comparison"] for r in rows} >= {"Ens*2 − Teacher+Teacher′", "Teacher′ − Teacher"}
 
 

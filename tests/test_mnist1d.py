@@ -159,7 +159,9 @@ def test_a_short_training_run_learns():
 
 def test_the_sweep_file_is_a_ban_study_with_the_reference_recipe():
     spec = load_spec(SWEEP)
-    assert (spec.data.dataset, spec.model.arch, spec.generations, spec.control) == ("mnist1d", "cnn1d", 2, True)
+    assert (spec.data.dataset, spec.model.arch, spec.generations) == ("mnist1d", "cnn1d", 2)
+    # a teacher′ (seed noise, and Ens*2's same-size baseline), the equal-budget and the label-smoothing arms
+    assert spec.side_arms() == ["control", "budget", "smoothing"] and spec.report_columns()[3] == "Ens*2"
     assert (spec.distill.objective, spec.distill.temperature) == ("ban", 1.0)
     train = spec.train
     assert (train.optimizer, train.lr, train.batch_size, train.weight_decay, train.lr_schedule) == (

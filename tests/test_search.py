@@ -103,10 +103,12 @@ def test_bad_search_ranges_are_reported(overrides, message):
 def test_plan_prints_the_dag_without_data_or_training(tmp_path):
     result = CliRunner().invoke(cli, ["plan", str(REPO / "sweeps" / "cifar100.yaml"), "--storage", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
-    assert "DAG: 3 chain(s) × 4 generations + the control teacher′ = 15 groups of 1 trial(s), 15 trials in all" in result.output
+    assert ("DAG: 3 chain(s) × (4 generations + control (teacher′) + control (teacher′2)) = 18 groups of 1 trial(s), "
+            "18 trials in all") in result.output
+    assert "2 teacher′(s), 200 epochs each: seed noise; control ensembles Teacher+Teacher′, Teacher+2×Teacher′" in result.output
     assert "chain 0: gen0 (densenet_bc, ce) → gen1 (densenet_bc, ban) → gen2 (densenet_bc, ban) → gen3" in result.output
     assert "all chains' trials at once need 3 slot(s) = 12 CPU, 3 GPU" in result.output
-    assert "Work: 200 epoch(s) × 352 steps per trial; 1,056,000 optimizer steps" in result.output
+    assert "Work: 200 epoch(s) × 352 steps per trial; 1,267,200 optimizer steps" in result.output
     assert f"Storage: {tmp_path / 's'} is writable" in result.output
     assert not (tmp_path / "s").exists()  # the check leaves nothing behind
 

@@ -65,12 +65,13 @@ def test_report_files_describe_every_generation(finished):
 def test_control_arm_is_the_teachers_recipe_with_fresh_seeds(finished):
     _, result, output = finished
     chain = result.report["chains"][0]
-    control, teacher = chain["control"], chain["generations"][0]
+    control, teacher = chain["arms"]["control"], chain["generations"][0]
     assert control["status"] == "finished" and control["role"] == "control" and control["generation"] == 0
     assert control["objective"] == teacher["objective"] == "ce" and control["teacher_checkpoint"] is None
     assert {t["seed"] for t in control["trials"]}.isdisjoint({t["seed"] for t in teacher["trials"]})
     assert Checkpoint(control["checkpoint"]).get_metadata()["arm"] == "control"
-    assert chain["control_ensemble"]["members"] == [0, 0] and 0 <= chain["control_ensemble"]["test_error"] <= 1
+    (pair,) = chain["control_ensembles"]
+    assert pair["members"] == [0, "control"] and 0 <= pair["test_error"] <= 1
     assert 0 <= control["test_ece"] <= 1 and 0 <= teacher["test_ece"] <= 1
     assert "Teacher′" in result.report["columns"] and "no claim" in output
 

@@ -119,7 +119,7 @@ def test_chain_runs_log_each_generation_in_percent_at_its_step(tracked, runs, tr
             assert all(0 <= value <= 100 for _, value in logged)
         nll = [value for _, value in history(client, runs[f"chain{c}"], "test_nll")]
         assert nll == pytest.approx([r["test_nll"] for r in records])
-        control = chain_report(result, c)["control"]
+        control = chain_report(result, c)["arms"]["control"]
         assert history(client, runs[f"chain{c}-control"], "test_error_pct") == [
             (0, pytest.approx(100 * control["test_error"]))]
         for g in GENERATIONS:  # each generation's run: the same scores at its own step, and as fractions
@@ -146,7 +146,7 @@ def test_summary_run_keeps_a_few_headline_metrics_and_the_paired_table(tracked, 
         assert summary.data.metrics[f"vs_teacher.ban2.test_error_pct.{stat}"] == pytest.approx(100 * ban2[stat])
     assert summary.data.metrics["vs_teacher.ban2.test_error_pct.n"] == 2
     teachers = [chain_report(result, c)["generations"][0]["test_error"] for c in CHAINS]
-    controls = [chain_report(result, c)["control"]["test_error"] for c in CHAINS]
+    controls = [chain_report(result, c)["arms"]["control"]["test_error"] for c in CHAINS]
     assert summary.data.metrics["vs_teacher.control.test_error_pct.mean"] == pytest.approx(
         100 * statistics.fmean(a - b for a, b in zip(controls, teachers)))
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {

@@ -37,7 +37,7 @@ from banray.columns import (
     own_baseline,
     report_column,
 )
-from banray.records import ChainResult, EnsembleRecord, GenerationRecord
+from banray.records import CONTROL_ARM, ChainResult, EnsembleRecord, GenerationRecord
 from banray.results import stats
 from banray.spec import SweepSpec
 
@@ -73,7 +73,9 @@ def variation(spec: SweepSpec) -> str:
     unaugmented = (f"; `{info.name}` has no training augmentation"
                    if info.kind == "classification" and not info.augmented else "")
     if own and not spec.data.shared_split:
-        control = f" ({CONTROL_COLUMN} shares its chain's)" if spec.control.teachers else ""
+        arms = spec.side_arms()
+        control = f" ({CONTROL_COLUMN} shares its chain's)" if arms == [CONTROL_ARM] else (
+            " (the control arms share their chain's)" if arms else "")
         each = f"each chain's own {' and '.join(own)}{control}"
         return f"The intervals cover what differs between chains: {_and(varies + [each])}{unaugmented}."
     if own:
@@ -240,19 +242,20 @@ def build(
         "metrics": by_metric,
         "paired": _paired_section(by_chain, columns, metrics, spec),
         "fidelity": _fidelity(spec, by_chain),
-        "chains": [
-            {
-                "chain": result.chain,
-                "data_seed": spec.chain_data(result.chain).seed,  # its split and augmentation (the control arm's too)
-                "generations": [dataclasses.asdict(r) for r in result.generations],
-                "ensembles": [dataclasses.asdict(e) for e in result.ensembles],
-                "ensemble_run_id": result.mlflow_run_id,
-                "stopped": result.stopped,
-                "arms": {arm: dataclasses.asdict(record) for arm, record in result.arms.items()},
-                "control_ensembles": [dataclasses.asdict(e) for e in result.control_ensembles],
-            }
-            for result in chains
-        ],
+        "chains": [_chain_record(spec, result) for result in chains],
+    }
+
+
+def _chain_record(spec: SweepSpec, result: ChainResult) -> dict[str, Any]:
+    return {
+        "chain": result.chain,
+        "data_seed": spec.chain_data(result.chain).seed,  # its split and augmentation (the side arms' too)
+        "generations": [dataclasses.asdict(r) for r in result.generations],
+        "ensembles": [dataclasses.asdict(e) for e in result.ensembles],
+        "ensemble_run_id": result.mlflow_run_id,
+        "stopped": result.stopped,
+        "arms": {arm: dataclasses.asdict(record) for arm, record in result.arms.items()},
+        "control_ensembles": [dataclasses.asdict(e) for e in result.control_ensembles],
     }
 
 
@@ -390,8 +393,9 @@ FIDELITY = (("agreement", "agreement with its teacher (%)", 100, 2), ("teacher_k
 # What each control column is, for the caption.
 CONTROL_COLUMNS = {
     CONTROL_COLUMN: f"{CONTROL_COLUMN} is the control arm: the teacher's recipe with a fresh seed.",
-    CONTROL_ENSEMBLE_COLUMN: f"{CONTROL_ENSEMBLE_COLUMN} (and Teacher+k×Teacher′) averages the softmax outputs of the "
-                             "Teacher and 1 (k) teacher′s: Ens*k's same-size baseline, never a smaller ensemble.",
+    CONTROL_ENSEMBLE_COLUMN: f"{CONTROL_ENSEMBLE_COLUMN} averages the softmax outputs of the Teacher and Teacher′ "
+                             "(Teacher+k×Teacher′: of the Teacher and k teacher′s), the same-size baseline of Ens*2 "
+                             "(Ens*k+1); an ensemble is never set against a smaller one.",
     EQUAL_BUDGET_COLUMN: f"{EQUAL_BUDGET_COLUMN} is one model trained for the chain's total epochs (the teacher's "
                          "recipe stretched), set against the last BAN generation.",
     LABEL_SMOOTHING_COLUMN: f"{LABEL_SMOOTHING_COLUMN} is the teacher's recipe with label smoothing, set against BAN-1.",

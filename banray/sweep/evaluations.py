@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from banray.catalog.scores import ensemble_members, ensemble_scores, fidelity
 from banray.columns import control_ensemble_column, ensemble_column, metric_slug
 from banray.records import MAIN_ARM, ChainEnsembles, EnsembleRecord, GenerationRecord, control_arm
@@ -71,13 +73,16 @@ def _test_metrics(record: GenerationRecord) -> dict[str, float]:
 
 def _fidelity(task, model, record: GenerationRecord) -> dict[str, float]:
     """A student's top-1 agreement with its teacher and KL(teacher ‖ student) on the test split (none for a
-    model without a teacher, or a language model)."""
+    model without a teacher, or a language model). An ensemble teacher's prediction is its members' averaged
+    softmax, the target the student learned from."""
     if record.teacher_checkpoint is None:
         return {}
     student = task.predict(model, "test")
     if student is None:
         return {}
-    found = fidelity(task.predict(_load(record.teacher_checkpoint), "test")[0], student[0])
+    members = record.teacher_checkpoints or [record.teacher_checkpoint]
+    teacher = torch.stack([task.predict(_load(member), "test")[0] for member in members]).mean(dim=0)
+    found = fidelity(teacher, student[0])
     return {"test_agreement": found.agreement, "test_teacher_kl": found.kl}
 
 
