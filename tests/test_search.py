@@ -24,7 +24,8 @@ search: {trials: 8}
 
 
 def suggestions(spec, generation=1, count=8, start=None):
-    searcher, trial_space, _ = make_search(spec, chain=0, generation=generation, first_points=[start] if start else [])
+    searcher, trial_space, _ = make_search(spec, chain=0, generation=generation, first_points=[start] if start else [],
+                                           epochs=spec.train.epochs)
     assert trial_space == {}  # trials are numbered by the searcher, not a grid
     return [searcher.suggest(f"t{i}") for i in range(count)]
 
@@ -76,10 +77,14 @@ def test_warm_start_makes_the_previous_best_the_first_trial():
 
 def test_asha_is_on_by_default_above_two_trials_with_max_t_past_the_last_epoch():
     spec = parse_spec(tiny_spec(search={"trials": 3}))
-    _, _, scheduler = make_search(spec, 0, 0, [])
+    _, _, scheduler = make_search(spec, 0, 0, [], spec.train.epochs)
     assert scheduler is not None and scheduler._max_t == spec.train.epochs + 1
-    assert make_search(parse_spec(tiny_spec(search={"trials": 2})), 0, 0, [])[2] is None
-    assert make_search(parse_spec(tiny_spec(search={"trials": 2, "early_stopping": "on"})), 0, 0, [])[2] is not None
+    assert make_search(parse_spec(tiny_spec(search={"trials": 2})), 0, 0, [], 2)[2] is None
+    assert make_search(parse_spec(tiny_spec(search={"trials": 2, "early_stopping": "on"})), 0, 0, [], 2)[2] is not None
+    # the equal-budget arm's trials train the chain's total epochs: early stopping must not cut them at the teacher's
+    budget = parse_spec(tiny_spec(generations=2, search={"trials": 3}, control={"equal_budget": True}))
+    _, _, scheduler = make_search(budget, 0, 0, [], budget.budget_train().epochs)
+    assert scheduler._max_t == 3 * budget.train.epochs + 1
 
 
 @pytest.mark.parametrize(

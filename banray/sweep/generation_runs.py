@@ -27,7 +27,7 @@ def ensemble_teacher(spec: SweepSpec, teacher: GenerationRecord | None) -> tuple
 
 
 def group_settings(spec: SweepSpec, chain: int, generation: int, teacher: GenerationRecord | None,
-                   arm: str = "main") -> dict[str, Any]:
+                   arm: str = MAIN_ARM) -> dict[str, Any]:
     """The settings of a group whose predecessor's record is `teacher` (None for generation 0)."""
     members, _ = ensemble_teacher(spec, teacher)
     return spec.generation_settings(chain, generation, teacher.checkpoint if teacher else None, arm, members)

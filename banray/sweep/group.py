@@ -89,7 +89,8 @@ def _tuner(ctx: SweepContext, chain: int, generation: int, teacher: GenerationRe
                    f"trials start again with their settings, {_continuing(earlier_checkpoints)}")
     spec = ctx.spec
     start = warm_start_point(spec, generation, teacher.best_settings if teacher else None)
-    search_alg, trial_space, scheduler = make_search(spec, chain, generation, first_points or ([start] if start else []))
+    search_alg, trial_space, scheduler = make_search(spec, chain, generation, first_points or ([start] if start else []),
+                                                     settings["train"]["epochs"])
     ticket = wire.Ticket(chain=chain, generation=generation, arm=arm, metric=spec.search.metric,
                          train_storage=ctx.train_storage, slots_actor=ctx.slots_actor,
                          resources=spec.resources.model_dump(mode="json"), earlier_checkpoints=earlier_checkpoints)

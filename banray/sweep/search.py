@@ -85,9 +85,9 @@ def warm_start_point(spec: SweepSpec, generation: int, previous_best: dict[str, 
     return {optuna_name(key): previous_best.get(key, value_range.midpoint()) for key, value_range in space.items()}
 
 
-def make_search(spec: SweepSpec, chain: int, generation: int, first_points: list[dict[str, Any]]):
-    """(search_alg, param_space additions, scheduler) for one generation's Tune run; the search suggests
-    `first_points` (Optuna names) first, in order."""
+def make_search(spec: SweepSpec, chain: int, generation: int, first_points: list[dict[str, Any]], epochs: int):
+    """(search_alg, param_space additions, scheduler) for one generation's Tune run whose trials train `epochs`
+    (the equal-budget arm's are longer); the search suggests `first_points` (Optuna names) first, in order."""
     space = spec.search_space(generation)
     metric = spec.search.metric
     scheduler = None
@@ -96,7 +96,7 @@ def make_search(spec: SweepSpec, chain: int, generation: int, first_points: list
             time_attr="training_iteration",
             # The trial's summary row after fit() is one iteration more than the epochs: a smaller
             # max_t would stop every trial at its last epoch, before that row.
-            max_t=spec.train.epochs + 1,
+            max_t=epochs + 1,
             grace_period=spec.search.grace_period,
             reduction_factor=spec.search.reduction_factor,
         )
