@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 import fakedata
 from banray import ray_internals
@@ -91,6 +92,18 @@ def ray_on_loopback():
     reach one at 127.0.0.1 as given."""
     with ray_internals.loopback_as_given():
         yield
+
+
+SESSION_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_as_the_session_started():
+    """A trial trained in the tests' process (a test's or a module fixture's) sets torch's thread count to its
+    CPUs (banray.training.loop); a test's float sums must not depend on which tests ran before it."""
+    torch.set_num_threads(SESSION_THREADS)
+    yield
+    torch.set_num_threads(SESSION_THREADS)
 
 
 @pytest.fixture(scope="session")
