@@ -523,7 +523,7 @@ def rerender(sweep: Sweep) -> list[str]:
             sweep.spec, chains, sweep_dir=old["sweep_dir"], tracking_uri=mlflow_info["tracking_uri"],
             experiment_id=mlflow_info["experiment_id"], elapsed_s=old["elapsed_s"], utilisation=old.get("utilisation"),
             spans=spans, registry=registry, started_at=old.get("started_at"),
-        )
+        ) | {"spec_hash": sweep.state["spec_hash"]}  # what was trained, though a newer banray may hash specs otherwise
     except (KeyError, TypeError, AttributeError) as exc:
         raise NotASweep(f"{where}: not a banray report ({type(exc).__name__}: {cut(str(exc), 80)})") from None
     with tempfile.TemporaryDirectory() as folder:
