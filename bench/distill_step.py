@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from banray.catalog.losses import get_objective
-from banray.catalog.models import build_model
+from banray.catalog.models import MODELS, build_model
 from banray.spec import DataSpec, DistillSpec, TrainSpec
 from banray.training import teacher_cache
+from banray.training.checkpoint import ModelIdentity
 from banray.training.loop import make_optimizer
 from banray.training.tasks import make_task
 from banray.training.teacher import OnlineTeacher
@@ -62,7 +63,10 @@ def main() -> None:
 
         teacher = wrn(0).eval().requires_grad_(False)
         epochs = 1 + args.repeats  # one warm-up epoch, then one per repeat
-        cached = teacher_cache.CachedTeacher(teacher, data, task.splits, str(root / "cache"), epochs, "float16", device)
+        identity = ModelIdentity(arch="wrn", kwargs=WRN, revision=MODELS.revision("wrn"), num_classes=10,
+                                 input_shape=[3, 32, 32])
+        cached = teacher_cache.CachedTeacher(teacher, identity, task.splits, str(root / "cache"), epochs, "float16",
+                                             device)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):  # the first reader of each epoch builds it; here, all of them
             cached.for_epoch(epoch)
