@@ -371,7 +371,11 @@ class EnsembleSpec(_Section):
 
 def _control_from_boolean(value: Any) -> Any:
     # `control: true` keeps meaning one teacher′ per chain, `false` none.
-    return {"teachers": int(value)} if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        return {"teachers": int(value)}
+    if not isinstance(value, (dict, ControlSpec)):
+        raise ValueError("give true, false or a mapping with keys teachers, equal_budget, label_smoothing")
+    return value
 
 
 class ControlSpec(_Section):

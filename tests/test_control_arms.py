@@ -4,6 +4,7 @@ objectives, fidelity, the primary comparison in the spec, and the plan's account
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from ray.train import Checkpoint
@@ -51,7 +52,9 @@ def test_the_quickstart_trains_no_new_arms_by_default():
     (tiny_spec(control={"label_smoothing": 0}), "s.yaml: control.label_smoothing: 0 is not allowed: input should be greater than 0"),
     (tiny_spec(control={"equal_budget": "yes please"}), "s.yaml: control.equal_budget: 'yes please' is not allowed: input should be a valid boolean"),
     (tiny_spec(control={"teacher": 2}), "s.yaml: control.teacher: unknown key; allowed keys here: teachers, equal_budget, label_smoothing"),
-    (tiny_spec(control="yes"), "s.yaml: control: 'yes' is not allowed: give a mapping with keys teachers, equal_budget, label_smoothing"),
+    (tiny_spec(control="yes"), "s.yaml: control: 'yes' is not allowed: give true, false or a mapping with keys teachers, "
+     "equal_budget, label_smoothing"),
+    (tiny_spec(control=None), "s.yaml: control: None is not allowed: give true, false or a mapping"),
     (tiny_spec(generations=9, control={"equal_budget": True}, **{"train.epochs": 1001}),
      "s.yaml: control.equal_budget: the chain's total epochs, (generations + 1) × train.epochs = 10010, exceed 10000"),
     (tiny_spec(**{"distill.label_smoothing": 0.1}),  # the default objective, ban, has no label term
@@ -231,3 +234,12 @@ def test_the_control_ensembles_and_fidelity_are_what_the_checkpoints_give(armed_
     assert paired["own_baselines"]["Ens*3"] == "Teacher+2×Teacher′"  # Ens*3 against 3 members, never 2
     assert paired["vs_own_baseline"]["Ens*3"]["test_error"]["mean"] == pytest.approx(np.mean(differences))
     assert paired["no_same_size_baseline"] == {}
+
+
+def test_validate_names_the_arms_a_spec_trains(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec(control={"teachers": 2, "label_smoothing": 0.1})))
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert ("1 chain(s) × (teacher + 1 generation(s) + control (teacher′) + control (teacher′2) + label-smoothing "
+            "model) × 2 trial(s)") in result.output

@@ -30,6 +30,7 @@ atexit.register(_exit_without_teardown)
 import click  # noqa: E402
 
 from banray.environment import set_variables
+from banray.records import arm_title  # noqa: E402
 from banray.spec import (  # noqa: E402
     SpecError,
     SweepSpec,
@@ -130,7 +131,8 @@ def validate(spec_paths: tuple[str, ...]) -> None:
             continue
         click.echo(
             f"{spec_path}: valid. Sweep '{spec.name}' on {spec.data.dataset}: {spec.chains} chain(s) × "
-            f"(teacher + {spec.generations} generation(s)) × {spec.search.trials} trial(s) of "
+            f"(teacher + {spec.generations} generation(s){''.join(f' + {arm_title(arm)}' for arm in spec.side_arms())}) × "
+            f"{spec.search.trials} trial(s) of "
             f"{spec.train.epochs} epoch(s); spec hash {spec.spec_hash()}"
         )
     if bad:
