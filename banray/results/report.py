@@ -52,6 +52,8 @@ DISPLAY = {
     "test_ece": (100, "points", 2),
     "test_nll": (1, "nats", 3),
     "test_perplexity": (1, "perplexity", 2),
+    "test_agreement": (100, "points", 2),  # fidelity: top-1 agreement with the teacher
+    "test_teacher_kl": (1, "nats", 4),  # fidelity: KL(teacher ‖ student)
 }
 
 
@@ -361,10 +363,10 @@ def table(report: dict[str, Any]) -> str:
                     for c in columns])
     if paired["own_baselines"] or paired["no_same_size_baseline"]:
         row(f"Δ vs its own baseline ({unit}), 95% CI", [own(c) for c in columns])
-    for name, label, scale, digits in FIDELITY:
+    for name, label in FIDELITY:
         spreads = {c: by_name[name] for c, by_name in report["fidelity"].items()}
         if any(spread["n"] for spread in spreads.values()):
-            row(label, [_fidelity_cell(spreads[c], scale, digits) if c in spreads else "—" for c in columns])
+            row(label, [_spread_cell(spreads[c], f"test_{name}") if c in spreads else "—" for c in columns])
     for metric, label in (("test_nll", "test NLL"), ("test_ece", "ECE")):
         spreads = [report["metrics"][c][metric] for c in columns]
         if any(spread["n"] for spread in spreads):
@@ -380,14 +382,7 @@ def _verdict(paired: dict[str, Any], column: str, baseline: str, found: dict[str
     return f"{found['verdict']} (primary)" if primary else found["verdict"]
 
 
-def _fidelity_cell(spread: dict[str, Any], scale: float, digits: int) -> str:
-    if spread["mean"] is None:
-        return "—"
-    cell = f"{scale * spread['mean']:.{digits}f}"
-    return cell if spread["std"] is None else f"{cell} ± {scale * spread['std']:.{digits}f}"
-
-
-FIDELITY = (("agreement", "agreement with its teacher (%)", 100, 2), ("teacher_kl", "KL(teacher ‖ it) (nats)", 1, 4))
+FIDELITY = (("agreement", "agreement with its teacher (%)"), ("teacher_kl", "KL(teacher ‖ it) (nats)"))
 
 
 # What each control column is, for the caption.
@@ -530,8 +525,8 @@ def _evidence_table(report: dict[str, Any]) -> list[str]:
 
 def _fidelity_table(report: dict[str, Any]) -> list[str]:
     """Each student's top-1 agreement with its teacher and KL(teacher ‖ student), mean ± std over chains."""
-    header = ["Column", *(label for _, label, _, _ in FIDELITY)]
-    rows = [[column, *(_fidelity_cell(by_name[name], scale, digits) for name, _, scale, digits in FIDELITY)]
+    header = ["Column", *(label for _, label in FIDELITY)]
+    rows = [[column, *(_spread_cell(by_name[name], f"test_{name}") for name, _ in FIDELITY)]
             for column, by_name in report["fidelity"].items()]
     return _md_table(header, rows) if any(by_name["agreement"]["n"] for by_name in report["fidelity"].values()) else []
 
